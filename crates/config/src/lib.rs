@@ -1,0 +1,33 @@
+//! Herald's configuration: the immutable [`BaseConfig`] and the live-tunable [`RuntimeConfig`].
+//!
+//! [`BaseConfig`] holds every operator setting of PROTOCOL.md ("Operator settings"). It is built
+//! once at start-up by [`BaseConfig::load`] from layers, lowest to highest: built-in defaults,
+//! the [`Profile`], the TOML file, the `HERALD_*` environment and command-line overrides. Every
+//! value is validated there, so the rest of the gateway can trust it: a bad value is a
+//! [`ConfigError`] naming the environment variable, the TOML key and the value.
+//!
+//! [`RuntimeConfig`] holds the few values an operator (`PATCH /api/config/runtime`) or the memory
+//! degradation logic may change while the gateway runs. Reads are one atomic load; writes are
+//! bounds-checked, logged and announced to subscribers.
+//!
+//! Architecture invariant: this crate reads no environment variable and no file other than the
+//! config file it is handed. The service collects the environment and passes it in through
+//! [`Sources`], which keeps loading deterministic and testable.
+
+mod base;
+mod choice;
+mod error;
+mod runtime;
+mod secret;
+mod settings;
+mod tiers;
+
+pub use crate::{
+    base::{BaseConfig, Origin, Sources},
+    choice::{ChoiceError, JwtAlgorithm, LogFormat, Profile, UserLimitPolicy},
+    error::ConfigError,
+    runtime::{ChangeReason, RuntimeConfig, RuntimeConfigError, RuntimeKey, RuntimeSnapshot},
+    secret::Secret,
+    settings::settings_reference_markdown,
+    tiers::{TierQuota, TierQuotas},
+};

@@ -1,0 +1,257 @@
+//! Small JSON helpers shared by the decoders: a borrowed object view, value kinds and a depth scan.
+
+use std::{borrow::Cow, fmt};
+
+use serde::{
+    Deserialize, Deserializer,
+    de::{MapAccess, Visitor},
+};
+use serde_json::value::RawValue;
+
+/// The deepest nesting of arrays and objects accepted in an inbound frame or HTTP body.
+///
+/// This is an extension: PROTOCOL.md is silent on depth. It sits well below serde_json's
+/// recursion limit (127 levels) so that every frame Herald relays, even wrapped in a `batch`
+/// (two more levels), can still be decoded by a standard serde_json consumer.
+pub const MAX_JSON_DEPTH: usize = 64;
+
+/// The kind of a JSON value, named as error messages name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum JsonKind {
+    /// `null`.
+    Null,
+    /// `true` or `false`.
+    Boolean,
+    /// Any number.
+    Number,
+    /// A string.
+    String,
+    /// An array.
+    Array,
+    /// An object.
+    Object,
+}
+
+impl JsonKind {
+    /// Classifies raw JSON text by its first byte, which is enough because `RawValue` holds
+    /// one valid value.
+    pub(crate) fn of(raw: &RawValue) -> Self {
+        Self::of_text(raw.get())
+    }
+
+    /// Classifies JSON text by its first byte after JSON whitespace; the value need not be
+    /// complete. Anything that starts no other kind counts as a number.
+    pub(crate) fn of_text(text: &str) -> Self {
+        let first = text
+            .bytes()
+            .find(|byte| !matches!(byte, b' ' | b'\t' | b'\n' | b'\r'));
+        match first {
+            Some(b'n') => Self::Null,
+            Some(b't' | b'f') => Self::Boolean,
+            Some(b'"') => Self::String,
+            Some(b'[') => Self::Array,
+            Some(b'{') => Self::Object,
+            _ => Self::Number,
+        }
+    }
+
+    /// The name used in error messages.
+    pub(crate) const fn as_str(self) -> &'static str {
+        match self {
+            Self::Null => "null",
+            Self::Boolean => "boolean",
+            Self::Number => "number",
+            Self::String => "string",
+            Self::Array => "array",
+            Self::Object => "object",
+        }
+    }
+}
+
+impl fmt::Display for JsonKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// serde_json's message without its " at line L column C" suffix, for errors in a value that
+/// was cut out of a larger frame, where the position would point at the wrong place.
+pub(crate) fn without_position(err: &serde_json::Error) -> String {
+    let message = err.to_string();
+    let suffix = format!(" at line {} column {}", err.line(), err.column());
+    match message.strip_suffix(&suffix) {
+        Some(stripped) => stripped.to_owned(),
+        None => message,
+    }
+}
+
+/// Shortens client-controlled text before it is quoted back in an error message, so a huge
+/// unknown `type` does not make a huge reply.
+pub(crate) fn truncate_for_message(text: &str) -> String {
+    const MAX_CHARS: usize = 64;
+    match text.char_indices().nth(MAX_CHARS) {
+        Some((end, _)) => format!("{}...", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
+/// Returns true when `bytes` nests arrays and objects deeper than `max` levels.
+///
+/// The scan is linear and never recurses, so it is safe on hostile input. It only needs to be
+/// right for valid JSON: invalid JSON is refused by the real parser anyway.
+pub(crate) fn exceeds_depth(bytes: &[u8], max: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &byte in bytes {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if byte == b'\\' {
+                escaped = true;
+            } else if byte == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+/// A JSON object whose values are kept as borrowed raw text.
+///
+/// Decoding stops at the first level: values are validated and skipped by serde_json without
+/// recursion, and each one is parsed later only if it is needed. Duplicate keys are kept; the
+/// last one wins, as in `JSON.parse`.
+#[derive(Debug, Default)]
+pub(crate) struct RawObject<'a> {
+    entries: Vec<(Cow<'a, str>, &'a RawValue)>,
+}
+
+impl<'a> RawObject<'a> {
+    /// Parses `text` as a JSON object.
+    pub(crate) fn parse(text: &'a str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+
+    /// The raw value of the last `key` entry.
+    pub(crate) fn get(&self, key: &str) -> Option<&'a RawValue> {
+        self.entries
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|&(_, value)| value)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawObject<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor;
+
+        impl<'de> Visitor<'de> for ObjectVisitor {
+            type Value = RawObject<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(Key(key)) = map.next_key()? {
+                    let value: &'de RawValue = map.next_value()?;
+                    entries.push((key, value));
+                }
+                Ok(RawObject { entries })
+            }
+        }
+
+        deserializer.deserialize_map(ObjectVisitor)
+    }
+}
+
+/// An object key, borrowed from the input when it has no escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string key")
+            }
+
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                v: &'de str,
+            ) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn depth_scan_counts_arrays_and_objects() {
+        assert!(!exceeds_depth(br#"{"a":[1,{"b":[]}]}"#, 4));
+        assert!(exceeds_depth(br#"{"a":[1,{"b":[]}]}"#, 3));
+    }
+
+    #[test]
+    fn depth_scan_ignores_brackets_inside_strings() {
+        assert!(!exceeds_depth(br#"{"a":"[[[[\"{{{{"}"#, 1));
+    }
+
+    #[test]
+    fn raw_object_keeps_the_last_duplicate_and_unescapes_keys() {
+        let object = RawObject::parse(r#"{"a":1,"\u0061":[2, 3]}"#).unwrap();
+        assert_eq!(object.get("a").unwrap().get(), "[2, 3]");
+        assert!(object.get("b").is_none());
+    }
+
+    #[test]
+    fn json_kind_names_every_value() {
+        let kinds: Vec<_> = ["null", "true", "-1", "\"s\"", "[]", "{}"]
+            .iter()
+            .map(|text| JsonKind::of(&serde_json::from_str::<Box<RawValue>>(text).unwrap()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                JsonKind::Null,
+                JsonKind::Boolean,
+                JsonKind::Number,
+                JsonKind::String,
+                JsonKind::Array,
+                JsonKind::Object
+            ]
+        );
+    }
+}

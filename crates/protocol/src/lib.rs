@@ -1,0 +1,50 @@
+//! Herald's wire contract in types: client and server WebSocket frames, HTTP API bodies,
+//! error codes and close codes, as fixed by PROTOCOL.md.
+//!
+//! - [`parse_client_frame`] decodes a client text frame into a [`ClientFrame`], or a
+//!   [`ProtocolError`] that carries what the `error` reply must echo. It never panics.
+//! - [`ServerMessage`] is every frame the server sends; [`ServerMessage::encode`] writes it
+//!   once and [`encode_batch`] joins encoded frames into a `batch` without re-parsing.
+//! - The HTTP API bodies ([`PublishRequest`], [`EventRequest`], ...) are decoded with
+//!   [`parse_body`].
+//! - [`Topic`] and [`validate_id`] hold the limits on names that PROTOCOL.md leaves open;
+//!   they are Herald extensions, documented on each item.
+//!
+//! Payloads (`data` of publishes, pushes and events) stay raw JSON text
+//! ([`serde_json::value::RawValue`]) from the request to the socket, so they are relayed
+//! verbatim: number spellings, string escapes and key order are preserved.
+//!
+//! Architecture invariant: this crate is pure data. It has no tokio dependency, does no I/O
+//! and reads no clock; the server and any Rust client can share it.
+
+mod api;
+mod client;
+mod close;
+mod error;
+mod event;
+mod json;
+mod server;
+#[cfg(test)]
+mod testing;
+mod topic;
+mod validate;
+
+pub use crate::{
+    api::{
+        ApiErrorBody, BroadcastRequest, ConnectionSendRequest, DeliveredResponse, EventRequest,
+        EventResponse, PublishBatchRequest, PublishBatchResponse, PublishBatchResult,
+        PublishRequest, PublishResponse, UserSendRequest, parse_body,
+    },
+    client::{ClientFrame, ClientRequest, RequestKind, StreamPosition, parse_client_frame},
+    close::CloseCode,
+    error::{ErrorCode, ErrorDetail, ProtocolError},
+    event::{EventName, UnknownEventError},
+    json::MAX_JSON_DEPTH,
+    server::{
+        ConnectedData, PushScope, RefreshResult, ServerMessage, SubscribeResult, encode_batch,
+    },
+    topic::Topic,
+    validate::{
+        MAX_ACK_IDS, MAX_BATCH_TOPICS, MAX_ID_BYTES, MAX_TOPIC_BYTES, ValidationError, validate_id,
+    },
+};

@@ -1,0 +1,3 @@
+//! End-to-end tests: the real `herald` binary over real sockets. One binary, one module per area.
+
+mod startup;

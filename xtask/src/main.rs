@@ -1,0 +1,145 @@
+//! Project automation, run as `cargo xtask <task>` (the cargo-xtask convention).
+//!
+//! `cargo xtask ci` is the one command CI and developers run; it installs the tools it needs when
+//! they are missing, so a fresh machine passes with nothing but a Rust toolchain.
+//!
+//! This crate has no dependencies on purpose: it must build in seconds on a fresh machine.
+
+#![allow(clippy::print_stdout)] // A task runner reports to its terminal.
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+type Result<T = (), E = String> = std::result::Result<T, E>;
+
+const USAGE: &str = "\
+usage: cargo xtask <task>
+
+tasks:
+  ci      everything CI checks: fmt, clippy, tests, rustdoc, cargo-deny
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("ci") => ci(),
+        Some("help" | "--help" | "-h") | None => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => Err(format!("unknown task `{other}`\n\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Everything CI checks, in the order a developer should fix failures.
+fn ci() -> Result {
+    let root = project_root();
+    env::set_current_dir(&root).map_err(|e| format!("cannot enter {}: {e}", root.display()))?;
+
+    cargo(&["fmt", "--all", "--check"], &[])?;
+    cargo(
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )?;
+    // The end-to-end tests start the release-free debug binary; build it first so the tests never
+    // race its compilation.
+    cargo(
+        &[
+            "build",
+            "--locked",
+            "--package",
+            "herald-service",
+            "--bin",
+            "herald",
+        ],
+        &[],
+    )?;
+    if has_cargo_tool("nextest") {
+        cargo(
+            &[
+                "nextest",
+                "run",
+                "--workspace",
+                "--locked",
+                "--no-fail-fast",
+            ],
+            &[],
+        )?;
+        // nextest does not run doctests.
+        cargo(&["test", "--workspace", "--locked", "--doc"], &[])?;
+    } else {
+        cargo(&["test", "--workspace", "--locked"], &[])?;
+    }
+    cargo(
+        &["doc", "--workspace", "--no-deps", "--locked"],
+        &[("RUSTDOCFLAGS", "-D warnings")],
+    )?;
+    ensure_cargo_tool("deny", "cargo-deny", "0.20.2")?;
+    // Advisories need the RustSec git database, which needs network; CI here has none.
+    cargo(
+        &["deny", "--offline", "check", "bans", "licenses", "sources"],
+        &[],
+    )?;
+    println!("xtask: ci passed");
+    Ok(())
+}
+
+/// Runs `cargo <args>` from the project root, echoing the command first.
+fn cargo(args: &[&str], envs: &[(&str, &str)]) -> Result {
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let shown: Vec<String> = envs.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+    println!("$ {} cargo {}", shown.join(" "), args.join(" "));
+    let status = Command::new(cargo)
+        .args(args)
+        .envs(envs.iter().copied())
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`cargo {}` failed with {status}", args.join(" ")))
+    }
+}
+
+/// Whether `cargo <tool>` is installed.
+fn has_cargo_tool(tool: &str) -> bool {
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    Command::new(cargo)
+        .args([tool, "--version"])
+        .output()
+        .is_ok_and(|out| out.status.success())
+}
+
+/// Installs a cargo tool from crates.io when it is missing (takes minutes, so only once).
+fn ensure_cargo_tool(tool: &str, package: &str, version: &str) -> Result {
+    if has_cargo_tool(tool) {
+        return Ok(());
+    }
+    println!("xtask: `cargo {tool}` is missing; installing {package} {version}");
+    cargo(&["install", "--locked", package, "--version", version], &[])
+}
+
+/// The workspace root: the parent of this crate's manifest directory.
+fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
