@@ -6,7 +6,9 @@
 //! tungstenite.
 
 mod cli;
+mod http;
 mod server;
+mod ws;
 
 use std::process::ExitCode;
 

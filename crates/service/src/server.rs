@@ -4,18 +4,30 @@
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use bytes::Bytes;
-use herald_config::BaseConfig;
-use http::{Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::{body::Incoming, server::conn::http1, service::service_fn};
+use herald_config::{BaseConfig, JwtAlgorithm, RuntimeConfig};
+use herald_core::{
+    Gateway, GatewayParts, GatewaySettings, InMemoryPreferenceStore, JwtAuthenticator, JwtSettings,
+};
+use herald_utils::SystemClock;
+use hyper::{server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use jsonwebtoken::{Algorithm, DecodingKey};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
+/// How often the heartbeat and timeout sweep runs; token expiry is enforced within this.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
+/// Users whose preferences the in-memory store remembers.
+const PREFERENCE_USERS: usize = 100_000;
+
 /// Everything a request handler needs.
-struct App {
-    config: BaseConfig,
+pub(crate) struct App {
+    pub(crate) config: BaseConfig,
+    pub(crate) gateway: Gateway,
+    pub(crate) metrics: PrometheusHandle,
+    /// Every connection task, HTTP and WebSocket, so shutdown can wait for them.
+    pub(crate) tracker: TaskTracker,
 }
 
 /// Runs the server until a shutdown signal, then drains within `shutdown_grace`.
@@ -28,10 +40,20 @@ pub(crate) async fn run(config: BaseConfig) -> anyhow::Result<()> {
         .context("listener has no local address")?;
     tracing::info!(%addr, "listening");
 
-    let app = Arc::new(App { config });
-    let shutdown = CancellationToken::new();
+    let metrics = PrometheusBuilder::new()
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
+    let gateway = build_gateway(&config)?;
     let tracker = TaskTracker::new();
+    let app = Arc::new(App {
+        config,
+        gateway,
+        metrics,
+        tracker: tracker.clone(),
+    });
+    let shutdown = CancellationToken::new();
     tokio::spawn(signal_shutdown(shutdown.clone()));
+    tokio::spawn(housekeeping(Arc::clone(&app), shutdown.clone()));
 
     loop {
         let (stream, peer) = tokio::select! {
@@ -53,7 +75,7 @@ pub(crate) async fn run(config: BaseConfig) -> anyhow::Result<()> {
         tracker.spawn(async move {
             let service = service_fn(move |request| {
                 let app = Arc::clone(&app);
-                async move { Ok::<_, Infallible>(app.handle(request).await) }
+                async move { Ok::<_, Infallible>(crate::http::handle(&app, request).await) }
             });
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -75,6 +97,9 @@ pub(crate) async fn run(config: BaseConfig) -> anyhow::Result<()> {
         });
     }
 
+    // Readiness turns false, new upgrades are refused, and every WebSocket flushes its queue
+    // and closes with 1001.
+    app.gateway.begin_shutdown();
     drop(listener);
     tracker.close();
     let grace = app.config.shutdown_grace;
@@ -86,19 +111,74 @@ pub(crate) async fn run(config: BaseConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-impl App {
-    async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
-        match (request.method().as_str(), request.uri().path()) {
-            ("GET", "/health/live") => text(StatusCode::OK, "ok"),
-            _ => text(StatusCode::NOT_FOUND, "not found"),
+/// Builds the gateway and its seams from the configuration.
+fn build_gateway(config: &BaseConfig) -> anyhow::Result<Gateway> {
+    let algorithm = match config.jwt_algorithm {
+        JwtAlgorithm::Hs256 => Algorithm::HS256,
+        JwtAlgorithm::Rs256 => Algorithm::RS256,
+        JwtAlgorithm::Es256 => Algorithm::ES256,
+    };
+    let key = match (&config.jwt_public_key_file, &config.jwt_secret) {
+        (Some(path), _) if config.jwt_algorithm.uses_public_key() => {
+            Some(JwtSettings::public_key(algorithm, path).map_err(|e| {
+                anyhow::anyhow!("HERALD_JWT_PUBLIC_KEY_FILE (jwt_public_key_file): {e}")
+            })?)
+        }
+        (_, Some(secret)) if !config.jwt_algorithm.uses_public_key() => {
+            Some(DecodingKey::from_secret(secret.expose().as_bytes()))
+        }
+        _ => None,
+    };
+    let authenticator = JwtAuthenticator::new(JwtSettings {
+        algorithm,
+        key,
+        issuer: config.jwt_issuer.clone(),
+        audience: config.jwt_audience.clone(),
+        leeway_ms: u64::try_from(config.jwt_leeway.as_millis()).unwrap_or(u64::MAX),
+        default_topics: config.default_topics.clone(),
+        tiers: config
+            .tiers
+            .iter()
+            .map(|(name, _)| name.to_owned())
+            .collect(),
+    });
+    Ok(Gateway::new(GatewayParts {
+        settings: GatewaySettings::from_config(config),
+        runtime: Arc::new(RuntimeConfig::new(config)),
+        authenticator: Arc::new(authenticator),
+        preferences: Arc::new(InMemoryPreferenceStore::new(PREFERENCE_USERS)),
+        clock: Arc::new(SystemClock),
+    }))
+}
+
+/// The periodic work: the heartbeat/timeout sweep and the metrics upkeep.
+async fn housekeeping(app: Arc<App>, shutdown: CancellationToken) {
+    let mut interval = tokio::time::interval(SWEEP_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u64 = 0;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        let report = app.gateway.sweep();
+        if report != herald_core::SweepReport::default() {
+            tracing::debug!(?report, "sweep");
+        }
+        ticks += 1;
+        if ticks.is_multiple_of(20) {
+            app.metrics.run_upkeep();
         }
     }
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-    *response.status_mut() = status;
-    response
+/// Resident memory of this process in bytes, from `/proc/self/statm` (0 where unavailable).
+pub(crate) fn rss_bytes() -> u64 {
+    const PAGE_SIZE: u64 = 4096;
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|statm| statm.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * PAGE_SIZE)
 }
 
 /// Cancels `shutdown` on the first SIGTERM or SIGINT.

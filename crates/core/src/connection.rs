@@ -1,0 +1,302 @@
+//! Connections and the [`ConnectionManager`]: the index of live connections by id and by user,
+//! the server-wide connection slots and the per-user limits.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    fmt,
+    sync::{
+        Arc, Mutex, MutexGuard, OnceLock, PoisonError,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+};
+
+use herald_protocol::{CloseCode, Topic};
+
+use crate::{
+    ids::{ConnectionId, IsolationKey, ThreadId, UserId},
+    outbox::Outbox,
+};
+
+/// Sentinel for "no deadline".
+pub(crate) const NO_DEADLINE: u64 = u64::MAX;
+
+/// One client connection as the rest of the gateway sees it.
+///
+/// Shared (`Arc`) between its transport task, the topic indexes, the user index and the sweep.
+pub struct Connection {
+    id: ConnectionId,
+    key: OnceLock<IsolationKey>,
+    thread: Option<ThreadId>,
+    outbox: Outbox,
+    connected_at_unix_ms: u64,
+    /// Gateway-clock milliseconds of the last inbound frame.
+    last_activity_ms: AtomicU64,
+    /// Gateway-clock milliseconds of the last server ping.
+    last_ping_ms: AtomicU64,
+    /// Before authentication: the auth deadline; after: the token's expiry (gateway clock).
+    deadline_ms: AtomicU64,
+    topics: Mutex<BTreeSet<Topic>>,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.id)
+            .field("key", &self.key.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    pub(crate) fn new(
+        id: ConnectionId,
+        thread: Option<ThreadId>,
+        outbox: Outbox,
+        connected_at_unix_ms: u64,
+        now_ms: u64,
+    ) -> Self {
+        Self {
+            id,
+            key: OnceLock::new(),
+            thread,
+            outbox,
+            connected_at_unix_ms,
+            last_activity_ms: AtomicU64::new(now_ms),
+            last_ping_ms: AtomicU64::new(now_ms),
+            deadline_ms: AtomicU64::new(NO_DEADLINE),
+            topics: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    /// The connection's id.
+    pub fn id(&self) -> ConnectionId {
+        self.id
+    }
+
+    /// The isolation key, once the connection has authenticated.
+    pub fn key(&self) -> Option<&IsolationKey> {
+        self.key.get()
+    }
+
+    /// The thread from `?thread=`, if any.
+    pub fn thread(&self) -> Option<&ThreadId> {
+        self.thread.as_ref()
+    }
+
+    /// The outbound queue.
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    /// When the connection was accepted, in milliseconds since the Unix epoch.
+    pub fn connected_at_unix_ms(&self) -> u64 {
+        self.connected_at_unix_ms
+    }
+
+    /// Topics the connection is subscribed to, sorted.
+    pub fn topics(&self) -> Vec<Topic> {
+        self.lock_topics().iter().cloned().collect()
+    }
+
+    /// Records inbound activity at gateway time `now_ms`.
+    pub fn touch(&self, now_ms: u64) {
+        self.last_activity_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// Gateway time of the last inbound frame.
+    pub fn last_activity_ms(&self) -> u64 {
+        self.last_activity_ms.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_key(&self, key: IsolationKey) -> bool {
+        self.key.set(key).is_ok()
+    }
+
+    pub(crate) fn last_ping_ms(&self) -> u64 {
+        self.last_ping_ms.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_last_ping_ms(&self, now_ms: u64) {
+        self.last_ping_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    pub(crate) fn deadline_ms(&self) -> u64 {
+        self.deadline_ms.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_deadline_ms(&self, deadline_ms: u64) {
+        self.deadline_ms.store(deadline_ms, Ordering::Relaxed);
+    }
+
+    pub(crate) fn lock_topics(&self) -> MutexGuard<'_, BTreeSet<Topic>> {
+        // The set stays consistent under a panic (single insert/remove calls), so poison is ignored.
+        self.topics.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A reserved place under `HERALD_MAX_CONNECTIONS`, released when dropped.
+#[derive(Debug)]
+pub struct Slot {
+    count: Arc<AtomicUsize>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What to do when a user is at their connection limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitPolicy {
+    /// Close the user's oldest connection with 4029 and admit the new one.
+    EvictOldest,
+    /// Refuse the new connection.
+    Reject,
+}
+
+/// The user is at their connection limit and the policy is [`LimitPolicy::Reject`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("user connection limit of {limit} reached")]
+pub struct LimitExceeded {
+    /// The limit that applied.
+    pub limit: usize,
+}
+
+/// Every live connection, by id and by user.
+#[derive(Debug)]
+pub struct ConnectionManager {
+    by_id: papaya::HashMap<ConnectionId, Arc<Connection>>,
+    by_user: Mutex<HashMap<UserId, Vec<Arc<Connection>>>>,
+    slots: Arc<AtomicUsize>,
+    max_connections: usize,
+    next_id: AtomicU64,
+}
+
+impl ConnectionManager {
+    /// An empty manager admitting at most `max_connections` connections.
+    pub fn new(max_connections: usize) -> Self {
+        Self {
+            by_id: papaya::HashMap::new(),
+            by_user: Mutex::new(HashMap::new()),
+            slots: Arc::new(AtomicUsize::new(0)),
+            max_connections,
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Reserves a connection slot; `None` when the server is full.
+    pub fn try_reserve(&self) -> Option<Slot> {
+        let reserved = self
+            .slots
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_connections).then_some(n + 1)
+            });
+        reserved.ok().map(|_| Slot {
+            count: Arc::clone(&self.slots),
+        })
+    }
+
+    /// A fresh, never reused connection id.
+    pub(crate) fn next_id(&self) -> ConnectionId {
+        ConnectionId::new(self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Adds a connection to the id index.
+    pub(crate) fn insert(&self, connection: Arc<Connection>) {
+        self.by_id.pin().insert(connection.id(), connection);
+    }
+
+    /// Looks a connection up by id.
+    pub fn get(&self, id: ConnectionId) -> Option<Arc<Connection>> {
+        self.by_id.pin().get(&id).cloned()
+    }
+
+    /// How many of `user`'s connections are registered.
+    pub fn user_connection_count(&self, user: &UserId) -> usize {
+        self.lock_users().get(user).map_or(0, Vec::len)
+    }
+
+    /// Registers `connection` under `key.user`, applying the per-user `limit` with `policy`.
+    ///
+    /// With [`LimitPolicy::EvictOldest`] the oldest connections over the limit are removed from
+    /// the user index at once, asked to close with 4029 and returned.
+    pub(crate) fn register_user(
+        &self,
+        connection: &Arc<Connection>,
+        key: IsolationKey,
+        limit: usize,
+        policy: LimitPolicy,
+    ) -> Result<Vec<Arc<Connection>>, LimitExceeded> {
+        let mut users = self.lock_users();
+        let list = users.entry(key.user.clone()).or_default();
+        let mut evicted = Vec::new();
+        if list.len() >= limit {
+            if policy == LimitPolicy::Reject {
+                if list.is_empty() {
+                    users.remove(&key.user);
+                }
+                return Err(LimitExceeded { limit });
+            }
+            let excess = list.len() + 1 - limit.max(1);
+            evicted.extend(list.drain(..excess));
+        }
+        list.push(Arc::clone(connection));
+        drop(users);
+        connection.set_key(key);
+        for old in &evicted {
+            old.outbox().close(CloseCode::Replaced);
+        }
+        Ok(evicted)
+    }
+
+    /// Removes a connection from every index of this manager. Idempotent.
+    pub(crate) fn remove(&self, connection: &Connection) {
+        self.by_id.pin().remove(&connection.id());
+        let Some(key) = connection.key() else { return };
+        let mut users = self.lock_users();
+        if let Some(list) = users.get_mut(&key.user) {
+            list.retain(|c| c.id() != connection.id());
+            if list.is_empty() {
+                users.remove(&key.user);
+            }
+        }
+    }
+
+    /// The connections of `user`, oldest first.
+    pub fn user_connections(&self, user: &UserId) -> Vec<Arc<Connection>> {
+        self.lock_users().get(user).cloned().unwrap_or_default()
+    }
+
+    /// Every connection (a snapshot).
+    pub fn all(&self) -> Vec<Arc<Connection>> {
+        self.by_id.pin().values().cloned().collect()
+    }
+
+    /// Calls `f` for every connection without collecting them.
+    pub fn for_each(&self, mut f: impl FnMut(&Arc<Connection>)) {
+        for connection in self.by_id.pin().values() {
+            f(connection);
+        }
+    }
+
+    /// Live connections (accepted and not yet cleaned up).
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Whether there is no live connection.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Users with at least one authenticated connection.
+    pub fn user_count(&self) -> usize {
+        self.lock_users().len()
+    }
+
+    fn lock_users(&self) -> MutexGuard<'_, HashMap<UserId, Vec<Arc<Connection>>>> {
+        // Each critical section leaves the map consistent, so poison is ignored.
+        self.by_user.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}

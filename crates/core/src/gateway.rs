@@ -1,0 +1,1062 @@
+//! The [`Gateway`]: admission, the per-connection [`Session`] that handles client frames, the
+//! server-side operations of the HTTP API, and the heartbeat/stale sweep.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use herald_config::{BaseConfig, RuntimeConfig, UserLimitPolicy};
+use herald_protocol::{
+    ClientFrame, ClientRequest, CloseCode, ConnectedData, ErrorCode, ProtocolError, PushScope,
+    RefreshResult, RequestKind, ServerMessage, StreamPosition, SubscribeResult, Topic,
+    parse_client_frame,
+};
+use herald_utils::{CircularBuffer, Clock, LruCache, Priority};
+use serde_json::{Map, Value, json, value::RawValue};
+
+use crate::{
+    auth::{AuthError, Authenticator, Principal},
+    connection::{Connection, ConnectionManager, LimitExceeded, LimitPolicy, NO_DEADLINE, Slot},
+    ids::{ConnectionId, IsolationKey, ThreadId, UserId},
+    outbox::{Frame, Offer, Outbox},
+    preferences::PreferenceStore,
+    subscription::{SubscribeError, SubscriptionManager, TopicInfo, TopicPosition},
+};
+
+/// The immutable settings the gateway runs with, taken from [`BaseConfig`].
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    /// Time to authenticate after the upgrade (close 4001 after it).
+    pub auth_timeout: Duration,
+    /// Interval of server pings.
+    pub heartbeat_interval: Duration,
+    /// Close 4000 a connection silent for this long.
+    pub stale_timeout: Duration,
+    /// Largest inbound message, in bytes.
+    pub max_payload_bytes: usize,
+    /// Connections in all.
+    pub max_connections: usize,
+    /// Topics one connection may subscribe to.
+    pub max_subscriptions_per_connection: usize,
+    /// Outbound queue per connection, in frames.
+    pub max_queue_size: usize,
+    /// Outbound queue per connection, in bytes.
+    pub max_queue_bytes: usize,
+    /// What to do at a user's connection limit.
+    pub user_limit_policy: LimitPolicy,
+    /// Connection quota per tier.
+    pub tier_connections: HashMap<String, usize>,
+    /// How long a topic without subscribers keeps its offsets after its last publication.
+    pub topic_retention: Duration,
+}
+
+impl GatewaySettings {
+    /// The settings of `config`.
+    pub fn from_config(config: &BaseConfig) -> Self {
+        Self {
+            auth_timeout: config.auth_timeout,
+            heartbeat_interval: config.heartbeat_interval,
+            stale_timeout: config.stale_timeout,
+            max_payload_bytes: config.max_payload_bytes,
+            max_connections: config.max_connections,
+            max_subscriptions_per_connection: config.max_subscriptions_per_connection,
+            max_queue_size: config.max_queue_size,
+            max_queue_bytes: config.max_queue_bytes,
+            user_limit_policy: match config.user_limit_policy {
+                UserLimitPolicy::EvictOldest => LimitPolicy::EvictOldest,
+                UserLimitPolicy::Reject => LimitPolicy::Reject,
+            },
+            tier_connections: config
+                .tiers
+                .iter()
+                .map(|(name, quota)| (name.to_owned(), quota.max_connections as usize))
+                .collect(),
+            topic_retention: config.history_ttl,
+        }
+    }
+}
+
+/// The seams the gateway is built from.
+pub struct GatewayParts {
+    /// Immutable settings.
+    pub settings: GatewaySettings,
+    /// Live-tunable settings.
+    pub runtime: Arc<RuntimeConfig>,
+    /// Token verification.
+    pub authenticator: Arc<dyn Authenticator>,
+    /// Where preferences live.
+    pub preferences: Arc<dyn PreferenceStore>,
+    /// Where time comes from.
+    pub clock: Arc<dyn Clock>,
+}
+
+/// Why a connection was refused at the handshake.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The server is full or shutting down (HTTP 503, `unavailable`).
+    #[error("server unavailable: {0}")]
+    Unavailable(&'static str),
+    /// The token in the header or query was refused (HTTP 401, `unauthorized`).
+    #[error(transparent)]
+    Unauthorized(#[from] AuthError),
+    /// The user is at their limit and the policy is `reject` (HTTP 429, `limit_exceeded`).
+    #[error(transparent)]
+    LimitExceeded(#[from] LimitExceeded),
+    /// A malformed connection option, e.g. `?thread=` (HTTP 400, `bad_request`).
+    #[error("{0}")]
+    BadRequest(String),
+}
+
+impl Refusal {
+    /// The contract's error code for this refusal.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::Unavailable(_) => ErrorCode::Unavailable,
+            Self::Unauthorized(_) => ErrorCode::Unauthorized,
+            Self::LimitExceeded(_) => ErrorCode::LimitExceeded,
+            Self::BadRequest(_) => ErrorCode::BadRequest,
+        }
+    }
+}
+
+/// A connection that passed the handshake checks and holds a slot; [`Gateway::open`] turns it
+/// into a [`Session`] once the transport is ready.
+#[derive(Debug)]
+pub struct Admission {
+    slot: Slot,
+    principal: Option<Principal>,
+    thread: Option<ThreadId>,
+}
+
+/// Why an HTTP API operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayError {
+    /// No such connection.
+    #[error("no connection {0}")]
+    UnknownConnection(String),
+    /// The gateway is shutting down.
+    #[error("server is shutting down")]
+    ShuttingDown,
+}
+
+/// Counters since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GatewayStats {
+    /// Live connections (authenticated or not).
+    pub connections: usize,
+    /// Users with at least one authenticated connection.
+    pub users: usize,
+    /// Connection-topic subscriptions.
+    pub subscriptions: usize,
+    /// Known topics.
+    pub topics: usize,
+    /// Publications accepted (not counting duplicates).
+    pub published: u64,
+    /// Frames queued to connections for publications and pushes.
+    pub delivered: u64,
+    /// Frames shed from full queues.
+    pub shed: u64,
+}
+
+/// One connection as `GET /api/connections` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionSummary {
+    /// Its id.
+    pub id: ConnectionId,
+    /// Its user, once authenticated.
+    pub user: Option<UserId>,
+    /// Its thread, if bound to one.
+    pub thread: Option<ThreadId>,
+    /// Its subscriptions, sorted.
+    pub topics: Vec<Topic>,
+    /// Milliseconds since its last inbound frame.
+    pub idle_ms: u64,
+    /// When it was accepted, in ms since the Unix epoch.
+    pub connected_at_unix_ms: u64,
+}
+
+/// What a sweep did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Server pings queued.
+    pub pings: usize,
+    /// Connections closed 4000 for silence.
+    pub stale: usize,
+    /// Connections closed 4001 for not authenticating in time.
+    pub auth_timeouts: usize,
+    /// Connections closed 4003 for an expired token.
+    pub expired: usize,
+    /// Topics dropped after their retention.
+    pub topics_dropped: usize,
+}
+
+/// The answer to a publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishOutcome {
+    /// The publication's offset (the original one for a duplicate).
+    pub offset: u64,
+    /// The topic's epoch.
+    pub epoch: Arc<str>,
+    /// Whether the id was already published within the dedupe window.
+    pub deduplicated: bool,
+    /// Connections it was queued to.
+    pub delivered: usize,
+}
+
+/// The gateway: cheap to clone, shared by the transport, the HTTP API and the sweeper.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+/// Fan-out latency samples kept for `/api/stats` percentiles.
+const LATENCY_SAMPLES: usize = 1024;
+
+type DedupeKey = (Topic, Box<str>);
+/// `(topic, publish id)` to `(offset, epoch)`, with the dedupe window as time-to-live.
+type DedupeCache = LruCache<DedupeKey, (u64, Arc<str>), Arc<dyn Clock>>;
+
+struct Inner {
+    settings: GatewaySettings,
+    runtime: Arc<RuntimeConfig>,
+    authenticator: Arc<dyn Authenticator>,
+    preferences: Arc<dyn PreferenceStore>,
+    clock: Arc<dyn Clock>,
+    origin: Instant,
+    connections: ConnectionManager,
+    topics: SubscriptionManager,
+    dedupe: Mutex<DedupeCache>,
+    shutting_down: AtomicBool,
+    /// Recent publish-to-queued (fan-out) durations in microseconds.
+    fanout_latency_us: Mutex<CircularBuffer<f64>>,
+    published: AtomicU64,
+    delivered: AtomicU64,
+    shed: AtomicU64,
+}
+
+impl Gateway {
+    /// Builds a gateway from its parts.
+    pub fn new(parts: GatewayParts) -> Self {
+        let origin = parts.clock.now();
+        let epoch_seed = unix_ms();
+        let dedupe = LruCache::new(parts.runtime.dedupe_cache_size(), Arc::clone(&parts.clock));
+        Self {
+            inner: Arc::new(Inner {
+                connections: ConnectionManager::new(parts.settings.max_connections),
+                topics: SubscriptionManager::new(epoch_seed),
+                settings: parts.settings,
+                runtime: parts.runtime,
+                authenticator: parts.authenticator,
+                preferences: parts.preferences,
+                clock: parts.clock,
+                origin,
+                dedupe: Mutex::new(dedupe),
+                shutting_down: AtomicBool::new(false),
+                fanout_latency_us: Mutex::new(CircularBuffer::new(LATENCY_SAMPLES)),
+                published: AtomicU64::new(0),
+                delivered: AtomicU64::new(0),
+                shed: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &GatewaySettings {
+        &self.inner.settings
+    }
+
+    /// The live-tunable settings.
+    pub fn runtime(&self) -> &Arc<RuntimeConfig> {
+        &self.inner.runtime
+    }
+
+    /// Checks a new connection at the handshake: capacity, the token when it came with the
+    /// request, the thread option and (policy `reject`) the user's limit.
+    pub fn admit(&self, token: Option<&str>, thread: Option<&str>) -> Result<Admission, Refusal> {
+        if self.is_shutting_down() {
+            return Err(Refusal::Unavailable("shutting down"));
+        }
+        let thread = match thread {
+            Some(id) => {
+                herald_protocol::validate_id(id)
+                    .map_err(|e| Refusal::BadRequest(format!("thread: {e}")))?;
+                Some(ThreadId::new(id))
+            }
+            None => None,
+        };
+        let principal = match token {
+            Some(token) => Some(self.inner.authenticator.authenticate(token, unix_ms())?),
+            None => None,
+        };
+        if let Some(principal) = &principal
+            && self.inner.settings.user_limit_policy == LimitPolicy::Reject
+        {
+            let limit = self.user_limit(principal);
+            if self
+                .inner
+                .connections
+                .user_connection_count(&principal.user)
+                >= limit
+            {
+                return Err(LimitExceeded { limit }.into());
+            }
+        }
+        let slot = self
+            .inner
+            .connections
+            .try_reserve()
+            .ok_or(Refusal::Unavailable("server full"))?;
+        Ok(Admission {
+            slot,
+            principal,
+            thread,
+        })
+    }
+
+    /// Opens a session for an admitted connection whose transport is ready.
+    ///
+    /// With a token from the handshake the connection is registered and `connected` queued at
+    /// once; otherwise it must send `auth` within the auth timeout.
+    pub fn open(&self, admission: Admission) -> Session {
+        let inner = &self.inner;
+        let now = self.now_ms();
+        let connection = Arc::new(Connection::new(
+            inner.connections.next_id(),
+            admission.thread,
+            Outbox::new(
+                inner.settings.max_queue_size,
+                inner.settings.max_queue_bytes,
+            ),
+            unix_ms(),
+            now,
+        ));
+        connection.set_deadline_ms(now.saturating_add(duration_ms(inner.settings.auth_timeout)));
+        inner.connections.insert(Arc::clone(&connection));
+        metrics::counter!("herald_connections_opened_total").increment(1);
+        let mut session = Session {
+            gateway: self.clone(),
+            connection,
+            principal: None,
+            _slot: admission.slot,
+        };
+        if let Some(principal) = admission.principal {
+            session.authenticate(principal, None);
+        }
+        session
+    }
+
+    /// Publishes `data` to `topic`: dedupe by `id`, assign the next offset, encode once and
+    /// queue to every subscriber at `priority`.
+    pub fn publish(
+        &self,
+        topic: &Topic,
+        data: &RawValue,
+        priority: Priority,
+        id: Option<&str>,
+    ) -> Result<PublishOutcome, GatewayError> {
+        if self.is_shutting_down() {
+            return Err(GatewayError::ShuttingDown);
+        }
+        let inner = &self.inner;
+        let started = inner.clock.now();
+        let now = self.now_ms();
+        let dedupe = |next_offset: u64, epoch: &Arc<str>| {
+            let id = id?;
+            let window = inner.runtime.dedupe_window();
+            let mut cache = inner.dedupe.lock().unwrap_or_else(PoisonError::into_inner);
+            let capacity = inner.runtime.dedupe_cache_size();
+            if cache.capacity() != capacity {
+                cache.resize(capacity);
+            }
+            let key = (topic.clone(), Box::from(id));
+            if let Some((offset, seen_epoch)) = cache.get(&key)
+                && seen_epoch == epoch
+            {
+                return Some(*offset);
+            }
+            if !window.is_zero() {
+                cache.insert_with_ttl(key, (next_offset, Arc::clone(epoch)), window);
+            }
+            None
+        };
+        let published = inner
+            .topics
+            .publish(topic, priority, now, dedupe, |offset, epoch| {
+                let message = ServerMessage::Message {
+                    topic: topic.clone(),
+                    data: data.to_owned(),
+                    offset,
+                    epoch: epoch.to_owned(),
+                };
+                Frame::from(message.encode())
+            });
+        if published.deduplicated {
+            metrics::counter!("herald_messages_deduplicated_total").increment(1);
+        } else {
+            inner.published.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("herald_messages_published_total").increment(1);
+            self.count_delivery(published.delivered, published.shed);
+            let elapsed = inner.clock.now().saturating_duration_since(started);
+            metrics::histogram!("herald_fanout_latency_seconds").record(elapsed.as_secs_f64());
+            let micros = elapsed.as_secs_f64() * 1e6;
+            inner
+                .fanout_latency_us
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(micros);
+        }
+        Ok(PublishOutcome {
+            offset: published.offset,
+            epoch: published.epoch,
+            deduplicated: published.deduplicated,
+            delivered: published.delivered,
+        })
+    }
+
+    /// Sends a `push` (scope `broadcast`) to every authenticated connection but `exclude`.
+    pub fn broadcast(
+        &self,
+        data: &RawValue,
+        priority: Priority,
+        exclude: &[ConnectionId],
+    ) -> usize {
+        let frame = push_frame(data, PushScope::Broadcast);
+        let (mut delivered, mut shed) = (0, 0);
+        self.inner.connections.for_each(|connection| {
+            if connection.key().is_some() && !exclude.contains(&connection.id()) {
+                offer_counting(connection, &frame, priority, &mut delivered, &mut shed);
+            }
+        });
+        self.count_delivery(delivered, shed);
+        delivered
+    }
+
+    /// Sends a `push` (scope `user`) to `user`'s connections; with `thread`, to those bound to
+    /// that thread and those bound to none.
+    pub fn send_to_user(
+        &self,
+        user: &UserId,
+        thread: Option<&ThreadId>,
+        data: &RawValue,
+        priority: Priority,
+    ) -> usize {
+        let frame = push_frame(data, PushScope::User);
+        let (mut delivered, mut shed) = (0, 0);
+        for connection in self.inner.connections.user_connections(user) {
+            if connection
+                .key()
+                .is_some_and(|key| key.receives(user, thread))
+            {
+                offer_counting(&connection, &frame, priority, &mut delivered, &mut shed);
+            }
+        }
+        self.count_delivery(delivered, shed);
+        delivered
+    }
+
+    /// Sends a `push` (scope `connection`) to one connection.
+    pub fn send_to_connection(
+        &self,
+        id: ConnectionId,
+        data: &RawValue,
+        priority: Priority,
+    ) -> Result<usize, GatewayError> {
+        let connection = self.authenticated(id)?;
+        let frame = push_frame(data, PushScope::Connection);
+        let (mut delivered, mut shed) = (0, 0);
+        offer_counting(&connection, &frame, priority, &mut delivered, &mut shed);
+        self.count_delivery(delivered, shed);
+        Ok(delivered)
+    }
+
+    /// Closes a connection with 4010.
+    pub fn disconnect(&self, id: ConnectionId) -> Result<(), GatewayError> {
+        let connection = self
+            .inner
+            .connections
+            .get(id)
+            .ok_or_else(|| GatewayError::UnknownConnection(id.to_string()))?;
+        connection.outbox().close(CloseCode::DisconnectedByApi);
+        Ok(())
+    }
+
+    /// Lists connections, optionally only `user`'s, oldest first.
+    pub fn connections(&self, user: Option<&UserId>) -> Vec<ConnectionSummary> {
+        let now = self.now_ms();
+        let mut list = match user {
+            Some(user) => self.inner.connections.user_connections(user),
+            None => self.inner.connections.all(),
+        };
+        list.sort_by_key(|c| c.id());
+        list.iter()
+            .map(|c| ConnectionSummary {
+                id: c.id(),
+                user: c.key().map(|k| k.user.clone()),
+                thread: c.thread().cloned(),
+                topics: c.topics(),
+                idle_ms: now.saturating_sub(c.last_activity_ms()),
+                connected_at_unix_ms: c.connected_at_unix_ms(),
+            })
+            .collect()
+    }
+
+    /// A topic's subscribers and position, if known.
+    pub fn topic(&self, topic: &Topic) -> Option<TopicInfo> {
+        self.inner.topics.topic(topic)
+    }
+
+    /// Current counts and totals.
+    pub fn stats(&self) -> GatewayStats {
+        let inner = &self.inner;
+        GatewayStats {
+            connections: inner.connections.len(),
+            users: inner.connections.user_count(),
+            subscriptions: inner.topics.subscription_count(),
+            topics: inner.topics.topic_count(),
+            published: inner.published.load(Ordering::Relaxed),
+            delivered: inner.delivered.load(Ordering::Relaxed),
+            shed: inner.shed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Median and 99th percentile of recent fan-out latencies (publish accepted to queued for
+    /// every subscriber), in microseconds; zeros before the first publication.
+    pub fn fanout_latency_us(&self) -> (u64, u64) {
+        let samples = self
+            .inner
+            .fanout_latency_us
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Latencies are non-negative and far below u64::MAX microseconds, so `as` is exact enough.
+        let at = |p: f64| samples.percentile(p).map_or(0, |v| v.round() as u64);
+        (at(50.0), at(99.0))
+    }
+
+    /// One pass of the heartbeat and timeout sweep; call it about every quarter second.
+    ///
+    /// Queues a server `ping` to connections due one, and closes connections that did not
+    /// authenticate in time (4001), whose token expired (4003) or that were silent for the
+    /// stale timeout (4000). Also drops topics past their retention, and expired dedupe ids.
+    pub fn sweep(&self) -> SweepReport {
+        let inner = &self.inner;
+        let now = self.now_ms();
+        let heartbeat = duration_ms(inner.settings.heartbeat_interval);
+        let stale = duration_ms(inner.settings.stale_timeout);
+        let ping = Frame::from(
+            ServerMessage::Ping {
+                timestamp: Some(unix_ms()),
+            }
+            .encode(),
+        );
+        let mut report = SweepReport::default();
+        inner.connections.for_each(|connection| {
+            let outbox = connection.outbox();
+            if outbox.close_requested().is_some() {
+                return;
+            }
+            let authenticated = connection.key().is_some();
+            if now >= connection.deadline_ms() {
+                let (code, counter) = if authenticated {
+                    (CloseCode::TokenExpired, &mut report.expired)
+                } else {
+                    (CloseCode::Unauthenticated, &mut report.auth_timeouts)
+                };
+                if outbox.close(code) {
+                    *counter += 1;
+                }
+            } else if now.saturating_sub(connection.last_activity_ms()) >= stale {
+                if outbox.close(CloseCode::Stale) {
+                    report.stale += 1;
+                }
+            } else if authenticated && now.saturating_sub(connection.last_ping_ms()) >= heartbeat {
+                connection.set_last_ping_ms(now);
+                if let Offer::Queued { shed } = outbox.offer(ping.clone(), Priority::Critical) {
+                    inner.shed.fetch_add(shed as u64, Ordering::Relaxed);
+                    report.pings += 1;
+                }
+            }
+        });
+        report.topics_dropped = inner
+            .topics
+            .sweep_idle(now, duration_ms(inner.settings.topic_retention));
+        inner
+            .dedupe
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .purge_expired();
+        report
+    }
+
+    /// Starts a graceful shutdown: refuse new connections and publications, and ask every
+    /// connection to flush its queue and close with 1001.
+    pub fn begin_shutdown(&self) {
+        if self.inner.shutting_down.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.inner.connections.for_each(|connection| {
+            connection.outbox().close(CloseCode::GoingAway);
+        });
+    }
+
+    /// Whether [`begin_shutdown`](Self::begin_shutdown) was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// Milliseconds on the gateway clock since the gateway was built.
+    pub fn now_ms(&self) -> u64 {
+        duration_ms(
+            self.inner
+                .clock
+                .now()
+                .saturating_duration_since(self.inner.origin),
+        )
+    }
+
+    fn authenticated(&self, id: ConnectionId) -> Result<Arc<Connection>, GatewayError> {
+        self.inner
+            .connections
+            .get(id)
+            .filter(|c| c.key().is_some())
+            .ok_or_else(|| GatewayError::UnknownConnection(id.to_string()))
+    }
+
+    fn user_limit(&self, principal: &Principal) -> usize {
+        let tier = self
+            .inner
+            .settings
+            .tier_connections
+            .get(&*principal.tier)
+            .copied()
+            .unwrap_or(usize::MAX);
+        tier.min(self.inner.runtime.max_connections_per_user())
+            .max(1)
+    }
+
+    fn count_delivery(&self, delivered: usize, shed: usize) {
+        self.inner
+            .delivered
+            .fetch_add(delivered as u64, Ordering::Relaxed);
+        metrics::counter!("herald_messages_delivered_total").increment(delivered as u64);
+        if shed > 0 {
+            self.inner.shed.fetch_add(shed as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// The one cleanup path: removes the connection from every index. Idempotent.
+    fn cleanup(&self, connection: &Connection) {
+        self.inner.topics.remove_all(connection);
+        self.inner.connections.remove(connection);
+        metrics::counter!("herald_connections_closed_total").increment(1);
+    }
+}
+
+fn push_frame(data: &RawValue, scope: PushScope) -> Frame {
+    Frame::from(
+        ServerMessage::Push {
+            data: data.to_owned(),
+            scope,
+        }
+        .encode(),
+    )
+}
+
+fn offer_counting(
+    connection: &Connection,
+    frame: &Frame,
+    priority: Priority,
+    delivered: &mut usize,
+    shed: &mut usize,
+) {
+    if let Offer::Queued { shed: n } = connection.outbox().offer(frame.clone(), priority) {
+        *delivered += 1;
+        *shed += n;
+    }
+}
+
+/// Wall-clock milliseconds since the Unix epoch (tokens and timestamps are wall-clock).
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, duration_ms)
+}
+
+fn duration_ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// One connection's server side: handles its client frames and, when dropped, runs the one
+/// cleanup path that removes it from every index.
+///
+/// The transport owns the session for as long as the socket lives, feeds it every text frame
+/// with [`Session::on_text`] and writes what [`Connection::outbox`] yields.
+pub struct Session {
+    gateway: Gateway,
+    connection: Arc<Connection>,
+    principal: Option<Principal>,
+    _slot: Slot,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("connection", &self.connection)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.gateway.cleanup(&self.connection);
+    }
+}
+
+impl Session {
+    /// The connection.
+    pub fn connection(&self) -> &Arc<Connection> {
+        &self.connection
+    }
+
+    /// Whether the connection has authenticated.
+    pub fn is_authenticated(&self) -> bool {
+        self.principal.is_some()
+    }
+
+    /// Records inbound activity (any frame, including WebSocket pings and pongs).
+    pub fn touch(&self) {
+        self.connection.touch(self.gateway.now_ms());
+    }
+
+    /// Handles one inbound text frame: parse, route, and queue the reply.
+    pub fn on_text(&mut self, text: &str) {
+        self.touch();
+        let max = self.gateway.inner.settings.max_payload_bytes;
+        let frame = match parse_client_frame(text, max) {
+            Ok(frame) => frame,
+            Err(error) => {
+                let unauthenticated_request =
+                    self.principal.is_none() && error.kind.is_some_and(|k| k != RequestKind::Ping);
+                if unauthenticated_request {
+                    self.reply_error(
+                        error.message_id,
+                        ErrorCode::Unauthorized,
+                        "authenticate first",
+                    );
+                } else {
+                    self.reply(error.to_server_message());
+                }
+                return;
+            }
+        };
+        self.handle(frame);
+    }
+
+    fn handle(&mut self, frame: ClientFrame) {
+        let ClientFrame {
+            message_id,
+            timestamp,
+            request,
+        } = frame;
+        let Some(principal) = self.principal.clone() else {
+            match request {
+                ClientRequest::Auth { token } => self.on_auth(&token, message_id),
+                ClientRequest::Ping => self.reply(ServerMessage::Pong {
+                    timestamp,
+                    message_id,
+                }),
+                _ => self.reply_error(message_id, ErrorCode::Unauthorized, "authenticate first"),
+            }
+            return;
+        };
+        match request {
+            ClientRequest::Auth { token } => self.on_auth(&token, message_id),
+            ClientRequest::Subscribe { topic, since } => {
+                self.on_subscribe(&principal, &topic, since, message_id)
+            }
+            ClientRequest::Unsubscribe { topic } => {
+                let unsubscribed = self
+                    .gateway
+                    .inner
+                    .topics
+                    .unsubscribe(&self.connection, &topic);
+                self.ack(
+                    message_id,
+                    json!({"topic": topic, "unsubscribed": unsubscribed}),
+                );
+            }
+            ClientRequest::BatchSubscribe { topics } => {
+                let results: Vec<Value> = topics
+                    .iter()
+                    .map(|topic| match self.subscribe(&principal, topic, None) {
+                        Ok(result) => result,
+                        Err(error) => json!({"topic": topic, "error": error.detail()}),
+                    })
+                    .collect();
+                self.ack(message_id, json!({ "results": results }));
+            }
+            ClientRequest::BatchUnsubscribe { topics } => {
+                let results: Vec<Value> = topics
+                    .iter()
+                    .map(|topic| {
+                        let unsubscribed = self
+                            .gateway
+                            .inner
+                            .topics
+                            .unsubscribe(&self.connection, topic);
+                        json!({"topic": topic, "unsubscribed": unsubscribed})
+                    })
+                    .collect();
+                self.ack(message_id, json!({ "results": results }));
+            }
+            ClientRequest::Publish { topic, data, id } => {
+                if !principal.may_publish(topic.as_str()) {
+                    let message = format!("not allowed to publish to `{topic}`");
+                    self.reply_error(message_id, ErrorCode::Forbidden, message);
+                    return;
+                }
+                match self
+                    .gateway
+                    .publish(&topic, &data, Priority::Normal, id.as_deref())
+                {
+                    Ok(outcome) => self.ack(
+                        message_id,
+                        json!({"topic": topic, "offset": outcome.offset, "epoch": &*outcome.epoch,
+                               "deduplicated": outcome.deduplicated}),
+                    ),
+                    Err(error) => {
+                        self.reply_error(message_id, ErrorCode::Unavailable, error.to_string())
+                    }
+                }
+            }
+            ClientRequest::Ping => self.reply(ServerMessage::Pong {
+                timestamp,
+                message_id,
+            }),
+            ClientRequest::Pong => {}
+            ClientRequest::GetPreferences => {
+                let data = Value::Object(self.gateway.inner.preferences.get(&principal.user));
+                self.reply(ServerMessage::Preferences { message_id, data });
+            }
+            ClientRequest::UpdatePreferences { patch } => {
+                self.on_update_preferences(&principal.user, patch, message_id)
+            }
+            ClientRequest::Ack { ids } => {
+                // Critical events with acknowledgements arrive with the guaranteed-delivery
+                // work; until then no event is pending, so nothing is acknowledged.
+                self.ack(message_id, json!({"acknowledged": 0, "ids": ids.len()}));
+            }
+        }
+    }
+
+    fn on_auth(&mut self, token: &str, message_id: Option<String>) {
+        let refusal = match self
+            .gateway
+            .inner
+            .authenticator
+            .authenticate(token, unix_ms())
+        {
+            Ok(principal) => match &self.principal {
+                Some(current) if current.user != principal.user => {
+                    Some("a refresh token must be for the same user".to_owned())
+                }
+                Some(_) => {
+                    self.refresh(principal, message_id);
+                    return;
+                }
+                None => {
+                    self.authenticate(principal, message_id);
+                    return;
+                }
+            },
+            Err(error) => Some(error.to_string()),
+        };
+        if let Some(message) = refusal {
+            self.reply_error(message_id, ErrorCode::Unauthorized, message);
+            self.connection.outbox().close(CloseCode::Unauthenticated);
+        }
+    }
+
+    /// Registers the connection under its user and queues `connected` (then the `auth` ack).
+    fn authenticate(&mut self, principal: Principal, message_id: Option<String>) {
+        let gateway = &self.gateway;
+        let key = IsolationKey {
+            user: principal.user.clone(),
+            thread: self.connection.thread().cloned(),
+            connection: self.connection.id(),
+        };
+        let limit = gateway.user_limit(&principal);
+        let policy = gateway.inner.settings.user_limit_policy;
+        if let Err(exceeded) =
+            gateway
+                .inner
+                .connections
+                .register_user(&self.connection, key, limit, policy)
+        {
+            self.reply_error(message_id, ErrorCode::LimitExceeded, exceeded.to_string());
+            self.connection.outbox().close(CloseCode::Refused);
+            return;
+        }
+        self.set_expiry(&principal);
+        self.connection.set_last_ping_ms(gateway.now_ms());
+        self.reply(ServerMessage::Connected {
+            data: ConnectedData {
+                connection_id: self.connection.id().to_string(),
+                user_id: principal.user.to_string(),
+                tier: principal.tier.to_string(),
+                heartbeat_interval: duration_ms(gateway.inner.settings.heartbeat_interval),
+                max_payload: gateway.inner.settings.max_payload_bytes as u64,
+            },
+        });
+        let expires_at = principal.expires_at_ms;
+        self.principal = Some(principal);
+        self.ack(message_id, RefreshResult { expires_at }.to_value());
+    }
+
+    fn refresh(&mut self, principal: Principal, message_id: Option<String>) {
+        self.set_expiry(&principal);
+        let expires_at = principal.expires_at_ms;
+        self.principal = Some(principal);
+        self.ack(message_id, RefreshResult { expires_at }.to_value());
+    }
+
+    /// Moves the connection's deadline to the token's expiry, on the gateway clock.
+    fn set_expiry(&self, principal: &Principal) {
+        let remaining = principal.expires_at_ms.saturating_sub(unix_ms());
+        let deadline = self.gateway.now_ms().saturating_add(remaining);
+        self.connection
+            .set_deadline_ms(if principal.expires_at_ms == u64::MAX {
+                NO_DEADLINE
+            } else {
+                deadline
+            });
+    }
+
+    fn on_subscribe(
+        &self,
+        principal: &Principal,
+        topic: &Topic,
+        since: Option<StreamPosition>,
+        message_id: Option<String>,
+    ) {
+        // The ack is queued under the topic's lock, before any live message of the topic.
+        match self.subscribe_with(principal, topic, since.as_ref(), |result| {
+            if let Some(message_id) = message_id.clone() {
+                self.reply(ServerMessage::Ack {
+                    message_id,
+                    data: result,
+                });
+            }
+        }) {
+            Ok(()) => {}
+            Err(error) => self.reply(ServerMessage::error(message_id, error.code, error.message)),
+        }
+    }
+
+    fn subscribe(
+        &self,
+        principal: &Principal,
+        topic: &Topic,
+        since: Option<&StreamPosition>,
+    ) -> Result<Value, ProtocolError> {
+        self.subscribe_with(principal, topic, since, |result| result)
+    }
+
+    fn subscribe_with<R>(
+        &self,
+        principal: &Principal,
+        topic: &Topic,
+        since: Option<&StreamPosition>,
+        then: impl FnOnce(Value) -> R,
+    ) -> Result<R, ProtocolError> {
+        if !principal.may_subscribe(topic.as_str()) {
+            return Err(ProtocolError::new(
+                ErrorCode::Forbidden,
+                format!("not allowed to subscribe to `{topic}`"),
+            ));
+        }
+        let gateway = &self.gateway.inner;
+        let limit = gateway.settings.max_subscriptions_per_connection;
+        gateway
+            .topics
+            .subscribe(
+                &self.connection,
+                topic,
+                limit,
+                self.gateway.now_ms(),
+                |position: &TopicPosition| {
+                    // Without topic history, a resume is "recovered" only when nothing was missed.
+                    let recovered = since.is_some_and(|s| {
+                        s.epoch == *position.epoch && s.offset == position.last_offset
+                    });
+                    then(
+                        SubscribeResult {
+                            topic: topic.clone(),
+                            offset: position.last_offset,
+                            epoch: position.epoch.to_string(),
+                            recovered,
+                        }
+                        .to_value(),
+                    )
+                },
+            )
+            .map_err(|SubscribeError::LimitReached { limit }| {
+                ProtocolError::new(
+                    ErrorCode::LimitExceeded,
+                    format!("subscription limit of {limit} per connection reached"),
+                )
+            })
+    }
+
+    fn on_update_preferences(
+        &self,
+        user: &UserId,
+        patch: Map<String, Value>,
+        message_id: Option<String>,
+    ) {
+        let updated = Value::Object(self.gateway.inner.preferences.update(user, patch));
+        let push = Frame::from(
+            ServerMessage::Preferences {
+                message_id: None,
+                data: updated.clone(),
+            }
+            .encode(),
+        );
+        for other in self.gateway.inner.connections.user_connections(user) {
+            if other.id() != self.connection.id() {
+                other.outbox().offer(push.clone(), Priority::Critical);
+            }
+        }
+        self.ack(message_id, updated);
+    }
+
+    fn ack(&self, message_id: Option<String>, data: Value) {
+        if let Some(message_id) = message_id {
+            self.reply(ServerMessage::Ack { message_id, data });
+        }
+    }
+
+    fn reply_error(&self, message_id: Option<String>, code: ErrorCode, message: impl Into<String>) {
+        self.reply(ServerMessage::error(message_id, code, message));
+    }
+
+    /// Queues a reply. Replies are never shed; when even a reply cannot be queued, the
+    /// connection is closed 4009.
+    fn reply(&self, message: ServerMessage) {
+        self.connection
+            .outbox()
+            .offer(Frame::from(message.encode()), Priority::Critical);
+    }
+}

@@ -1,0 +1,141 @@
+//! Identifiers: connection, user and thread ids, and the isolation key built from them.
+
+use std::{fmt, sync::Arc};
+
+/// A connection's id, unique within the process for its lifetime (never reused).
+///
+/// On the wire it is a 16-digit lower-case hex string (`connected.data.connectionId`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId(u64);
+
+impl ConnectionId {
+    /// Wraps a raw id.
+    pub const fn new(raw: u64) -> Self {
+        Self(raw)
+    }
+
+    /// The raw number.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+
+    /// Parses the wire form (16 hex digits); `None` for anything else.
+    pub fn parse(text: &str) -> Option<Self> {
+        if text.len() != 16 {
+            return None;
+        }
+        u64::from_str_radix(text, 16).ok().map(Self)
+    }
+}
+
+impl fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// A user id: the token's `sub` claim.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UserId(Arc<str>);
+
+impl UserId {
+    /// Wraps a user id.
+    pub fn new(id: &str) -> Self {
+        Self(Arc::from(id))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A thread id: `?thread=` on the connection, `threadId` on events and user sends.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ThreadId(Arc<str>);
+
+impl ThreadId {
+    /// Wraps a thread id.
+    pub fn new(id: &str) -> Self {
+        Self(Arc::from(id))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ThreadId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Who a connection belongs to: user, optional thread and the connection itself.
+///
+/// Built exactly once, when the connection authenticates (at the handshake or by its first
+/// `auth` message), and then the only key used to register, route and clean up the connection.
+/// A token refresh never changes it: a refresh for another user is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IsolationKey {
+    /// The authenticated user.
+    pub user: UserId,
+    /// The thread the connection is bound to, if any.
+    pub thread: Option<ThreadId>,
+    /// The connection.
+    pub connection: ConnectionId,
+}
+
+impl IsolationKey {
+    /// Whether traffic addressed to `user`, optionally one `thread`, reaches this connection:
+    /// same user, and either no thread on the message, or no thread on the connection, or the
+    /// same thread.
+    pub fn receives(&self, user: &UserId, thread: Option<&ThreadId>) -> bool {
+        if &self.user != user {
+            return false;
+        }
+        match (thread, &self.thread) {
+            (None, _) | (_, None) => true,
+            (Some(wanted), Some(bound)) => wanted == bound,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_id_round_trips_through_wire_form() {
+        let id = ConnectionId::new(0xdead_beef);
+        assert_eq!(id.to_string(), "00000000deadbeef");
+        assert_eq!(ConnectionId::parse(&id.to_string()), Some(id));
+        assert_eq!(ConnectionId::parse("deadbeef"), None);
+        assert_eq!(ConnectionId::parse("zzzzzzzzzzzzzzzz"), None);
+    }
+
+    #[test]
+    fn thread_routing_follows_the_contract() {
+        let key = |thread: Option<&str>| IsolationKey {
+            user: UserId::new("u1"),
+            thread: thread.map(ThreadId::new),
+            connection: ConnectionId::new(1),
+        };
+        let u1 = UserId::new("u1");
+        let t1 = ThreadId::new("t1");
+        let t2 = ThreadId::new("t2");
+        assert!(key(None).receives(&u1, None));
+        assert!(key(None).receives(&u1, Some(&t1)));
+        assert!(key(Some("t1")).receives(&u1, Some(&t1)));
+        assert!(key(Some("t1")).receives(&u1, None));
+        assert!(!key(Some("t1")).receives(&u1, Some(&t2)));
+        assert!(!key(None).receives(&UserId::new("u2"), None));
+    }
+}

@@ -1,0 +1,301 @@
+//! The per-connection outbound queue: shared frames in, priority shedding when full, and the
+//! close request that ends the connection.
+
+use std::{
+    fmt,
+    sync::{Mutex, MutexGuard, PoisonError},
+    task::{Context, Poll, Waker},
+};
+
+use bytes::Bytes;
+use herald_protocol::CloseCode;
+use herald_utils::{Priority, PriorityQueue};
+
+/// One encoded server frame: UTF-8 JSON text in shared bytes.
+///
+/// A publication is encoded once and every subscriber's queue holds a clone of the same
+/// [`Frame`], which costs a reference-count increment, not a copy.
+///
+/// Invariant: the bytes are valid UTF-8, because a `Frame` can only be built from a `String`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Frame(Bytes);
+
+impl Frame {
+    /// The frame's bytes (valid UTF-8 JSON).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The shared bytes, for a transport to write (valid UTF-8 JSON).
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the frame is empty (never true for an encoded message).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<String> for Frame {
+    fn from(text: String) -> Self {
+        Self(Bytes::from(text))
+    }
+}
+
+impl fmt::Debug for Frame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Frame")
+            .field(&String::from_utf8_lossy(&self.0))
+            .finish()
+    }
+}
+
+/// What became of a frame offered to an [`Outbox`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// Queued; `shed` lower-priority frames were dropped to make room.
+    Queued {
+        /// How many queued frames were shed for it.
+        shed: usize,
+    },
+    /// Not queued: the connection is closing (possibly because of this very frame, when
+    /// nothing could be shed for it: close 4009).
+    Closed,
+}
+
+/// A connection's bounded outbound queue and its close request.
+///
+/// Producers (fan-out, API sends, replies, the heartbeat sweep) call [`Outbox::offer`]; the
+/// connection's transport task drains it with [`Outbox::poll_drain`]. When the queue is full the
+/// oldest frame of the lowest priority below the incoming one is shed; when nothing can be
+/// shed, the connection is closed with 4009 (slow consumer). `critical` is never shed.
+pub struct Outbox {
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    queue: PriorityQueue<Frame>,
+    waker: Option<Waker>,
+    close: Option<CloseCode>,
+}
+
+impl fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = self.lock();
+        f.debug_struct("Outbox")
+            .field("len", &inner.queue.len())
+            .field("bytes", &inner.queue.bytes())
+            .field("close", &inner.close)
+            .finish()
+    }
+}
+
+impl Outbox {
+    /// An empty outbox holding at most `max_frames` frames and `max_bytes` bytes.
+    pub fn new(max_frames: usize, max_bytes: usize) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                queue: PriorityQueue::new(max_frames, max_bytes),
+                waker: None,
+                close: None,
+            }),
+        }
+    }
+
+    /// Offers a frame at `priority`, shedding lower priorities or closing 4009 when full.
+    pub fn offer(&self, frame: Frame, priority: Priority) -> Offer {
+        let mut inner = self.lock();
+        if inner.close.is_some() {
+            return Offer::Closed;
+        }
+        let bytes = frame.len();
+        let offer = match inner.queue.push(frame, priority, bytes) {
+            Ok(evicted) => {
+                let mut shed = 0;
+                for (_, shed_priority) in evicted {
+                    shed += 1;
+                    metrics::counter!("herald_messages_shed_total", "priority" => shed_priority.as_str())
+                        .increment(1);
+                }
+                Offer::Queued { shed }
+            }
+            Err(_rejected) => {
+                inner.close = Some(CloseCode::SlowConsumer);
+                metrics::counter!("herald_slow_consumer_closes_total").increment(1);
+                Offer::Closed
+            }
+        };
+        let waker = inner.waker.take();
+        drop(inner);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        offer
+    }
+
+    /// Asks the connection to close with `code`. The first request wins; later ones are ignored.
+    /// Returns whether this call was the first.
+    pub fn close(&self, code: CloseCode) -> bool {
+        let mut inner = self.lock();
+        if inner.close.is_some() {
+            return false;
+        }
+        inner.close = Some(code);
+        let waker = inner.waker.take();
+        drop(inner);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        true
+    }
+
+    /// The close request, if any.
+    pub fn close_requested(&self) -> Option<CloseCode> {
+        self.lock().close
+    }
+
+    /// Moves up to `max` frames, highest priority first, into `out`.
+    ///
+    /// Returns `Ready(None)` when it moved at least one frame, `Ready(Some(code))` when the
+    /// connection must close now, and `Pending` (with `cx`'s waker registered) when there is
+    /// nothing to do. Queued frames are still delivered before a close, except for a slow
+    /// consumer (4009), whose queue is the problem.
+    pub fn poll_drain(
+        &self,
+        cx: &mut Context<'_>,
+        max: usize,
+        out: &mut Vec<Frame>,
+    ) -> Poll<Option<CloseCode>> {
+        let mut inner = self.lock();
+        if inner.close == Some(CloseCode::SlowConsumer) {
+            return Poll::Ready(inner.close);
+        }
+        let before = out.len();
+        while out.len() - before < max {
+            let Some((frame, _)) = inner.queue.pop() else {
+                break;
+            };
+            out.push(frame);
+        }
+        if out.len() > before {
+            return Poll::Ready(None);
+        }
+        if let Some(code) = inner.close {
+            return Poll::Ready(Some(code));
+        }
+        if !inner
+            .waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            inner.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// Frames waiting to be written.
+    pub fn len(&self) -> usize {
+        self.lock().queue.len()
+    }
+
+    /// Whether no frame is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Takes every queued frame, highest priority first (for tests and in-memory transports).
+    pub fn take_all(&self) -> Vec<Frame> {
+        let mut inner = self.lock();
+        std::iter::from_fn(|| inner.queue.pop().map(|(frame, _)| frame)).collect()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding this lock cannot leave the queue half-updated in a way that
+        // matters more than losing the connection, so a poisoned lock is used as is.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::Waker;
+
+    use super::*;
+
+    fn frame(text: &str) -> Frame {
+        Frame::from(text.to_owned())
+    }
+
+    fn drain(outbox: &Outbox) -> (Vec<String>, Option<CloseCode>) {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut out = Vec::new();
+        let mut close = None;
+        loop {
+            match outbox.poll_drain(&mut cx, 100, &mut out) {
+                Poll::Ready(None) => continue,
+                Poll::Ready(Some(code)) => {
+                    close = Some(code);
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+        let texts = out
+            .iter()
+            .map(|f| String::from_utf8_lossy(f.as_bytes()).into_owned())
+            .collect();
+        (texts, close)
+    }
+
+    #[test]
+    fn drains_by_priority_then_fifo() {
+        let outbox = Outbox::new(10, 1 << 20);
+        outbox.offer(frame("n1"), Priority::Normal);
+        outbox.offer(frame("c1"), Priority::Critical);
+        outbox.offer(frame("n2"), Priority::Normal);
+        assert_eq!(
+            drain(&outbox),
+            (vec!["c1".into(), "n1".into(), "n2".into()], None)
+        );
+    }
+
+    #[test]
+    fn full_queue_sheds_lower_priority_then_closes_slow_consumer() {
+        let outbox = Outbox::new(2, 1 << 20);
+        assert_eq!(
+            outbox.offer(frame("low"), Priority::Low),
+            Offer::Queued { shed: 0 }
+        );
+        assert_eq!(
+            outbox.offer(frame("n1"), Priority::Normal),
+            Offer::Queued { shed: 0 }
+        );
+        assert_eq!(
+            outbox.offer(frame("n2"), Priority::Normal),
+            Offer::Queued { shed: 1 }
+        );
+        // Nothing below normal is left: the connection is closed as a slow consumer.
+        assert_eq!(outbox.offer(frame("n3"), Priority::Normal), Offer::Closed);
+        assert_eq!(outbox.close_requested(), Some(CloseCode::SlowConsumer));
+        assert_eq!(drain(&outbox), (vec![], Some(CloseCode::SlowConsumer)));
+    }
+
+    #[test]
+    fn close_flushes_queued_frames_first_and_first_code_wins() {
+        let outbox = Outbox::new(10, 1 << 20);
+        outbox.offer(frame("a"), Priority::Normal);
+        assert!(outbox.close(CloseCode::GoingAway));
+        assert!(!outbox.close(CloseCode::Stale));
+        assert_eq!(outbox.offer(frame("b"), Priority::Critical), Offer::Closed);
+        assert_eq!(
+            drain(&outbox),
+            (vec!["a".into()], Some(CloseCode::GoingAway))
+        );
+    }
+}

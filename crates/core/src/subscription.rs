@@ -1,0 +1,355 @@
+//! The topic index: who is subscribed to what, each topic's offsets and epoch, and the fan-out
+//! of a publication to its subscribers.
+//!
+//! Topics are spread over shards by hash; each topic has its own lock, so a publish to one topic
+//! never waits for another topic, and never for a socket (fan-out only queues shared frames).
+
+use std::{
+    collections::{HashMap, hash_map::DefaultHasher},
+    hash::{Hash, Hasher},
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError, RwLock,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+};
+
+use herald_protocol::Topic;
+use herald_utils::Priority;
+
+use crate::{
+    connection::Connection,
+    ids::ConnectionId,
+    outbox::{Frame, Offer},
+};
+
+const SHARDS: usize = 64;
+
+/// Why a subscription was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SubscribeError {
+    /// The connection already holds the maximum number of subscriptions.
+    #[error("subscription limit of {limit} per connection reached")]
+    LimitReached {
+        /// The per-connection limit.
+        limit: usize,
+    },
+}
+
+/// A topic's position: its last offset and its epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicPosition {
+    /// The offset of the last publication (0 before the first).
+    pub last_offset: u64,
+    /// The epoch of the topic's history.
+    pub epoch: Arc<str>,
+}
+
+/// What a publication did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The offset it was given.
+    pub offset: u64,
+    /// The topic's epoch.
+    pub epoch: Arc<str>,
+    /// How many connections it was queued to.
+    pub delivered: usize,
+    /// How many lower-priority frames were shed from subscribers' queues to make room.
+    pub shed: usize,
+    /// Whether it was a duplicate of an earlier publication (then nothing was queued).
+    pub deduplicated: bool,
+}
+
+/// A topic, as reported by [`SubscriptionManager::topic`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicInfo {
+    /// Current subscriber count.
+    pub subscribers: usize,
+    /// Last offset and epoch.
+    pub position: TopicPosition,
+}
+
+struct TopicState {
+    epoch: Arc<str>,
+    inner: Mutex<TopicInner>,
+}
+
+struct TopicInner {
+    last_offset: u64,
+    /// Gateway-clock milliseconds of the last publication.
+    last_publish_ms: u64,
+    subscribers: HashMap<ConnectionId, Arc<Connection>>,
+    /// Set when the state was dropped from its shard; holders of a stale `Arc` retry.
+    removed: bool,
+}
+
+impl TopicState {
+    fn lock(&self) -> MutexGuard<'_, TopicInner> {
+        // Every critical section leaves the state consistent, so poison is ignored.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+type Shard = RwLock<HashMap<Topic, Arc<TopicState>>>;
+
+/// The sharded topic index.
+pub struct SubscriptionManager {
+    shards: Box<[Shard]>,
+    subscriptions: AtomicUsize,
+    topics: AtomicUsize,
+    epoch_seed: u64,
+    epoch_counter: AtomicU64,
+}
+
+impl std::fmt::Debug for SubscriptionManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubscriptionManager")
+            .field("topics", &self.topic_count())
+            .field("subscriptions", &self.subscription_count())
+            .finish()
+    }
+}
+
+impl SubscriptionManager {
+    /// An empty index. `epoch_seed` makes epochs unique across restarts (e.g. start time).
+    pub fn new(epoch_seed: u64) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            subscriptions: AtomicUsize::new(0),
+            topics: AtomicUsize::new(0),
+            epoch_seed,
+            epoch_counter: AtomicU64::new(0),
+        }
+    }
+
+    /// Subscribes `connection` to `topic`, at most `limit` topics per connection.
+    ///
+    /// `on_subscribed` runs under the topic's lock with the topic's position, before any later
+    /// publication can be queued to the connection: whatever it queues (the `ack`, a replay)
+    /// precedes every live message. Subscribing twice is not an error. `now_ms` is the gateway
+    /// clock, used to age a topic created here.
+    pub fn subscribe<R>(
+        &self,
+        connection: &Arc<Connection>,
+        topic: &Topic,
+        limit: usize,
+        now_ms: u64,
+        on_subscribed: impl FnOnce(&TopicPosition) -> R,
+    ) -> Result<R, SubscribeError> {
+        let mut topics = connection.lock_topics();
+        let fresh = !topics.contains(topic);
+        if fresh && topics.len() >= limit {
+            return Err(SubscribeError::LimitReached { limit });
+        }
+        loop {
+            let state = self.get_or_create(topic, now_ms);
+            let mut inner = state.lock();
+            if inner.removed {
+                continue;
+            }
+            if inner
+                .subscribers
+                .insert(connection.id(), Arc::clone(connection))
+                .is_none()
+            {
+                self.subscriptions.fetch_add(1, Ordering::Relaxed);
+            }
+            topics.insert(topic.clone());
+            let position = TopicPosition {
+                last_offset: inner.last_offset,
+                epoch: Arc::clone(&state.epoch),
+            };
+            return Ok(on_subscribed(&position));
+        }
+    }
+
+    /// Unsubscribes `connection` from `topic`; returns whether it was subscribed.
+    pub fn unsubscribe(&self, connection: &Connection, topic: &Topic) -> bool {
+        let removed = connection.lock_topics().remove(topic);
+        if removed {
+            self.detach(connection, topic);
+        }
+        removed
+    }
+
+    /// Removes every subscription of `connection` (part of the one cleanup path).
+    pub fn remove_all(&self, connection: &Connection) {
+        let topics = std::mem::take(&mut *connection.lock_topics());
+        for topic in &topics {
+            self.detach(connection, topic);
+        }
+    }
+
+    /// Publishes to `topic`: assigns the next offset, builds the frame once with `encode(offset,
+    /// epoch)` and queues it to every subscriber at `priority`.
+    ///
+    /// `dedupe(next_offset, epoch)` runs first, under the topic's lock, so two publications
+    /// with the same id cannot both pass it; when it returns the offset of an earlier
+    /// publication, nothing is published and that offset is returned with `deduplicated`.
+    /// Subscribers receive a topic's frames in offset order, because offsets are assigned and
+    /// frames queued under the topic's lock.
+    pub fn publish(
+        &self,
+        topic: &Topic,
+        priority: Priority,
+        now_ms: u64,
+        dedupe: impl FnOnce(u64, &Arc<str>) -> Option<u64>,
+        encode: impl FnOnce(u64, &str) -> Frame,
+    ) -> Published {
+        loop {
+            let state = self.get_or_create(topic, now_ms);
+            let mut inner = state.lock();
+            if inner.removed {
+                continue;
+            }
+            if let Some(offset) = dedupe(inner.last_offset + 1, &state.epoch) {
+                return Published {
+                    offset,
+                    epoch: Arc::clone(&state.epoch),
+                    delivered: 0,
+                    shed: 0,
+                    deduplicated: true,
+                };
+            }
+            inner.last_offset += 1;
+            inner.last_publish_ms = now_ms;
+            let offset = inner.last_offset;
+            let frame = encode(offset, &state.epoch);
+            let (mut delivered, mut shed) = (0, 0);
+            for connection in inner.subscribers.values() {
+                if let Offer::Queued { shed: n } =
+                    connection.outbox().offer(frame.clone(), priority)
+                {
+                    delivered += 1;
+                    shed += n;
+                }
+            }
+            return Published {
+                offset,
+                epoch: Arc::clone(&state.epoch),
+                delivered,
+                shed,
+                deduplicated: false,
+            };
+        }
+    }
+
+    /// A topic's subscriber count and position, if the topic is known.
+    pub fn topic(&self, topic: &Topic) -> Option<TopicInfo> {
+        let state = self
+            .shard(topic)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(topic)
+            .cloned()?;
+        let inner = state.lock();
+        Some(TopicInfo {
+            subscribers: inner.subscribers.len(),
+            position: TopicPosition {
+                last_offset: inner.last_offset,
+                epoch: Arc::clone(&state.epoch),
+            },
+        })
+    }
+
+    /// Drops topics without subscribers whose last publication is older than `retain_ms`
+    /// (gateway clock). Returns how many were dropped.
+    pub fn sweep_idle(&self, now_ms: u64, retain_ms: u64) -> usize {
+        let mut dropped = 0;
+        for shard in &self.shards {
+            let mut map = shard.write().unwrap_or_else(PoisonError::into_inner);
+            map.retain(|_, state| {
+                let mut inner = state.lock();
+                let idle = inner.subscribers.is_empty()
+                    && now_ms.saturating_sub(inner.last_publish_ms) >= retain_ms;
+                if idle {
+                    inner.removed = true;
+                    dropped += 1;
+                }
+                !idle
+            });
+        }
+        self.topics.fetch_sub(dropped, Ordering::Relaxed);
+        dropped
+    }
+
+    /// Subscriptions in all (connection-topic pairs).
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions.load(Ordering::Relaxed)
+    }
+
+    /// Topics currently known.
+    pub fn topic_count(&self) -> usize {
+        self.topics.load(Ordering::Relaxed)
+    }
+
+    fn detach(&self, connection: &Connection, topic: &Topic) {
+        let shard = self.shard(topic);
+        let Some(state) = shard
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(topic)
+            .cloned()
+        else {
+            return;
+        };
+        let now_empty_and_unused = {
+            let mut inner = state.lock();
+            if inner.subscribers.remove(&connection.id()).is_some() {
+                self.subscriptions.fetch_sub(1, Ordering::Relaxed);
+            }
+            inner.subscribers.is_empty() && inner.last_offset == 0
+        };
+        if now_empty_and_unused {
+            // A topic nobody listens to and nobody published to holds nothing worth keeping.
+            let mut map = shard.write().unwrap_or_else(PoisonError::into_inner);
+            if let Some(current) = map.get(topic)
+                && Arc::ptr_eq(current, &state)
+            {
+                let mut inner = state.lock();
+                if inner.subscribers.is_empty() && inner.last_offset == 0 {
+                    inner.removed = true;
+                    drop(inner);
+                    map.remove(topic);
+                    self.topics.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    fn get_or_create(&self, topic: &Topic, now_ms: u64) -> Arc<TopicState> {
+        let shard = self.shard(topic);
+        if let Some(state) = shard
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(topic)
+        {
+            return Arc::clone(state);
+        }
+        let mut map = shard.write().unwrap_or_else(PoisonError::into_inner);
+        let state = map.entry(topic.clone()).or_insert_with(|| {
+            self.topics.fetch_add(1, Ordering::Relaxed);
+            Arc::new(TopicState {
+                epoch: self.new_epoch(),
+                inner: Mutex::new(TopicInner {
+                    last_offset: 0,
+                    last_publish_ms: now_ms,
+                    subscribers: HashMap::new(),
+                    removed: false,
+                }),
+            })
+        });
+        Arc::clone(state)
+    }
+
+    fn new_epoch(&self) -> Arc<str> {
+        let n = self.epoch_counter.fetch_add(1, Ordering::Relaxed);
+        Arc::from(format!("{:x}-{n:x}", self.epoch_seed))
+    }
+
+    fn shard(&self, topic: &Topic) -> &Shard {
+        let mut hasher = DefaultHasher::new();
+        topic.hash(&mut hasher);
+        // The modulo keeps the index in range, so the cast cannot truncate meaningfully.
+        &self.shards[(hasher.finish() % SHARDS as u64) as usize]
+    }
+}

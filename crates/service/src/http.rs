@@ -1,0 +1,452 @@
+//! The HTTP side of the listener: routing, the `/api/*` routes of the contract, health and
+//! metrics. Errors are `{"error": {code, message}}` with a fitting status; malformed input is
+//! never a 500.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use bytes::Bytes;
+use herald_config::{ChangeReason, RuntimeKey};
+use herald_core::{ConnectionId, ThreadId, UserId};
+use herald_protocol::{
+    ApiErrorBody, BroadcastRequest, ConnectionSendRequest, DeliveredResponse, ErrorCode,
+    ProtocolError, PublishBatchRequest, PublishBatchResponse, PublishBatchResult, PublishRequest,
+    PublishResponse, Topic, UserSendRequest, parse_body,
+};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Incoming;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::{server::App, ws};
+
+/// Routes one request.
+pub(crate) async fn handle(app: &Arc<App>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = request.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let method = request.method().clone();
+    match (method.as_str(), segments.as_slice()) {
+        ("GET", ["ws"]) => ws::upgrade(app, request),
+        ("GET", ["health", "live"]) => json_response(StatusCode::OK, &json!({"status": "ok"})),
+        ("GET", ["health", "ready"]) => ready(app),
+        ("GET", ["health"]) => health(app),
+        ("GET", ["metrics"]) => metrics(app),
+        (_, ["api", ..]) => {
+            if let Err(response) = check_api_key(app, &request) {
+                return response;
+            }
+            api(app, request, &method, &segments[1..]).await
+        }
+        _ => error_response(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            &format!("no route for {method} {path}"),
+        ),
+    }
+}
+
+async fn api(
+    app: &Arc<App>,
+    request: Request<Incoming>,
+    method: &Method,
+    segments: &[&str],
+) -> Response<Full<Bytes>> {
+    let query = request.uri().query().unwrap_or("").to_owned();
+    let result = match (method.as_str(), segments) {
+        ("POST", ["publish"]) => match read_json::<PublishRequest>(app, request).await {
+            Ok(body) => publish(app, &body).map(|answer| json_response(StatusCode::OK, &answer)),
+            Err(response) => return response,
+        },
+        ("POST", ["publish", "batch"]) => {
+            match read_json::<PublishBatchRequest>(app, request).await {
+                Ok(body) => {
+                    let results = body
+                        .items()
+                        .map(
+                            |item| match item.and_then(|request| publish(app, &request)) {
+                                Ok(answer) => PublishBatchResult::Published(answer),
+                                Err(error) => PublishBatchResult::Failed(error.to_api_body()),
+                            },
+                        )
+                        .collect();
+                    Ok(json_response(
+                        StatusCode::OK,
+                        &PublishBatchResponse { results },
+                    ))
+                }
+                Err(response) => return response,
+            }
+        }
+        ("POST", ["broadcast"]) => match read_json::<BroadcastRequest>(app, request).await {
+            Ok(body) => {
+                let exclude: Vec<ConnectionId> = body
+                    .exclude
+                    .iter()
+                    .filter_map(|id| ConnectionId::parse(id))
+                    .collect();
+                let delivered =
+                    app.gateway
+                        .broadcast(&body.data, body.priority.unwrap_or_default(), &exclude);
+                Ok(json_response(
+                    StatusCode::OK,
+                    &DeliveredResponse {
+                        delivered: delivered as u64,
+                    },
+                ))
+            }
+            Err(response) => return response,
+        },
+        ("POST", ["users", user, "send"]) => match read_json::<UserSendRequest>(app, request).await
+        {
+            Ok(body) => {
+                let user = UserId::new(&percent_decode(user));
+                let thread = body.thread_id.as_deref().map(ThreadId::new);
+                let delivered = app.gateway.send_to_user(
+                    &user,
+                    thread.as_ref(),
+                    &body.data,
+                    body.priority.unwrap_or_default(),
+                );
+                Ok(json_response(
+                    StatusCode::OK,
+                    &DeliveredResponse {
+                        delivered: delivered as u64,
+                    },
+                ))
+            }
+            Err(response) => return response,
+        },
+        ("POST", ["connections", id, "send"]) => {
+            match read_json::<ConnectionSendRequest>(app, request).await {
+                Ok(body) => connection_id(id).and_then(|id| {
+                    app.gateway
+                        .send_to_connection(id, &body.data, body.priority.unwrap_or_default())
+                        .map(|delivered| {
+                            json_response(
+                                StatusCode::OK,
+                                &DeliveredResponse {
+                                    delivered: delivered as u64,
+                                },
+                            )
+                        })
+                        .map_err(|e| ProtocolError::new(ErrorCode::NotFound, e.to_string()))
+                }),
+                Err(response) => return response,
+            }
+        }
+        ("DELETE", ["connections", id]) => connection_id(id).and_then(|id| {
+            app.gateway
+                .disconnect(id)
+                .map(|()| {
+                    json_response(
+                        StatusCode::OK,
+                        &json!({"connectionId": id.to_string(), "closed": true}),
+                    )
+                })
+                .map_err(|e| ProtocolError::new(ErrorCode::NotFound, e.to_string()))
+        }),
+        ("GET", ["connections"]) => Ok(connections(app, &query)),
+        ("GET", ["topics", topic]) => topic_info(app, topic),
+        ("GET", ["stats"]) => Ok(json_response(StatusCode::OK, &stats(app))),
+        ("GET", ["config", "runtime"]) => Ok(json_response(
+            StatusCode::OK,
+            &app.gateway.runtime().snapshot(),
+        )),
+        ("PATCH", ["config", "runtime"]) => {
+            match read_json::<BTreeMap<String, Value>>(app, request).await {
+                Ok(patch) => patch_runtime(app, &patch),
+                Err(response) => return response,
+            }
+        }
+        _ => {
+            let path = segments.join("/");
+            Err(ProtocolError::new(
+                ErrorCode::NotFound,
+                format!("no route for {method} /api/{path}"),
+            ))
+        }
+    };
+    result.unwrap_or_else(|error| protocol_error_response(&error))
+}
+
+fn publish(app: &App, body: &PublishRequest) -> Result<PublishResponse, ProtocolError> {
+    let outcome = app
+        .gateway
+        .publish(
+            &body.topic,
+            &body.data,
+            body.priority.unwrap_or_default(),
+            body.id.as_deref(),
+        )
+        .map_err(|e| ProtocolError::new(ErrorCode::Unavailable, e.to_string()))?;
+    Ok(PublishResponse {
+        topic: body.topic.clone(),
+        offset: outcome.offset,
+        epoch: outcome.epoch.to_string(),
+        deduplicated: outcome.deduplicated,
+    })
+}
+
+fn connections(app: &App, query: &str) -> Response<Full<Bytes>> {
+    let user = query_param(query, "userId").map(|u| UserId::new(&u));
+    let list: Vec<Value> = app
+        .gateway
+        .connections(user.as_ref())
+        .into_iter()
+        .map(|c| {
+            json!({
+                "connectionId": c.id.to_string(),
+                "userId": c.user.as_ref().map(UserId::as_str),
+                "threadId": c.thread.as_ref().map(ThreadId::as_str),
+                "topics": c.topics,
+                "idleMs": c.idle_ms,
+                "connectedAt": c.connected_at_unix_ms,
+            })
+        })
+        .collect();
+    json_response(StatusCode::OK, &json!({ "connections": list }))
+}
+
+fn topic_info(app: &App, raw: &str) -> Result<Response<Full<Bytes>>, ProtocolError> {
+    let name = percent_decode(raw);
+    let topic = Topic::new(&name).map_err(|e| ProtocolError::bad_request(format!("topic: {e}")))?;
+    let (subscribers, last_offset, epoch) = match app.gateway.topic(&topic) {
+        Some(info) => (
+            info.subscribers,
+            info.position.last_offset,
+            Some(info.position.epoch.to_string()),
+        ),
+        None => (0, 0, None),
+    };
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"topic": topic, "subscribers": subscribers, "lastOffset": last_offset, "epoch": epoch}),
+    ))
+}
+
+fn stats(app: &App) -> Value {
+    let stats = app.gateway.stats();
+    let latency = app.gateway.fanout_latency_us();
+    json!({
+        "connections": stats.connections,
+        "users": stats.users,
+        "subscriptions": stats.subscriptions,
+        "topics": stats.topics,
+        "messages": {"published": stats.published, "delivered": stats.delivered, "shed": stats.shed},
+        "latency": {"p50Us": latency.0, "p99Us": latency.1},
+        "memory": {"rssBytes": crate::server::rss_bytes()},
+        "degradation": {"level": 0},
+    })
+}
+
+fn patch_runtime(
+    app: &App,
+    patch: &BTreeMap<String, Value>,
+) -> Result<Response<Full<Bytes>>, ProtocolError> {
+    let mut changes = Vec::with_capacity(patch.len());
+    for (name, value) in patch {
+        let key: RuntimeKey = name
+            .parse()
+            .map_err(|e: herald_config::RuntimeConfigError| {
+                ProtocolError::bad_request(e.to_string())
+            })?;
+        let value = value.as_u64().ok_or_else(|| {
+            ProtocolError::bad_request(format!("{name} must be a non-negative integer"))
+        })?;
+        changes.push((key, value));
+    }
+    let runtime = app.gateway.runtime();
+    runtime
+        .apply(&changes, ChangeReason::Operator)
+        .map_err(|e| ProtocolError::bad_request(e.to_string()))?;
+    Ok(json_response(StatusCode::OK, &runtime.snapshot()))
+}
+
+fn ready(app: &App) -> Response<Full<Bytes>> {
+    if app.gateway.is_shutting_down() {
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"status": "shutting_down"}),
+        )
+    } else {
+        json_response(StatusCode::OK, &json!({"status": "ready"}))
+    }
+}
+
+fn health(app: &App) -> Response<Full<Bytes>> {
+    let stats = app.gateway.stats();
+    let ready = !app.gateway.is_shutting_down();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json_response(
+        status,
+        &json!({
+            "status": if ready { "ok" } else { "shutting_down" },
+            "components": {
+                "gateway": {
+                    "status": if ready { "ok" } else { "draining" },
+                    "connections": stats.connections,
+                    "maxConnections": app.config.max_connections,
+                },
+            },
+        }),
+    )
+}
+
+fn metrics(app: &App) -> Response<Full<Bytes>> {
+    let stats = app.gateway.stats();
+    metrics::gauge!("herald_connections").set(stats.connections as f64);
+    metrics::gauge!("herald_users").set(stats.users as f64);
+    metrics::gauge!("herald_subscriptions").set(stats.subscriptions as f64);
+    metrics::gauge!("herald_topics").set(stats.topics as f64);
+    let mut response = Response::new(Full::new(Bytes::from(app.metrics.render())));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+#[allow(clippy::result_large_err)] // The error is the response itself.
+fn check_api_key(app: &App, request: &Request<Incoming>) -> Result<(), Response<Full<Bytes>>> {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(key) if app.config.api_keys.iter().any(|k| k.matches(key)) => Ok(()),
+        Some(_) => Err(error_response(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "invalid API key",
+        )),
+        None => Err(error_response(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "missing API key: send Authorization: Bearer <key>",
+        )),
+    }
+}
+
+/// Reads a JSON body of at most `max_http_body_bytes` and decodes it.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    app: &App,
+    request: Request<Incoming>,
+) -> Result<T, Response<Full<Bytes>>> {
+    let max = app.config.max_http_body_bytes;
+    let too_large = || {
+        error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::PayloadTooLarge,
+            &format!("body larger than {max} bytes"),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max as u64) {
+        return Err(too_large());
+    }
+    let bytes = match Limited::new(request.into_body(), max).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Err(error) => {
+            return Err(error_response(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                &format!("cannot read body: {error}"),
+            ));
+        }
+    };
+    parse_body(&bytes).map_err(|error| protocol_error_response(&error))
+}
+
+fn connection_id(raw: &str) -> Result<ConnectionId, ProtocolError> {
+    ConnectionId::parse(raw)
+        .ok_or_else(|| ProtocolError::new(ErrorCode::NotFound, format!("no connection {raw}")))
+}
+
+fn protocol_error_response(error: &ProtocolError) -> Response<Full<Bytes>> {
+    let status = StatusCode::from_u16(error.code.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+    json_response(status, &error.to_api_body())
+}
+
+/// `{"error": {code, message}}` with `status`.
+pub(crate) fn error_response(
+    status: StatusCode,
+    code: ErrorCode,
+    message: &str,
+) -> Response<Full<Bytes>> {
+    json_response(status, &ApiErrorBody::new(code, message))
+}
+
+fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Full<Bytes>> {
+    // Serializing these plain data types cannot fail; an empty object is a safe fallback.
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// The percent-decoded value of `name` in a query string (`+` is a space).
+pub(crate) fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(key) == name).then(|| percent_decode(&value.replace('+', " ")))
+    })
+}
+
+/// Decodes `%XX` escapes; malformed escapes are kept as written, invalid UTF-8 is replaced.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_params_are_percent_decoded() {
+        assert_eq!(
+            query_param("token=a.b.c&thread=t%201", "thread").as_deref(),
+            Some("t 1")
+        );
+        assert_eq!(
+            query_param("token=a.b.c", "token").as_deref(),
+            Some("a.b.c")
+        );
+        assert_eq!(query_param("a=1", "b"), None);
+        assert_eq!(percent_decode("chat%3A1"), "chat:1");
+        assert_eq!(percent_decode("bad%zz%"), "bad%zz%");
+    }
+}

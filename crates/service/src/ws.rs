@@ -1,0 +1,433 @@
+//! The WebSocket transport: validates the upgrade request, hands the upgraded socket to
+//! tungstenite, and drives one connection with a single task that reads client frames into the
+//! core `Session` and writes what the connection's outbox yields, flushing once per batch.
+
+use std::{
+    collections::VecDeque,
+    future::poll_fn,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use futures_util::{Sink, SinkExt as _, Stream, StreamExt as _};
+use herald_core::{Frame, Refusal, Session};
+use herald_protocol::CloseCode;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::{body::Incoming, upgrade::Upgraded};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{
+        self, Message, Utf8Bytes,
+        handshake::derive_accept_key,
+        protocol::{CloseFrame, Role, WebSocketConfig, frame::coding::CloseCode as WsCloseCode},
+    },
+};
+
+use crate::{
+    http::{error_response, query_param},
+    server::App,
+};
+
+/// The optional subprotocol, echoed when offered.
+const SUBPROTOCOL: &str = "herald.v1";
+/// How long a closing connection may take to finish the close handshake.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Inbound frames handled per poll before yielding to other tasks.
+const READ_BUDGET: usize = 32;
+/// Outbound batches written per poll before yielding to other tasks.
+const WRITE_BUDGET: usize = 4;
+
+type Ws = WebSocketStream<TokioIo<Upgraded>>;
+
+/// Answers `GET /ws`: checks the handshake, admits the connection and upgrades it.
+pub(crate) fn upgrade(app: &Arc<App>, mut request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let key = match validate_handshake(request.headers()) {
+        Ok(key) => key,
+        Err(response) => return response,
+    };
+    if let Err(message) = check_origin(app, request.headers()) {
+        return error_response(
+            StatusCode::FORBIDDEN,
+            herald_protocol::ErrorCode::Forbidden,
+            &message,
+        );
+    }
+    let query = request.uri().query().unwrap_or("");
+    let bearer = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let token = bearer.or_else(|| query_param(query, "token"));
+    let thread = query_param(query, "thread");
+    let admission = match app.gateway.admit(token.as_deref(), thread.as_deref()) {
+        Ok(admission) => admission,
+        Err(refusal) => return refusal_response(&refusal),
+    };
+    let offered_subprotocol = request
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == SUBPROTOCOL);
+
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    let app = Arc::clone(app);
+    let task_app = Arc::clone(&app);
+    app.tracker.spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(error) => {
+                tracing::debug!(%error, "upgrade failed");
+                return;
+            }
+        };
+        let ws = WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            Some(ws_config(&task_app)),
+        )
+        .await;
+        let session = task_app.gateway.open(admission);
+        drive(&task_app, ws, session).await;
+    });
+
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    if offered_subprotocol {
+        headers.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(SUBPROTOCOL),
+        );
+    }
+    response
+}
+
+/// tungstenite's per-connection buffers, sized for many mostly idle connections.
+fn ws_config(app: &App) -> WebSocketConfig {
+    let max_payload = app.config.max_payload_bytes;
+    WebSocketConfig::default()
+        // Client frames are small control messages; the buffer is allocated per connection.
+        .read_buffer_size(4 * 1024)
+        // Frames accumulate up to this before a write; the writer flushes once per batch.
+        .write_buffer_size(8 * 1024)
+        // Herald's own outbox is the back-pressure point; this only caps a stalled socket.
+        .max_write_buffer_size(app.config.max_queue_bytes.saturating_add(1 << 20))
+        .max_message_size(Some(max_payload))
+        .max_frame_size(Some(max_payload))
+}
+
+/// Checks what tungstenite's own handshake would (hyper did the HTTP part): `Upgrade` and
+/// `Connection` tokens, version 13 and a well-formed key. Returns the key.
+#[allow(clippy::result_large_err)] // The error is the response itself, built once.
+fn validate_handshake(headers: &HeaderMap) -> Result<String, Response<Full<Bytes>>> {
+    let bad = |message: &str| {
+        error_response(
+            StatusCode::BAD_REQUEST,
+            herald_protocol::ErrorCode::BadRequest,
+            message,
+        )
+    };
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    if !has_token(header::UPGRADE, "websocket") || !has_token(header::CONNECTION, "upgrade") {
+        return Err(bad(
+            "expected a WebSocket upgrade (Upgrade: websocket, Connection: Upgrade)",
+        ));
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        let mut response = error_response(
+            StatusCode::UPGRADE_REQUIRED,
+            herald_protocol::ErrorCode::BadRequest,
+            "unsupported WebSocket version: expected 13",
+        );
+        response.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return Err(response);
+    }
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .and_then(|v| v.to_str().ok())
+        .filter(|key| is_websocket_key(key))
+        .ok_or_else(|| bad("missing or malformed Sec-WebSocket-Key"))?;
+    Ok(key.to_owned())
+}
+
+/// A key is 16 bytes in base64: 22 base64 characters and `==`.
+fn is_websocket_key(key: &str) -> bool {
+    let bytes = key.as_bytes();
+    bytes.len() == 24
+        && bytes.ends_with(b"==")
+        && bytes[..22]
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
+}
+
+/// Same-origin, an allowed origin, or no `Origin` (non-browser clients).
+fn check_origin(app: &App, headers: &HeaderMap) -> Result<(), String> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin
+        .to_str()
+        .map_err(|_| "malformed Origin header".to_owned())?
+        .to_ascii_lowercase();
+    let allowed = &app.config.allowed_origins;
+    if allowed.iter().any(|a| a == "*" || *a == origin) {
+        return Ok(());
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_ascii_lowercase);
+    let origin_authority = origin.split_once("://").map(|(_, rest)| rest);
+    match (origin_authority, host) {
+        (Some(authority), Some(host)) if authority == host => Ok(()),
+        _ => Err(format!("origin {origin} is not allowed")),
+    }
+}
+
+fn refusal_response(refusal: &Refusal) -> Response<Full<Bytes>> {
+    let code = refusal.code();
+    let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+    let mut response = error_response(status, code, &refusal.to_string());
+    if matches!(refusal, Refusal::Unavailable(_)) {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    }
+    response
+}
+
+/// How a connection's driving loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The server closes with this code.
+    Close(CloseCode),
+    /// The server closes with a code of RFC 6455's own (1007, 1009 ...).
+    Protocol(WsCloseCode),
+    /// The client sent a close frame (tungstenite queued the reply).
+    PeerClosed,
+    /// The socket failed or ended without a close handshake.
+    Dropped,
+}
+
+/// Drives one connection until it ends, then runs the cleanup (dropping the session) and the
+/// close handshake.
+async fn drive(app: &App, mut ws: Ws, mut session: Session) {
+    let mut writer = Writer::default();
+    let end = poll_fn(|cx| poll_connection(cx, app, &mut ws, &mut session, &mut writer)).await;
+    // The one cleanup path: every index forgets the connection before the (bounded) goodbye.
+    drop(session);
+    let goodbye = async {
+        match end {
+            End::Close(code) => {
+                let frame = CloseFrame {
+                    code: WsCloseCode::from(code.code()),
+                    reason: Utf8Bytes::from_static(code.reason()),
+                };
+                let _ = ws.close(Some(frame)).await;
+                while let Some(Ok(_)) = ws.next().await {}
+            }
+            End::Protocol(code) => {
+                let _ = ws
+                    .close(Some(CloseFrame {
+                        code,
+                        reason: Utf8Bytes::from_static(""),
+                    }))
+                    .await;
+                while let Some(Ok(_)) = ws.next().await {}
+            }
+            End::PeerClosed => {
+                let _ = ws.flush().await;
+            }
+            End::Dropped => {}
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, goodbye).await;
+}
+
+/// Frames taken from the outbox but not yet accepted by the socket.
+#[derive(Default)]
+struct Writer {
+    drained: Vec<Frame>,
+    pending: VecDeque<Message>,
+    needs_flush: bool,
+    close: Option<CloseCode>,
+}
+
+fn poll_connection(
+    cx: &mut Context<'_>,
+    app: &App,
+    ws: &mut Ws,
+    session: &mut Session,
+    writer: &mut Writer,
+) -> Poll<End> {
+    // Read: feed client frames to the session, which queues its replies in the outbox.
+    let mut read_budget_spent = true;
+    for _ in 0..READ_BUDGET {
+        match Pin::new(&mut *ws).poll_next(cx) {
+            Poll::Ready(Some(Ok(message))) => match message {
+                Message::Text(text) => session.on_text(text.as_str()),
+                Message::Binary(_) => return Poll::Ready(End::Close(CloseCode::UnsupportedData)),
+                Message::Ping(_) | Message::Pong(_) => {
+                    session.touch();
+                    // tungstenite queued the pong reply; a flush sends it.
+                    writer.needs_flush = true;
+                }
+                Message::Close(_) => return Poll::Ready(End::PeerClosed),
+                Message::Frame(_) => {}
+            },
+            Poll::Ready(Some(Err(error))) => return Poll::Ready(end_for(&error)),
+            Poll::Ready(None) => return Poll::Ready(End::Dropped),
+            Poll::Pending => {
+                read_budget_spent = false;
+                break;
+            }
+        }
+    }
+
+    // Write: move queued frames into the socket, then flush once.
+    let batch = app.gateway.runtime().message_batch_size();
+    let mut write_budget_spent = true;
+    for _ in 0..WRITE_BUDGET {
+        if writer.pending.is_empty() {
+            if let Some(code) = writer.close {
+                return Poll::Ready(End::Close(code));
+            }
+            match session
+                .connection()
+                .outbox()
+                .poll_drain(cx, batch, &mut writer.drained)
+            {
+                Poll::Ready(None) => writer
+                    .pending
+                    .extend(writer.drained.drain(..).map(to_message)),
+                Poll::Ready(Some(code)) => {
+                    if code == CloseCode::SlowConsumer {
+                        // The peer is not reading: a close frame would queue behind the rest.
+                        tracing::debug!(connection = %session.connection().id(), "slow consumer closed");
+                        return Poll::Ready(End::Close(code));
+                    }
+                    writer.close = Some(code);
+                    if !writer.needs_flush {
+                        return Poll::Ready(End::Close(code));
+                    }
+                    write_budget_spent = false;
+                    break;
+                }
+                Poll::Pending => {
+                    write_budget_spent = false;
+                    break;
+                }
+            }
+        }
+        while let Some(message) = writer.pending.pop_front() {
+            match Pin::new(&mut *ws).poll_ready(cx) {
+                Poll::Ready(Ok(())) => {
+                    if let Err(error) = Pin::new(&mut *ws).start_send(message) {
+                        return Poll::Ready(end_for(&error));
+                    }
+                    writer.needs_flush = true;
+                }
+                Poll::Ready(Err(error)) => return Poll::Ready(end_for(&error)),
+                Poll::Pending => {
+                    writer.pending.push_front(message);
+                    write_budget_spent = false;
+                    break;
+                }
+            }
+        }
+        if !writer.pending.is_empty() {
+            break;
+        }
+    }
+    if writer.needs_flush {
+        match Pin::new(&mut *ws).poll_flush(cx) {
+            Poll::Ready(Ok(())) => {
+                writer.needs_flush = false;
+                if let (Some(code), true) = (writer.close, writer.pending.is_empty()) {
+                    return Poll::Ready(End::Close(code));
+                }
+            }
+            Poll::Ready(Err(error)) => return Poll::Ready(end_for(&error)),
+            Poll::Pending => {}
+        }
+    }
+    if read_budget_spent || write_budget_spent {
+        // Work is left but other connections deserve a turn: come back right away.
+        cx.waker().wake_by_ref();
+    }
+    Poll::Pending
+}
+
+fn to_message(frame: Frame) -> Message {
+    // SAFETY: a `Frame` can only be built from a `String` (see `herald_core::Frame`), so its
+    // bytes are valid UTF-8; skipping the re-validation saves a pass over every payload on the
+    // fan-out path. `frame_bytes_are_utf8` tests the invariant this relies on.
+    #[allow(unsafe_code)]
+    let text = unsafe { Utf8Bytes::from_bytes_unchecked(frame.into_bytes()) };
+    Message::Text(text)
+}
+
+fn end_for(error: &tungstenite::Error) -> End {
+    match error {
+        tungstenite::Error::Capacity(_) => End::Protocol(WsCloseCode::Size),
+        tungstenite::Error::Utf8(_) => End::Protocol(WsCloseCode::Invalid),
+        tungstenite::Error::Protocol(_) | tungstenite::Error::AttackAttempt => {
+            End::Protocol(WsCloseCode::Protocol)
+        }
+        // The write buffer cap was hit: the peer stopped reading.
+        tungstenite::Error::WriteBufferFull(_) => End::Dropped,
+        _ => End::Dropped,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_bytes_are_utf8() {
+        let frame = Frame::from("{\"data\":\"héllo ✓\"}".to_owned());
+        let Message::Text(text) = to_message(frame.clone()) else {
+            panic!("not text")
+        };
+        assert_eq!(
+            std::str::from_utf8(frame.as_bytes()).ok(),
+            Some(text.as_str())
+        );
+    }
+
+    #[test]
+    fn websocket_keys_are_checked() {
+        assert!(is_websocket_key("dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(!is_websocket_key("dGhlIHNhbXBsZSBub25jZQ"));
+        assert!(!is_websocket_key("dGhlIHNhbXBsZSBub25j!Q=="));
+    }
+}
