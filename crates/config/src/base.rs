@@ -91,6 +91,9 @@ pub struct BaseConfig {
     /// `HERALD_MAX_QUEUE_BYTES` / `max_queue_bytes`: outbound bytes queued per connection.
     /// Default 4 MiB, range 1 KiB to 1 GiB.
     pub max_queue_bytes: usize,
+    /// `HERALD_OPERATION_QUEUE_SIZE` / `operation_queue_size`: publications and sends accepted
+    /// by the API but not yet fanned out. Full means HTTP 429 with Retry-After. Default 10000.
+    pub operation_queue_size: usize,
     /// `HERALD_HISTORY_SIZE` / `history_size`: publications kept per topic for resume.
     /// Default 256, range 0 to 1000000.
     pub history_size: usize,
@@ -491,6 +494,7 @@ impl Default for BaseConfig {
             max_subscriptions_per_connection: 1_000,
             max_queue_size: 1_000,
             max_queue_bytes: 4_194_304,
+            operation_queue_size: 10_000,
             history_size: 256,
             history_ttl: Duration::from_millis(300_000),
             dedupe_window: Duration::from_millis(5_000),

@@ -566,6 +566,18 @@ pub(crate) static SETTINGS: &[Setting] = &[
         render: |c| Some(c.max_queue_bytes.to_string()),
     },
     Setting {
+        key: "operation_queue_size",
+        env: "HERALD_OPERATION_QUEUE_SIZE",
+        doc: "publications and sends accepted but not yet fanned out; when full the API answers 429",
+        kind: int(1, 10_000_000, Unit::Count),
+        secret: false,
+        apply: |s, c, v| {
+            c.operation_queue_size = s.int(v)?;
+            Ok(())
+        },
+        render: |c| Some(c.operation_queue_size.to_string()),
+    },
+    Setting {
         key: "history_size",
         env: "HERALD_HISTORY_SIZE",
         doc: "publications kept per topic for resume; 0 keeps none",

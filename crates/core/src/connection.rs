@@ -6,7 +6,7 @@ use std::{
     fmt,
     sync::{
         Arc, Mutex, MutexGuard, OnceLock, PoisonError,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
 };
 
@@ -36,6 +36,8 @@ pub struct Connection {
     /// Before authentication: the auth deadline; after: the token's expiry (gateway clock).
     deadline_ms: AtomicU64,
     topics: Mutex<BTreeSet<Topic>>,
+    /// Whether the writer may coalesce frames into `batch` frames (preference `batching`).
+    batching: AtomicBool,
 }
 
 impl fmt::Debug for Connection {
@@ -65,6 +67,7 @@ impl Connection {
             last_ping_ms: AtomicU64::new(now_ms),
             deadline_ms: AtomicU64::new(NO_DEADLINE),
             topics: Mutex::new(BTreeSet::new()),
+            batching: AtomicBool::new(true),
         }
     }
 
@@ -96,6 +99,16 @@ impl Connection {
     /// Topics the connection is subscribed to, sorted.
     pub fn topics(&self) -> Vec<Topic> {
         self.lock_topics().iter().cloned().collect()
+    }
+
+    /// Whether the writer may coalesce several queued frames into one `batch` frame; false when
+    /// the user's preferences say `"batching": false`.
+    pub fn batching(&self) -> bool {
+        self.batching.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_batching(&self, allowed: bool) {
+        self.batching.store(allowed, Ordering::Relaxed);
     }
 
     /// Records inbound activity at gateway time `now_ms`.

@@ -12,8 +12,8 @@ use std::{
 
 use herald_config::{BaseConfig, RuntimeConfig, UserLimitPolicy};
 use herald_protocol::{
-    ClientFrame, ClientRequest, CloseCode, ConnectedData, ErrorCode, ProtocolError, PushScope,
-    RefreshResult, RequestKind, ServerMessage, StreamPosition, SubscribeResult, Topic,
+    ClientFrame, ClientRequest, CloseCode, ConnectedData, ErrorCode, ErrorDetail, ProtocolError,
+    PushScope, RefreshResult, RequestKind, ServerMessage, StreamPosition, SubscribeResult, Topic,
     parse_client_frame,
 };
 use herald_utils::{CircularBuffer, Clock, LruCache, Priority};
@@ -23,10 +23,16 @@ use crate::{
     auth::{AuthError, Authenticator, Principal},
     connection::{Connection, ConnectionManager, LimitExceeded, LimitPolicy, NO_DEADLINE, Slot},
     ids::{ConnectionId, IsolationKey, ThreadId, UserId},
+    operations::{Completion, Operation, OperationQueue, Outcome, Request},
     outbox::{Frame, Offer, Outbox},
     preferences::PreferenceStore,
     subscription::{SubscribeError, SubscriptionManager, TopicInfo, TopicPosition},
 };
+
+/// Operations the fan-out worker takes per turn before yielding to other tasks.
+const OPERATION_BATCH: usize = 64;
+/// What a refused caller is told to wait before retrying, in milliseconds.
+const RETRY_AFTER_MS: u64 = 1000;
 
 /// The immutable settings the gateway runs with, taken from [`BaseConfig`].
 #[derive(Debug, Clone)]
@@ -53,6 +59,8 @@ pub struct GatewaySettings {
     pub tier_connections: HashMap<String, usize>,
     /// How long a topic without subscribers keeps its offsets after its last publication.
     pub topic_retention: Duration,
+    /// Publications and sends accepted but not yet fanned out.
+    pub operation_queue_size: usize,
 }
 
 impl GatewaySettings {
@@ -77,6 +85,7 @@ impl GatewaySettings {
                 .map(|(name, quota)| (name.to_owned(), quota.max_connections as usize))
                 .collect(),
             topic_retention: config.history_ttl,
+            operation_queue_size: config.operation_queue_size,
         }
     }
 }
@@ -142,6 +151,12 @@ pub enum GatewayError {
     /// The gateway is shutting down.
     #[error("server is shutting down")]
     ShuttingDown,
+    /// The operation queue is full; retry after the given time.
+    #[error("server busy: operation queue full, retry in {retry_after_ms} ms")]
+    Overloaded {
+        /// Suggested wait before retrying, in milliseconds.
+        retry_after_ms: u64,
+    },
 }
 
 /// Counters since start.
@@ -240,6 +255,7 @@ struct Inner {
     topics: SubscriptionManager,
     dedupe: Mutex<DedupeCache>,
     shutting_down: AtomicBool,
+    operations: OperationQueue,
     /// Recent publish-to-queued (fan-out) durations in microseconds.
     fanout_latency_us: Mutex<CircularBuffer<f64>>,
     published: AtomicU64,
@@ -257,6 +273,7 @@ impl Gateway {
             inner: Arc::new(Inner {
                 connections: ConnectionManager::new(parts.settings.max_connections),
                 topics: SubscriptionManager::new(epoch_seed),
+                operations: OperationQueue::new(parts.settings.operation_queue_size),
                 settings: parts.settings,
                 runtime: parts.runtime,
                 authenticator: parts.authenticator,
@@ -358,7 +375,111 @@ impl Gateway {
         session
     }
 
-    /// Publishes `data` to `topic`: dedupe by `id`, assign the next offset, encode once and
+    /// Queues `request` for the fan-out worker and waits for its outcome.
+    ///
+    /// This is how ingest (the HTTP API) publishes and sends: bursts wait in the bounded
+    /// operation queue, `critical` requests go first, and a full queue is refused with
+    /// [`GatewayError::Overloaded`] (HTTP 429) rather than lost.
+    pub async fn submit(&self, request: Request) -> Result<Outcome, GatewayError> {
+        if self.is_shutting_down() {
+            return Err(GatewayError::ShuttingDown);
+        }
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        self.enqueue(Operation {
+            request,
+            completion: Completion::Caller(sender),
+        })?;
+        receiver.await.unwrap_or(Err(GatewayError::ShuttingDown))
+    }
+
+    /// The fan-out worker: performs queued operations, highest priority first, until shutdown
+    /// has begun and the queue is empty. The service runs it as one task.
+    pub async fn run_operations(&self) {
+        let mut batch = Vec::with_capacity(OPERATION_BATCH);
+        loop {
+            self.inner.operations.pop_batch(OPERATION_BATCH, &mut batch);
+            if batch.is_empty() {
+                if self.is_shutting_down() {
+                    return;
+                }
+                self.inner.operations.wait().await;
+                continue;
+            }
+            for operation in batch.drain(..) {
+                self.perform(operation);
+            }
+            metrics::gauge!("herald_operation_queue_depth").set(self.inner.operations.len() as f64);
+            tokio::task::yield_now().await;
+        }
+    }
+
+    fn enqueue(&self, operation: Operation) -> Result<(), GatewayError> {
+        self.inner.operations.push(operation).map_err(|_| {
+            metrics::counter!("herald_operation_queue_rejected_total").increment(1);
+            GatewayError::Overloaded {
+                retry_after_ms: RETRY_AFTER_MS,
+            }
+        })
+    }
+
+    fn perform(&self, operation: Operation) {
+        let outcome = match operation.request {
+            Request::Publish {
+                topic,
+                data,
+                priority,
+                id,
+            } => self
+                .publish(&topic, &data, priority, id.as_deref())
+                .map(Outcome::Published),
+            Request::Broadcast {
+                data,
+                priority,
+                exclude,
+            } => Ok(Outcome::Delivered(
+                self.broadcast(&data, priority, &exclude),
+            )),
+            Request::SendToUser {
+                user,
+                thread,
+                data,
+                priority,
+            } => Ok(Outcome::Delivered(self.send_to_user(
+                &user,
+                thread.as_ref(),
+                &data,
+                priority,
+            ))),
+        };
+        match operation.completion {
+            Completion::Caller(sender) => {
+                // The caller may have gone away (its HTTP connection closed); nothing to do then.
+                let _ = sender.send(outcome);
+            }
+            Completion::Ack {
+                connection,
+                message_id,
+                topic,
+            } => {
+                let reply = match outcome {
+                    Ok(Outcome::Published(outcome)) => message_id.map(|message_id| ServerMessage::Ack {
+                        message_id,
+                        data: json!({"topic": topic, "offset": outcome.offset, "epoch": &*outcome.epoch,
+                                     "deduplicated": outcome.deduplicated}),
+                    }),
+                    Ok(Outcome::Delivered(_)) => None,
+                    Err(error) => Some(ServerMessage::error(message_id, ErrorCode::Unavailable, error.to_string())),
+                };
+                if let Some(reply) = reply {
+                    connection
+                        .outbox()
+                        .offer(Frame::from(reply.encode()), Priority::Critical);
+                }
+            }
+        }
+    }
+
+    /// Publishes `data` to `topic` now, bypassing the operation queue: dedupe by `id`, assign the next offset, encode once and
     /// queue to every subscriber at `priority`.
     pub fn publish(
         &self,
@@ -609,6 +730,7 @@ impl Gateway {
         self.inner.connections.for_each(|connection| {
             connection.outbox().close(CloseCode::GoingAway);
         });
+        self.inner.operations.wake();
     }
 
     /// Whether [`begin_shutdown`](Self::begin_shutdown) was called.
@@ -662,6 +784,11 @@ impl Gateway {
         self.inner.connections.remove(connection);
         metrics::counter!("herald_connections_closed_total").increment(1);
     }
+}
+
+/// Batching is on unless the preferences say `"batching": false`.
+fn batching_preference(preferences: &Map<String, Value>) -> bool {
+    preferences.get("batching") != Some(&Value::Bool(false))
 }
 
 fn push_frame(data: &RawValue, scope: PushScope) -> Frame {
@@ -827,18 +954,32 @@ impl Session {
                     self.reply_error(message_id, ErrorCode::Forbidden, message);
                     return;
                 }
-                match self
-                    .gateway
-                    .publish(&topic, &data, Priority::Normal, id.as_deref())
-                {
-                    Ok(outcome) => self.ack(
+                let operation = Operation {
+                    request: Request::Publish {
+                        topic: topic.clone(),
+                        data,
+                        priority: Priority::Normal,
+                        id,
+                    },
+                    completion: Completion::Ack {
+                        connection: Arc::clone(&self.connection),
+                        message_id: message_id.clone(),
+                        topic,
+                    },
+                };
+                if let Err(error) = self.gateway.enqueue(operation) {
+                    let retry_after = match error {
+                        GatewayError::Overloaded { retry_after_ms } => Some(retry_after_ms),
+                        _ => None,
+                    };
+                    self.reply(ServerMessage::Error {
                         message_id,
-                        json!({"topic": topic, "offset": outcome.offset, "epoch": &*outcome.epoch,
-                               "deduplicated": outcome.deduplicated}),
-                    ),
-                    Err(error) => {
-                        self.reply_error(message_id, ErrorCode::Unavailable, error.to_string())
-                    }
+                        error: ErrorDetail {
+                            code: ErrorCode::RateLimited,
+                            message: error.to_string(),
+                            retry_after,
+                        },
+                    });
                 }
             }
             ClientRequest::Ping => self.reply(ServerMessage::Pong {
@@ -911,6 +1052,9 @@ impl Session {
         }
         self.set_expiry(&principal);
         self.connection.set_last_ping_ms(gateway.now_ms());
+        let preferences = gateway.inner.preferences.get(&principal.user);
+        self.connection
+            .set_batching(batching_preference(&preferences));
         self.reply(ServerMessage::Connected {
             data: ConnectedData {
                 connection_id: self.connection.id().to_string(),
@@ -1026,7 +1170,9 @@ impl Session {
         patch: Map<String, Value>,
         message_id: Option<String>,
     ) {
-        let updated = Value::Object(self.gateway.inner.preferences.update(user, patch));
+        let updated = self.gateway.inner.preferences.update(user, patch);
+        let batching = batching_preference(&updated);
+        let updated = Value::Object(updated);
         let push = Frame::from(
             ServerMessage::Preferences {
                 message_id: None,
@@ -1035,6 +1181,7 @@ impl Session {
             .encode(),
         );
         for other in self.gateway.inner.connections.user_connections(user) {
+            other.set_batching(batching);
             if other.id() != self.connection.id() {
                 other.outbox().offer(push.clone(), Priority::Critical);
             }

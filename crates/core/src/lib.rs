@@ -18,6 +18,7 @@ mod auth;
 mod connection;
 mod gateway;
 mod ids;
+mod operations;
 mod outbox;
 mod preferences;
 mod subscription;
@@ -32,6 +33,7 @@ pub use crate::{
         GatewayStats, PublishOutcome, Refusal, Session, SweepReport, unix_ms,
     },
     ids::{ConnectionId, IsolationKey, ThreadId, UserId},
+    operations::{Outcome, Request},
     outbox::{Frame, Offer, Outbox},
     preferences::{InMemoryPreferenceStore, PreferenceStore},
     subscription::{Published, SubscribeError, SubscriptionManager, TopicInfo, TopicPosition},

@@ -26,6 +26,12 @@ impl Frame {
         &self.0
     }
 
+    /// The frame as text.
+    pub fn as_str(&self) -> &str {
+        // A `Frame` is only ever built from a `String`, so this validation cannot fail.
+        std::str::from_utf8(&self.0).expect("frame bytes are UTF-8 by construction")
+    }
+
     /// The shared bytes, for a transport to write (valid UTF-8 JSON).
     pub fn into_bytes(self) -> Bytes {
         self.0
@@ -160,7 +166,11 @@ impl Outbox {
         self.lock().close
     }
 
-    /// Moves up to `max` frames, highest priority first, into `out`.
+    /// Moves up to `max` frames, oldest first, into `out`.
+    ///
+    /// Frames leave in the order they were offered, whatever their priority: a topic's messages
+    /// keep their offset order and a user's events their send order. Priorities only decide what
+    /// is shed when the queue is full.
     ///
     /// Returns `Ready(None)` when it moved at least one frame, `Ready(Some(code))` when the
     /// connection must close now, and `Pending` (with `cx`'s waker registered) when there is
@@ -178,7 +188,7 @@ impl Outbox {
         }
         let before = out.len();
         while out.len() - before < max {
-            let Some((frame, _)) = inner.queue.pop() else {
+            let Some((frame, _)) = inner.queue.pop_oldest() else {
                 break;
             };
             out.push(frame);
@@ -209,10 +219,10 @@ impl Outbox {
         self.len() == 0
     }
 
-    /// Takes every queued frame, highest priority first (for tests and in-memory transports).
+    /// Takes every queued frame, oldest first (for tests and in-memory transports).
     pub fn take_all(&self) -> Vec<Frame> {
         let mut inner = self.lock();
-        std::iter::from_fn(|| inner.queue.pop().map(|(frame, _)| frame)).collect()
+        std::iter::from_fn(|| inner.queue.pop_oldest().map(|(frame, _)| frame)).collect()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -254,14 +264,14 @@ mod tests {
     }
 
     #[test]
-    fn drains_by_priority_then_fifo() {
+    fn drains_in_arrival_order_whatever_the_priority() {
         let outbox = Outbox::new(10, 1 << 20);
         outbox.offer(frame("n1"), Priority::Normal);
         outbox.offer(frame("c1"), Priority::Critical);
         outbox.offer(frame("n2"), Priority::Normal);
         assert_eq!(
             drain(&outbox),
-            (vec!["c1".into(), "n1".into(), "n2".into()], None)
+            (vec!["n1".into(), "c1".into(), "n2".into()], None)
         );
     }
 

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use bytes::Bytes;
 use herald_config::{ChangeReason, RuntimeKey};
-use herald_core::{ConnectionId, ThreadId, UserId};
+use herald_core::{ConnectionId, GatewayError, Outcome, ThreadId, UserId};
 use herald_protocol::{
     ApiErrorBody, BroadcastRequest, ConnectionSendRequest, DeliveredResponse, ErrorCode,
     ProtocolError, PublishBatchRequest, PublishBatchResponse, PublishBatchResult, PublishRequest,
@@ -54,21 +54,28 @@ async fn api(
     let query = request.uri().query().unwrap_or("").to_owned();
     let result = match (method.as_str(), segments) {
         ("POST", ["publish"]) => match read_json::<PublishRequest>(app, request).await {
-            Ok(body) => publish(app, &body).map(|answer| json_response(StatusCode::OK, &answer)),
+            Ok(body) => match publish(app, body).await {
+                Ok(answer) => Ok(json_response(StatusCode::OK, &answer)),
+                Err(error) => return gateway_error_response(&error),
+            },
             Err(response) => return response,
         },
         ("POST", ["publish", "batch"]) => {
             match read_json::<PublishBatchRequest>(app, request).await {
                 Ok(body) => {
-                    let results = body
-                        .items()
-                        .map(
-                            |item| match item.and_then(|request| publish(app, &request)) {
+                    // Every item is queued before any is awaited, so a batch costs one trip.
+                    let pending = body.items().map(|item| async move {
+                        match item {
+                            Ok(request) => match publish(app, request).await {
                                 Ok(answer) => PublishBatchResult::Published(answer),
-                                Err(error) => PublishBatchResult::Failed(error.to_api_body()),
+                                Err(error) => {
+                                    PublishBatchResult::Failed(gateway_error_body(&error))
+                                }
                             },
-                        )
-                        .collect();
+                            Err(error) => PublishBatchResult::Failed(error.to_api_body()),
+                        }
+                    });
+                    let results = futures_util::future::join_all(pending).await;
                     Ok(json_response(
                         StatusCode::OK,
                         &PublishBatchResponse { results },
@@ -79,40 +86,30 @@ async fn api(
         }
         ("POST", ["broadcast"]) => match read_json::<BroadcastRequest>(app, request).await {
             Ok(body) => {
-                let exclude: Vec<ConnectionId> = body
+                let exclude = body
                     .exclude
                     .iter()
                     .filter_map(|id| ConnectionId::parse(id))
                     .collect();
-                let delivered =
-                    app.gateway
-                        .broadcast(&body.data, body.priority.unwrap_or_default(), &exclude);
-                Ok(json_response(
-                    StatusCode::OK,
-                    &DeliveredResponse {
-                        delivered: delivered as u64,
-                    },
-                ))
+                let request = herald_core::Request::Broadcast {
+                    data: body.data,
+                    priority: body.priority.unwrap_or_default(),
+                    exclude,
+                };
+                return delivered_response(app.gateway.submit(request).await);
             }
             Err(response) => return response,
         },
         ("POST", ["users", user, "send"]) => match read_json::<UserSendRequest>(app, request).await
         {
             Ok(body) => {
-                let user = UserId::new(&percent_decode(user));
-                let thread = body.thread_id.as_deref().map(ThreadId::new);
-                let delivered = app.gateway.send_to_user(
-                    &user,
-                    thread.as_ref(),
-                    &body.data,
-                    body.priority.unwrap_or_default(),
-                );
-                Ok(json_response(
-                    StatusCode::OK,
-                    &DeliveredResponse {
-                        delivered: delivered as u64,
-                    },
-                ))
+                let request = herald_core::Request::SendToUser {
+                    user: UserId::new(&percent_decode(user)),
+                    thread: body.thread_id.as_deref().map(ThreadId::new),
+                    data: body.data,
+                    priority: body.priority.unwrap_or_default(),
+                };
+                return delivered_response(app.gateway.submit(request).await);
             }
             Err(response) => return response,
         },
@@ -169,22 +166,67 @@ async fn api(
     result.unwrap_or_else(|error| protocol_error_response(&error))
 }
 
-fn publish(app: &App, body: &PublishRequest) -> Result<PublishResponse, ProtocolError> {
-    let outcome = app
-        .gateway
-        .publish(
-            &body.topic,
-            &body.data,
-            body.priority.unwrap_or_default(),
-            body.id.as_deref(),
-        )
-        .map_err(|e| ProtocolError::new(ErrorCode::Unavailable, e.to_string()))?;
-    Ok(PublishResponse {
-        topic: body.topic.clone(),
-        offset: outcome.offset,
-        epoch: outcome.epoch.to_string(),
-        deduplicated: outcome.deduplicated,
-    })
+async fn publish(app: &App, body: PublishRequest) -> Result<PublishResponse, GatewayError> {
+    let topic = body.topic.clone();
+    let request = herald_core::Request::Publish {
+        topic: body.topic,
+        data: body.data,
+        priority: body.priority.unwrap_or_default(),
+        id: body.id,
+    };
+    match app.gateway.submit(request).await? {
+        Outcome::Published(outcome) => Ok(PublishResponse {
+            topic,
+            offset: outcome.offset,
+            epoch: outcome.epoch.to_string(),
+            deduplicated: outcome.deduplicated,
+        }),
+        // A publish request always yields a publish outcome.
+        Outcome::Delivered(_) => Err(GatewayError::ShuttingDown),
+    }
+}
+
+fn delivered_response(result: Result<Outcome, GatewayError>) -> Response<Full<Bytes>> {
+    match result {
+        Ok(Outcome::Delivered(delivered))
+        | Ok(Outcome::Published(herald_core::PublishOutcome { delivered, .. })) => json_response(
+            StatusCode::OK,
+            &DeliveredResponse {
+                delivered: delivered as u64,
+            },
+        ),
+        Err(error) => gateway_error_response(&error),
+    }
+}
+
+/// The contract's error body for a gateway error.
+fn gateway_error_body(error: &GatewayError) -> ApiErrorBody {
+    let code = match error {
+        GatewayError::UnknownConnection(_) => ErrorCode::NotFound,
+        GatewayError::ShuttingDown => ErrorCode::Unavailable,
+        GatewayError::Overloaded { .. } => ErrorCode::RateLimited,
+    };
+    ApiErrorBody::new(code, error.to_string())
+}
+
+/// 404, 503 or 429 (with Retry-After) for a gateway error.
+fn gateway_error_response(error: &GatewayError) -> Response<Full<Bytes>> {
+    let body = gateway_error_body(error);
+    let status =
+        StatusCode::from_u16(body.http_status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    let mut response = json_response(status, &body);
+    let retry_after_ms = match error {
+        GatewayError::Overloaded { retry_after_ms } => Some(*retry_after_ms),
+        GatewayError::ShuttingDown => Some(5_000),
+        GatewayError::UnknownConnection(_) => None,
+    };
+    if let Some(ms) = retry_after_ms {
+        let seconds = ms.div_ceil(1000).max(1);
+        if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+    }
+    response
 }
 
 fn connections(app: &App, query: &str) -> Response<Full<Bytes>> {

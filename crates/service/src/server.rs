@@ -54,6 +54,9 @@ pub(crate) async fn run(config: BaseConfig) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_shutdown(shutdown.clone()));
     tokio::spawn(housekeeping(Arc::clone(&app), shutdown.clone()));
+    let worker = app.gateway.clone();
+    // The fan-out worker finishes the operations already accepted before the process exits.
+    tracker.spawn(async move { worker.run_operations().await });
 
     loop {
         let (stream, peer) = tokio::select! {

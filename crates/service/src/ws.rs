@@ -4,7 +4,7 @@
 
 use std::{
     collections::VecDeque,
-    future::poll_fn,
+    future::{Future as _, poll_fn},
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -14,7 +14,7 @@ use std::{
 use bytes::Bytes;
 use futures_util::{Sink, SinkExt as _, Stream, StreamExt as _};
 use herald_core::{Frame, Refusal, Session};
-use herald_protocol::CloseCode;
+use herald_protocol::{CloseCode, encode_batch};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::{body::Incoming, upgrade::Upgraded};
@@ -279,6 +279,47 @@ struct Writer {
     pending: VecDeque<Message>,
     needs_flush: bool,
     close: Option<CloseCode>,
+    /// While `message_batch_delay_ms` is waiting for a batch to fill.
+    fill_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Writer {
+    /// Turns the drained frames into messages: one `batch` frame when several wait and the
+    /// client allows batching, else one message per frame.
+    fn stage(&mut self, batching: bool) {
+        if batching && self.drained.len() > 1 {
+            let text = encode_batch(self.drained.iter().map(Frame::as_str));
+            self.drained.clear();
+            self.pending.push_back(Message::Text(text.into()));
+        } else {
+            self.pending.extend(self.drained.drain(..).map(to_message));
+        }
+    }
+
+    /// With `message_batch_delay_ms` above zero, holds back a partly filled batch until the
+    /// delay has passed since its first frame. Returns whether to wait.
+    fn waiting_to_fill(
+        &mut self,
+        cx: &mut Context<'_>,
+        app: &App,
+        session: &Session,
+        batch: usize,
+    ) -> bool {
+        let delay = app.gateway.runtime().message_batch_delay();
+        let queued = session.connection().outbox().len();
+        if delay.is_zero() || queued == 0 || queued >= batch {
+            self.fill_deadline = None;
+            return false;
+        }
+        let deadline = self
+            .fill_deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(delay)));
+        if deadline.as_mut().poll(cx).is_ready() {
+            self.fill_deadline = None;
+            return false;
+        }
+        true
+    }
 }
 
 fn poll_connection(
@@ -320,14 +361,16 @@ fn poll_connection(
             if let Some(code) = writer.close {
                 return Poll::Ready(End::Close(code));
             }
+            if writer.waiting_to_fill(cx, app, session, batch) {
+                write_budget_spent = false;
+                break;
+            }
             match session
                 .connection()
                 .outbox()
                 .poll_drain(cx, batch, &mut writer.drained)
             {
-                Poll::Ready(None) => writer
-                    .pending
-                    .extend(writer.drained.drain(..).map(to_message)),
+                Poll::Ready(None) => writer.stage(session.connection().batching()),
                 Poll::Ready(Some(code)) => {
                     if code == CloseCode::SlowConsumer {
                         // The peer is not reading: a close frame would queue behind the rest.
