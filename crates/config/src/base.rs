@@ -94,6 +94,18 @@ pub struct BaseConfig {
     /// `HERALD_OPERATION_QUEUE_SIZE` / `operation_queue_size`: publications and sends accepted
     /// by the API but not yet fanned out. Full means HTTP 429 with Retry-After. Default 10000.
     pub operation_queue_size: usize,
+    /// `HERALD_HISTORY_MAX_BYTES` / `history_max_bytes`: topic history kept across all topics.
+    /// Default 64 MiB.
+    pub history_max_bytes: usize,
+    /// `HERALD_MAX_PENDING_EVENTS` / `max_pending_events`: unacknowledged critical events kept
+    /// per user (seed: 50). Full means the events API answers 429.
+    pub max_pending_events: usize,
+    /// `HERALD_EVENT_ACK_TIMEOUT_MS` / `event_ack_timeout_ms`: redelivery delay of an
+    /// unacknowledged critical event. Default 30 s.
+    pub event_ack_timeout: Duration,
+    /// `HERALD_EVENT_TTL_MS` / `event_ttl_ms`: how long an unacknowledged critical event is
+    /// kept. Default 24 h.
+    pub event_ttl: Duration,
     /// `HERALD_HISTORY_SIZE` / `history_size`: publications kept per topic for resume.
     /// Default 256, range 0 to 1000000.
     pub history_size: usize,
@@ -495,6 +507,10 @@ impl Default for BaseConfig {
             max_queue_size: 1_000,
             max_queue_bytes: 4_194_304,
             operation_queue_size: 10_000,
+            history_max_bytes: 64 * 1024 * 1024,
+            max_pending_events: 50,
+            event_ack_timeout: Duration::from_secs(30),
+            event_ttl: Duration::from_secs(24 * 60 * 60),
             history_size: 256,
             history_ttl: Duration::from_millis(300_000),
             dedupe_window: Duration::from_millis(5_000),

@@ -602,6 +602,54 @@ pub(crate) static SETTINGS: &[Setting] = &[
         render: |c| Some(millis(c.history_ttl)),
     },
     Setting {
+        key: "history_max_bytes",
+        env: "HERALD_HISTORY_MAX_BYTES",
+        doc: "bytes of topic history kept across all topics; past it the least recently published topics' history is dropped",
+        kind: int(1_048_576, 68_719_476_736, Unit::Bytes),
+        secret: false,
+        apply: |s, c, v| {
+            c.history_max_bytes = s.int(v)?;
+            Ok(())
+        },
+        render: |c| Some(c.history_max_bytes.to_string()),
+    },
+    Setting {
+        key: "max_pending_events",
+        env: "HERALD_MAX_PENDING_EVENTS",
+        doc: "critical events awaiting an ack per user; when full the events API answers 429",
+        kind: int(1, 100_000, Unit::Count),
+        secret: false,
+        apply: |s, c, v| {
+            c.max_pending_events = s.int(v)?;
+            Ok(())
+        },
+        render: |c| Some(c.max_pending_events.to_string()),
+    },
+    Setting {
+        key: "event_ack_timeout_ms",
+        env: "HERALD_EVENT_ACK_TIMEOUT_MS",
+        doc: "time a delivered critical event waits for an `ack` before it is delivered again",
+        kind: int(100, 3600000, Unit::Millis),
+        secret: false,
+        apply: |s, c, v| {
+            c.event_ack_timeout = s.millis(v)?;
+            Ok(())
+        },
+        render: |c| Some(millis(c.event_ack_timeout)),
+    },
+    Setting {
+        key: "event_ttl_ms",
+        env: "HERALD_EVENT_TTL_MS",
+        doc: "how long an unacknowledged critical event is kept; older ones are dropped and counted in herald_events_expired_total",
+        kind: int(1000, 604800000, Unit::Millis),
+        secret: false,
+        apply: |s, c, v| {
+            c.event_ttl = s.millis(v)?;
+            Ok(())
+        },
+        render: |c| Some(millis(c.event_ttl)),
+    },
+    Setting {
         key: "dedupe_window_ms",
         env: "HERALD_DEDUPE_WINDOW_MS",
         doc: "a publish repeating an `id` within this window is not delivered again (runtime-tunable)",

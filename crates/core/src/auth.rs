@@ -51,14 +51,17 @@ pub enum TopicPattern {
 
 impl TopicPattern {
     /// Builds a pattern for `user`, substituting `{sub}`.
+    ///
+    /// The kind of pattern is decided before the substitution, so a `*` inside the user id is
+    /// a plain character: a `sub` of `*` must not turn `user:{sub}` into `user:*`.
     pub fn new(pattern: &str, user: &UserId) -> Self {
-        let pattern = pattern.replace("{sub}", user.as_str());
+        let substitute = |text: &str| text.replace("{sub}", user.as_str());
         if pattern == "*" {
             Self::Any
         } else if let Some(prefix) = pattern.strip_suffix('*') {
-            Self::Prefix(prefix.into())
+            Self::Prefix(substitute(prefix).into())
         } else {
-            Self::Exact(pattern.into())
+            Self::Exact(substitute(pattern).into())
         }
     }
 
@@ -303,6 +306,23 @@ mod tests {
         assert!(p.may_publish("chat:1"));
         assert!(!p.may_publish("user:alice"));
         assert_eq!(p.expires_at_ms, (NOW / 1000 + 60) * 1000);
+    }
+
+    #[test]
+    fn a_wildcard_in_the_user_id_does_not_widen_sub_patterns() {
+        for sub in ["*", "ali*", "user:*"] {
+            let user = UserId::new(sub);
+            let own = TopicPattern::new("user:{sub}", &user);
+            assert!(!own.matches("user:alice"), "{sub}");
+            assert!(!own.matches("user:ali"), "{sub}");
+            let prefix = TopicPattern::new("inbox:{sub}:*", &user);
+            assert!(!prefix.matches("inbox:alice:1"), "{sub}");
+            assert!(prefix.matches(&format!("inbox:{sub}:1")), "{sub}");
+        }
+        assert_eq!(
+            TopicPattern::new("{sub}", &UserId::new("*")),
+            TopicPattern::Exact("*".into())
+        );
     }
 
     #[test]

@@ -12,9 +12,9 @@ use std::{
 
 use herald_config::{BaseConfig, RuntimeConfig, UserLimitPolicy};
 use herald_protocol::{
-    ClientFrame, ClientRequest, CloseCode, ConnectedData, ErrorCode, ErrorDetail, ProtocolError,
-    PushScope, RefreshResult, RequestKind, ServerMessage, StreamPosition, SubscribeResult, Topic,
-    parse_client_frame,
+    ClientFrame, ClientRequest, CloseCode, ConnectedData, ErrorCode, ErrorDetail, EventName,
+    ProtocolError, PushScope, RefreshResult, RequestKind, ServerMessage, StreamPosition,
+    SubscribeResult, Topic, parse_client_frame,
 };
 use herald_utils::{CircularBuffer, Clock, LruCache, Priority};
 use serde_json::{Map, Value, json, value::RawValue};
@@ -22,6 +22,8 @@ use serde_json::{Map, Value, json, value::RawValue};
 use crate::{
     auth::{AuthError, Authenticator, Principal},
     connection::{Connection, ConnectionManager, LimitExceeded, LimitPolicy, NO_DEADLINE, Slot},
+    events::{EventOutcome, PendingEvent, PendingEvents},
+    history::{HistoryEntry, HistoryStore},
     ids::{ConnectionId, IsolationKey, ThreadId, UserId},
     operations::{Completion, Operation, OperationQueue, Outcome, Request},
     outbox::{Frame, Offer, Outbox},
@@ -61,6 +63,12 @@ pub struct GatewaySettings {
     pub topic_retention: Duration,
     /// Publications and sends accepted but not yet fanned out.
     pub operation_queue_size: usize,
+    /// Unacknowledged critical events kept per user.
+    pub max_pending_events: usize,
+    /// Redelivery delay of an unacknowledged critical event.
+    pub event_ack_timeout: Duration,
+    /// How long an unacknowledged critical event is kept.
+    pub event_ttl: Duration,
 }
 
 impl GatewaySettings {
@@ -86,6 +94,9 @@ impl GatewaySettings {
                 .collect(),
             topic_retention: config.history_ttl,
             operation_queue_size: config.operation_queue_size,
+            max_pending_events: config.max_pending_events,
+            event_ack_timeout: config.event_ack_timeout,
+            event_ttl: config.event_ttl,
         }
     }
 }
@@ -100,6 +111,8 @@ pub struct GatewayParts {
     pub authenticator: Arc<dyn Authenticator>,
     /// Where preferences live.
     pub preferences: Arc<dyn PreferenceStore>,
+    /// Where topic history lives.
+    pub history: Arc<dyn HistoryStore>,
     /// Where time comes from.
     pub clock: Arc<dyn Clock>,
 }
@@ -151,6 +164,12 @@ pub enum GatewayError {
     /// The gateway is shutting down.
     #[error("server is shutting down")]
     ShuttingDown,
+    /// The user already has the maximum of unacknowledged critical events.
+    #[error("user has {limit} unacknowledged events; retry after the client acknowledges some")]
+    TooManyPending {
+        /// The per-user limit.
+        limit: usize,
+    },
     /// The operation queue is full; retry after the given time.
     #[error("server busy: operation queue full, retry in {retry_after_ms} ms")]
     Overloaded {
@@ -176,6 +195,8 @@ pub struct GatewayStats {
     pub delivered: u64,
     /// Frames shed from full queues.
     pub shed: u64,
+    /// Critical events awaiting an ack, all users.
+    pub pending_events: usize,
 }
 
 /// One connection as `GET /api/connections` lists it.
@@ -208,6 +229,15 @@ pub struct SweepReport {
     pub expired: usize,
     /// Topics dropped after their retention.
     pub topics_dropped: usize,
+}
+
+/// A page of a topic's history, as `GET /api/topics/{topic}/history` returns it.
+#[derive(Debug, Clone)]
+pub struct TopicHistory {
+    /// The topic's epoch.
+    pub epoch: Arc<str>,
+    /// `(offset, data)` of retained publications, oldest first.
+    pub messages: Vec<(u64, Box<RawValue>)>,
 }
 
 /// The answer to a publish.
@@ -256,6 +286,9 @@ struct Inner {
     dedupe: Mutex<DedupeCache>,
     shutting_down: AtomicBool,
     operations: OperationQueue,
+    events: PendingEvents,
+    event_counter: AtomicU64,
+    epoch_seed: u64,
     /// Recent publish-to-queued (fan-out) durations in microseconds.
     fanout_latency_us: Mutex<CircularBuffer<f64>>,
     published: AtomicU64,
@@ -272,8 +305,11 @@ impl Gateway {
         Self {
             inner: Arc::new(Inner {
                 connections: ConnectionManager::new(parts.settings.max_connections),
-                topics: SubscriptionManager::new(epoch_seed),
+                topics: SubscriptionManager::new(epoch_seed, parts.history),
                 operations: OperationQueue::new(parts.settings.operation_queue_size),
+                events: PendingEvents::default(),
+                event_counter: AtomicU64::new(0),
+                epoch_seed,
                 settings: parts.settings,
                 runtime: parts.runtime,
                 authenticator: parts.authenticator,
@@ -362,6 +398,11 @@ impl Gateway {
         ));
         connection.set_deadline_ms(now.saturating_add(duration_ms(inner.settings.auth_timeout)));
         inner.connections.insert(Arc::clone(&connection));
+        // Admitted before a shutdown began but opened after it: `begin_shutdown` may not have
+        // seen this connection, so it closes itself the same way.
+        if self.is_shutting_down() {
+            connection.outbox().close(CloseCode::GoingAway);
+        }
         metrics::counter!("herald_connections_opened_total").increment(1);
         let mut session = Session {
             gateway: self.clone(),
@@ -439,6 +480,23 @@ impl Gateway {
             } => Ok(Outcome::Delivered(
                 self.broadcast(&data, priority, &exclude),
             )),
+            Request::Event {
+                user,
+                event,
+                data,
+                thread,
+                run,
+                id,
+            } => self
+                .send_event(
+                    &user,
+                    event,
+                    &data,
+                    thread.as_ref(),
+                    run.as_deref(),
+                    id.as_deref(),
+                )
+                .map(Outcome::Event),
             Request::SendToUser {
                 user,
                 thread,
@@ -467,7 +525,7 @@ impl Gateway {
                         data: json!({"topic": topic, "offset": outcome.offset, "epoch": &*outcome.epoch,
                                      "deduplicated": outcome.deduplicated}),
                     }),
-                    Ok(Outcome::Delivered(_)) => None,
+                    Ok(Outcome::Delivered(_) | Outcome::Event(_)) => None,
                     Err(error) => Some(ServerMessage::error(message_id, ErrorCode::Unavailable, error.to_string())),
                 };
                 if let Some(reply) = reply {
@@ -603,6 +661,164 @@ impl Gateway {
         Ok(delivered)
     }
 
+    /// Sends a critical event to `user` now (bypassing the operation queue): it is kept until a
+    /// connection of the user acknowledges it, delivered to the user's connections that receive
+    /// `thread`, and to connections that connect later.
+    pub fn send_event(
+        &self,
+        user: &UserId,
+        event: EventName,
+        data: &RawValue,
+        thread: Option<&ThreadId>,
+        run: Option<&str>,
+        id: Option<&str>,
+    ) -> Result<EventOutcome, GatewayError> {
+        let inner = &self.inner;
+        let now = self.now_ms();
+        let mut events = inner.events.lock();
+        let pending = events.entry(user.clone()).or_default();
+        if let Some(id) = id
+            && pending.iter().any(|e| &*e.id == id)
+        {
+            // A retried send of an event still pending: already kept and delivered.
+            return Ok(EventOutcome {
+                id: id.to_owned(),
+                delivered: 0,
+                pending: pending.len(),
+            });
+        }
+        let limit = inner.settings.max_pending_events;
+        if pending.len() >= limit {
+            if pending.is_empty() {
+                events.remove(user);
+            }
+            metrics::counter!("herald_events_rejected_total").increment(1);
+            return Err(GatewayError::TooManyPending { limit });
+        }
+        let id: Arc<str> = match id {
+            Some(id) => Arc::from(id),
+            None => {
+                let n = inner.event_counter.fetch_add(1, Ordering::Relaxed);
+                Arc::from(format!("evt-{:x}-{n:x}", inner.epoch_seed))
+            }
+        };
+        let frame = Frame::from(
+            ServerMessage::Event {
+                event,
+                id: id.to_string(),
+                data: data.to_owned(),
+                thread_id: thread.map(|t| t.as_str().to_owned()),
+                run_id: run.map(str::to_owned),
+            }
+            .encode(),
+        );
+        let (mut delivered, mut shed) = (0, 0);
+        for connection in inner.connections.user_connections(user) {
+            if connection
+                .key()
+                .is_some_and(|key| key.receives(user, thread))
+            {
+                offer_counting(
+                    &connection,
+                    &frame,
+                    Priority::Critical,
+                    &mut delivered,
+                    &mut shed,
+                );
+            }
+        }
+        pending.push_back(PendingEvent {
+            id: Arc::clone(&id),
+            thread: thread.cloned(),
+            frame,
+            created_ms: now,
+            delivered_ms: (delivered > 0).then_some(now),
+        });
+        let outcome = EventOutcome {
+            id: id.to_string(),
+            delivered,
+            pending: pending.len(),
+        };
+        drop(events);
+        self.count_delivery(delivered, shed);
+        metrics::counter!("herald_events_sent_total").increment(1);
+        Ok(outcome)
+    }
+
+    /// Removes the events `ids` of `connection`'s user that the connection could receive;
+    /// returns how many were pending.
+    fn acknowledge(&self, connection: &Connection, ids: &[String]) -> usize {
+        let Some(key) = connection.key() else {
+            return 0;
+        };
+        let now = self.now_ms();
+        let mut events = self.inner.events.lock();
+        let Some(pending) = events.get_mut(&key.user) else {
+            return 0;
+        };
+        let before = pending.len();
+        pending.retain(|event| {
+            let acked = key.receives(&key.user, event.thread.as_ref())
+                && ids.iter().any(|id| **id == *event.id);
+            if acked {
+                let seconds = now.saturating_sub(event.created_ms) as f64 / 1000.0;
+                metrics::histogram!("herald_event_ack_latency_seconds").record(seconds);
+            }
+            !acked
+        });
+        let acked = before - pending.len();
+        if pending.is_empty() {
+            events.remove(&key.user);
+        }
+        acked
+    }
+
+    /// Redelivers, in order, the pending events of users whose oldest delivered event waited
+    /// longer than the ack timeout, and drops events past their time-to-live.
+    fn sweep_events(&self, now: u64) {
+        let inner = &self.inner;
+        let timeout = duration_ms(inner.settings.event_ack_timeout);
+        let ttl = duration_ms(inner.settings.event_ttl);
+        let mut events = inner.events.lock();
+        events.retain(|user, pending| {
+            let before = pending.len();
+            pending.retain(|event| now.saturating_sub(event.created_ms) < ttl);
+            let expired = before - pending.len();
+            if expired > 0 {
+                metrics::counter!("herald_events_expired_total").increment(expired as u64);
+                tracing::warn!(user = %user, expired, "critical events expired unacknowledged");
+            }
+            let due = pending.iter().any(|e| {
+                e.delivered_ms
+                    .is_some_and(|at| now.saturating_sub(at) >= timeout)
+            });
+            if due {
+                let connections = inner.connections.user_connections(user);
+                for event in pending.iter_mut() {
+                    let mut sent = false;
+                    for connection in &connections {
+                        if connection
+                            .key()
+                            .is_some_and(|key| key.receives(user, event.thread.as_ref()))
+                        {
+                            sent |= matches!(
+                                connection
+                                    .outbox()
+                                    .offer(event.frame.clone(), Priority::Critical),
+                                Offer::Queued { .. }
+                            );
+                        }
+                    }
+                    if sent {
+                        event.delivered_ms = Some(now);
+                        metrics::counter!("herald_events_redelivered_total").increment(1);
+                    }
+                }
+            }
+            !pending.is_empty()
+        });
+    }
+
     /// Closes a connection with 4010.
     pub fn disconnect(&self, id: ConnectionId) -> Result<(), GatewayError> {
         let connection = self
@@ -639,6 +855,24 @@ impl Gateway {
         self.inner.topics.topic(topic)
     }
 
+    /// A topic's epoch and at most `limit` retained publications after offset `after`, as
+    /// `(offset, data)` pairs, oldest first; `None` for an unknown topic.
+    pub fn history(&self, topic: &Topic, after: u64, limit: usize) -> Option<TopicHistory> {
+        let (epoch, entries) = self
+            .inner
+            .topics
+            .history(topic, after, limit, self.now_ms())?;
+        let messages = entries
+            .into_iter()
+            .filter_map(|entry| match ServerMessage::decode(entry.frame.as_str()) {
+                Ok(ServerMessage::Message { data, .. }) => Some((entry.offset, data)),
+                // History holds only encoded `message` frames.
+                _ => None,
+            })
+            .collect();
+        Some(TopicHistory { epoch, messages })
+    }
+
     /// Current counts and totals.
     pub fn stats(&self) -> GatewayStats {
         let inner = &self.inner;
@@ -650,6 +884,7 @@ impl Gateway {
             published: inner.published.load(Ordering::Relaxed),
             delivered: inner.delivered.load(Ordering::Relaxed),
             shed: inner.shed.load(Ordering::Relaxed),
+            pending_events: inner.events.total(),
         }
     }
 
@@ -710,6 +945,8 @@ impl Gateway {
                 }
             }
         });
+        inner.topics.history_store().purge(now);
+        self.sweep_events(now);
         report.topics_dropped = inner
             .topics
             .sweep_idle(now, duration_ms(inner.settings.topic_retention));
@@ -986,7 +1223,9 @@ impl Session {
                 timestamp,
                 message_id,
             }),
-            ClientRequest::Pong => {}
+            // A pong needs no answer, but one that carries a `messageId` gets its one reply
+            // like every other request.
+            ClientRequest::Pong => self.ack(message_id, json!({})),
             ClientRequest::GetPreferences => {
                 let data = Value::Object(self.gateway.inner.preferences.get(&principal.user));
                 self.reply(ServerMessage::Preferences { message_id, data });
@@ -995,9 +1234,8 @@ impl Session {
                 self.on_update_preferences(&principal.user, patch, message_id)
             }
             ClientRequest::Ack { ids } => {
-                // Critical events with acknowledgements arrive with the guaranteed-delivery
-                // work; until then no event is pending, so nothing is acknowledged.
-                self.ack(message_id, json!({"acknowledged": 0, "ids": ids.len()}));
+                let acknowledged = self.gateway.acknowledge(&self.connection, &ids);
+                self.ack(message_id, json!({ "acknowledged": acknowledged }));
             }
         }
     }
@@ -1032,41 +1270,74 @@ impl Session {
 
     /// Registers the connection under its user and queues `connected` (then the `auth` ack).
     fn authenticate(&mut self, principal: Principal, message_id: Option<String>) {
-        let gateway = &self.gateway;
-        let key = IsolationKey {
-            user: principal.user.clone(),
-            thread: self.connection.thread().cloned(),
-            connection: self.connection.id(),
-        };
+        let gateway = self.gateway.clone();
+        let inner = &gateway.inner;
         let limit = gateway.user_limit(&principal);
-        let policy = gateway.inner.settings.user_limit_policy;
-        if let Err(exceeded) =
-            gateway
-                .inner
-                .connections
-                .register_user(&self.connection, key, limit, policy)
+        let policy = inner.settings.user_limit_policy;
+        let refuse = |session: &Self, message_id: Option<String>, exceeded: LimitExceeded| {
+            session.reply_error(message_id, ErrorCode::LimitExceeded, exceeded.to_string());
+            session.connection.outbox().close(CloseCode::Refused);
+        };
+        if policy == LimitPolicy::Reject
+            && inner.connections.user_connection_count(&principal.user) >= limit
         {
-            self.reply_error(message_id, ErrorCode::LimitExceeded, exceeded.to_string());
-            self.connection.outbox().close(CloseCode::Refused);
+            refuse(self, message_id, LimitExceeded { limit });
             return;
         }
+        // `connected` and the `auth` ack go first: nothing reaches the connection before it is
+        // registered below.
         self.set_expiry(&principal);
         self.connection.set_last_ping_ms(gateway.now_ms());
-        let preferences = gateway.inner.preferences.get(&principal.user);
         self.connection
-            .set_batching(batching_preference(&preferences));
+            .set_batching(batching_preference(&inner.preferences.get(&principal.user)));
         self.reply(ServerMessage::Connected {
             data: ConnectedData {
                 connection_id: self.connection.id().to_string(),
                 user_id: principal.user.to_string(),
                 tier: principal.tier.to_string(),
-                heartbeat_interval: duration_ms(gateway.inner.settings.heartbeat_interval),
-                max_payload: gateway.inner.settings.max_payload_bytes as u64,
+                heartbeat_interval: duration_ms(inner.settings.heartbeat_interval),
+                max_payload: inner.settings.max_payload_bytes as u64,
             },
         });
-        let expires_at = principal.expires_at_ms;
+        self.ack(
+            message_id.clone(),
+            RefreshResult {
+                expires_at: principal.expires_at_ms,
+            }
+            .to_value(),
+        );
+        let key = IsolationKey {
+            user: principal.user.clone(),
+            thread: self.connection.thread().cloned(),
+            connection: self.connection.id(),
+        };
+        // Registering and receiving the pending events happen under the user's events lock, so
+        // an event sent meanwhile is either among them or delivered live afterwards, never both
+        // out of order nor neither.
+        let mut events = inner.events.lock();
+        if let Err(exceeded) =
+            inner
+                .connections
+                .register_user(&self.connection, key.clone(), limit, policy)
+        {
+            drop(events);
+            refuse(self, message_id, exceeded);
+            return;
+        }
+        if let Some(pending) = events.get_mut(&principal.user) {
+            let now = gateway.now_ms();
+            for event in pending
+                .iter_mut()
+                .filter(|e| key.receives(&principal.user, e.thread.as_ref()))
+            {
+                self.connection
+                    .outbox()
+                    .offer(event.frame.clone(), Priority::Critical);
+                event.delivered_ms = Some(now);
+            }
+        }
+        drop(events);
         self.principal = Some(principal);
-        self.ack(message_id, RefreshResult { expires_at }.to_value());
     }
 
     fn refresh(&mut self, principal: Principal, message_id: Option<String>) {
@@ -1140,12 +1411,16 @@ impl Session {
                 topic,
                 limit,
                 self.gateway.now_ms(),
-                |position: &TopicPosition| {
-                    // Without topic history, a resume is "recovered" only when nothing was missed.
-                    let recovered = since.is_some_and(|s| {
-                        s.epoch == *position.epoch && s.offset == position.last_offset
-                    });
-                    then(
+                since,
+                |position: &TopicPosition, replay: Option<Vec<HistoryEntry>>| {
+                    // `recovered` tells a resuming client that the replay below closes its gap.
+                    let recovered = since.is_some() && replay.is_some();
+                    if since.is_some() {
+                        let label = if recovered { "true" } else { "false" };
+                        metrics::counter!("herald_resumes_total", "recovered" => label)
+                            .increment(1);
+                    }
+                    let result = then(
                         SubscribeResult {
                             topic: topic.clone(),
                             offset: position.last_offset,
@@ -1153,7 +1428,13 @@ impl Session {
                             recovered,
                         }
                         .to_value(),
-                    )
+                    );
+                    for entry in replay.into_iter().flatten() {
+                        self.connection
+                            .outbox()
+                            .offer(entry.frame, Priority::Normal);
+                    }
+                    result
                 },
             )
             .map_err(|SubscribeError::LimitReached { limit }| {

@@ -16,7 +16,9 @@
 
 mod auth;
 mod connection;
+mod events;
 mod gateway;
+mod history;
 mod ids;
 mod operations;
 mod outbox;
@@ -28,10 +30,12 @@ mod tests;
 pub use crate::{
     auth::{AuthError, Authenticator, JwtAuthenticator, JwtSettings, Principal, TopicPattern},
     connection::{Connection, ConnectionManager, LimitExceeded, LimitPolicy, Slot},
+    events::{Emitter, EventOutcome, EventTarget},
     gateway::{
         Admission, ConnectionSummary, Gateway, GatewayError, GatewayParts, GatewaySettings,
-        GatewayStats, PublishOutcome, Refusal, Session, SweepReport, unix_ms,
+        GatewayStats, PublishOutcome, Refusal, Session, SweepReport, TopicHistory, unix_ms,
     },
+    history::{HistoryEntry, HistoryStore, InMemoryHistoryStore},
     ids::{ConnectionId, IsolationKey, ThreadId, UserId},
     operations::{Outcome, Request},
     outbox::{Frame, Offer, Outbox},

@@ -4,13 +4,14 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use herald_protocol::Topic;
+use herald_protocol::{EventName, Topic};
 use herald_utils::{Priority, PriorityQueue};
 use serde_json::value::RawValue;
 use tokio::sync::{Notify, oneshot};
 
 use crate::{
     connection::Connection,
+    events::EventOutcome,
     gateway::{GatewayError, PublishOutcome},
     ids::{ConnectionId, ThreadId, UserId},
 };
@@ -38,6 +39,21 @@ pub enum Request {
         /// Connections left out.
         exclude: Vec<ConnectionId>,
     },
+    /// A critical event to a user (see [`crate::Gateway::send_event`]).
+    Event {
+        /// The user.
+        user: UserId,
+        /// The event name.
+        event: EventName,
+        /// The payload.
+        data: Box<RawValue>,
+        /// The thread, if any.
+        thread: Option<ThreadId>,
+        /// The agent run, if any.
+        run: Option<String>,
+        /// A stable id; generated when absent.
+        id: Option<String>,
+    },
     /// A `push` to a user, optionally one thread (see [`crate::Gateway::send_to_user`]).
     SendToUser {
         /// The user.
@@ -58,6 +74,7 @@ impl Request {
             Self::Publish { priority, .. }
             | Self::Broadcast { priority, .. }
             | Self::SendToUser { priority, .. } => *priority,
+            Self::Event { .. } => Priority::Critical,
         }
     }
 }
@@ -69,6 +86,8 @@ pub enum Outcome {
     Published(PublishOutcome),
     /// How many connections a push was queued to.
     Delivered(usize),
+    /// A critical event's result.
+    Event(EventOutcome),
 }
 
 /// Who waits for an operation's outcome.
@@ -91,6 +110,10 @@ pub(crate) struct Operation {
     pub(crate) completion: Completion,
 }
 
+/// The operation queue refused an operation because it is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct QueueFull;
+
 /// The bounded queue and the signal that wakes the fan-out worker.
 #[derive(Debug)]
 pub(crate) struct OperationQueue {
@@ -108,16 +131,17 @@ impl OperationQueue {
         }
     }
 
-    /// Queues `operation`, or hands it back when the queue is full. Never sheds accepted work.
-    pub(crate) fn push(&self, operation: Operation) -> Result<(), Operation> {
+    /// Queues `operation`, or refuses it (dropping it) when the queue is full. Never sheds
+    /// accepted work.
+    pub(crate) fn push(&self, operation: Operation) -> Result<(), QueueFull> {
         let mut queue = self.lock();
         if queue.len() >= self.capacity {
-            return Err(operation);
+            return Err(QueueFull);
         }
         let priority = operation.request.priority();
         // Below capacity nothing is shed, and the byte budget is unbounded, so this succeeds.
-        if let Err(rejected) = queue.push(operation, priority, 0) {
-            return Err(rejected.item);
+        if queue.push(operation, priority, 0).is_err() {
+            return Err(QueueFull);
         }
         drop(queue);
         self.notify.notify_one();

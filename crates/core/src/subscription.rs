@@ -13,11 +13,12 @@ use std::{
     },
 };
 
-use herald_protocol::Topic;
+use herald_protocol::{StreamPosition, Topic};
 use herald_utils::Priority;
 
 use crate::{
     connection::Connection,
+    history::{HistoryEntry, HistoryStore},
     ids::ConnectionId,
     outbox::{Frame, Offer},
 };
@@ -98,6 +99,7 @@ pub struct SubscriptionManager {
     topics: AtomicUsize,
     epoch_seed: u64,
     epoch_counter: AtomicU64,
+    history: Arc<dyn HistoryStore>,
 }
 
 impl std::fmt::Debug for SubscriptionManager {
@@ -110,10 +112,12 @@ impl std::fmt::Debug for SubscriptionManager {
 }
 
 impl SubscriptionManager {
-    /// An empty index. `epoch_seed` makes epochs unique across restarts (e.g. start time).
-    pub fn new(epoch_seed: u64) -> Self {
+    /// An empty index. `epoch_seed` makes epochs unique across restarts (e.g. start time);
+    /// `history` retains publications for resume.
+    pub fn new(epoch_seed: u64, history: Arc<dyn HistoryStore>) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            history,
             subscriptions: AtomicUsize::new(0),
             topics: AtomicUsize::new(0),
             epoch_seed,
@@ -133,7 +137,8 @@ impl SubscriptionManager {
         topic: &Topic,
         limit: usize,
         now_ms: u64,
-        on_subscribed: impl FnOnce(&TopicPosition) -> R,
+        since: Option<&StreamPosition>,
+        on_subscribed: impl FnOnce(&TopicPosition, Option<Vec<HistoryEntry>>) -> R,
     ) -> Result<R, SubscribeError> {
         let mut topics = connection.lock_topics();
         let fresh = !topics.contains(topic);
@@ -158,7 +163,14 @@ impl SubscriptionManager {
                 last_offset: inner.last_offset,
                 epoch: Arc::clone(&state.epoch),
             };
-            return Ok(on_subscribed(&position));
+            // A resume in the same epoch replays what history still holds after `since`.
+            let replay = since
+                .filter(|since| *since.epoch == *state.epoch)
+                .and_then(|since| {
+                    self.history
+                        .since(topic, since.offset, inner.last_offset, now_ms)
+                });
+            return Ok(on_subscribed(&position, replay));
         }
     }
 
@@ -214,6 +226,14 @@ impl SubscriptionManager {
             inner.last_publish_ms = now_ms;
             let offset = inner.last_offset;
             let frame = encode(offset, &state.epoch);
+            self.history.append(
+                topic,
+                HistoryEntry {
+                    offset,
+                    frame: frame.clone(),
+                    published_ms: now_ms,
+                },
+            );
             let (mut delivered, mut shed) = (0, 0);
             for connection in inner.subscribers.values() {
                 if let Offer::Queued { shed: n } =
@@ -257,12 +277,13 @@ impl SubscriptionManager {
         let mut dropped = 0;
         for shard in &self.shards {
             let mut map = shard.write().unwrap_or_else(PoisonError::into_inner);
-            map.retain(|_, state| {
+            map.retain(|topic, state| {
                 let mut inner = state.lock();
                 let idle = inner.subscribers.is_empty()
                     && now_ms.saturating_sub(inner.last_publish_ms) >= retain_ms;
                 if idle {
                     inner.removed = true;
+                    self.history.remove(topic);
                     dropped += 1;
                 }
                 !idle
@@ -270,6 +291,33 @@ impl SubscriptionManager {
         }
         self.topics.fetch_sub(dropped, Ordering::Relaxed);
         dropped
+    }
+
+    /// A topic's epoch and up to `limit` retained publications after `after`, oldest first;
+    /// `None` for an unknown topic.
+    pub fn history(
+        &self,
+        topic: &Topic,
+        after: u64,
+        limit: usize,
+        now_ms: u64,
+    ) -> Option<(Arc<str>, Vec<HistoryEntry>)> {
+        let state = self
+            .shard(topic)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(topic)
+            .cloned()?;
+        let _inner = state.lock();
+        Some((
+            Arc::clone(&state.epoch),
+            self.history.page(topic, after, limit, now_ms),
+        ))
+    }
+
+    /// The history store.
+    pub fn history_store(&self) -> &Arc<dyn HistoryStore> {
+        &self.history
     }
 
     /// Subscriptions in all (connection-topic pairs).

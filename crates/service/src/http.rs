@@ -9,8 +9,8 @@ use herald_config::{ChangeReason, RuntimeKey};
 use herald_core::{ConnectionId, GatewayError, Outcome, ThreadId, UserId};
 use herald_protocol::{
     ApiErrorBody, BroadcastRequest, ConnectionSendRequest, DeliveredResponse, ErrorCode,
-    ProtocolError, PublishBatchRequest, PublishBatchResponse, PublishBatchResult, PublishRequest,
-    PublishResponse, Topic, UserSendRequest, parse_body,
+    EventRequest, EventResponse, ProtocolError, PublishBatchRequest, PublishBatchResponse,
+    PublishBatchResult, PublishRequest, PublishResponse, Topic, UserSendRequest, parse_body,
 };
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt as _, Full, Limited};
@@ -144,6 +144,34 @@ async fn api(
         }),
         ("GET", ["connections"]) => Ok(connections(app, &query)),
         ("GET", ["topics", topic]) => topic_info(app, topic),
+        ("GET", ["topics", topic, "history"]) => history(app, topic, &query),
+        ("POST", ["users", user, "events"]) => {
+            match read_json::<EventRequest>(app, request).await {
+                Ok(body) => {
+                    let request = herald_core::Request::Event {
+                        user: UserId::new(&percent_decode(user)),
+                        event: body.event,
+                        data: body.data,
+                        thread: body.thread_id.as_deref().map(ThreadId::new),
+                        run: body.run_id,
+                        id: body.id,
+                    };
+                    return match app.gateway.submit(request).await {
+                        Ok(Outcome::Event(outcome)) => json_response(
+                            StatusCode::OK,
+                            &EventResponse {
+                                id: outcome.id,
+                                delivered: outcome.delivered as u64,
+                                pending: outcome.pending as u64,
+                            },
+                        ),
+                        Ok(_) => gateway_error_response(&GatewayError::ShuttingDown),
+                        Err(error) => gateway_error_response(&error),
+                    };
+                }
+                Err(response) => return response,
+            }
+        }
         ("GET", ["stats"]) => Ok(json_response(StatusCode::OK, &stats(app))),
         ("GET", ["config", "runtime"]) => Ok(json_response(
             StatusCode::OK,
@@ -182,14 +210,15 @@ async fn publish(app: &App, body: PublishRequest) -> Result<PublishResponse, Gat
             deduplicated: outcome.deduplicated,
         }),
         // A publish request always yields a publish outcome.
-        Outcome::Delivered(_) => Err(GatewayError::ShuttingDown),
+        Outcome::Delivered(_) | Outcome::Event(_) => Err(GatewayError::ShuttingDown),
     }
 }
 
 fn delivered_response(result: Result<Outcome, GatewayError>) -> Response<Full<Bytes>> {
     match result {
         Ok(Outcome::Delivered(delivered))
-        | Ok(Outcome::Published(herald_core::PublishOutcome { delivered, .. })) => json_response(
+        | Ok(Outcome::Published(herald_core::PublishOutcome { delivered, .. }))
+        | Ok(Outcome::Event(herald_core::EventOutcome { delivered, .. })) => json_response(
             StatusCode::OK,
             &DeliveredResponse {
                 delivered: delivered as u64,
@@ -205,6 +234,7 @@ fn gateway_error_body(error: &GatewayError) -> ApiErrorBody {
         GatewayError::UnknownConnection(_) => ErrorCode::NotFound,
         GatewayError::ShuttingDown => ErrorCode::Unavailable,
         GatewayError::Overloaded { .. } => ErrorCode::RateLimited,
+        GatewayError::TooManyPending { .. } => ErrorCode::LimitExceeded,
     };
     ApiErrorBody::new(code, error.to_string())
 }
@@ -217,7 +247,7 @@ fn gateway_error_response(error: &GatewayError) -> Response<Full<Bytes>> {
     let mut response = json_response(status, &body);
     let retry_after_ms = match error {
         GatewayError::Overloaded { retry_after_ms } => Some(*retry_after_ms),
-        GatewayError::ShuttingDown => Some(5_000),
+        GatewayError::ShuttingDown | GatewayError::TooManyPending { .. } => Some(5_000),
         GatewayError::UnknownConnection(_) => None,
     };
     if let Some(ms) = retry_after_ms {
@@ -266,6 +296,38 @@ fn topic_info(app: &App, raw: &str) -> Result<Response<Full<Bytes>>, ProtocolErr
     ))
 }
 
+fn history(app: &App, raw: &str, query: &str) -> Result<Response<Full<Bytes>>, ProtocolError> {
+    let name = percent_decode(raw);
+    let topic = Topic::new(&name).map_err(|e| ProtocolError::bad_request(format!("topic: {e}")))?;
+    let number = |name: &str| -> Result<Option<u64>, ProtocolError> {
+        query_param(query, name)
+            .map(|v| {
+                v.parse::<u64>().map_err(|_| {
+                    ProtocolError::bad_request(format!("{name} must be a non-negative integer"))
+                })
+            })
+            .transpose()
+    };
+    let since = number("since")?.unwrap_or(0);
+    let limit = number("limit")?.map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX));
+    let Some(herald_core::TopicHistory { epoch, messages }) =
+        app.gateway.history(&topic, since, limit)
+    else {
+        return Err(ProtocolError::new(
+            ErrorCode::NotFound,
+            format!("no topic `{topic}`"),
+        ));
+    };
+    let messages: Vec<Value> = messages
+        .into_iter()
+        .map(|(offset, data)| json!({"offset": offset, "data": data}))
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"topic": topic, "epoch": &*epoch, "messages": messages}),
+    ))
+}
+
 fn stats(app: &App) -> Value {
     let stats = app.gateway.stats();
     let latency = app.gateway.fanout_latency_us();
@@ -275,6 +337,7 @@ fn stats(app: &App) -> Value {
         "subscriptions": stats.subscriptions,
         "topics": stats.topics,
         "messages": {"published": stats.published, "delivered": stats.delivered, "shed": stats.shed},
+        "events": {"pending": stats.pending_events},
         "latency": {"p50Us": latency.0, "p99Us": latency.1},
         "memory": {"rssBytes": crate::server::rss_bytes()},
         "degradation": {"level": 0},
@@ -354,12 +417,7 @@ fn metrics(app: &App) -> Response<Full<Bytes>> {
 
 #[allow(clippy::result_large_err)] // The error is the response itself.
 fn check_api_key(app: &App, request: &Request<Incoming>) -> Result<(), Response<Full<Bytes>>> {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
+    match bearer_token(request.headers()) {
         Some(key) if app.config.api_keys.iter().any(|k| k.matches(key)) => Ok(()),
         Some(_) => Err(error_response(
             StatusCode::UNAUTHORIZED,
@@ -372,6 +430,16 @@ fn check_api_key(app: &App, request: &Request<Incoming>) -> Result<(), Response<
             "missing API key: send Authorization: Bearer <key>",
         )),
     }
+}
+
+/// The credentials of an `Authorization: Bearer <credentials>` header. The scheme name is
+/// case-insensitive (RFC 9110, section 11.1), so `bearer` and `BEARER` count too.
+pub(crate) fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, credentials) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| credentials.trim_start_matches(' '))
 }
 
 /// Reads a JSON body of at most `max_http_body_bytes` and decodes it.
@@ -490,5 +558,20 @@ mod tests {
         assert_eq!(query_param("a=1", "b"), None);
         assert_eq!(percent_decode("chat%3A1"), "chat:1");
         assert_eq!(percent_decode("bad%zz%"), "bad%zz%");
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        let with = |value: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+            bearer_token(&headers).map(str::to_owned)
+        };
+        assert_eq!(with("Bearer a.b.c").as_deref(), Some("a.b.c"));
+        assert_eq!(with("bearer a.b.c").as_deref(), Some("a.b.c"));
+        assert_eq!(with("BEARER  a.b.c").as_deref(), Some("a.b.c"));
+        assert_eq!(with("Basic dXNlcjpwYXNz"), None);
+        assert_eq!(with("Bearer"), None);
+        assert_eq!(bearer_token(&http::HeaderMap::new()), None);
     }
 }

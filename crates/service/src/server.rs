@@ -6,7 +6,8 @@ use std::{convert::Infallible, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use herald_config::{BaseConfig, JwtAlgorithm, RuntimeConfig};
 use herald_core::{
-    Gateway, GatewayParts, GatewaySettings, InMemoryPreferenceStore, JwtAuthenticator, JwtSettings,
+    Gateway, GatewayParts, GatewaySettings, InMemoryHistoryStore, InMemoryPreferenceStore,
+    JwtAuthenticator, JwtSettings,
 };
 use herald_utils::SystemClock;
 use hyper::{server::conn::http1, service::service_fn};
@@ -150,6 +151,11 @@ fn build_gateway(config: &BaseConfig) -> anyhow::Result<Gateway> {
         runtime: Arc::new(RuntimeConfig::new(config)),
         authenticator: Arc::new(authenticator),
         preferences: Arc::new(InMemoryPreferenceStore::new(PREFERENCE_USERS)),
+        history: Arc::new(InMemoryHistoryStore::new(
+            config.history_size,
+            u64::try_from(config.history_ttl.as_millis()).unwrap_or(u64::MAX),
+            config.history_max_bytes,
+        )),
         clock: Arc::new(SystemClock),
     }))
 }

@@ -29,7 +29,7 @@ use tokio_tungstenite::{
 };
 
 use crate::{
-    http::{error_response, query_param},
+    http::{bearer_token, error_response, query_param},
     server::App,
 };
 
@@ -58,12 +58,7 @@ pub(crate) fn upgrade(app: &Arc<App>, mut request: Request<Incoming>) -> Respons
         );
     }
     let query = request.uri().query().unwrap_or("");
-    let bearer = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_owned);
+    let bearer = bearer_token(request.headers()).map(str::to_owned);
     let token = bearer.or_else(|| query_param(query, "token"));
     let thread = query_param(query, "thread");
     let admission = match app.gateway.admit(token.as_deref(), thread.as_deref()) {
