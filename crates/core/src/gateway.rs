@@ -28,6 +28,7 @@ use crate::{
     operations::{Completion, Operation, OperationQueue, Outcome, Request},
     outbox::{Frame, Offer, Outbox},
     preferences::PreferenceStore,
+    rate::{ABUSE_THRESHOLD, RateLimiter},
     subscription::{SubscribeError, SubscriptionManager, TopicInfo, TopicPosition},
 };
 
@@ -59,6 +60,8 @@ pub struct GatewaySettings {
     pub user_limit_policy: LimitPolicy,
     /// Connection quota per tier.
     pub tier_connections: HashMap<String, usize>,
+    /// Client writes (`publish`, `update_preferences`) per minute per tier.
+    pub tier_messages_per_minute: HashMap<String, u32>,
     /// How long a topic without subscribers keeps its offsets after its last publication.
     pub topic_retention: Duration,
     /// Publications and sends accepted but not yet fanned out.
@@ -91,6 +94,11 @@ impl GatewaySettings {
                 .tiers
                 .iter()
                 .map(|(name, quota)| (name.to_owned(), quota.max_connections as usize))
+                .collect(),
+            tier_messages_per_minute: config
+                .tiers
+                .iter()
+                .map(|(name, quota)| (name.to_owned(), quota.messages_per_minute))
                 .collect(),
             topic_retention: config.history_ttl,
             operation_queue_size: config.operation_queue_size,
@@ -287,6 +295,7 @@ struct Inner {
     shutting_down: AtomicBool,
     operations: OperationQueue,
     events: PendingEvents,
+    rate: RateLimiter,
     event_counter: AtomicU64,
     epoch_seed: u64,
     /// Recent publish-to-queued (fan-out) durations in microseconds.
@@ -308,6 +317,7 @@ impl Gateway {
                 topics: SubscriptionManager::new(epoch_seed, parts.history),
                 operations: OperationQueue::new(parts.settings.operation_queue_size),
                 events: PendingEvents::default(),
+                rate: RateLimiter::default(),
                 event_counter: AtomicU64::new(0),
                 epoch_seed,
                 settings: parts.settings,
@@ -408,6 +418,7 @@ impl Gateway {
             gateway: self.clone(),
             connection,
             principal: None,
+            refusals: 0,
             _slot: admission.slot,
         };
         if let Some(principal) = admission.principal {
@@ -947,6 +958,7 @@ impl Gateway {
         });
         inner.topics.history_store().purge(now);
         self.sweep_events(now);
+        inner.rate.forget_full(now);
         report.topics_dropped = inner
             .topics
             .sweep_idle(now, duration_ms(inner.settings.topic_retention));
@@ -991,6 +1003,15 @@ impl Gateway {
             .get(id)
             .filter(|c| c.key().is_some())
             .ok_or_else(|| GatewayError::UnknownConnection(id.to_string()))
+    }
+
+    fn messages_per_minute(&self, principal: &Principal) -> u32 {
+        self.inner
+            .settings
+            .tier_messages_per_minute
+            .get(&*principal.tier)
+            .copied()
+            .unwrap_or(u32::MAX)
     }
 
     fn user_limit(&self, principal: &Principal) -> usize {
@@ -1071,6 +1092,8 @@ pub struct Session {
     gateway: Gateway,
     connection: Arc<Connection>,
     principal: Option<Principal>,
+    /// Client writes refused in a row by the rate limit (4008 at the abuse threshold).
+    refusals: u32,
     _slot: Slot,
 }
 
@@ -1185,6 +1208,8 @@ impl Session {
                     .collect();
                 self.ack(message_id, json!({ "results": results }));
             }
+            ClientRequest::Publish { .. } | ClientRequest::UpdatePreferences { .. }
+                if !self.within_rate(&principal, message_id.as_deref()) => {}
             ClientRequest::Publish { topic, data, id } => {
                 if !principal.may_publish(topic.as_str()) {
                     let message = format!("not allowed to publish to `{topic}`");
@@ -1236,6 +1261,42 @@ impl Session {
             ClientRequest::Ack { ids } => {
                 let acknowledged = self.gateway.acknowledge(&self.connection, &ids);
                 self.ack(message_id, json!({ "acknowledged": acknowledged }));
+            }
+        }
+    }
+
+    /// Takes a token of the user's tier rate; when none is left, replies `rate_limited` with
+    /// `retryAfter`, and closes 4008 after too many refusals in a row.
+    fn within_rate(&mut self, principal: &Principal, message_id: Option<&str>) -> bool {
+        let per_minute = self.gateway.messages_per_minute(principal);
+        match self
+            .gateway
+            .inner
+            .rate
+            .try_take(&principal.user, per_minute, self.gateway.now_ms())
+        {
+            Ok(()) => {
+                self.refusals = 0;
+                true
+            }
+            Err(wait_ms) => {
+                self.refusals += 1;
+                metrics::counter!("herald_rate_limited_total").increment(1);
+                self.reply(ServerMessage::Error {
+                    message_id: message_id.map(str::to_owned),
+                    error: ErrorDetail {
+                        code: ErrorCode::RateLimited,
+                        message: format!(
+                            "tier `{}` allows {per_minute} messages per minute",
+                            principal.tier
+                        ),
+                        retry_after: Some(wait_ms),
+                    },
+                });
+                if self.refusals >= ABUSE_THRESHOLD {
+                    self.connection.outbox().close(CloseCode::RateLimited);
+                }
+                false
             }
         }
     }

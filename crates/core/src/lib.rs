@@ -23,6 +23,7 @@ mod ids;
 mod operations;
 mod outbox;
 mod preferences;
+mod rate;
 mod subscription;
 #[cfg(test)]
 mod tests;
