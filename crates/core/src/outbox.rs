@@ -209,6 +209,24 @@ impl Outbox {
         Poll::Pending
     }
 
+    /// The close request, if any; otherwise registers `cx`'s waker, so that a later request
+    /// (or frame) wakes the transport even while it is not draining, e.g. because its socket
+    /// is full. Without this a peer that stops reading would never learn of its 4009.
+    pub fn poll_close_requested(&self, cx: &mut Context<'_>) -> Poll<CloseCode> {
+        let mut inner = self.lock();
+        if let Some(code) = inner.close {
+            return Poll::Ready(code);
+        }
+        if !inner
+            .waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            inner.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
     /// Frames waiting to be written.
     pub fn len(&self) -> usize {
         self.lock().queue.len()
@@ -294,6 +312,28 @@ mod tests {
         assert_eq!(outbox.offer(frame("n3"), Priority::Normal), Offer::Closed);
         assert_eq!(outbox.close_requested(), Some(CloseCode::SlowConsumer));
         assert_eq!(drain(&outbox), (vec![], Some(CloseCode::SlowConsumer)));
+    }
+
+    #[test]
+    fn a_close_request_wakes_a_transport_that_is_not_draining() {
+        struct Flag(std::sync::atomic::AtomicBool);
+        impl std::task::Wake for Flag {
+            fn wake(self: std::sync::Arc<Self>) {
+                self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let flag = std::sync::Arc::new(Flag(std::sync::atomic::AtomicBool::new(false)));
+        let waker = Waker::from(std::sync::Arc::clone(&flag));
+        let mut cx = Context::from_waker(&waker);
+        let outbox = Outbox::new(1, 1 << 20);
+        outbox.offer(frame("stuck"), Priority::Normal);
+        assert_eq!(outbox.poll_close_requested(&mut cx), Poll::Pending);
+        assert_eq!(outbox.offer(frame("more"), Priority::Normal), Offer::Closed);
+        assert!(flag.0.load(std::sync::atomic::Ordering::SeqCst));
+        assert_eq!(
+            outbox.poll_close_requested(&mut cx),
+            Poll::Ready(CloseCode::SlowConsumer)
+        );
     }
 
     #[test]
