@@ -5,6 +5,7 @@
 //! the tests run.
 
 use std::{
+    collections::{HashMap, VecDeque},
     path::PathBuf,
     process::Stdio,
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -15,7 +16,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
-use serde_json::{Value, json};
+use serde_json::{Value, json, value::RawValue};
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
     net::TcpStream,
@@ -208,6 +209,54 @@ impl TestServer {
         Ok(tokio::time::timeout(Duration::from_secs(30), child.wait()).await??)
     }
 
+    /// Sends `method path` (no body) with an optional bearer key and returns status, headers
+    /// and the body as text, for answers that are not JSON (e.g. `/metrics`).
+    pub async fn request_text(
+        &self,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+    ) -> anyhow::Result<(u16, http::HeaderMap, String)> {
+        let mut builder = hyper::Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.addr));
+        if let Some(key) = bearer {
+            builder = builder.header("authorization", format!("Bearer {key}"));
+        }
+        let request = builder.body(Full::new(Bytes::new()))?;
+        let response = tokio::time::timeout(TIMEOUT, self.http.request(request)).await??;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        Ok((status, headers, String::from_utf8(bytes.to_vec())?))
+    }
+
+    /// Sends SIGTERM without waiting for the exit (see [`TestServer::wait_exit`]).
+    pub async fn sigterm(&self) -> anyhow::Result<()> {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .context("already stopped")?;
+        let status = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await?;
+        if !status.success() {
+            bail!("kill failed");
+        }
+        Ok(())
+    }
+
+    /// Waits at most `limit` for the process to exit and returns its status.
+    pub async fn wait_exit(&mut self, limit: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("already stopped")?;
+        tokio::time::timeout(limit, child.wait())
+            .await
+            .with_context(|| format!("herald did not exit within {limit:?}"))?
+            .context("cannot wait for herald")
+    }
+
     /// The next stderr line (JSON log) that contains `needle`.
     pub async fn log_line_containing(&mut self, needle: &str) -> anyhow::Result<Value> {
         tokio::time::timeout(TIMEOUT, async {
@@ -248,6 +297,8 @@ pub fn sign(claims: &Value) -> String {
 pub struct WsClient {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     next_id: u64,
+    /// Frames of a `batch` not yet returned, as the server wrote them.
+    pending: VecDeque<String>,
 }
 
 /// How a connection ended, as the client saw it.
@@ -271,7 +322,11 @@ impl WsClient {
         }
         let (ws, _) =
             tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(request)).await??;
-        Ok(Self { ws, next_id: 0 })
+        Ok(Self {
+            ws,
+            next_id: 0,
+            pending: VecDeque::new(),
+        })
     }
 
     /// Connects with `?token=` for `sub` (all topics allowed) and reads the `connected` frame.
@@ -333,19 +388,46 @@ impl WsClient {
         Ok(reply["data"].clone())
     }
 
-    /// The next JSON text frame (server pings included), failing on close or after [`TIMEOUT`].
+    /// The next JSON server message (server pings included), failing on close or after
+    /// [`TIMEOUT`]. A `batch` frame is unpacked: its messages are returned one by one, in order.
     pub async fn recv(&mut self) -> anyhow::Result<Value> {
+        let text = self.recv_text().await?;
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    /// Like [`WsClient::recv`], but the message's text as the server wrote it, for checks on
+    /// the exact bytes such as verbatim `data` (a `batch` is unpacked into its raw items).
+    pub async fn recv_text(&mut self) -> anyhow::Result<String> {
+        if let Some(text) = self.pending.pop_front() {
+            return Ok(text);
+        }
         loop {
             let message = tokio::time::timeout(TIMEOUT, self.ws.next())
                 .await
                 .context("no frame within the timeout")?
                 .context("connection ended")??;
             match message {
-                Message::Text(text) => return Ok(serde_json::from_str(&text)?),
+                Message::Text(text) => return Ok(self.unbatch(text.as_str())),
                 Message::Close(frame) => bail!("closed: {frame:?}"),
                 _ => {}
             }
         }
+    }
+
+    /// Returns `text`, or the first item of a `batch` frame (queueing the others).
+    fn unbatch(&mut self, text: &str) -> String {
+        let items = serde_json::from_str::<HashMap<String, Box<RawValue>>>(text)
+            .ok()
+            .filter(|frame| frame.get("type").map(|t| t.get()) == Some("\"batch\""))
+            .and_then(|frame| {
+                serde_json::from_str::<Vec<Box<RawValue>>>(frame.get("data")?.get()).ok()
+            });
+        let Some(items) = items else {
+            return text.to_owned();
+        };
+        self.pending
+            .extend(items.into_iter().map(|item| item.get().to_owned()));
+        self.pending.pop_front().unwrap_or_default()
     }
 
     /// The next frame that is not a server heartbeat `ping`.
@@ -360,12 +442,15 @@ impl WsClient {
 
     /// Whether a frame arrives within `wait` (it is returned).
     pub async fn try_recv(&mut self, wait: Duration) -> Option<Value> {
+        if let Some(text) = self.pending.pop_front() {
+            return serde_json::from_str(&text).ok();
+        }
         let message = tokio::time::timeout(wait, self.ws.next())
             .await
             .ok()??
             .ok()?;
         match message {
-            Message::Text(text) => serde_json::from_str(&text).ok(),
+            Message::Text(text) => serde_json::from_str(&self.unbatch(text.as_str())).ok(),
             _ => None,
         }
     }

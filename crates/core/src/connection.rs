@@ -159,6 +159,37 @@ impl Drop for Slot {
     }
 }
 
+/// Places under per-user limits promised to admitted connections not yet registered, by user.
+type Reserved = Arc<Mutex<HashMap<UserId, usize>>>;
+
+fn lock_reserved(reserved: &Reserved) -> MutexGuard<'_, HashMap<UserId, usize>> {
+    // Each critical section leaves the map consistent, so poison is ignored.
+    reserved.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A place under a user's connection limit, promised at the handshake (policy `reject`) to a
+/// connection that registers once its transport is ready; released when dropped.
+///
+/// Without it, concurrent handshakes of one user would all pass the limit check and the
+/// surplus would be upgraded only to be closed 4030, instead of refused with HTTP 429.
+#[derive(Debug)]
+pub struct UserPlace {
+    user: UserId,
+    reserved: Reserved,
+}
+
+impl Drop for UserPlace {
+    fn drop(&mut self) {
+        let mut reserved = lock_reserved(&self.reserved);
+        if let Some(count) = reserved.get_mut(&self.user) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                reserved.remove(&self.user);
+            }
+        }
+    }
+}
+
 /// What to do when a user is at their connection limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LimitPolicy {
@@ -181,6 +212,8 @@ pub struct LimitExceeded {
 pub struct ConnectionManager {
     by_id: papaya::HashMap<ConnectionId, Arc<Connection>>,
     by_user: Mutex<HashMap<UserId, Vec<Arc<Connection>>>>,
+    /// Lock order: `by_user` before `reserved`.
+    reserved: Reserved,
     slots: Arc<AtomicUsize>,
     max_connections: usize,
     next_id: AtomicU64,
@@ -192,6 +225,7 @@ impl ConnectionManager {
         Self {
             by_id: papaya::HashMap::new(),
             by_user: Mutex::new(HashMap::new()),
+            reserved: Arc::default(),
             slots: Arc::new(AtomicUsize::new(0)),
             max_connections,
             next_id: AtomicU64::new(1),
@@ -230,28 +264,71 @@ impl ConnectionManager {
         self.lock_users().get(user).map_or(0, Vec::len)
     }
 
-    /// Registers `connection` under `key.user`, applying the per-user `limit` with `policy`.
+    /// Promises `user` a place under `limit`, counting registered connections and places
+    /// already promised; refused when none is left.
+    pub(crate) fn reserve_user_place(
+        &self,
+        user: &UserId,
+        limit: usize,
+    ) -> Result<UserPlace, LimitExceeded> {
+        let users = self.lock_users();
+        let mut reserved = lock_reserved(&self.reserved);
+        let taken = users.get(user).map_or(0, Vec::len) + reserved.get(user).copied().unwrap_or(0);
+        if taken >= limit {
+            return Err(LimitExceeded { limit });
+        }
+        *reserved.entry(user.clone()).or_default() += 1;
+        drop(reserved);
+        drop(users);
+        Ok(UserPlace {
+            user: user.clone(),
+            reserved: Arc::clone(&self.reserved),
+        })
+    }
+
+    fn taken_by_others(
+        &self,
+        users: &HashMap<UserId, Vec<Arc<Connection>>>,
+        user: &UserId,
+        place: Option<&UserPlace>,
+    ) -> usize {
+        let promised = lock_reserved(&self.reserved)
+            .get(user)
+            .copied()
+            .unwrap_or(0)
+            .saturating_sub(usize::from(place.is_some()));
+        users.get(user).map_or(0, Vec::len) + promised
+    }
+
+    /// Registers `connection` under `key.user`, applying the per-user `limit` with `policy`,
+    /// and consumes the `place` it was promised at the handshake, if any.
     ///
     /// With [`LimitPolicy::EvictOldest`] the oldest connections over the limit are removed from
-    /// the user index at once, asked to close with 4029 and returned.
+    /// the user index at once, asked to close with 4029 and returned. With
+    /// [`LimitPolicy::Reject`] places promised to other connections count as taken.
     pub(crate) fn register_user(
         &self,
         connection: &Arc<Connection>,
         key: IsolationKey,
         limit: usize,
         policy: LimitPolicy,
+        place: Option<UserPlace>,
     ) -> Result<Vec<Arc<Connection>>, LimitExceeded> {
         let mut users = self.lock_users();
+        let taken = self.taken_by_others(&users, &key.user, place.as_ref());
+        // The place turns into the registration below, under the same lock, so no concurrent
+        // check sees it counted twice or not at all.
+        drop(place);
         let list = users.entry(key.user.clone()).or_default();
         let mut evicted = Vec::new();
-        if list.len() >= limit {
+        if taken >= limit {
             if policy == LimitPolicy::Reject {
                 if list.is_empty() {
                     users.remove(&key.user);
                 }
                 return Err(LimitExceeded { limit });
             }
-            let excess = list.len() + 1 - limit.max(1);
+            let excess = (list.len() + 1).saturating_sub(limit.max(1));
             evicted.extend(list.drain(..excess));
         }
         list.push(Arc::clone(connection));
@@ -311,5 +388,81 @@ impl ConnectionManager {
     fn lock_users(&self) -> MutexGuard<'_, HashMap<UserId, Vec<Arc<Connection>>>> {
         // Each critical section leaves the map consistent, so poison is ignored.
         self.by_user.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn register(
+        manager: &ConnectionManager,
+        user: &UserId,
+        limit: usize,
+        place: Option<UserPlace>,
+    ) -> Result<Vec<Arc<Connection>>, LimitExceeded> {
+        let connection = Arc::new(Connection::new(
+            manager.next_id(),
+            None,
+            Outbox::new(16, 1 << 16),
+            0,
+            0,
+        ));
+        manager.insert(Arc::clone(&connection));
+        let key = IsolationKey {
+            user: user.clone(),
+            thread: None,
+            connection: connection.id(),
+        };
+        manager.register_user(&connection, key, limit, LimitPolicy::Reject, place)
+    }
+
+    #[test]
+    fn promised_places_count_toward_the_user_limit() {
+        let manager = ConnectionManager::new(100);
+        let alice = UserId::new("alice");
+        let first = manager.reserve_user_place(&alice, 2);
+        let second = manager.reserve_user_place(&alice, 2);
+        assert!(first.is_ok() && second.is_ok());
+        assert_eq!(
+            manager.reserve_user_place(&alice, 2).err(),
+            Some(LimitExceeded { limit: 2 })
+        );
+        // Another user is not affected.
+        assert!(manager.reserve_user_place(&UserId::new("bob"), 2).is_ok());
+    }
+
+    #[test]
+    fn dropping_a_place_releases_it() {
+        let manager = ConnectionManager::new(100);
+        let alice = UserId::new("alice");
+        let place = manager.reserve_user_place(&alice, 1);
+        assert!(manager.reserve_user_place(&alice, 1).is_err());
+        drop(place);
+        assert!(manager.reserve_user_place(&alice, 1).is_ok());
+        assert!(lock_reserved(&manager.reserved).is_empty());
+    }
+
+    #[test]
+    fn registering_consumes_the_place_it_was_promised() {
+        let manager = ConnectionManager::new(100);
+        let alice = UserId::new("alice");
+        let place = manager.reserve_user_place(&alice, 1).ok();
+        assert!(register(&manager, &alice, 1, place).is_ok());
+        assert!(lock_reserved(&manager.reserved).is_empty());
+        assert_eq!(manager.user_connection_count(&alice), 1);
+        assert!(manager.reserve_user_place(&alice, 1).is_err());
+    }
+
+    #[test]
+    fn a_place_promised_to_another_connection_is_taken() {
+        let manager = ConnectionManager::new(100);
+        let alice = UserId::new("alice");
+        let _promised = manager.reserve_user_place(&alice, 1);
+        assert_eq!(
+            register(&manager, &alice, 1, None).err(),
+            Some(LimitExceeded { limit: 1 })
+        );
+        assert_eq!(manager.user_connection_count(&alice), 0);
     }
 }

@@ -21,7 +21,9 @@ use serde_json::{Map, Value, json, value::RawValue};
 
 use crate::{
     auth::{AuthError, Authenticator, Principal},
-    connection::{Connection, ConnectionManager, LimitExceeded, LimitPolicy, NO_DEADLINE, Slot},
+    connection::{
+        Connection, ConnectionManager, LimitExceeded, LimitPolicy, NO_DEADLINE, Slot, UserPlace,
+    },
     events::{EventOutcome, PendingEvent, PendingEvents},
     history::{HistoryEntry, HistoryStore},
     ids::{ConnectionId, IsolationKey, ThreadId, UserId},
@@ -160,6 +162,8 @@ impl Refusal {
 pub struct Admission {
     slot: Slot,
     principal: Option<Principal>,
+    /// The place under the user's limit promised at the handshake (policy `reject`).
+    place: Option<UserPlace>,
     thread: Option<ThreadId>,
 }
 
@@ -364,19 +368,19 @@ impl Gateway {
             Some(token) => Some(self.inner.authenticator.authenticate(token, unix_ms())?),
             None => None,
         };
-        if let Some(principal) = &principal
-            && self.inner.settings.user_limit_policy == LimitPolicy::Reject
-        {
-            let limit = self.user_limit(principal);
-            if self
-                .inner
-                .connections
-                .user_connection_count(&principal.user)
-                >= limit
-            {
-                return Err(LimitExceeded { limit }.into());
+        // Under `reject` the place is promised now, so that of several concurrent handshakes
+        // the surplus gets its 429 here rather than a 101 followed by 4030.
+        let place = match &principal {
+            Some(principal) if self.inner.settings.user_limit_policy == LimitPolicy::Reject => {
+                let limit = self.user_limit(principal);
+                Some(
+                    self.inner
+                        .connections
+                        .reserve_user_place(&principal.user, limit)?,
+                )
             }
-        }
+            _ => None,
+        };
         let slot = self
             .inner
             .connections
@@ -385,6 +389,7 @@ impl Gateway {
         Ok(Admission {
             slot,
             principal,
+            place,
             thread,
         })
     }
@@ -422,7 +427,7 @@ impl Gateway {
             _slot: admission.slot,
         };
         if let Some(principal) = admission.principal {
-            session.authenticate(principal, None);
+            session.authenticate(principal, None, admission.place);
         }
         session
     }
@@ -1317,7 +1322,7 @@ impl Session {
                     return;
                 }
                 None => {
-                    self.authenticate(principal, message_id);
+                    self.authenticate(principal, message_id, None);
                     return;
                 }
             },
@@ -1330,7 +1335,13 @@ impl Session {
     }
 
     /// Registers the connection under its user and queues `connected` (then the `auth` ack).
-    fn authenticate(&mut self, principal: Principal, message_id: Option<String>) {
+    /// `place` is the one promised at the handshake, if any.
+    fn authenticate(
+        &mut self,
+        principal: Principal,
+        message_id: Option<String>,
+        place: Option<UserPlace>,
+    ) {
         let gateway = self.gateway.clone();
         let inner = &gateway.inner;
         let limit = gateway.user_limit(&principal);
@@ -1339,12 +1350,20 @@ impl Session {
             session.reply_error(message_id, ErrorCode::LimitExceeded, exceeded.to_string());
             session.connection.outbox().close(CloseCode::Refused);
         };
-        if policy == LimitPolicy::Reject
-            && inner.connections.user_connection_count(&principal.user) >= limit
-        {
-            refuse(self, message_id, LimitExceeded { limit });
-            return;
-        }
+        // Under `reject` the place is promised before `connected` and the ack are queued, so
+        // that of several concurrent `auth`s none is acknowledged and then refused.
+        let place = match place {
+            None if policy == LimitPolicy::Reject => {
+                match inner.connections.reserve_user_place(&principal.user, limit) {
+                    Ok(place) => Some(place),
+                    Err(exceeded) => {
+                        refuse(self, message_id, exceeded);
+                        return;
+                    }
+                }
+            }
+            place => place,
+        };
         // `connected` and the `auth` ack go first: nothing reaches the connection before it is
         // registered below.
         self.set_expiry(&principal);
@@ -1379,7 +1398,7 @@ impl Session {
         if let Err(exceeded) =
             inner
                 .connections
-                .register_user(&self.connection, key.clone(), limit, policy)
+                .register_user(&self.connection, key.clone(), limit, policy, place)
         {
             drop(events);
             refuse(self, message_id, exceeded);

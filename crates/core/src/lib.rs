@@ -30,7 +30,7 @@ mod tests;
 
 pub use crate::{
     auth::{AuthError, Authenticator, JwtAuthenticator, JwtSettings, Principal, TopicPattern},
-    connection::{Connection, ConnectionManager, LimitExceeded, LimitPolicy, Slot},
+    connection::{Connection, ConnectionManager, LimitExceeded, LimitPolicy, Slot, UserPlace},
     events::{Emitter, EventOutcome, EventTarget},
     gateway::{
         Admission, ConnectionSummary, Gateway, GatewayError, GatewayParts, GatewaySettings,

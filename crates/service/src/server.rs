@@ -14,7 +14,10 @@ use hyper::{server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tokio::net::TcpListener;
+use tokio::{
+    net::TcpListener,
+    signal::unix::{Signal, SignalKind, signal},
+};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 /// How often the heartbeat and timeout sweep runs; token expiry is enforced within this.
@@ -39,6 +42,9 @@ pub(crate) async fn run(config: BaseConfig) -> anyhow::Result<()> {
     let addr = listener
         .local_addr()
         .context("listener has no local address")?;
+    // The handlers are installed before "listening" is announced: a SIGTERM sent as soon as
+    // the server is up must drain it, not kill it with the default disposition.
+    let signals = ShutdownSignals::install()?;
     tracing::info!(%addr, "listening");
 
     let metrics = PrometheusBuilder::new()
@@ -53,7 +59,7 @@ pub(crate) async fn run(config: BaseConfig) -> anyhow::Result<()> {
         tracker: tracker.clone(),
     });
     let shutdown = CancellationToken::new();
-    tokio::spawn(signal_shutdown(shutdown.clone()));
+    tokio::spawn(signals.wait(shutdown.clone()));
     tokio::spawn(housekeeping(Arc::clone(&app), shutdown.clone()));
     let worker = app.gateway.clone();
     // The fan-out worker finishes the operations already accepted before the process exits.
@@ -190,28 +196,27 @@ pub(crate) fn rss_bytes() -> u64 {
         .map_or(0, |pages| pages * PAGE_SIZE)
 }
 
-/// Cancels `shutdown` on the first SIGTERM or SIGINT.
-async fn signal_shutdown(shutdown: CancellationToken) {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        () = terminate => tracing::info!("SIGTERM received"),
-        result = tokio::signal::ctrl_c() => match result {
-            Ok(()) => tracing::info!("SIGINT received"),
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGINT");
-                return;
-            }
-        },
+/// The SIGTERM and SIGINT handlers, installed up front.
+struct ShutdownSignals {
+    terminate: Signal,
+    interrupt: Signal,
+}
+
+impl ShutdownSignals {
+    /// Installs both handlers; from now on the signals no longer end the process by default.
+    fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            interrupt: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+        })
     }
-    shutdown.cancel();
+
+    /// Cancels `shutdown` on the first SIGTERM or SIGINT.
+    async fn wait(mut self, shutdown: CancellationToken) {
+        tokio::select! {
+            _ = self.terminate.recv() => tracing::info!("SIGTERM received"),
+            _ = self.interrupt.recv() => tracing::info!("SIGINT received"),
+        }
+        shutdown.cancel();
+    }
 }

@@ -396,6 +396,16 @@ fn poll_connection(
                 Poll::Ready(Err(error)) => return Poll::Ready(end_for(&error)),
                 Poll::Pending => {
                     writer.pending.push_front(message);
+                    // The socket is full, so the outbox is not drained meanwhile: be woken by a
+                    // close request instead. A slow consumer (4009) or a connection closed for
+                    // any reason but shutdown ends now rather than when, if ever, the peer
+                    // reads again; the shutdown drain has its own grace period.
+                    if let Poll::Ready(code) =
+                        session.connection().outbox().poll_close_requested(cx)
+                        && code != CloseCode::GoingAway
+                    {
+                        return Poll::Ready(End::Close(code));
+                    }
                     write_budget_spent = false;
                     break;
                 }

@@ -17,8 +17,14 @@ use tokio::sync::Mutex;
 /// Sends a critical event, retrying while the server says to retry later.
 async fn send_event(server: &TestServer, user: &str, body: Value) -> anyhow::Result<Value> {
     loop {
-        let (status, _, answer) =
-            server.request("POST", &format!("/api/users/{user}/events"), Some(&body), true).await?;
+        let (status, _, answer) = server
+            .request(
+                "POST",
+                &format!("/api/users/{user}/events"),
+                Some(&body),
+                true,
+            )
+            .await?;
         match status {
             200 => return Ok(answer),
             429 => tokio::time::sleep(Duration::from_millis(20)).await,
@@ -29,8 +35,14 @@ async fn send_event(server: &TestServer, user: &str, body: Value) -> anyhow::Res
 
 async fn publish_retrying(server: &TestServer, topic: &str, data: Value) -> anyhow::Result<Value> {
     loop {
-        let (status, _, answer) =
-            server.request("POST", "/api/publish", Some(&json!({"topic": topic, "data": data})), true).await?;
+        let (status, _, answer) = server
+            .request(
+                "POST",
+                "/api/publish",
+                Some(&json!({"topic": topic, "data": data})),
+                true,
+            )
+            .await?;
         match status {
             200 => return Ok(answer),
             429 => tokio::time::sleep(Duration::from_millis(20)).await,
@@ -39,14 +51,21 @@ async fn publish_retrying(server: &TestServer, topic: &str, data: Value) -> anyh
     }
 }
 
-async fn connect(server: &TestServer, user: &str, thread: Option<&str>) -> anyhow::Result<WsClient> {
+async fn connect(
+    server: &TestServer,
+    user: &str,
+    thread: Option<&str>,
+) -> anyhow::Result<WsClient> {
     let mut query = format!("?token={}", token(user, json!({})));
     if let Some(thread) = thread {
         query.push_str(&format!("&thread={thread}"));
     }
     let mut client = WsClient::connect_with(&server.ws_url(&query), &[]).await?;
     let connected = client.recv().await?;
-    anyhow::ensure!(connected["type"] == "connected", "expected connected, got {connected}");
+    anyhow::ensure!(
+        connected["type"] == "connected",
+        "expected connected, got {connected}"
+    );
     Ok(client)
 }
 
@@ -68,7 +87,12 @@ async fn resume_replays_exactly_the_missed_messages_then_live() -> anyhow::Resul
     }
 
     let mut client = connect(&server, "alice", None).await?;
-    let (reply, _) = client.request("subscribe", json!({"topic": "news", "since": {"offset": 3, "epoch": epoch}})).await?;
+    let (reply, _) = client
+        .request(
+            "subscribe",
+            json!({"topic": "news", "since": {"offset": 3, "epoch": epoch}}),
+        )
+        .await?;
     assert_eq!(reply["type"], "ack");
     assert_eq!(reply["data"]["recovered"], true);
     assert_eq!(reply["data"]["offset"], 6);
@@ -88,7 +112,8 @@ async fn resume_replays_exactly_the_missed_messages_then_live() -> anyhow::Resul
 }
 
 #[tokio::test]
-async fn resume_is_not_recovered_when_history_lost_the_gap_or_the_epoch_changed() -> anyhow::Result<()> {
+async fn resume_is_not_recovered_when_history_lost_the_gap_or_the_epoch_changed()
+-> anyhow::Result<()> {
     let server = TestServer::start(&[("HERALD_HISTORY_SIZE", "2")]).await?;
     let mut client = connect(&server, "alice", None).await?;
     let epoch = client.subscribe("news").await?["epoch"].clone();
@@ -96,16 +121,31 @@ async fn resume_is_not_recovered_when_history_lost_the_gap_or_the_epoch_changed(
         server.publish("news", json!({"n": n})).await?;
     }
     let mut fresh = connect(&server, "alice", None).await?;
-    let (reply, _) = fresh.request("subscribe", json!({"topic": "news", "since": {"offset": 1, "epoch": epoch}})).await?;
+    let (reply, _) = fresh
+        .request(
+            "subscribe",
+            json!({"topic": "news", "since": {"offset": 1, "epoch": epoch}}),
+        )
+        .await?;
     assert_eq!(reply["data"]["recovered"], false);
-    let (reply, _) = fresh.request("subscribe", json!({"topic": "news", "since": {"offset": 4, "epoch": "other"}})).await?;
+    let (reply, _) = fresh
+        .request(
+            "subscribe",
+            json!({"topic": "news", "since": {"offset": 4, "epoch": "other"}}),
+        )
+        .await?;
     assert_eq!(reply["data"]["recovered"], false);
     // Nothing was replayed: the next frame is live.
     server.publish("news", json!({"n": 6})).await?;
     assert_eq!(fresh.recv_data().await?["offset"], 6);
     // Within what history still holds, the resume recovers.
     let mut third = connect(&server, "alice", None).await?;
-    let (reply, _) = third.request("subscribe", json!({"topic": "news", "since": {"offset": 4, "epoch": epoch}})).await?;
+    let (reply, _) = third
+        .request(
+            "subscribe",
+            json!({"topic": "news", "since": {"offset": 4, "epoch": epoch}}),
+        )
+        .await?;
     assert_eq!(reply["data"]["recovered"], true);
     assert_eq!(third.recv_data().await?["offset"], 5);
     assert_eq!(third.recv_data().await?["offset"], 6);
@@ -118,15 +158,34 @@ async fn history_route_pages_forward() -> anyhow::Result<()> {
     for n in 1..=5 {
         server.publish("feed", json!({"n": n, "raw": 1.50})).await?;
     }
-    let (status, _, body) = server.request("GET", "/api/topics/feed/history?since=1&limit=2", None, true).await?;
+    let (status, _, body) = server
+        .request(
+            "GET",
+            "/api/topics/feed/history?since=1&limit=2",
+            None,
+            true,
+        )
+        .await?;
     assert_eq!(status, 200);
     assert_eq!(body["topic"], "feed");
-    assert_eq!(body["messages"], json!([{"offset": 2, "data": {"n": 2, "raw": 1.50}}, {"offset": 3, "data": {"n": 3, "raw": 1.50}}]));
-    let (_, _, all) = server.request("GET", "/api/topics/feed/history", None, true).await?;
+    assert_eq!(
+        body["messages"],
+        json!([{"offset": 2, "data": {"n": 2, "raw": 1.50}}, {"offset": 3, "data": {"n": 3, "raw": 1.50}}])
+    );
+    let (_, _, all) = server
+        .request("GET", "/api/topics/feed/history", None, true)
+        .await?;
     assert_eq!(all["messages"].as_array().map(Vec::len), Some(5));
-    let (status, _, body) = server.request("GET", "/api/topics/unknown/history", None, true).await?;
-    assert_eq!((status, body["error"]["code"].clone()), (404, json!("not_found")));
-    let (status, _, _) = server.request("GET", "/api/topics/feed/history?limit=x", None, true).await?;
+    let (status, _, body) = server
+        .request("GET", "/api/topics/unknown/history", None, true)
+        .await?;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (404, json!("not_found"))
+    );
+    let (status, _, _) = server
+        .request("GET", "/api/topics/feed/history?limit=x", None, true)
+        .await?;
     assert_eq!(status, 400);
     Ok(())
 }
@@ -134,21 +193,48 @@ async fn history_route_pages_forward() -> anyhow::Result<()> {
 #[tokio::test]
 async fn events_wait_for_an_offline_user_and_are_kept_until_acked() -> anyhow::Result<()> {
     let server = TestServer::start(&[]).await?;
-    let sent = send_event(&server, "bob", json!({"event": "agent_started", "data": {"step": 1}, "runId": "r1"})).await?;
-    assert_eq!((sent["delivered"].clone(), sent["pending"].clone()), (json!(0), json!(1)));
-    let second = send_event(&server, "bob", json!({"event": "tool_executing", "data": {"step": 2}, "id": "e2"})).await?;
+    let sent = send_event(
+        &server,
+        "bob",
+        json!({"event": "agent_started", "data": {"step": 1}, "runId": "r1"}),
+    )
+    .await?;
+    assert_eq!(
+        (sent["delivered"].clone(), sent["pending"].clone()),
+        (json!(0), json!(1))
+    );
+    let second = send_event(
+        &server,
+        "bob",
+        json!({"event": "tool_executing", "data": {"step": 2}, "id": "e2"}),
+    )
+    .await?;
     assert_eq!(second["id"], "e2");
     // A retried send of a pending id changes nothing.
-    let retried = send_event(&server, "bob", json!({"event": "tool_executing", "data": {"step": 2}, "id": "e2"})).await?;
-    assert_eq!((retried["delivered"].clone(), retried["pending"].clone()), (json!(0), json!(2)));
+    let retried = send_event(
+        &server,
+        "bob",
+        json!({"event": "tool_executing", "data": {"step": 2}, "id": "e2"}),
+    )
+    .await?;
+    assert_eq!(
+        (retried["delivered"].clone(), retried["pending"].clone()),
+        (json!(0), json!(2))
+    );
 
     let mut bob = connect(&server, "bob", None).await?;
     let first = bob.recv_data().await?;
-    assert_eq!((first["type"].clone(), first["event"].clone()), (json!("event"), json!("agent_started")));
+    assert_eq!(
+        (first["type"].clone(), first["event"].clone()),
+        (json!("event"), json!("agent_started"))
+    );
     assert_eq!(first["runId"], "r1");
     assert_eq!(first["id"], sent["id"]);
     let next = bob.recv_data().await?;
-    assert_eq!((next["event"].clone(), next["id"].clone()), (json!("tool_executing"), json!("e2")));
+    assert_eq!(
+        (next["event"].clone(), next["id"].clone()),
+        (json!("tool_executing"), json!("e2"))
+    );
     assert_eq!(server.stats().await?["events"]["pending"], 2);
 
     // Unacknowledged events come back on reconnect, in order.
@@ -156,9 +242,13 @@ async fn events_wait_for_an_offline_user_and_are_kept_until_acked() -> anyhow::R
     let mut bob = connect(&server, "bob", None).await?;
     let again = bob.recv_data().await?;
     assert_eq!(again["id"], sent["id"]);
-    let (reply, _) = bob.request("ack", json!({"ids": [sent["id"], "e2", "unknown"]})).await?;
+    let (reply, _) = bob
+        .request("ack", json!({"ids": [sent["id"], "e2", "unknown"]}))
+        .await?;
     assert_eq!(reply["data"]["acknowledged"], 2);
-    server.wait_for_stats(|s| s["events"]["pending"] == 0).await?;
+    server
+        .wait_for_stats(|s| s["events"]["pending"] == 0)
+        .await?;
     Ok(())
 }
 
@@ -166,13 +256,20 @@ async fn events_wait_for_an_offline_user_and_are_kept_until_acked() -> anyhow::R
 async fn events_are_redelivered_after_the_ack_timeout() -> anyhow::Result<()> {
     let server = TestServer::start(&[("HERALD_EVENT_ACK_TIMEOUT_MS", "300")]).await?;
     let mut carol = connect(&server, "carol", None).await?;
-    let sent = send_event(&server, "carol", json!({"event": "agent_thinking", "data": null})).await?;
+    let sent = send_event(
+        &server,
+        "carol",
+        json!({"event": "agent_thinking", "data": null}),
+    )
+    .await?;
     assert_eq!(sent["delivered"], 1);
     assert_eq!(carol.recv_data().await?["id"], sent["id"]);
     // No ack: the same event arrives again.
     assert_eq!(carol.recv_data().await?["id"], sent["id"]);
     carol.request("ack", json!({"ids": [sent["id"]]})).await?;
-    server.wait_for_stats(|s| s["events"]["pending"] == 0).await?;
+    server
+        .wait_for_stats(|s| s["events"]["pending"] == 0)
+        .await?;
     Ok(())
 }
 
@@ -183,15 +280,28 @@ async fn pending_events_are_bounded_with_a_retry_later_status() -> anyhow::Resul
         send_event(&server, "dave", json!({"event": "agent_started"})).await?;
     }
     let (status, headers, body) = server
-        .request("POST", "/api/users/dave/events", Some(&json!({"event": "agent_started"})), true)
+        .request(
+            "POST",
+            "/api/users/dave/events",
+            Some(&json!({"event": "agent_started"})),
+            true,
+        )
         .await?;
     assert_eq!(status, 429);
     assert!(headers.contains_key("retry-after"));
     assert_eq!(body["error"]["code"], "limit_exceeded");
     let (status, _, body) = server
-        .request("POST", "/api/users/dave/events", Some(&json!({"event": "agent_exploded"})), true)
+        .request(
+            "POST",
+            "/api/users/dave/events",
+            Some(&json!({"event": "agent_exploded"})),
+            true,
+        )
         .await?;
-    assert_eq!((status, body["error"]["code"].clone()), (400, json!("bad_request")));
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (400, json!("bad_request"))
+    );
     Ok(())
 }
 
@@ -202,7 +312,12 @@ async fn events_reach_only_their_user_and_thread() -> anyhow::Result<()> {
     let mut t2 = connect(&server, "erin", Some("t2")).await?;
     let mut unbound = connect(&server, "erin", None).await?;
     let mut other = connect(&server, "frank", Some("t1")).await?;
-    let sent = send_event(&server, "erin", json!({"event": "tool_completed", "threadId": "t1", "data": {"x": 1}})).await?;
+    let sent = send_event(
+        &server,
+        "erin",
+        json!({"event": "tool_completed", "threadId": "t1", "data": {"x": 1}}),
+    )
+    .await?;
     assert_eq!(sent["delivered"], 2);
     assert_eq!(t1.recv_data().await?["threadId"], "t1");
     assert_eq!(unbound.recv_data().await?["id"], sent["id"]);
@@ -246,7 +361,10 @@ async fn resume_while_publishing_at_full_rate_has_no_gap_and_no_duplicate() -> a
             None => json!({"topic": "race"}),
         };
         let (reply, early) = client.request("subscribe", data).await?;
-        anyhow::ensure!(early.is_empty(), "frames before the subscribe ack: {early:?}");
+        anyhow::ensure!(
+            early.is_empty(),
+            "frames before the subscribe ack: {early:?}"
+        );
         if log.epoch.is_some() {
             assert_eq!(reply["data"]["recovered"], true, "round {round}");
         } else {
@@ -267,6 +385,9 @@ async fn resume_while_publishing_at_full_rate_has_no_gap_and_no_duplicate() -> a
     assert!(published >= log.last);
     Ok(())
 }
+
+/// An event the chaos backend sent: its sequence number, thread (if any) and id.
+type SentEvent = (u64, Option<&'static str>, String);
 
 /// One logical client of the chaos run: a user's connection bound to a thread.
 struct ChaosClient {
@@ -290,11 +411,15 @@ async fn chaos_with_random_drops_loses_nothing_and_leaves_no_residue() -> anyhow
     );
     let topics: Vec<String> = vec!["room:all".into(), "room:odd".into()];
     // Events the backend sent, per user: (seq, thread or None, id).
-    let sent_events: Arc<Mutex<HashMap<&'static str, Vec<(u64, Option<&'static str>, String)>>>> = Arc::default();
+    let sent_events: Arc<Mutex<HashMap<&'static str, Vec<SentEvent>>>> = Arc::default();
     let backend_done = Arc::new(AtomicBool::new(false));
 
     let backend = {
-        let (server, sent_events, done) = (Arc::clone(&server), Arc::clone(&sent_events), Arc::clone(&backend_done));
+        let (server, sent_events, done) = (
+            Arc::clone(&server),
+            Arc::clone(&sent_events),
+            Arc::clone(&backend_done),
+        );
         let topics = topics.clone();
         tokio::spawn(async move {
             let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
@@ -319,7 +444,12 @@ async fn chaos_with_random_drops_loses_nothing_and_leaves_no_residue() -> anyhow
                     }
                     let answer = send_event(&server, user, body).await?;
                     let id = answer["id"].as_str().unwrap_or_default().to_owned();
-                    sent_events.lock().await.entry(user).or_default().push((event_seq, thread, id));
+                    sent_events
+                        .lock()
+                        .await
+                        .entry(user)
+                        .or_default()
+                        .push((event_seq, thread, id));
                 }
             }
             done.store(true, Ordering::Relaxed);
@@ -330,10 +460,18 @@ async fn chaos_with_random_drops_loses_nothing_and_leaves_no_residue() -> anyhow
     // Event ids each user received (across its connections).
     let received_events: Arc<Mutex<HashMap<&'static str, BTreeSet<String>>>> = Arc::default();
     let mut clients = Vec::new();
-    for (index, (user, thread)) in USERS.iter().flat_map(|u| THREADS.iter().map(move |t| (*u, *t))).enumerate() {
+    for (index, (user, thread)) in USERS
+        .iter()
+        .flat_map(|u| THREADS.iter().map(move |t| (*u, *t)))
+        .enumerate()
+    {
         let client = ChaosClient { user, thread };
-        let (server, topics, received_events, backend_done) =
-            (Arc::clone(&server), topics.clone(), Arc::clone(&received_events), Arc::clone(&backend_done));
+        let (server, topics, received_events, backend_done) = (
+            Arc::clone(&server),
+            topics.clone(),
+            Arc::clone(&received_events),
+            Arc::clone(&backend_done),
+        );
         clients.push(tokio::spawn(async move {
             let mut rng = 0x2545_f491_4f6c_dd1d_u64 ^ (index as u64 + 1);
             let mut logs: BTreeMap<String, TopicLog> = topics.iter().map(|t| (t.clone(), TopicLog::default())).collect();
@@ -411,7 +549,10 @@ async fn chaos_with_random_drops_loses_nothing_and_leaves_no_residue() -> anyhow
     for client in clients {
         total_drops += client.await??;
     }
-    assert!(total_drops > 10, "the run should have dropped connections ({total_drops})");
+    assert!(
+        total_drops > 10,
+        "the run should have dropped connections ({total_drops})"
+    );
 
     // Every event reached its user and was acknowledged.
     let sent = sent_events.lock().await;
@@ -423,7 +564,9 @@ async fn chaos_with_random_drops_loses_nothing_and_leaves_no_residue() -> anyhow
         }
     }
     let stats = server
-        .wait_for_stats(|s| s["connections"] == 0 && s["subscriptions"] == 0 && s["events"]["pending"] == 0)
+        .wait_for_stats(|s| {
+            s["connections"] == 0 && s["subscriptions"] == 0 && s["events"]["pending"] == 0
+        })
         .await?;
     assert_eq!(stats["users"], 0);
     Ok(())
@@ -440,15 +583,27 @@ async fn handle_event(
     if frame["type"] != "event" {
         return Ok(());
     }
-    anyhow::ensure!(frame["data"]["user"] == client.user, "{} got another user's event {frame}", client.user);
+    anyhow::ensure!(
+        frame["data"]["user"] == client.user,
+        "{} got another user's event {frame}",
+        client.user
+    );
     if let Some(thread) = frame["threadId"].as_str() {
-        anyhow::ensure!(thread == client.thread, "thread {} got event of {thread}", client.thread);
+        anyhow::ensure!(
+            thread == client.thread,
+            "thread {} got event of {thread}",
+            client.thread
+        );
     }
     let id = frame["id"].as_str().unwrap_or_default().to_owned();
     if seen.insert(id.clone()) {
         let seq = frame["data"]["seq"].as_u64().unwrap_or(0);
-        anyhow::ensure!(seq > *last_seq, "event {seq} after {last_seq}: out of order");
+        anyhow::ensure!(
+            seq > *last_seq,
+            "event {seq} after {last_seq}: out of order"
+        );
         *last_seq = seq;
     }
-    ws.send(&json!({"type": "ack", "data": {"ids": [id]}})).await
+    ws.send(&json!({"type": "ack", "data": {"ids": [id]}}))
+        .await
 }

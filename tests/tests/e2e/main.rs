@@ -1,4 +1,12 @@
 //! End-to-end tests: the real `herald` binary over real sockets. One binary, one module per area.
 
+mod api;
+mod auth_flow;
 mod basics;
+mod delivery;
+mod handshake;
+mod hostile;
+mod lifecycle;
+mod limits;
+mod pubsub;
 mod startup;
