@@ -39,6 +39,8 @@ pub struct TestServer {
     child: Option<Child>,
     /// The address it listens on.
     pub addr: std::net::SocketAddr,
+    /// The admin listener's address, when `HERALD_ADMIN_LISTEN` is set.
+    pub admin_addr: Option<std::net::SocketAddr>,
     stderr_lines: tokio::sync::mpsc::UnboundedReceiver<String>,
     http: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
 }
@@ -86,11 +88,15 @@ impl TestServer {
                 }
             }
         });
+        let mut admin_addr = None;
         let addr = tokio::time::timeout(TIMEOUT, async {
             while let Some(line) = rx.recv().await {
                 let Ok(value) = serde_json::from_str::<Value>(&line) else {
                     continue;
                 };
+                if value["message"] == "admin listening" {
+                    admin_addr = value["addr"].as_str().and_then(|a| a.parse().ok());
+                }
                 if value["message"] == "listening" {
                     return value["addr"].as_str().and_then(|a| a.parse().ok());
                 }
@@ -104,6 +110,7 @@ impl TestServer {
         Ok(Self {
             child: Some(child),
             addr,
+            admin_addr,
             stderr_lines: rx,
             http,
         })
@@ -126,6 +133,24 @@ impl TestServer {
         let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
         self.request_raw(method, path, bytes, api.then_some(API_KEY))
             .await
+    }
+
+    /// `GET path` on another listener of this server (e.g. the admin one); status and JSON body.
+    pub async fn get_at(
+        &self,
+        addr: std::net::SocketAddr,
+        path: &str,
+    ) -> anyhow::Result<(u16, Value)> {
+        let request = hyper::Request::builder()
+            .uri(format!("http://{addr}{path}"))
+            .body(Full::new(Bytes::new()))?;
+        let response = tokio::time::timeout(TIMEOUT, self.http.request(request)).await??;
+        let status = response.status().as_u16();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        Ok((
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        ))
     }
 
     /// Sends raw bytes with an optional bearer key.

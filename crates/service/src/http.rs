@@ -20,18 +20,37 @@ use serde_json::{Value, json};
 
 use crate::{server::App, ws};
 
+/// Which routes a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// Everything: WebSocket, API, metrics and health (no admin listener configured).
+    All,
+    /// WebSocket and API only: metrics and health live on the admin listener.
+    Public,
+    /// Metrics and health only.
+    Admin,
+}
+
 /// Routes one request.
-pub(crate) async fn handle(app: &Arc<App>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+pub(crate) async fn handle(
+    app: &Arc<App>,
+    role: Role,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let path = request.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let method = request.method().clone();
+    let public = role != Role::Admin;
+    let admin = role != Role::Public;
     match (method.as_str(), segments.as_slice()) {
-        ("GET", ["ws"]) => ws::upgrade(app, request),
-        ("GET", ["health", "live"]) => json_response(StatusCode::OK, &json!({"status": "ok"})),
-        ("GET", ["health", "ready"]) => ready(app),
-        ("GET", ["health"]) => health(app),
-        ("GET", ["metrics"]) => metrics(app),
-        (_, ["api", ..]) => {
+        ("GET", ["ws"]) if public => ws::upgrade(app, request),
+        ("GET", ["health", "live"]) if admin => {
+            json_response(StatusCode::OK, &json!({"status": "ok"}))
+        }
+        ("GET", ["health", "ready"]) if admin => ready(app),
+        ("GET", ["health"]) if admin => health(app),
+        ("GET", ["metrics"]) if admin => metrics(app),
+        (_, ["api", ..]) if public => {
             if let Err(response) = check_api_key(app, &request) {
                 return response;
             }

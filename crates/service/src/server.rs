@@ -20,6 +20,8 @@ use tokio::{
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
+use crate::http::Role;
+
 /// How often the heartbeat and timeout sweep runs; token expiry is enforced within this.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 /// Users whose preferences the in-memory store remembers.
@@ -30,44 +32,130 @@ pub(crate) struct App {
     pub(crate) config: BaseConfig,
     pub(crate) gateway: Gateway,
     pub(crate) metrics: PrometheusHandle,
-    /// Every connection task, HTTP and WebSocket, so shutdown can wait for them.
-    pub(crate) tracker: TaskTracker,
+    /// The WebSocket sessions and the fan-out worker, so shutdown can drain them.
+    pub(crate) sessions: TaskTracker,
 }
 
 /// Runs the server until a shutdown signal, then drains within `shutdown_grace`.
+///
+/// Draining: readiness turns false at once and new upgrades and publications are refused
+/// (503), while the listeners keep answering so probes see it; every WebSocket flushes its
+/// queue and closes with 1001; the fan-out worker finishes the accepted operations. Then the
+/// listeners stop and open HTTP connections are closed gracefully.
 pub(crate) async fn run(config: BaseConfig) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(config.listen)
+    let bind = |addr| async move {
+        TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))
+    };
+    let listener = bind(config.listen)
         .await
-        .with_context(|| format!("cannot listen on {} (HERALD_LISTEN)", config.listen))?;
+        .context("HERALD_LISTEN (listen)")?;
+    let admin_listener = match config.admin_listen {
+        Some(addr) => Some(
+            bind(addr)
+                .await
+                .context("HERALD_ADMIN_LISTEN (admin_listen)")?,
+        ),
+        None => None,
+    };
     let addr = listener
         .local_addr()
         .context("listener has no local address")?;
     // The handlers are installed before "listening" is announced: a SIGTERM sent as soon as
     // the server is up must drain it, not kill it with the default disposition.
     let signals = ShutdownSignals::install()?;
+    if let Some(admin) = &admin_listener {
+        let admin_addr = admin
+            .local_addr()
+            .context("admin listener has no local address")?;
+        tracing::info!(addr = %admin_addr, "admin listening");
+    }
     tracing::info!(%addr, "listening");
 
     let metrics = PrometheusBuilder::new()
         .install_recorder()
         .context("cannot install the metrics recorder")?;
     let gateway = build_gateway(&config)?;
-    let tracker = TaskTracker::new();
+    let sessions = TaskTracker::new();
     let app = Arc::new(App {
         config,
         gateway,
         metrics,
-        tracker: tracker.clone(),
+        sessions: sessions.clone(),
     });
     let shutdown = CancellationToken::new();
     tokio::spawn(signals.wait(shutdown.clone()));
     tokio::spawn(housekeeping(Arc::clone(&app), shutdown.clone()));
     let worker = app.gateway.clone();
     // The fan-out worker finishes the operations already accepted before the process exits.
-    tracker.spawn(async move { worker.run_operations().await });
+    sessions.spawn(async move { worker.run_operations().await });
 
+    let stop_listening = CancellationToken::new();
+    let http = TaskTracker::new();
+    let main_role = if admin_listener.is_some() {
+        Role::Public
+    } else {
+        Role::All
+    };
+    let mut listeners = vec![tokio::spawn(accept_loop(
+        listener,
+        main_role,
+        Arc::clone(&app),
+        stop_listening.clone(),
+        http.clone(),
+    ))];
+    if let Some(admin) = admin_listener {
+        listeners.push(tokio::spawn(accept_loop(
+            admin,
+            Role::Admin,
+            Arc::clone(&app),
+            stop_listening.clone(),
+            http.clone(),
+        )));
+    }
+
+    shutdown.cancelled().await;
+    let grace = app.config.shutdown_grace;
+    tracing::info!(
+        grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
+        "shutting down"
+    );
+    let deadline = tokio::time::Instant::now() + grace;
+    app.gateway.begin_shutdown();
+    sessions.close();
+    if tokio::time::timeout_at(deadline, sessions.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown grace period elapsed; dropping the remaining connections");
+    }
+    stop_listening.cancel();
+    for listener in listeners {
+        let _ = listener.await;
+    }
+    http.close();
+    // Idle keep-alive connections close at once; a request in flight gets the rest of the grace.
+    let _ = tokio::time::timeout_at(
+        deadline.max(tokio::time::Instant::now() + Duration::from_millis(100)),
+        http.wait(),
+    )
+    .await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Accepts connections on `listener` and serves HTTP/1.1 on each until `stop`.
+async fn accept_loop(
+    listener: TcpListener,
+    role: Role,
+    app: Arc<App>,
+    stop: CancellationToken,
+    http: TaskTracker,
+) {
     loop {
         let (stream, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
+            () = stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
@@ -80,12 +168,12 @@ pub(crate) async fn run(config: BaseConfig) -> anyhow::Result<()> {
         };
         let _ = stream.set_nodelay(true);
         let app = Arc::clone(&app);
-        let shutdown = shutdown.clone();
+        let stop = stop.clone();
         let header_timeout = app.config.handshake_timeout;
-        tracker.spawn(async move {
+        http.spawn(async move {
             let service = service_fn(move |request| {
                 let app = Arc::clone(&app);
-                async move { Ok::<_, Infallible>(crate::http::handle(&app, request).await) }
+                async move { Ok::<_, Infallible>(crate::http::handle(&app, role, request).await) }
             });
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -99,26 +187,13 @@ pub(crate) async fn run(config: BaseConfig) -> anyhow::Result<()> {
                         tracing::debug!(%peer, %error, "http connection ended with an error");
                     }
                 }
-                () = shutdown.cancelled() => {
+                () = stop.cancelled() => {
                     connection.as_mut().graceful_shutdown();
                     let _ = connection.await;
                 }
             }
         });
     }
-
-    // Readiness turns false, new upgrades are refused, and every WebSocket flushes its queue
-    // and closes with 1001.
-    app.gateway.begin_shutdown();
-    drop(listener);
-    tracker.close();
-    let grace = app.config.shutdown_grace;
-    tracing::info!(grace_ms = grace.as_millis() as u64, "shutting down");
-    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-        tracing::warn!("shutdown grace period elapsed; dropping the remaining connections");
-    }
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// Builds the gateway and its seams from the configuration.

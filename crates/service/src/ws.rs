@@ -76,7 +76,7 @@ pub(crate) fn upgrade(app: &Arc<App>, mut request: Request<Incoming>) -> Respons
     let on_upgrade = hyper::upgrade::on(&mut request);
     let app = Arc::clone(app);
     let task_app = Arc::clone(&app);
-    app.tracker.spawn(async move {
+    app.sessions.spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(error) => {

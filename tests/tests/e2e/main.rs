@@ -8,5 +8,6 @@ mod handshake;
 mod hostile;
 mod lifecycle;
 mod limits;
+mod listeners;
 mod pubsub;
 mod startup;
