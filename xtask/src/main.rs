@@ -7,6 +7,8 @@
 
 #![allow(clippy::print_stdout)] // A task runner reports to its terminal.
 
+mod bench;
+
 use std::{
     env,
     path::{Path, PathBuf},
@@ -19,13 +21,16 @@ const USAGE: &str = "\
 usage: cargo xtask <task>
 
 tasks:
-  ci      everything CI checks: fmt, clippy, tests, rustdoc, cargo-deny
+  ci      everything CI checks: fmt, clippy, tests, rustdoc, cargo-deny, bench --smoke
+  bench   load benchmarks of Herald (and nginx + nchan): fanout, p2p, idle, churn, curve;
+          `cargo xtask bench --help` for the options
 ";
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
+        Some("bench") => bench::bench(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             print!("{USAGE}");
             Ok(())
@@ -98,6 +103,8 @@ fn ci() -> Result {
         &["deny", "--offline", "check", "bans", "licenses", "sources"],
         &[],
     )?;
+    // Last, because it is the slowest: nothing published may be lost, duplicated or reordered.
+    bench::bench(&["--smoke".to_owned()])?;
     println!("xtask: ci passed");
     Ok(())
 }

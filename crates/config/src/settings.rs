@@ -676,7 +676,7 @@ pub(crate) static SETTINGS: &[Setting] = &[
     Setting {
         key: "message_batch_size",
         env: "HERALD_MESSAGE_BATCH_SIZE",
-        doc: "frames a writer sends per flush at most (runtime-tunable)",
+        doc: "frames a writer takes from a connection's queue at a time and may coalesce into one `batch` frame (runtime-tunable)",
         kind: runtime(RuntimeKey::MessageBatchSize, Unit::Count),
         secret: false,
         apply: |s, c, v| {

@@ -21,6 +21,8 @@ pub struct Principal {
     pub publish: Vec<TopicPattern>,
     /// `exp`, in milliseconds since the Unix epoch.
     pub expires_at_ms: u64,
+    /// When the session must end: `exp` plus the clock leeway, in milliseconds since the epoch.
+    pub close_at_ms: u64,
 }
 
 impl Principal {
@@ -232,7 +234,8 @@ impl Authenticator for JwtAuthenticator {
             topics: patterns(claims.topics.as_deref().unwrap_or(&self.default_topics)),
             publish: patterns(claims.publish.as_deref().unwrap_or(&[])),
             tier: Arc::from(tier),
-            expires_at_ms: expires_at_ms.saturating_add(self.leeway_ms),
+            expires_at_ms,
+            close_at_ms: expires_at_ms.saturating_add(self.leeway_ms),
             user,
         })
     }

@@ -1429,10 +1429,10 @@ impl Session {
 
     /// Moves the connection's deadline to the token's expiry, on the gateway clock.
     fn set_expiry(&self, principal: &Principal) {
-        let remaining = principal.expires_at_ms.saturating_sub(unix_ms());
+        let remaining = principal.close_at_ms.saturating_sub(unix_ms());
         let deadline = self.gateway.now_ms().saturating_add(remaining);
         self.connection
-            .set_deadline_ms(if principal.expires_at_ms == u64::MAX {
+            .set_deadline_ms(if principal.close_at_ms == u64::MAX {
                 NO_DEADLINE
             } else {
                 deadline

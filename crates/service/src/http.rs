@@ -329,22 +329,36 @@ fn history(app: &App, raw: &str, query: &str) -> Result<Response<Full<Bytes>>, P
     };
     let since = number("since")?.unwrap_or(0);
     let limit = number("limit")?.map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX));
-    let Some(herald_core::TopicHistory { epoch, messages }) =
-        app.gateway.history(&topic, since, limit)
-    else {
-        return Err(ProtocolError::new(
-            ErrorCode::NotFound,
-            format!("no topic `{topic}`"),
-        ));
+    /// One retained publication, its data relayed verbatim.
+    #[derive(Serialize)]
+    struct Entry {
+        offset: u64,
+        data: Box<serde_json::value::RawValue>,
+    }
+    #[derive(Serialize)]
+    struct Page<'a> {
+        topic: &'a Topic,
+        epoch: Option<&'a str>,
+        messages: Vec<Entry>,
+    }
+    let history = app.gateway.history(&topic, since, limit);
+    let page = Page {
+        topic: &topic,
+        epoch: history.as_ref().map(|h| &*h.epoch),
+        messages: history
+            .as_ref()
+            .map(|h| {
+                h.messages
+                    .iter()
+                    .map(|(offset, data)| Entry {
+                        offset: *offset,
+                        data: data.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
     };
-    let messages: Vec<Value> = messages
-        .into_iter()
-        .map(|(offset, data)| json!({"offset": offset, "data": data}))
-        .collect();
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({"topic": topic, "epoch": &*epoch, "messages": messages}),
-    ))
+    Ok(json_response(StatusCode::OK, &page))
 }
 
 fn stats(app: &App) -> Value {

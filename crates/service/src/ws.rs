@@ -250,12 +250,13 @@ async fn drive(app: &App, mut ws: Ws, mut session: Session) {
                 while let Some(Ok(_)) = ws.next().await {}
             }
             End::Protocol(code) => {
-                let _ = ws
-                    .close(Some(CloseFrame {
-                        code,
-                        reason: Utf8Bytes::from_static(""),
-                    }))
-                    .await;
+                let reason = match code {
+                    WsCloseCode::Size => "message larger than the payload limit",
+                    WsCloseCode::Invalid => "invalid UTF-8",
+                    _ => "protocol error",
+                };
+                let reason = Utf8Bytes::from_static(reason);
+                let _ = ws.close(Some(CloseFrame { code, reason })).await;
                 while let Some(Ok(_)) = ws.next().await {}
             }
             End::PeerClosed => {

@@ -180,8 +180,33 @@ async fn history_route_pages_forward() -> anyhow::Result<()> {
         .request("GET", "/api/topics/unknown/history", None, true)
         .await?;
     assert_eq!(
-        (status, body["error"]["code"].clone()),
-        (404, json!("not_found"))
+        (status, body),
+        (
+            200,
+            json!({"topic": "unknown", "epoch": null, "messages": []})
+        )
+    );
+    // Data comes back exactly as published: number spellings and key order included.
+    let raw = r#"{"topic":"feed","data":{"z":1,"raw":1.50,"s":"\u00e9"}}"#;
+    let (status, _, _) = server
+        .request_raw(
+            "POST",
+            "/api/publish",
+            raw.into(),
+            Some(herald_tests::API_KEY),
+        )
+        .await?;
+    assert_eq!(status, 200);
+    let (_, _, text) = server
+        .request_text(
+            "GET",
+            "/api/topics/feed/history?since=5",
+            Some(herald_tests::API_KEY),
+        )
+        .await?;
+    assert!(
+        text.contains(r#""data":{"z":1,"raw":1.50,"s":"\u00e9"}"#),
+        "{text}"
     );
     let (status, _, _) = server
         .request("GET", "/api/topics/feed/history?limit=x", None, true)

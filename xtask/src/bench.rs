@@ -1,0 +1,774 @@
+//! `cargo xtask bench`: runs `herald-bench` scenarios against Herald and nginx + nchan, each
+//! server fresh per scenario and pinned to core 0, the generator pinned to core 1, then writes
+//! `target/bench/results.json` and prints the side-by-side table.
+//!
+//! Everything here is process orchestration with `std::process`; the measuring, the JSON and
+//! the table live in the `herald-bench` binary.
+
+use std::{
+    env, fs,
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use crate::{Result, cargo, project_root};
+
+/// `cargo xtask bench --help`.
+pub(crate) const HELP: &str = "\
+usage: cargo xtask bench [options]
+
+Runs Herald's load generator (herald-bench) against a fresh server per scenario: Herald, and
+nginx + nchan for comparison. The server runs on core 0 and the generator on core 1
+(taskset), both with `ulimit -n 20000`. Each scenario prints one JSON line; all of them go to
+target/bench/results.json, and a table compares the targets side by side.
+
+options:
+  --smoke                 CI mode: small sizes, debug binaries, Herald only; fails on any
+                          loss, duplicate, reordering or failed connection (not on speed)
+  --scenario NAME         fanout | p2p | idle | churn | curve (repeatable; default: all)
+  --target NAME           herald | nchan | both (default: both; --smoke: herald)
+  --no-pin                do not pin the processes to cores
+
+size overrides (defaults: full / --smoke):
+  --subscribers N         fanout subscribers                 (10000 / 50)
+  --topics N              fanout topics                      (1 / 1)
+  --messages N            fanout publications                (1000 / 200)
+  --size BYTES            payload size                       (256)
+  --rate N                fanout publications/s              (as fast as flow control allows)
+  --p2p-connections N     p2p connections                    (2000 / 20)
+  --p2p-rate N            p2p publications/s in all          (20000 / 1000)
+  --p2p-secs N            p2p seconds of publishing          (10 / 1)
+  --idle-connections N    idle connections                   (18000 / 200)
+  --churn-cycles N        churn cycles                       (10000 / 200)
+  --churn-concurrency N   churn cycles at once               (32 / 8)
+  --curve LIST            curve subscriber counts            (1000,5000,10000,18000 / 10,50)
+  --curve-deliveries N    deliveries per curve point         (4000000 / 2000)
+
+Full mode builds release binaries and installs nginx-light and libnginx-mod-nchan with apt-get
+when missing (nchan is skipped, with a message, if that fails). CPU figures are server CPU
+(utime + stime of the server and its children, from /proc) per unit of work.
+";
+
+/// The scenarios, in the order they run.
+const SCENARIOS: [&str; 5] = ["fanout", "p2p", "idle", "churn", "curve"];
+/// The HS256 secret the bench's Herald is started with (any 32+ bytes).
+const JWT_SECRET: &str = "herald-bench-secret-0123456789abcdef0123456789";
+/// The API key the bench's Herald accepts.
+const API_KEY: &str = "herald-bench-key";
+/// Open files for both processes: the machine's hard limit.
+const OPEN_FILES: u32 = 20_000;
+/// Where Debian's nchan package puts the module.
+const NCHAN_MODULE: &str = "/usr/lib/nginx/modules/ngx_nchan_module.so";
+
+/// Parsed `cargo xtask bench` options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Options {
+    smoke: bool,
+    scenarios: Vec<String>,
+    herald: bool,
+    nchan: bool,
+    pin: bool,
+    /// `--name value` overrides, in the names of the options.
+    sizes: Vec<(String, String)>,
+}
+
+/// The size options and the (full, smoke) defaults they override.
+const SIZES: &[(&str, &str, &str)] = &[
+    ("subscribers", "10000", "50"),
+    ("topics", "1", "1"),
+    ("messages", "1000", "200"),
+    ("size", "256", "256"),
+    ("rate", "", ""),
+    ("p2p-connections", "2000", "20"),
+    ("p2p-rate", "20000", "1000"),
+    ("p2p-secs", "10", "1"),
+    ("idle-connections", "18000", "200"),
+    ("churn-cycles", "10000", "200"),
+    ("churn-concurrency", "32", "8"),
+    ("curve", "1000,5000,10000,18000", "10,50"),
+    ("curve-deliveries", "4000000", "2000"),
+];
+
+impl Options {
+    fn parse(args: &[String]) -> Result<Option<Self>> {
+        let mut options = Self {
+            smoke: false,
+            scenarios: Vec::new(),
+            herald: true,
+            nchan: true,
+            pin: true,
+            sizes: Vec::new(),
+        };
+        let mut target = None;
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
+            let mut value = |name: &str| {
+                args.next()
+                    .cloned()
+                    .ok_or_else(|| format!("{name} needs a value\n\n{HELP}"))
+            };
+            match arg.as_str() {
+                "--help" | "-h" => return Ok(None),
+                "--smoke" => options.smoke = true,
+                "--no-pin" => options.pin = false,
+                "--scenario" => {
+                    let name = value(arg)?;
+                    if !SCENARIOS.contains(&name.as_str()) {
+                        return Err(format!(
+                            "unknown scenario `{name}`: expected one of {}",
+                            SCENARIOS.join(", ")
+                        ));
+                    }
+                    options.scenarios.push(name);
+                }
+                "--target" => target = Some(value(arg)?),
+                other => {
+                    let name = other.strip_prefix("--").unwrap_or(other);
+                    if !SIZES.iter().any(|(n, _, _)| *n == name) {
+                        return Err(format!("unknown option `{other}`\n\n{HELP}"));
+                    }
+                    let given = value(other)?;
+                    let valid = if name == "curve" {
+                        given
+                            .split(',')
+                            .all(|n| n.trim().parse::<u64>().is_ok_and(|n| n > 0))
+                    } else {
+                        given.parse::<f64>().is_ok_and(|n| n > 0.0)
+                    };
+                    if !valid {
+                        return Err(format!("{other}: `{given}` is not a positive number"));
+                    }
+                    options.sizes.push((name.to_owned(), given));
+                }
+            }
+        }
+        (options.herald, options.nchan) = match target.as_deref() {
+            None if options.smoke => (true, false),
+            None | Some("both") => (true, true),
+            Some("herald") => (true, false),
+            Some("nchan") => (false, true),
+            Some(other) => {
+                return Err(format!(
+                    "unknown target `{other}`: expected herald, nchan or both"
+                ));
+            }
+        };
+        if options.scenarios.is_empty() {
+            options.scenarios = SCENARIOS.iter().map(|s| (*s).to_owned()).collect();
+        }
+        Ok(Some(options))
+    }
+
+    /// A size setting: the override, else the default for the mode ("" when unset).
+    fn size(&self, name: &str) -> String {
+        if let Some((_, value)) = self.sizes.iter().rev().find(|(n, _)| n == name) {
+            return value.clone();
+        }
+        SIZES
+            .iter()
+            .find(|(n, _, _)| *n == name)
+            .map(|(_, full, smoke)| if self.smoke { *smoke } else { *full })
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// `herald-bench` arguments for a scenario.
+    fn scenario_args(&self, scenario: &str) -> Vec<String> {
+        let mut args = vec![scenario.to_owned()];
+        let mut push = |flag: &str, value: String| {
+            if !value.is_empty() {
+                args.push(flag.to_owned());
+                args.push(value);
+            }
+        };
+        match scenario {
+            "fanout" => {
+                push("--subscribers", self.size("subscribers"));
+                push("--topics", self.size("topics"));
+                push("--messages", self.size("messages"));
+                push("--size", self.size("size"));
+                push("--rate", self.size("rate"));
+            }
+            "p2p" => {
+                push("--connections", self.size("p2p-connections"));
+                push("--rate", self.size("p2p-rate"));
+                push("--duration-secs", self.size("p2p-secs"));
+                push("--size", self.size("size"));
+            }
+            "idle" => {
+                push("--connections", self.size("idle-connections"));
+                if self.smoke {
+                    push("--settle-ms", "500".to_owned());
+                    push("--hold-secs", "1".to_owned());
+                }
+            }
+            "churn" => {
+                push("--cycles", self.size("churn-cycles"));
+                push("--concurrency", self.size("churn-concurrency"));
+                if self.smoke {
+                    push("--settle-ms", "500".to_owned());
+                }
+            }
+            "curve" => {
+                push("--points", self.size("curve"));
+                push("--deliveries", self.size("curve-deliveries"));
+                push("--size", self.size("size"));
+                if self.smoke {
+                    push("--min-messages", "20".to_owned());
+                    push("--settle-ms", "200".to_owned());
+                }
+            }
+            _ => {}
+        }
+        if self.smoke && matches!(scenario, "fanout" | "p2p" | "curve") {
+            // Debug binaries on a busy CI machine: give stragglers time before calling them lost.
+            push("--drain-secs", "10".to_owned());
+        }
+        args
+    }
+}
+
+/// How the processes are started.
+struct Setup {
+    root: PathBuf,
+    bin: PathBuf,
+    out: PathBuf,
+    clk_tck: u64,
+    pin: bool,
+    /// The nginx binary and the nchan module, when nchan can run.
+    nchan: Option<Nchan>,
+}
+
+/// Where nginx and its nchan module are.
+#[derive(Debug, Clone)]
+struct Nchan {
+    nginx: String,
+    module: String,
+}
+
+/// A server under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Server {
+    Herald,
+    Nchan,
+}
+
+impl Server {
+    const fn name(self) -> &'static str {
+        match self {
+            Self::Herald => "herald",
+            Self::Nchan => "nchan",
+        }
+    }
+}
+
+/// Runs `cargo xtask bench` with `args`.
+pub(crate) fn bench(args: &[String]) -> Result {
+    let Some(options) = Options::parse(args)? else {
+        print!("{HELP}");
+        return Ok(());
+    };
+    let root = project_root();
+    env::set_current_dir(&root).map_err(|e| format!("cannot enter {}: {e}", root.display()))?;
+    let profile = if options.smoke { "debug" } else { "release" };
+    if options.smoke {
+        cargo(
+            &[
+                "build",
+                "--locked",
+                "-p",
+                "herald-service",
+                "--bin",
+                "herald",
+                "-p",
+                "herald-bench",
+            ],
+            &[],
+        )?;
+    } else {
+        cargo(
+            &[
+                "build",
+                "--locked",
+                "--release",
+                "-p",
+                "herald-service",
+                "-p",
+                "herald-bench",
+            ],
+            &[],
+        )?;
+    }
+    let target_dir =
+        env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let out = target_dir.join("bench");
+    fs::create_dir_all(out.join("logs"))
+        .map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+
+    let clk_tck = clock_ticks();
+    let pin = options.pin && can_pin();
+    let nchan = if options.nchan {
+        prepare_nchan(options.smoke)
+    } else {
+        None
+    };
+    let setup = Setup {
+        root,
+        bin: target_dir.join(profile),
+        out,
+        clk_tck,
+        pin,
+        nchan,
+    };
+    let mut servers = Vec::new();
+    if options.herald {
+        servers.push(Server::Herald);
+    }
+    if options.nchan && setup.nchan.is_some() {
+        servers.push(Server::Nchan);
+    }
+    if servers.is_empty() {
+        return Err("no target to benchmark (nchan is unavailable)".to_owned());
+    }
+
+    let mut lines = Vec::new();
+    let mut failures = Vec::new();
+    for scenario in &options.scenarios {
+        for &server in &servers {
+            println!("xtask: bench {} {scenario}", server.name());
+            match run_one(&setup, &options, server, scenario) {
+                Ok(output) => lines.extend(output),
+                Err(error) => {
+                    eprintln!("xtask: bench {} {scenario} failed: {error}", server.name());
+                    failures.push(format!("{} {scenario}: {error}", server.name()));
+                }
+            }
+        }
+    }
+
+    let results = setup.out.join("results.json");
+    let document = format!(
+        "{{\"mode\":\"{}\",\"unix_time\":{},\"clk_tck\":{},\"pinned\":{},\"results\":[\n{}\n]}}\n",
+        if options.smoke { "smoke" } else { "full" },
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        setup.clk_tck,
+        setup.pin,
+        lines.join(",\n"),
+    );
+    fs::write(&results, document)
+        .map_err(|e| format!("cannot write {}: {e}", results.display()))?;
+    let status = Command::new(setup.bin.join("herald-bench"))
+        .arg("report")
+        .arg(&results)
+        .status()
+        .map_err(|e| format!("cannot run herald-bench report: {e}"))?;
+    if !status.success() {
+        failures.push("the results table could not be printed".to_owned());
+    }
+    println!("xtask: results in {}", results.display());
+    if failures.is_empty() {
+        println!("xtask: bench passed");
+        Ok(())
+    } else {
+        Err(format!("bench failed:\n  {}", failures.join("\n  ")))
+    }
+}
+
+/// Starts a fresh server, runs one scenario against it, stops it; returns the JSON lines.
+fn run_one(
+    setup: &Setup,
+    options: &Options,
+    server: Server,
+    scenario: &str,
+) -> Result<Vec<String>> {
+    let port = free_port()?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let log = setup
+        .out
+        .join("logs")
+        .join(format!("{}-{scenario}.log", server.name()));
+    let mut child = start_server(setup, server, addr, &log)?;
+    let result = wait_until_listening(&mut child, addr, &log).and_then(|()| {
+        let mut command = limited(setup.pin.then_some(1));
+        command
+            .arg(setup.bin.join("herald-bench"))
+            .args(["--target", server.name(), "--addr", &addr.to_string()])
+            .args(["--server-pid", &child.id().to_string()])
+            .args(["--clk-tck", &setup.clk_tck.to_string()]);
+        if server == Server::Herald {
+            command.args(["--api-key", API_KEY, "--jwt-secret", JWT_SECRET]);
+        }
+        if options.smoke {
+            command.arg("--strict");
+        }
+        command.args(options.scenario_args(scenario));
+        command.stdin(Stdio::null()).stderr(Stdio::inherit());
+        let output = command
+            .output()
+            .map_err(|e| format!("cannot run herald-bench: {e}"))?;
+        let lines: Vec<String> = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter(|line| line.starts_with('{'))
+            .map(str::to_owned)
+            .collect();
+        if output.status.success() && !lines.is_empty() {
+            Ok(lines)
+        } else {
+            Err(format!(
+                "herald-bench exited with {} (server log: {})",
+                output.status,
+                log.display()
+            ))
+        }
+    });
+    stop(&mut child);
+    result
+}
+
+/// `sh -c 'ulimit -n 20000; exec "$@"'`, pinned to `core` when given: append the program and
+/// its arguments.
+fn limited(core: Option<u32>) -> Command {
+    let mut command = Command::new("sh");
+    command.args([
+        "-c",
+        &format!("ulimit -n {OPEN_FILES} 2>/dev/null || ulimit -n \"$(ulimit -Hn)\"; exec \"$@\""),
+        "sh",
+    ]);
+    if let Some(core) = core {
+        command.args(["taskset", "-c", &core.to_string()]);
+    }
+    command
+}
+
+fn start_server(setup: &Setup, server: Server, addr: SocketAddr, log: &Path) -> Result<Child> {
+    let log_file =
+        fs::File::create(log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+    let log_err = log_file
+        .try_clone()
+        .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
+    let mut command = limited(setup.pin.then_some(0));
+    match server {
+        Server::Herald => {
+            command
+                .arg(setup.bin.join("herald"))
+                .env("HERALD_LISTEN", addr.to_string())
+                .env("HERALD_JWT_SECRET", JWT_SECRET)
+                .env("HERALD_API_KEYS", API_KEY)
+                .env("HERALD_LOG", "warn")
+                .env("HERALD_MAX_CONNECTIONS", "100000")
+                // Per-user limits must not interfere: every client is its own user anyway.
+                // 10000 is the largest tier quota the configuration accepts.
+                .env("HERALD_TIERS", "free:10000:1000000")
+                .env("HERALD_MAX_CONNECTIONS_PER_USER", "10000");
+        }
+        Server::Nchan => {
+            let Some(nchan) = &setup.nchan else {
+                return Err("nchan is not available".to_owned());
+            };
+            let dir = setup.out.join("nchan");
+            fs::create_dir_all(dir.join("body"))
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            let conf = dir.join("nginx.conf");
+            fs::write(&conf, nginx_conf(&nchan.module, &dir, addr))
+                .map_err(|e| format!("cannot write {}: {e}", conf.display()))?;
+            command
+                .arg(&nchan.nginx)
+                .arg("-p")
+                .arg(&dir)
+                .arg("-c")
+                .arg(&conf)
+                .args(["-g", "daemon off;"]);
+        }
+    }
+    command
+        .current_dir(&setup.root)
+        .stdin(Stdio::null())
+        .stdout(log_file)
+        .stderr(log_err)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", server.name()))
+}
+
+/// nginx + nchan with the same shape as Herald's setup: one worker, a publisher location and a
+/// WebSocket subscriber location per channel id. The message buffer (256 per channel, 5
+/// minutes) mirrors Herald's default history.
+fn nginx_conf(module: &str, dir: &Path, addr: SocketAddr) -> String {
+    let dir = dir.display();
+    format!(
+        "load_module {module};
+worker_processes 1;
+worker_rlimit_nofile 30000;
+error_log {dir}/error.log warn;
+pid {dir}/nginx.pid;
+events {{
+    worker_connections 30000;
+}}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    nchan_shared_memory_size 1024M;
+    nchan_message_buffer_length 256;
+    nchan_message_timeout 300s;
+    server {{
+        listen {addr} backlog=4096;
+        location ~ ^/pub/(\\w+)$ {{
+            nchan_publisher;
+            nchan_channel_id $1;
+        }}
+        location ~ ^/sub/(\\w+)$ {{
+            nchan_subscriber websocket;
+            nchan_channel_id $1;
+        }}
+    }}
+}}
+"
+    )
+}
+
+/// Waits (at most 20 s) until the server accepts TCP connections.
+fn wait_until_listening(child: &mut Child, addr: SocketAddr, log: &Path) -> Result {
+    for _ in 0..200 {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "the server exited with {status} before listening (log: {})",
+                log.display()
+            ));
+        }
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            return Ok(());
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    Err(format!(
+        "the server did not listen on {addr} within 20 s (log: {})",
+        log.display()
+    ))
+}
+
+/// SIGTERM, up to 10 s to exit, then SIGKILL.
+fn stop(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    for _ in 0..100 {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A port that was free a moment ago.
+fn free_port() -> Result<u16> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .map_err(|e| format!("cannot find a free port: {e}"))
+}
+
+/// `getconf CLK_TCK`, or 100 (Linux's value) when it cannot be read.
+fn clock_ticks() -> u64 {
+    let ticks = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|text| text.trim().parse().ok());
+    ticks.unwrap_or_else(|| {
+        println!("xtask: cannot read `getconf CLK_TCK`; assuming 100 ticks per second");
+        100
+    })
+}
+
+/// Whether `taskset` exists and there are two cores to pin to.
+fn can_pin() -> bool {
+    let cores = thread::available_parallelism().map_or(1, usize::from);
+    let taskset = Command::new("taskset")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if cores < 2 || !taskset {
+        println!(
+            "xtask: not pinning (needs taskset and 2 cores; have {cores} cores, taskset: {taskset}): the figures will be noisier"
+        );
+        return false;
+    }
+    true
+}
+
+/// Finds nginx with the nchan module, installing both in full mode when missing; `None` (with
+/// a message) when nchan cannot be used.
+fn prepare_nchan(smoke: bool) -> Option<Nchan> {
+    if let Some(nchan) = find_nchan() {
+        return Some(nchan);
+    }
+    if smoke {
+        println!(
+            "xtask: nginx + nchan is not installed; --smoke does not install it: skipping nchan"
+        );
+        return None;
+    }
+    println!("xtask: installing nginx-light and libnginx-mod-nchan");
+    let install = || {
+        Command::new("apt-get")
+            .args([
+                "install",
+                "-y",
+                "--no-install-recommends",
+                "nginx-light",
+                "libnginx-mod-nchan",
+            ])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    // A fresh machine may have no package lists yet: update once and try again.
+    let installed = install()
+        || (Command::new("apt-get")
+            .arg("update")
+            .status()
+            .is_ok_and(|s| s.success())
+            && install());
+    match (installed, find_nchan()) {
+        (true, Some(nchan)) => Some(nchan),
+        _ => {
+            println!("xtask: could not install nginx + nchan (apt-get failed): skipping nchan");
+            None
+        }
+    }
+}
+
+/// nginx and the nchan module, when both are installed.
+fn find_nchan() -> Option<Nchan> {
+    // /usr/sbin may be missing from PATH for a non-login shell.
+    let nginx = ["nginx", "/usr/sbin/nginx"].into_iter().find(|nginx| {
+        Command::new(nginx)
+            .arg("-v")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })?;
+    let listed = Command::new("dpkg")
+        .args(["-L", "libnginx-mod-nchan"])
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|list| {
+            list.lines()
+                .find(|line| line.ends_with("/ngx_nchan_module.so"))
+                .map(str::to_owned)
+        });
+    let module = listed
+        .or_else(|| Some(NCHAN_MODULE.to_owned()))
+        .filter(|path| Path::new(path).exists())?;
+    Some(Nchan {
+        nginx: nginx.to_owned(),
+        module,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Option<Options>> {
+        Options::parse(&args.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn defaults_run_every_scenario_on_both_targets() {
+        let options = parse(&[]).unwrap().unwrap();
+        assert_eq!(options.scenarios, SCENARIOS);
+        assert!(options.herald && options.nchan && !options.smoke);
+        assert_eq!(options.size("subscribers"), "10000");
+    }
+
+    #[test]
+    fn smoke_is_small_and_herald_only() {
+        let options = parse(&["--smoke"]).unwrap().unwrap();
+        assert!(options.herald && !options.nchan);
+        assert_eq!(
+            options.scenario_args("fanout"),
+            [
+                "fanout",
+                "--subscribers",
+                "50",
+                "--topics",
+                "1",
+                "--messages",
+                "200",
+                "--size",
+                "256",
+                "--drain-secs",
+                "10"
+            ]
+        );
+    }
+
+    #[test]
+    fn scenarios_targets_and_sizes_can_be_chosen() {
+        let options = parse(&[
+            "--scenario",
+            "p2p",
+            "--scenario",
+            "idle",
+            "--target",
+            "nchan",
+            "--p2p-rate",
+            "500",
+            "--curve",
+            "5,10",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(options.scenarios, ["p2p", "idle"]);
+        assert!(!options.herald && options.nchan);
+        assert!(
+            options
+                .scenario_args("p2p")
+                .windows(2)
+                .any(|w| w == ["--rate", "500"])
+        );
+        assert_eq!(options.size("curve"), "5,10");
+    }
+
+    #[test]
+    fn bad_options_are_refused() {
+        assert!(parse(&["--scenario", "nope"]).is_err());
+        assert!(parse(&["--target", "redis"]).is_err());
+        assert!(parse(&["--subscribers", "-3"]).is_err());
+        assert!(parse(&["--subscribers"]).is_err());
+        assert!(parse(&["--curve", "10,x"]).is_err());
+        assert!(parse(&["--frobnicate", "1"]).is_err());
+        assert_eq!(parse(&["--help"]), Ok(None));
+    }
+
+    #[test]
+    fn nginx_conf_has_the_publisher_and_websocket_locations() {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 8088));
+        let conf = nginx_conf(NCHAN_MODULE, Path::new("/tmp/n"), addr);
+        assert!(conf.starts_with(&format!("load_module {NCHAN_MODULE};")));
+        for line in [
+            "worker_processes 1;",
+            "worker_rlimit_nofile 30000;",
+            "worker_connections 30000;",
+            "listen 127.0.0.1:8088",
+            r"location ~ ^/pub/(\w+)$",
+            "nchan_publisher;",
+            "nchan_subscriber websocket;",
+            "nchan_channel_id $1;",
+        ] {
+            assert!(conf.contains(line), "missing {line}:\n{conf}");
+        }
+    }
+}
