@@ -186,20 +186,29 @@ impl TestServer {
         Ok(body)
     }
 
-    /// `POST /api/publish` and the answer's body.
+    /// `POST /api/publish` and the answer's body, retrying while the server answers 429.
     pub async fn publish(&self, topic: &str, data: Value) -> anyhow::Result<Value> {
-        let (status, _, body) = self
-            .request(
-                "POST",
-                "/api/publish",
-                Some(&json!({"topic": topic, "data": data})),
-                true,
-            )
-            .await?;
-        if status != 200 {
-            bail!("publish answered {status}: {body}");
+        self.post_retrying("/api/publish", &json!({"topic": topic, "data": data}))
+            .await
+    }
+
+    /// `POST /api/users/{user}/events` with `body`, retrying while the server answers 429.
+    pub async fn send_event(&self, user: &str, body: &Value) -> anyhow::Result<Value> {
+        self.post_retrying(&format!("/api/users/{user}/events"), body)
+            .await
+    }
+
+    /// POSTs `body` to an API route until it is not refused with 429; fails on any other
+    /// status but 200.
+    async fn post_retrying(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        loop {
+            let (status, _, answer) = self.request("POST", path, Some(body), true).await?;
+            match status {
+                200 => return Ok(answer),
+                429 => tokio::time::sleep(Duration::from_millis(20)).await,
+                _ => bail!("{path} answered {status}: {answer}"),
+            }
         }
-        Ok(body)
     }
 
     /// Waits until `predicate` holds for `/api/stats`, or fails after [`TIMEOUT`].

@@ -425,16 +425,7 @@ async fn event_to(
     if let Some(thread) = thread {
         body["threadId"] = json!(thread);
     }
-    let (status, _, answer) = server
-        .request(
-            "POST",
-            &format!("/api/users/{user}/events"),
-            Some(&body),
-            true,
-        )
-        .await?;
-    anyhow::ensure!(status == 200, "events answered {status}: {answer}");
-    Ok(answer)
+    server.send_event(user, &body).await
 }
 
 /// Asserts that nothing but heartbeat pings arrives within a short wait.

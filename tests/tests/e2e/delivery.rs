@@ -14,43 +14,6 @@ use herald_tests::{TestServer, WsClient, token};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
-/// Sends a critical event, retrying while the server says to retry later.
-async fn send_event(server: &TestServer, user: &str, body: Value) -> anyhow::Result<Value> {
-    loop {
-        let (status, _, answer) = server
-            .request(
-                "POST",
-                &format!("/api/users/{user}/events"),
-                Some(&body),
-                true,
-            )
-            .await?;
-        match status {
-            200 => return Ok(answer),
-            429 => tokio::time::sleep(Duration::from_millis(20)).await,
-            _ => anyhow::bail!("events answered {status}: {answer}"),
-        }
-    }
-}
-
-async fn publish_retrying(server: &TestServer, topic: &str, data: Value) -> anyhow::Result<Value> {
-    loop {
-        let (status, _, answer) = server
-            .request(
-                "POST",
-                "/api/publish",
-                Some(&json!({"topic": topic, "data": data})),
-                true,
-            )
-            .await?;
-        match status {
-            200 => return Ok(answer),
-            429 => tokio::time::sleep(Duration::from_millis(20)).await,
-            _ => anyhow::bail!("publish answered {status}: {answer}"),
-        }
-    }
-}
-
 async fn connect(
     server: &TestServer,
     user: &str,
@@ -218,30 +181,30 @@ async fn history_route_pages_forward() -> anyhow::Result<()> {
 #[tokio::test]
 async fn events_wait_for_an_offline_user_and_are_kept_until_acked() -> anyhow::Result<()> {
     let server = TestServer::start(&[]).await?;
-    let sent = send_event(
-        &server,
-        "bob",
-        json!({"event": "agent_started", "data": {"step": 1}, "runId": "r1"}),
-    )
-    .await?;
+    let sent = server
+        .send_event(
+            "bob",
+            &json!({"event": "agent_started", "data": {"step": 1}, "runId": "r1"}),
+        )
+        .await?;
     assert_eq!(
         (sent["delivered"].clone(), sent["pending"].clone()),
         (json!(0), json!(1))
     );
-    let second = send_event(
-        &server,
-        "bob",
-        json!({"event": "tool_executing", "data": {"step": 2}, "id": "e2"}),
-    )
-    .await?;
+    let second = server
+        .send_event(
+            "bob",
+            &json!({"event": "tool_executing", "data": {"step": 2}, "id": "e2"}),
+        )
+        .await?;
     assert_eq!(second["id"], "e2");
     // A retried send of a pending id changes nothing.
-    let retried = send_event(
-        &server,
-        "bob",
-        json!({"event": "tool_executing", "data": {"step": 2}, "id": "e2"}),
-    )
-    .await?;
+    let retried = server
+        .send_event(
+            "bob",
+            &json!({"event": "tool_executing", "data": {"step": 2}, "id": "e2"}),
+        )
+        .await?;
     assert_eq!(
         (retried["delivered"].clone(), retried["pending"].clone()),
         (json!(0), json!(2))
@@ -281,12 +244,9 @@ async fn events_wait_for_an_offline_user_and_are_kept_until_acked() -> anyhow::R
 async fn events_are_redelivered_after_the_ack_timeout() -> anyhow::Result<()> {
     let server = TestServer::start(&[("HERALD_EVENT_ACK_TIMEOUT_MS", "300")]).await?;
     let mut carol = connect(&server, "carol", None).await?;
-    let sent = send_event(
-        &server,
-        "carol",
-        json!({"event": "agent_thinking", "data": null}),
-    )
-    .await?;
+    let sent = server
+        .send_event("carol", &json!({"event": "agent_thinking", "data": null}))
+        .await?;
     assert_eq!(sent["delivered"], 1);
     assert_eq!(carol.recv_data().await?["id"], sent["id"]);
     // No ack: the same event arrives again.
@@ -302,7 +262,9 @@ async fn events_are_redelivered_after_the_ack_timeout() -> anyhow::Result<()> {
 async fn pending_events_are_bounded_with_a_retry_later_status() -> anyhow::Result<()> {
     let server = TestServer::start(&[("HERALD_MAX_PENDING_EVENTS", "2")]).await?;
     for _ in 0..2 {
-        send_event(&server, "dave", json!({"event": "agent_started"})).await?;
+        server
+            .send_event("dave", &json!({"event": "agent_started"}))
+            .await?;
     }
     let (status, headers, body) = server
         .request(
@@ -337,12 +299,12 @@ async fn events_reach_only_their_user_and_thread() -> anyhow::Result<()> {
     let mut t2 = connect(&server, "erin", Some("t2")).await?;
     let mut unbound = connect(&server, "erin", None).await?;
     let mut other = connect(&server, "frank", Some("t1")).await?;
-    let sent = send_event(
-        &server,
-        "erin",
-        json!({"event": "tool_completed", "threadId": "t1", "data": {"x": 1}}),
-    )
-    .await?;
+    let sent = server
+        .send_event(
+            "erin",
+            &json!({"event": "tool_completed", "threadId": "t1", "data": {"x": 1}}),
+        )
+        .await?;
     assert_eq!(sent["delivered"], 2);
     assert_eq!(t1.recv_data().await?["threadId"], "t1");
     assert_eq!(unbound.recv_data().await?["id"], sent["id"]);
@@ -373,7 +335,7 @@ async fn resume_while_publishing_at_full_rate_has_no_gap_and_no_duplicate() -> a
             let mut n = 0u64;
             while !done.load(Ordering::Relaxed) {
                 n += 1;
-                publish_retrying(&server, "race", json!({"n": n})).await?;
+                server.publish("race", json!({"n": n})).await?;
             }
             anyhow::Ok(n)
         })
@@ -451,7 +413,7 @@ async fn chaos_with_random_drops_loses_nothing_and_leaves_no_residue() -> anyhow
             let mut event_seq = 0u64;
             for n in 1..=MESSAGES {
                 let topic = &topics[(n % 2) as usize];
-                publish_retrying(&server, topic, json!({"n": n})).await?;
+                server.publish(topic, json!({"n": n})).await?;
                 if n % (MESSAGES / EVENTS) == 0 {
                     rng ^= rng << 13;
                     rng ^= rng >> 7;
@@ -467,7 +429,7 @@ async fn chaos_with_random_drops_loses_nothing_and_leaves_no_residue() -> anyhow
                     if let Some(thread) = thread {
                         body["threadId"] = json!(thread);
                     }
-                    let answer = send_event(&server, user, body).await?;
+                    let answer = server.send_event(user, &body).await?;
                     let id = answer["id"].as_str().unwrap_or_default().to_owned();
                     sent_events
                         .lock()
