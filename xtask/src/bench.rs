@@ -274,34 +274,19 @@ pub(crate) fn bench(args: &[String]) -> Result {
     let root = project_root();
     env::set_current_dir(&root).map_err(|e| format!("cannot enter {}: {e}", root.display()))?;
     let profile = if options.smoke { "debug" } else { "release" };
-    if options.smoke {
-        cargo(
-            &[
-                "build",
-                "--locked",
-                "-p",
-                "herald-service",
-                "--bin",
-                "herald",
-                "-p",
-                "herald-bench",
-            ],
-            &[],
-        )?;
-    } else {
-        cargo(
-            &[
-                "build",
-                "--locked",
-                "--release",
-                "-p",
-                "herald-service",
-                "-p",
-                "herald-bench",
-            ],
-            &[],
-        )?;
+    // Every binary of both packages (`--bin herald` would leave herald-bench out).
+    let mut build = vec![
+        "build",
+        "--locked",
+        "-p",
+        "herald-service",
+        "-p",
+        "herald-bench",
+    ];
+    if !options.smoke {
+        build.push("--release");
     }
+    cargo(&build, &[])?;
     let target_dir =
         env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
     let out = target_dir.join("bench");
@@ -515,7 +500,7 @@ http {{
     nchan_message_buffer_length 256;
     nchan_message_timeout 300s;
     server {{
-        listen {addr} backlog=4096;
+        listen {addr};
         location ~ ^/pub/(\\w+)$ {{
             nchan_publisher;
             nchan_channel_id $1;

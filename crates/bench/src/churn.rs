@@ -46,14 +46,22 @@ pub(crate) struct Outcome {
     pub(crate) latency: Arc<Histogram>,
     /// The server before, right after the last cycle, and after settling.
     pub(crate) samples: Option<[Sample; 3]>,
+    /// This generator's own CPU over the cycles, in seconds.
+    pub(crate) generator_cpu_s: f64,
 }
 
 /// Runs the churn loops.
-pub(crate) async fn run(target: &Target, plan: Plan, server: Option<Server>) -> Outcome {
+pub(crate) async fn run(
+    target: &Target,
+    plan: Plan,
+    server: Option<Server>,
+    generator: Server,
+) -> Outcome {
     let latency = Arc::new(Histogram::new());
     let next = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(AtomicU64::new(0));
     let before = server.map(|s| s.sample());
+    let generator_before = generator.sample();
     let start = Instant::now();
     let deadline = start + plan.max_run;
     let mut workers = Vec::with_capacity(plan.concurrency);
@@ -94,6 +102,7 @@ pub(crate) async fn run(target: &Target, plan: Plan, server: Option<Server>) -> 
     }
     let duration_s = start.elapsed().as_secs_f64();
     let after = server.map(|s| s.sample());
+    let generator_cpu_s = generator.cpu_seconds(generator_before, generator.sample());
     tokio::time::sleep(plan.settle).await;
     let settled = server.map(|s| s.sample());
     let failures = failures.load(Ordering::Relaxed);
@@ -107,5 +116,6 @@ pub(crate) async fn run(target: &Target, plan: Plan, server: Option<Server>) -> 
             (Some(a), Some(b), Some(c)) => Some([a, b, c]),
             _ => None,
         },
+        generator_cpu_s,
     }
 }

@@ -63,6 +63,9 @@ pub(crate) struct Target {
     jwt_key: Option<EncodingKey>,
     /// tungstenite settings for every subscriber.
     ws_config: WebSocketConfig,
+    /// Put between `bench` and the topic index, so runs against one server can use fresh
+    /// topics (a fresh offset sequence for Herald, an empty message buffer for nchan).
+    topic_prefix: String,
 }
 
 /// The claims of a bench client's token.
@@ -97,14 +100,24 @@ impl Target {
             api_key,
             jwt_key,
             ws_config,
+            topic_prefix: String::new(),
         })
+    }
+
+    /// The same target with topic names `bench:<prefix><k>` (`bench<prefix><k>` for nchan);
+    /// `prefix` must be letters, digits or `_` (nchan's channel ids are `\w+`).
+    pub(crate) fn with_topic_prefix(&self, prefix: &str) -> Self {
+        Self {
+            topic_prefix: prefix.to_owned(),
+            ..self.clone()
+        }
     }
 
     /// The name of topic index `k` on this server.
     pub(crate) fn topic_name(&self, k: u64) -> String {
         match self.kind {
-            TargetKind::Herald => format!("bench:{k}"),
-            TargetKind::Nchan => format!("bench{k}"),
+            TargetKind::Herald => format!("bench:{}{k}", self.topic_prefix),
+            TargetKind::Nchan => format!("bench{}{k}", self.topic_prefix),
         }
     }
 
@@ -273,8 +286,11 @@ mod tests {
         let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let herald = Target::new(TargetKind::Herald, addr, String::new(), Some("s"), 4096);
         let nchan = Target::new(TargetKind::Nchan, addr, String::new(), None, 4096);
-        assert_eq!(herald.unwrap().topic_name(3), "bench:3");
-        assert_eq!(nchan.unwrap().topic_name(3), "bench3");
+        let (herald, nchan) = (herald.unwrap(), nchan.unwrap());
+        assert_eq!(herald.topic_name(3), "bench:3");
+        assert_eq!(nchan.topic_name(3), "bench3");
+        assert_eq!(herald.with_topic_prefix("c1_").topic_name(0), "bench:c1_0");
+        assert_eq!(nchan.with_topic_prefix("c1_").topic_name(0), "benchc1_0");
         assert!(Target::new(TargetKind::Herald, addr, String::new(), None, 4096).is_err());
     }
 

@@ -104,6 +104,9 @@ pub(crate) struct Outcome {
     pub(crate) connect_latency: Arc<Histogram>,
     /// The server before connecting, before publishing and after the last delivery.
     pub(crate) samples: Option<[Sample; 3]>,
+    /// This generator's own CPU from the first publication to the last delivery, in seconds:
+    /// near `duration_s` means the generator, not the server, was the bottleneck.
+    pub(crate) generator_cpu_s: f64,
     /// Idle phase: resident memory after the connections settled and CPU over the hold.
     pub(crate) idle: Option<IdleOutcome>,
     /// First errors seen, for the report.
@@ -241,7 +244,22 @@ async fn connect_all(
     drop(ready_tx);
     let (mut connected, mut failures, mut first_failure) = (0u64, 0u64, None);
     let mut progress = Instant::now();
-    while let Some(result) = ready_rx.recv().await {
+    let deadline = progress + plan.max_run;
+    loop {
+        let result = match tokio::time::timeout_at(deadline, ready_rx.recv()).await {
+            Ok(Some(result)) => result,
+            Ok(None) => break,
+            Err(_) => {
+                // The stragglers count as failed; the stop signal ends them later.
+                let pending = (plan.subscribers as u64).saturating_sub(connected + failures);
+                failures += pending;
+                first_failure.get_or_insert(format!(
+                    "{pending} connections still pending after {:?}",
+                    plan.max_run
+                ));
+                break;
+            }
+        };
         match result {
             Ok(()) => connected += 1,
             Err(error) => {
@@ -393,6 +411,7 @@ pub(crate) async fn run(
     target: &Target,
     plan: &Plan,
     server: Option<Server>,
+    generator: Server,
 ) -> anyhow::Result<Outcome> {
     let shared = Arc::new(Shared::new(plan.topics.max(1)));
     let before_connect = server.map(|s| s.sample());
@@ -419,6 +438,7 @@ pub(crate) async fn run(
     }
 
     let before = server.map(|s| s.sample());
+    let generator_before = generator.sample();
     let start = Instant::now();
     let start_ns = unix_ns();
     let deadline = start + plan.max_run;
@@ -437,6 +457,7 @@ pub(crate) async fn run(
         .sum();
     drain(&shared, outcome.expected, plan.drain, deadline + plan.drain).await;
     let after = server.map(|s| s.sample());
+    outcome.generator_cpu_s = generator.cpu_seconds(generator_before, generator.sample());
     let last = shared.last_delivery_ns.load(Ordering::Relaxed);
     outcome.duration_s = if last > start_ns {
         (last - start_ns) as f64 / 1e9

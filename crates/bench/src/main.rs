@@ -75,7 +75,9 @@ struct Common {
     #[arg(long, default_value_t = 600, global = true)]
     max_secs: u64,
     /// Connections being set up at once.
-    #[arg(long, default_value_t = 200, global = true)]
+    /// (Herald listens with a backlog of 128, tokio's default: more at once overflows its
+    /// accept queue and costs one-second SYN retransmits.)
+    #[arg(long, default_value_t = 100, global = true)]
     connect_concurrency: usize,
     /// Read buffer per client connection, in bytes.
     #[arg(long, default_value_t = 8192, global = true)]
@@ -280,6 +282,7 @@ async fn run(cli: &Cli) -> anyhow::Result<Vec<Report>> {
     let server = common
         .server_pid
         .map(|pid| Server::new(pid, common.clk_tck));
+    let generator = Server::new(std::process::id(), common.clk_tck);
     let max_run = Duration::from_secs(common.max_secs);
     let mut reports = Vec::new();
     match &cli.scenario {
@@ -292,7 +295,7 @@ async fn run(cli: &Cli) -> anyhow::Result<Vec<Report>> {
                 args.messages,
                 args.rate,
             );
-            let outcome = fanout::run(&target, &plan, server).await?;
+            let outcome = fanout::run(&target, &plan, server, generator).await?;
             reports.push(delivery_report(
                 &target,
                 "fanout",
@@ -311,7 +314,7 @@ async fn run(cli: &Cli) -> anyhow::Result<Vec<Report>> {
                 messages,
                 Some(args.rate),
             );
-            let outcome = fanout::run(&target, &plan, server).await?;
+            let outcome = fanout::run(&target, &plan, server, generator).await?;
             reports.push(delivery_report(
                 &target,
                 "p2p",
@@ -327,7 +330,9 @@ async fn run(cli: &Cli) -> anyhow::Result<Vec<Report>> {
                 }
                 let messages = (args.deliveries / subscribers.max(1) as u64).max(args.min_messages);
                 let plan = fanout_plan(common, &args.publish, subscribers, 1, messages, None);
-                let outcome = fanout::run(&target, &plan, server).await?;
+                // Fresh topics per point: nchan would replay its buffer to new subscribers.
+                let point_target = target.with_topic_prefix(&format!("c{n}_"));
+                let outcome = fanout::run(&point_target, &plan, server, generator).await?;
                 let params = json!({"subscribers": subscribers, "messages": messages, "publish": &args.publish});
                 let report = delivery_report(&target, "curve", params, &outcome, server);
                 emit(&report);
@@ -356,7 +361,7 @@ async fn run(cli: &Cli) -> anyhow::Result<Vec<Report>> {
                 settle: Duration::from_millis(args.settle_ms),
                 max_run,
             };
-            let outcome = churn::run(&target, plan, server).await;
+            let outcome = churn::run(&target, plan, server, generator).await;
             reports.push(churn_report(&target, json!(args), &outcome, server));
         }
         Scenario::Report { .. } => {}
@@ -423,6 +428,10 @@ fn base_report(target: &Target, scenario: &str, params: Value) -> Report {
     }
 }
 
+fn percent(cpu_s: f64, seconds: f64) -> Option<f64> {
+    (seconds > 0.0).then(|| cpu_s / seconds * 100.0)
+}
+
 fn per_second(count: u64, seconds: f64) -> Option<f64> {
     (seconds > 0.0).then(|| count as f64 / seconds)
 }
@@ -452,6 +461,7 @@ fn delivery_report(
     report.reordered = outcome.counts.reordered;
     report.misrouted = outcome.counts.misrouted + outcome.malformed;
     report.window_stalls = outcome.window_stalls;
+    report.generator_cpu_percent = percent(outcome.generator_cpu_s, outcome.duration_s);
     if let (Some(server), Some([_, before, after])) = (server, outcome.samples) {
         let cpu = server.cpu_seconds(before, after);
         report.server_cpu_s = Some(cpu);
@@ -513,6 +523,7 @@ fn churn_report(
     report.cycles = Some(outcome.cycles);
     report.cycles_per_s = per_second(outcome.cycles, outcome.duration_s);
     report.cycle_failures = Some(outcome.failures);
+    report.generator_cpu_percent = percent(outcome.generator_cpu_s, outcome.duration_s);
     report.set_latency(outcome.latency.percentiles(), outcome.latency.count());
     if let (Some(server), Some([before, after, settled])) = (server, outcome.samples) {
         let cpu = server.cpu_seconds(before, after);

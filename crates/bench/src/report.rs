@@ -80,6 +80,9 @@ pub(crate) struct Report {
     pub(crate) server_rss_after: Option<u64>,
     /// `idle`: (after - before) / connections.
     pub(crate) bytes_per_connection: Option<f64>,
+    /// This generator's own CPU over the measured time, percent of one core: near 100 means
+    /// the generator, not the server, set the pace.
+    pub(crate) generator_cpu_percent: Option<f64>,
     /// Times the publisher stopped waiting for its flow-control window.
     pub(crate) window_stalls: u64,
     /// What went wrong, if anything.
@@ -124,27 +127,30 @@ impl Report {
 
     /// A one-line human summary for stderr.
     pub(crate) fn summary(&self) -> String {
-        let mut line = format!("{} {}:", self.target, self.scenario);
+        let mut parts = Vec::new();
         if let Some(rate) = self.deliveries_per_s {
-            let _ = write!(line, " {} deliveries/s", group(rate));
+            parts.push(format!("{} deliveries/s", group(rate)));
         }
         if let Some(rate) = self.cycles_per_s {
-            let _ = write!(line, " {} cycles/s", group(rate));
+            parts.push(format!("{} cycles/s", group(rate)));
         }
         if let (Some(p50), Some(p99)) = (self.latency_p50_us, self.latency_p99_us) {
-            let _ = write!(line, ", p50 {p50} us, p99 {p99} us");
+            parts.push(format!("p50 {p50} us, p99 {p99} us"));
         }
         if let Some(cpu) = self.cpu_per_delivery_us {
-            let _ = write!(line, ", {cpu:.2} us cpu/delivery");
+            parts.push(format!("{cpu:.2} us server cpu/delivery"));
+        }
+        if let Some(cpu) = self.cpu_per_connection_us {
+            parts.push(format!("{cpu:.1} us server cpu/connection"));
         }
         if let Some(bytes) = self.bytes_per_connection {
-            let _ = write!(line, ", {} bytes/connection", group(bytes));
+            parts.push(format!("{} bytes/connection", group(bytes)));
         }
-        let _ = write!(
-            line,
-            ", lost {} dup {} reordered {}",
+        parts.push(format!(
+            "lost {} dup {} reordered {}",
             self.lost, self.duplicates, self.reordered
-        );
+        ));
+        let mut line = format!("{} {}: {}", self.target, self.scenario, parts.join(", "));
         if !self.ok {
             let _ = write!(line, " -- PROBLEMS: {}", self.problems.join("; "));
         }
@@ -193,6 +199,9 @@ pub(crate) fn parse_results(text: &str) -> anyhow::Result<Vec<Report>> {
         .collect()
 }
 
+/// Width of the row labels.
+const LABEL_WIDTH: usize = 28;
+
 /// One table row: a label and how to show a report's value.
 type Row = (&'static str, fn(&Report) -> String);
 
@@ -212,21 +221,37 @@ pub(crate) fn table(reports: &[Report]) -> String {
     }
     let mut out = String::new();
     for (key, list) in groups {
-        let rows: &[Row] = match list[0].scenario.as_str() {
+        // Every group holds at least the report that created it.
+        let scenario = list.first().map_or("", |r| r.scenario.as_str());
+        let rows: &[Row] = match scenario {
             "idle" => IDLE_ROWS,
             "churn" => CHURN_ROWS,
             _ => DELIVERY_ROWS,
         };
+        let cells: Vec<Vec<String>> = rows
+            .iter()
+            .map(|(_, show)| list.iter().map(|report| show(report)).collect())
+            .collect();
+        // Every column is as wide as its widest cell, plus a gap.
+        let width = cells
+            .iter()
+            .flatten()
+            .map(String::len)
+            .chain(list.iter().map(|r| r.target.len()))
+            .max()
+            .unwrap_or(0)
+            .max(12)
+            + 3;
         let _ = writeln!(out, "\n== {key} ==");
-        let _ = write!(out, "{:<28}", "");
+        let _ = write!(out, "{:<LABEL_WIDTH$}", "");
         for report in &list {
-            let _ = write!(out, "{:>24}", report.target);
+            let _ = write!(out, "{:>width$}", report.target);
         }
         out.push('\n');
-        for (label, show) in rows {
-            let _ = write!(out, "{label:<28}");
-            for report in &list {
-                let _ = write!(out, "{:>24}", show(report));
+        for ((label, _), row) in rows.iter().zip(&cells) {
+            let _ = write!(out, "{label:<LABEL_WIDTH$}");
+            for cell in row {
+                let _ = write!(out, "{cell:>width$}");
             }
             out.push('\n');
         }
@@ -282,6 +307,7 @@ const DELIVERY_ROWS: &[Row] = &[
     }),
     ("server rss before", |r| mib(r.server_rss_before)),
     ("server rss after", |r| mib(r.server_rss_after)),
+    ("generator cpu %", |r| opt_f(r.generator_cpu_percent, 0)),
     ("publish retries (429)", |r| group(r.publish_retries as f64)),
 ];
 
@@ -308,6 +334,7 @@ const CHURN_ROWS: &[Row] = &[
     ("server cpu/cycle us", |r| opt_f(r.cpu_per_connection_us, 1)),
     ("server rss before", |r| mib(r.server_rss_before)),
     ("server rss after", |r| mib(r.server_rss_after)),
+    ("generator cpu %", |r| opt_f(r.generator_cpu_percent, 0)),
     ("failed cycles", |r| {
         r.cycle_failures
             .map_or_else(|| "-".to_owned(), |c| c.to_string())
@@ -393,5 +420,19 @@ mod tests {
             .find(|l| l.starts_with("deliveries/s"))
             .unwrap();
         assert_eq!(rate.matches("1,235").count(), 2, "{rate}");
+    }
+
+    #[test]
+    fn wide_cells_never_run_into_each_other() {
+        let wide = Report {
+            latency_p50_us: Some(1_081_343),
+            latency_p99_us: Some(2_228_223),
+            latency_p999_us: Some(2_359_295),
+            latency_max_us: Some(2_364_316),
+            ..report("nchan", "fanout")
+        };
+        let table = table(&[wide.clone(), wide]);
+        let line = table.lines().find(|l| l.starts_with("latency")).unwrap();
+        assert_eq!(line.split_whitespace().count(), 5, "{line}");
     }
 }
