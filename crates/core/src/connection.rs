@@ -2,7 +2,7 @@
 //! the server-wide connection slots and the per-user limits.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::HashMap,
     fmt,
     sync::{
         Arc, Mutex, MutexGuard, OnceLock, PoisonError,
@@ -35,7 +35,7 @@ pub struct Connection {
     last_ping_ms: AtomicU64,
     /// Before authentication: the auth deadline; after: the token's expiry (gateway clock).
     deadline_ms: AtomicU64,
-    topics: Mutex<BTreeSet<Topic>>,
+    topics: Mutex<TopicSet>,
     /// Whether the writer may coalesce frames into `batch` frames (preference `batching`).
     batching: AtomicBool,
 }
@@ -66,7 +66,7 @@ impl Connection {
             last_activity_ms: AtomicU64::new(now_ms),
             last_ping_ms: AtomicU64::new(now_ms),
             deadline_ms: AtomicU64::new(NO_DEADLINE),
-            topics: Mutex::new(BTreeSet::new()),
+            topics: Mutex::new(TopicSet::default()),
             batching: AtomicBool::new(true),
         }
     }
@@ -141,9 +141,50 @@ impl Connection {
         self.deadline_ms.store(deadline_ms, Ordering::Relaxed);
     }
 
-    pub(crate) fn lock_topics(&self) -> MutexGuard<'_, BTreeSet<Topic>> {
+    pub(crate) fn lock_topics(&self) -> MutexGuard<'_, TopicSet> {
         // The set stays consistent under a panic (single insert/remove calls), so poison is ignored.
         self.topics.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A connection's subscriptions: a sorted `Vec`, which costs 16 bytes a topic where a
+/// `BTreeSet` would allocate a whole node for the first one (most connections hold a few).
+#[derive(Debug, Default)]
+pub(crate) struct TopicSet(Vec<Topic>);
+
+impl TopicSet {
+    pub(crate) fn contains(&self, topic: &Topic) -> bool {
+        self.0.binary_search(topic).is_ok()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Adds `topic`; returns whether it was new.
+    pub(crate) fn insert(&mut self, topic: Topic) -> bool {
+        match self.0.binary_search(&topic) {
+            Ok(_) => false,
+            Err(at) => {
+                self.0.insert(at, topic);
+                true
+            }
+        }
+    }
+
+    /// Removes `topic`; returns whether it was there.
+    pub(crate) fn remove(&mut self, topic: &Topic) -> bool {
+        match self.0.binary_search(topic) {
+            Ok(at) => {
+                self.0.remove(at);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    pub(crate) fn iter(&self) -> std::slice::Iter<'_, Topic> {
+        self.0.iter()
     }
 }
 

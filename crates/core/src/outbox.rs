@@ -194,6 +194,10 @@ impl Outbox {
             out.push(frame);
         }
         if out.len() > before {
+            if inner.queue.is_empty() {
+                // An idle connection keeps no queue memory; the next burst allocates again.
+                inner.queue.shrink_to_fit();
+            }
             return Poll::Ready(None);
         }
         if let Some(code) = inner.close {

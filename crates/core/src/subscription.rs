@@ -186,7 +186,7 @@ impl SubscriptionManager {
     /// Removes every subscription of `connection` (part of the one cleanup path).
     pub fn remove_all(&self, connection: &Connection) {
         let topics = std::mem::take(&mut *connection.lock_topics());
-        for topic in &topics {
+        for topic in topics.iter() {
             self.detach(connection, topic);
         }
     }

@@ -1,7 +1,7 @@
 //! The listener: accepts TCP connections, serves HTTP/1.1 on them with hyper, and drains
 //! everything on SIGTERM or SIGINT.
 
-use std::{convert::Infallible, sync::Arc, time::Duration};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use herald_config::{BaseConfig, JwtAlgorithm, RuntimeConfig};
@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::{
-    net::TcpListener,
+    net::{TcpListener, TcpSocket},
     signal::unix::{Signal, SignalKind, signal},
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -24,6 +24,8 @@ use crate::http::Role;
 
 /// How often the heartbeat and timeout sweep runs; token expiry is enforced within this.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
+/// Pending connections the kernel queues for `accept` (tokio's default is 128).
+const LISTEN_BACKLOG: u32 = 4096;
 /// Users whose preferences the in-memory store remembers.
 const PREFERENCE_USERS: usize = 100_000;
 
@@ -43,20 +45,28 @@ pub(crate) struct App {
 /// queue and closes with 1001; the fan-out worker finishes the accepted operations. Then the
 /// listeners stop and open HTTP connections are closed gracefully.
 pub(crate) async fn run(config: BaseConfig) -> anyhow::Result<()> {
-    let bind = |addr| async move {
-        TcpListener::bind(addr)
-            .await
+    let bind = |addr: SocketAddr| -> anyhow::Result<TcpListener> {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .with_context(|| format!("cannot create a socket for {addr}"))?;
+        // Restarts must not wait for TIME_WAIT sockets of the previous process.
+        socket
+            .set_reuseaddr(true)
+            .with_context(|| format!("cannot configure {addr}"))?;
+        socket
+            .bind(addr)
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        // A deep accept queue absorbs reconnect storms (the kernel caps it at somaxconn).
+        socket
+            .listen(LISTEN_BACKLOG)
             .with_context(|| format!("cannot listen on {addr}"))
     };
-    let listener = bind(config.listen)
-        .await
-        .context("HERALD_LISTEN (listen)")?;
+    let listener = bind(config.listen).context("HERALD_LISTEN (listen)")?;
     let admin_listener = match config.admin_listen {
-        Some(addr) => Some(
-            bind(addr)
-                .await
-                .context("HERALD_ADMIN_LISTEN (admin_listen)")?,
-        ),
+        Some(addr) => Some(bind(addr).context("HERALD_ADMIN_LISTEN (admin_listen)")?),
         None => None,
     };
     let addr = listener

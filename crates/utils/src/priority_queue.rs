@@ -226,6 +226,14 @@ impl<T> PriorityQueue<T> {
         self.max_bytes = max_bytes;
     }
 
+    /// Gives the lanes' spare capacity back to the allocator. A per-connection queue calls
+    /// this when it runs empty, so an idle connection holds no queue memory.
+    pub fn shrink_to_fit(&mut self) {
+        for lane in &mut self.lanes {
+            lane.shrink_to_fit();
+        }
+    }
+
     /// Drops every queued item, keeping the lanes' allocations for reuse.
     pub fn clear(&mut self) {
         for lane in &mut self.lanes {
@@ -613,6 +621,15 @@ mod tests {
         drop(drain);
         assert!(queue.is_empty());
         assert_eq!(queue.bytes(), 0);
+    }
+
+    #[test]
+    fn shrink_to_fit_releases_empty_lanes() {
+        let mut queue = PriorityQueue::new(10, 100);
+        assert!(queue.push("a", Critical, 1).is_ok());
+        assert_eq!(queue.pop(), Some(("a", Critical)));
+        queue.shrink_to_fit();
+        assert!(queue.lanes.iter().all(|lane| lane.capacity() == 0));
     }
 
     #[test]
