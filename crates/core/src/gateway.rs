@@ -36,6 +36,8 @@ use crate::{
 
 /// Operations the fan-out worker takes per turn before yielding to other tasks.
 const OPERATION_BATCH: usize = 64;
+/// How often [`Gateway::sweep`] also purges history, idle topics, dedupe ids and rate buckets.
+const MAINTENANCE_INTERVAL_MS: u64 = 1_000;
 /// What a refused caller is told to wait before retrying, in milliseconds.
 const RETRY_AFTER_MS: u64 = 1000;
 
@@ -300,6 +302,8 @@ struct Inner {
     operations: OperationQueue,
     events: PendingEvents,
     rate: RateLimiter,
+    /// Gateway time of the last index-wide clean-up (0: never).
+    last_maintenance_ms: AtomicU64,
     event_counter: AtomicU64,
     epoch_seed: u64,
     /// Recent publish-to-queued (fan-out) durations in microseconds.
@@ -322,6 +326,7 @@ impl Gateway {
                 operations: OperationQueue::new(parts.settings.operation_queue_size),
                 events: PendingEvents::default(),
                 rate: RateLimiter::default(),
+                last_maintenance_ms: AtomicU64::new(0),
                 event_counter: AtomicU64::new(0),
                 epoch_seed,
                 settings: parts.settings,
@@ -961,17 +966,25 @@ impl Gateway {
                 }
             }
         });
-        inner.topics.history_store().purge(now);
         self.sweep_events(now);
-        inner.rate.forget_full(now);
-        report.topics_dropped = inner
-            .topics
-            .sweep_idle(now, duration_ms(inner.settings.topic_retention));
-        inner
-            .dedupe
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .purge_expired();
+        // The index-wide clean-ups walk every topic under its shard's lock: once a second is
+        // plenty, and keeps them off the fan-out path the rest of the time.
+        let last = inner.last_maintenance_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= MAINTENANCE_INTERVAL_MS || last == 0 {
+            inner
+                .last_maintenance_ms
+                .store(now.max(1), Ordering::Relaxed);
+            inner.topics.history_store().purge(now);
+            inner.rate.forget_full(now);
+            report.topics_dropped = inner
+                .topics
+                .sweep_idle(now, duration_ms(inner.settings.topic_retention));
+            inner
+                .dedupe
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .purge_expired();
+        }
         report
     }
 

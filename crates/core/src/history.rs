@@ -165,35 +165,33 @@ impl HistoryStore for InMemoryHistoryStore {
 
     fn purge(&self, now_ms: u64) -> usize {
         let mut dropped = 0;
-        let mut newest: Vec<(u64, Topic)> = Vec::new();
         for shard in &self.shards {
             let mut map = shard.lock().unwrap_or_else(PoisonError::into_inner);
-            map.retain(|topic, buffer| {
-                let kept: Vec<HistoryEntry> = buffer
-                    .iter()
-                    .filter(|e| self.live(e, now_ms))
-                    .cloned()
-                    .collect();
-                if kept.len() != buffer.len() {
-                    let freed: usize = buffer
-                        .iter()
-                        .filter(|e| !self.live(e, now_ms))
-                        .map(|e| e.frame.len())
-                        .sum();
+            map.retain(|_, buffer| {
+                // Entries are in publication order, so the expired ones are a prefix: most
+                // sweeps find none and touch nothing.
+                let expired = buffer.iter().take_while(|e| !self.live(e, now_ms)).count();
+                if expired > 0 {
+                    let freed: usize = buffer.iter().take(expired).map(|e| e.frame.len()).sum();
                     self.bytes.fetch_sub(freed, Ordering::Relaxed);
-                    dropped += buffer.len() - kept.len();
+                    dropped += expired;
+                    let kept: Vec<HistoryEntry> = buffer.iter().skip(expired).cloned().collect();
                     buffer.clear();
                     for entry in kept {
                         buffer.push(entry);
                     }
                 }
-                if let Some(latest) = buffer.latest() {
-                    newest.push((latest.published_ms, topic.clone()));
-                }
                 !buffer.is_empty()
             });
         }
         if self.bytes() > self.max_bytes {
+            let mut newest: Vec<(u64, Topic)> = Vec::new();
+            for shard in &self.shards {
+                let map = shard.lock().unwrap_or_else(PoisonError::into_inner);
+                newest.extend(map.iter().filter_map(|(topic, buffer)| {
+                    Some((buffer.latest()?.published_ms, topic.clone()))
+                }));
+            }
             newest.sort_unstable_by_key(|(published, _)| *published);
             for (_, topic) in newest {
                 if self.bytes() <= self.max_bytes {
