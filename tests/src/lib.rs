@@ -429,6 +429,26 @@ impl WsClient {
         Ok(serde_json::from_str(&text)?)
     }
 
+    /// The next text frame exactly as the server sent it, `batch` frames included (not
+    /// unpacked); heartbeat pings are returned too.
+    pub async fn recv_wire_text(&mut self) -> anyhow::Result<String> {
+        anyhow::ensure!(
+            self.pending.is_empty(),
+            "unpacked frames are waiting; read them with recv_text"
+        );
+        loop {
+            let message = tokio::time::timeout(TIMEOUT, self.ws.next())
+                .await
+                .context("no frame within the timeout")?
+                .context("connection ended")??;
+            match message {
+                Message::Text(text) => return Ok(text.as_str().to_owned()),
+                Message::Close(frame) => bail!("closed: {frame:?}"),
+                _ => {}
+            }
+        }
+    }
+
     /// Like [`WsClient::recv`], but the message's text as the server wrote it, for checks on
     /// the exact bytes such as verbatim `data` (a `batch` is unpacked into its raw items).
     pub async fn recv_text(&mut self) -> anyhow::Result<String> {

@@ -341,6 +341,44 @@ mod tests {
     }
 
     #[test]
+    fn critical_frames_are_never_shed() {
+        let outbox = Outbox::new(2, 1 << 20);
+        assert_eq!(
+            outbox.offer(frame("event-1"), Priority::Critical),
+            Offer::Queued { shed: 0 }
+        );
+        assert_eq!(
+            outbox.offer(frame("normal"), Priority::Normal),
+            Offer::Queued { shed: 0 }
+        );
+        // A critical frame takes the normal one's place, never the other critical frame's.
+        assert_eq!(
+            outbox.offer(frame("event-2"), Priority::Critical),
+            Offer::Queued { shed: 1 }
+        );
+        assert_eq!(
+            outbox.offer(frame("event-3"), Priority::Critical),
+            Offer::Closed
+        );
+        assert_eq!(outbox.close_requested(), Some(CloseCode::SlowConsumer));
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut out = Vec::new();
+        // A slow consumer's queue is not flushed, but nothing critical was dropped to make room.
+        assert_eq!(
+            outbox.poll_drain(&mut cx, 10, &mut out),
+            Poll::Ready(Some(CloseCode::SlowConsumer))
+        );
+        assert_eq!(
+            outbox
+                .take_all()
+                .iter()
+                .map(|f| f.as_str().to_owned())
+                .collect::<Vec<_>>(),
+            ["event-1", "event-2"]
+        );
+    }
+
+    #[test]
     fn close_flushes_queued_frames_first_and_first_code_wins() {
         let outbox = Outbox::new(10, 1 << 20);
         outbox.offer(frame("a"), Priority::Normal);
