@@ -255,12 +255,7 @@ impl SubscriptionManager {
 
     /// A topic's subscriber count and position, if the topic is known.
     pub fn topic(&self, topic: &Topic) -> Option<TopicInfo> {
-        let state = self
-            .shard(topic)
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(topic)
-            .cloned()?;
+        let state = self.lookup(topic)?;
         let inner = state.lock();
         Some(TopicInfo {
             subscribers: inner.subscribers.len(),
@@ -302,12 +297,7 @@ impl SubscriptionManager {
         limit: usize,
         now_ms: u64,
     ) -> Option<(Arc<str>, Vec<HistoryEntry>)> {
-        let state = self
-            .shard(topic)
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(topic)
-            .cloned()?;
+        let state = self.lookup(topic)?;
         let _inner = state.lock();
         Some((
             Arc::clone(&state.epoch),
@@ -332,12 +322,7 @@ impl SubscriptionManager {
 
     fn detach(&self, connection: &Connection, topic: &Topic) {
         let shard = self.shard(topic);
-        let Some(state) = shard
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(topic)
-            .cloned()
-        else {
+        let Some(state) = self.lookup(topic) else {
             return;
         };
         let now_empty_and_unused = {
@@ -362,6 +347,14 @@ impl SubscriptionManager {
                 }
             }
         }
+    }
+
+    fn lookup(&self, topic: &Topic) -> Option<Arc<TopicState>> {
+        self.shard(topic)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(topic)
+            .cloned()
     }
 
     fn get_or_create(&self, topic: &Topic, now_ms: u64) -> Arc<TopicState> {
