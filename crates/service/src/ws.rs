@@ -78,8 +78,7 @@ pub(crate) fn upgrade(app: &Arc<App>, mut request: Request<Incoming>) -> Respons
         .any(|p| p.trim() == SUBPROTOCOL);
 
     let on_upgrade = hyper::upgrade::on(&mut request);
-    let app = Arc::clone(app);
-    let task_app = Arc::clone(&app);
+    let task_app = Arc::clone(app);
     app.sessions.spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
