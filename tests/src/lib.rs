@@ -229,18 +229,10 @@ impl TestServer {
         }
     }
 
-    /// Sends SIGTERM and waits for the exit status.
+    /// Sends SIGTERM and waits (at most 30 s) for the exit status.
     pub async fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
-        let mut child = self.child.take().context("already stopped")?;
-        let pid = child.id().context("no pid")?;
-        let status = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .await?;
-        if !status.success() {
-            bail!("kill failed");
-        }
-        Ok(tokio::time::timeout(Duration::from_secs(30), child.wait()).await??)
+        self.sigterm().await?;
+        self.wait_exit(Duration::from_secs(30)).await
     }
 
     /// Sends `method path` (no body) with an optional bearer key and returns status, headers

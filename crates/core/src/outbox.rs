@@ -91,6 +91,24 @@ struct Inner {
     close: Option<CloseCode>,
 }
 
+impl Inner {
+    /// Remembers `cx`'s waker for the next frame or close request.
+    fn register(&mut self, cx: &Context<'_>) {
+        if !self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            self.waker = Some(cx.waker().clone());
+        }
+    }
+}
+
+/// Releases the lock, then wakes the transport task if it is waiting.
+fn wake(mut inner: MutexGuard<'_, Inner>) {
+    let waker = inner.waker.take();
+    drop(inner);
+    if let Some(waker) = waker {
+        waker.wake();
+    }
+}
+
 impl fmt::Debug for Outbox {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let inner = self.lock();
@@ -137,11 +155,7 @@ impl Outbox {
                 Offer::Closed
             }
         };
-        let waker = inner.waker.take();
-        drop(inner);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        wake(inner);
         offer
     }
 
@@ -153,11 +167,7 @@ impl Outbox {
             return false;
         }
         inner.close = Some(code);
-        let waker = inner.waker.take();
-        drop(inner);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        wake(inner);
         true
     }
 
@@ -203,13 +213,7 @@ impl Outbox {
         if let Some(code) = inner.close {
             return Poll::Ready(Some(code));
         }
-        if !inner
-            .waker
-            .as_ref()
-            .is_some_and(|w| w.will_wake(cx.waker()))
-        {
-            inner.waker = Some(cx.waker().clone());
-        }
+        inner.register(cx);
         Poll::Pending
     }
 
@@ -221,13 +225,7 @@ impl Outbox {
         if let Some(code) = inner.close {
             return Poll::Ready(code);
         }
-        if !inner
-            .waker
-            .as_ref()
-            .is_some_and(|w| w.will_wake(cx.waker()))
-        {
-            inner.waker = Some(cx.waker().clone());
-        }
+        inner.register(cx);
         Poll::Pending
     }
 

@@ -319,8 +319,13 @@ impl Writer {
         batch: usize,
     ) -> bool {
         let delay = app.gateway.runtime().message_batch_delay();
+        if delay.is_zero() {
+            // The default: no wait, and no extra lock of the outbox on every write.
+            self.fill_deadline = None;
+            return false;
+        }
         let queued = session.connection().outbox().len();
-        if delay.is_zero() || queued == 0 || queued >= batch {
+        if queued == 0 || queued >= batch {
             self.fill_deadline = None;
             return false;
         }
