@@ -348,11 +348,27 @@ impl WsClient {
         }
         let (ws, _) =
             tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(request)).await??;
-        Ok(Self {
+        Ok(Self::from_stream(ws))
+    }
+
+    /// Completes the handshake for `url` over `stream`, a connection that may already have
+    /// served other HTTP requests.
+    pub async fn connect_over(stream: TcpStream, url: &str) -> anyhow::Result<Self> {
+        let (ws, _) = tokio::time::timeout(
+            TIMEOUT,
+            tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)),
+        )
+        .await??;
+        Ok(Self::from_stream(ws))
+    }
+
+    /// A client over a WebSocket whose handshake is already done.
+    pub fn from_stream(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Self {
+        Self {
             ws,
             next_id: 0,
             pending: VecDeque::new(),
-        })
+        }
     }
 
     /// Connects with `?token=` for `sub` (all topics allowed) and reads the `connected` frame.

@@ -6,6 +6,7 @@
 //! tungstenite.
 
 mod cli;
+mod conn;
 mod http;
 mod server;
 mod ws;

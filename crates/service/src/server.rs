@@ -1,7 +1,7 @@
 //! The listener: accepts TCP connections, serves HTTP/1.1 on them with hyper, and drains
 //! everything on SIGTERM or SIGINT.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use herald_config::{BaseConfig, JwtAlgorithm, RuntimeConfig};
@@ -10,8 +10,6 @@ use herald_core::{
     JwtAuthenticator, JwtSettings,
 };
 use herald_utils::SystemClock;
-use hyper::{server::conn::http1, service::service_fn};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::{
@@ -170,7 +168,7 @@ pub(crate) async fn run(config: BaseConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Accepts connections on `listener` and serves HTTP/1.1 on each until `stop`.
+/// Accepts connections on `listener` and serves each (`conn::serve`) until `stop`.
 async fn accept_loop(
     listener: TcpListener,
     role: Role,
@@ -179,7 +177,7 @@ async fn accept_loop(
     http: TaskTracker,
 ) {
     loop {
-        let (stream, peer) = tokio::select! {
+        let (stream, _) = tokio::select! {
             () = stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -194,32 +192,12 @@ async fn accept_loop(
         // Elsewhere accepted sockets may not inherit the listener's TCP_NODELAY.
         #[cfg(not(target_os = "linux"))]
         let _ = stream.set_nodelay(true);
-        let app = Arc::clone(&app);
-        let stop = stop.clone();
-        let header_timeout = app.config.handshake_timeout;
-        http.spawn(async move {
-            let service = service_fn(move |request| {
-                let app = Arc::clone(&app);
-                async move { Ok::<_, Infallible>(crate::http::handle(&app, role, request).await) }
-            });
-            let connection = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            tokio::pin!(connection);
-            tokio::select! {
-                result = connection.as_mut() => {
-                    if let Err(error) = result {
-                        tracing::debug!(%peer, %error, "http connection ended with an error");
-                    }
-                }
-                () = stop.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
-                }
-            }
-        });
+        http.spawn(crate::conn::serve(
+            Arc::clone(&app),
+            role,
+            stream,
+            stop.clone(),
+        ));
     }
 }
 

@@ -7,28 +7,33 @@ use std::{
     future::{Future, poll_fn},
     pin::Pin,
     sync::Arc,
-    task::{Context, Poll},
+    task::{Context, Poll, Waker},
     time::Duration,
 };
 
 use bytes::Bytes;
 use futures_util::{Sink, SinkExt as _, Stream, StreamExt as _};
-use herald_core::{Frame, Refusal, Session};
+use herald_core::{Admission, Frame, Refusal, Session};
 use herald_protocol::{CloseCode, encode_batch};
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, header};
 use http_body_util::Full;
-use hyper::{body::Incoming, upgrade::Upgraded};
+use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use tokio_tungstenite::{
     WebSocketStream,
     tungstenite::{
         self, Message, Utf8Bytes,
         handshake::derive_accept_key,
-        protocol::{CloseFrame, Role, WebSocketConfig, frame::coding::CloseCode as WsCloseCode},
+        protocol::{
+            CloseFrame, Role, WebSocketConfig,
+            frame::coding::{CloseCode as WsCloseCode, Data, OpCode},
+        },
     },
 };
 
 use crate::{
+    conn::Prefixed,
     http::{bearer_token, error_response, query_param},
     server::App,
 };
@@ -46,37 +51,85 @@ const READ_BUDGET: usize = 32;
 /// Outbound batches written per poll before yielding to other tasks.
 const WRITE_BUDGET: usize = 4;
 
-type Ws = WebSocketStream<TokioIo<Upgraded>>;
+/// A WebSocket connection on its socket.
+pub(crate) type Ws = WebSocketStream<TcpStream>;
 
-/// Answers `GET /ws`: checks the handshake, admits the connection and upgrades it.
-pub(crate) fn upgrade(app: &Arc<App>, mut request: Request<Incoming>) -> Response<Full<Bytes>> {
-    let key = match validate_handshake(request.headers()) {
-        Ok(key) => key,
-        Err(response) => return response,
-    };
-    if let Err(message) = check_origin(app, request.headers()) {
-        return error_response(
+/// A handshake that passed every check: the connection is admitted.
+pub(crate) struct Accepted {
+    admission: Admission,
+    /// `Sec-WebSocket-Accept`.
+    accept_key: String,
+    /// Whether the client offered `herald.v1`, which the 101 then echoes.
+    subprotocol: bool,
+}
+
+/// The handshake's checks, shared by both paths to a WebSocket (`conn`'s direct one and
+/// hyper's): the upgrade headers, the origin and the admission (token, limits). A refusal is
+/// the HTTP response to send.
+#[allow(clippy::result_large_err)] // The error is the response itself, built once.
+pub(crate) fn handshake(
+    app: &App,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Accepted, Response<Full<Bytes>>> {
+    let key = validate_handshake(headers)?;
+    if let Err(message) = check_origin(app, headers) {
+        return Err(error_response(
             StatusCode::FORBIDDEN,
             herald_protocol::ErrorCode::Forbidden,
             &message,
-        );
+        ));
     }
-    let query = request.uri().query().unwrap_or("");
-    let bearer = bearer_token(request.headers()).map(str::to_owned);
+    let query = uri.query().unwrap_or("");
+    let bearer = bearer_token(headers).map(str::to_owned);
     let token = bearer.or_else(|| query_param(query, "token"));
     let thread = query_param(query, "thread");
-    let admission = match app.gateway.admit(token.as_deref(), thread.as_deref()) {
-        Ok(admission) => admission,
-        Err(refusal) => return refusal_response(&refusal),
-    };
-    let offered_subprotocol = request
-        .headers()
+    let admission = app
+        .gateway
+        .admit(token.as_deref(), thread.as_deref())
+        .map_err(|refusal| refusal_response(&refusal))?;
+    let subprotocol = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|p| p.trim() == SUBPROTOCOL);
+    Ok(Accepted {
+        admission,
+        accept_key: derive_accept_key(key.as_bytes()),
+        subprotocol,
+    })
+}
 
+impl Accepted {
+    /// The 101 that completes the handshake.
+    fn switching_protocols(&self) -> Response<Full<Bytes>> {
+        let mut response = Response::new(Full::new(Bytes::new()));
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = response.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        if let Ok(accept) = HeaderValue::from_str(&self.accept_key) {
+            headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+        }
+        if self.subprotocol {
+            headers.insert(
+                header::SEC_WEBSOCKET_PROTOCOL,
+                HeaderValue::from_static(SUBPROTOCOL),
+            );
+        }
+        response
+    }
+}
+
+/// Answers a `GET /ws` that hyper parsed (one that followed other requests on a keep-alive
+/// connection): checks the handshake, admits the connection and upgrades it.
+pub(crate) fn upgrade(app: &Arc<App>, mut request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let accepted = match handshake(app, request.uri(), request.headers()) {
+        Ok(accepted) => accepted,
+        Err(response) => return response,
+    };
+    let response = accepted.switching_protocols();
     let on_upgrade = hyper::upgrade::on(&mut request);
     let task_app = Arc::clone(app);
     app.sessions.spawn(async move {
@@ -87,34 +140,94 @@ pub(crate) fn upgrade(app: &Arc<App>, mut request: Request<Incoming>) -> Respons
                 return;
             }
         };
-        let ws = WebSocketStream::from_raw_socket(
-            TokioIo::new(upgraded),
-            Role::Server,
-            Some(ws_config(&task_app)),
-        )
-        .await;
-        let session = task_app.gateway.open(admission);
+        // Every connection is served over `Prefixed` (see `conn`), so this cannot fail; the
+        // bare socket spares each read and write the `Upgraded` box's dynamic dispatch.
+        let Ok(parts) = upgraded.downcast::<TokioIo<Prefixed>>() else {
+            tracing::error!("upgraded connection of an unexpected type");
+            return;
+        };
+        let (stream, unread) = parts.io.into_inner().into_parts();
+        let mut leftover = parts.read_buf.to_vec();
+        leftover.extend_from_slice(&unread);
+        let ws = websocket(&task_app, stream, leftover).await;
+        let session = task_app.gateway.open(accepted.admission);
         // The connection lives in a task of its own, spawned now: its future holds only the
         // driver's state, not the upgrade's, which keeps an idle connection small.
         let sessions = task_app.sessions.clone();
         sessions.spawn(drive(task_app, ws, session));
     });
-
-    let mut response = Response::new(Full::new(Bytes::new()));
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let headers = response.headers_mut();
-    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
-        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
-    }
-    if offered_subprotocol {
-        headers.insert(
-            header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static(SUBPROTOCOL),
-        );
-    }
     response
+}
+
+/// Answers a `GET /ws` that arrived as a connection's first request (parsed by `conn`).
+///
+/// Returns what to write: on success the 101 followed by the first frame (`connected`), so both
+/// leave in one write, and the open session; on a refusal the HTTP error, after which the
+/// connection closes. Synchronous on purpose: nothing of the request outlives this call, so
+/// the connection's long-lived task does not carry it.
+pub(crate) fn answer_direct(
+    app: &App,
+    request: Request<()>,
+) -> Result<(Vec<u8>, Session), Vec<u8>> {
+    let accepted = handshake(app, request.uri(), request.headers()).map_err(encode_response)?;
+    drop(request);
+    let mut greeting = encode_response(accepted.switching_protocols());
+    let session = app.gateway.open(accepted.admission);
+    let mut first = Vec::with_capacity(1);
+    // `open` queued `connected`; taking it needs no waker, the driver registers its own.
+    let _ = session.connection().outbox().poll_drain(
+        &mut Context::from_waker(Waker::noop()),
+        1,
+        &mut first,
+    );
+    for frame in first {
+        let frame = tungstenite::protocol::frame::Frame::message(
+            frame.into_bytes(),
+            OpCode::Data(Data::Text),
+            true,
+        );
+        // Writing into a `Vec` cannot fail.
+        let _ = frame.format(&mut greeting);
+    }
+    Ok((greeting, session))
+}
+
+/// The WebSocket over a socket whose handshake is done; `leftover` is what the client sent
+/// after the request head.
+pub(crate) async fn websocket(app: &App, stream: TcpStream, leftover: Vec<u8>) -> Ws {
+    WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(ws_config(app))).await
+}
+
+/// A response as HTTP/1.1 bytes: a 101 as is, anything else with its body and
+/// `connection: close` (the direct path answers one request per connection).
+fn encode_response(response: Response<Full<Bytes>>) -> Vec<u8> {
+    let (parts, mut body) = response.into_parts();
+    // `Full` yields its one frame at once: no waker is ever registered.
+    let body = match Pin::new(&mut body).poll_frame(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
+        _ => Bytes::new(),
+    };
+    let mut out = Vec::with_capacity(256 + body.len());
+    let status = parts.status;
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if status != StatusCode::SWITCHING_PROTOCOLS {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(body.len().to_string().as_bytes());
+        out.extend_from_slice(b"\r\nconnection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&body);
+    out
 }
 
 /// tungstenite's per-connection buffers, sized for many mostly idle connections.
@@ -241,7 +354,7 @@ enum End {
 /// Drives one connection until it ends, then runs the cleanup (dropping the session) and the
 /// close handshake.
 #[allow(clippy::manual_async_fn)] // Deliberate: see the comment in the body.
-fn drive(app: Arc<App>, mut ws: Ws, mut session: Session) -> impl Future<Output = ()> {
+pub(crate) fn drive(app: Arc<App>, mut ws: Ws, mut session: Session) -> impl Future<Output = ()> {
     // Not an `async fn`: its parameters would be stored twice in the future (rust-lang/rust
     // #62958); an `async move` block uses the captured values in place. With one task per
     // connection this is most of an idle connection's task.

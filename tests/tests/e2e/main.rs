@@ -11,3 +11,4 @@ mod limits;
 mod listeners;
 mod pubsub;
 mod startup;
+mod upgrade_paths;

@@ -1,0 +1,381 @@
+//! One accepted connection from its first byte: a WebSocket handshake that arrives as the
+//! connection's first request is answered here directly; everything else is served by hyper.
+//!
+//! The direct path exists for cost, not features. Connect, subscribe, leave is a gateway's
+//! everyday churn, and through hyper each handshake is parsed into hyper's own structures,
+//! answered in a write of its own (with `connected` in a second one) and handed over behind a
+//! boxed, dynamically dispatched `Upgraded`, in a second task. Here the head is parsed in place
+//! with `httparse` (hyper's own parser), the 101 and `connected` leave in one write and the
+//! connection's driver runs in the accepting task on the bare `TcpStream`. The handshake's rules
+//! are one function for both paths (`ws::handshake`); hyper still answers an upgrade that
+//! follows other requests on a keep-alive connection (a proxy's pooled upstream connection).
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    io,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use http::{Method, Request, Version};
+use hyper::{server::conn::http1, service::service_fn};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf},
+    net::TcpStream,
+};
+use tokio_util::sync::CancellationToken;
+
+use herald_core::Session;
+
+use crate::{http::Role, server::App, ws};
+
+/// The first read's buffer: a handshake with a token in its query fits.
+const FIRST_READ_BYTES: usize = 2048;
+/// Request heads up to this size are parsed here; larger ones (many cookies) are left to hyper,
+/// whose limit is higher.
+const MAX_DIRECT_HEAD_BYTES: usize = 16 * 1024;
+/// Headers parsed here; a request with more is left to hyper.
+const MAX_DIRECT_HEADERS: usize = 32;
+
+/// Serves one accepted connection until it closes.
+///
+/// Not an `async fn`, whose arguments would be stored twice in the future (rust-lang/rust
+/// #62958): a direct WebSocket connection lives in this future, and an idle one should cost
+/// little more than its driver.
+#[allow(clippy::manual_async_fn)] // Deliberate, as above.
+pub(crate) fn serve(
+    app: Arc<App>,
+    role: Role,
+    stream: TcpStream,
+    stop: CancellationToken,
+) -> impl Future<Output = ()> {
+    async move {
+        // Boxed: the handshake's state (about 1.2 KB) is freed once the driver runs, rather
+        // than sized into the connection's task for its whole life.
+        let Some((ws, session)) = Box::pin(open(&app, role, stream, stop)).await else {
+            return;
+        };
+        let sessions = app.sessions.clone();
+        sessions.track_future(ws::drive(app, ws, session)).await;
+    }
+}
+
+/// Reads the first request and either completes a WebSocket handshake (returning the open
+/// connection) or serves HTTP on the connection until it closes (returning `None`).
+async fn open(
+    app: &Arc<App>,
+    role: Role,
+    mut stream: TcpStream,
+    stop: CancellationToken,
+) -> Option<(ws::Ws, Session)> {
+    let first = if role == Role::Admin {
+        // The admin listener has no WebSocket route.
+        First::Http(Vec::new())
+    } else {
+        // Closed, failed or too slow before a whole request head: nothing to answer, as
+        // hyper's own header timeout would not answer either.
+        tokio::time::timeout(app.config.handshake_timeout, read_first(&mut stream))
+            .await
+            .ok()?
+            .ok()?
+    };
+    let (request, leftover) = match first {
+        First::Upgrade { request, leftover } => (request, leftover),
+        // Boxed: an HTTP connection's state is large.
+        First::Http(read) => {
+            let http = serve_http(Arc::clone(app), role, Prefixed::new(read, stream), stop);
+            Box::pin(http).await;
+            return None;
+        }
+    };
+    let (greeting, session) = match ws::answer_direct(app, request) {
+        Ok(upgrade) => upgrade,
+        Err(refusal) => {
+            if stream.write_all(&refusal).await.is_ok() {
+                let _ = stream.shutdown().await;
+            }
+            return None;
+        }
+    };
+    // On failure, dropping the session is the connection's cleanup.
+    stream.write_all(&greeting).await.ok()?;
+    Some((ws::websocket(app, stream, leftover).await, session))
+}
+
+/// What the connection's first request turned out to be.
+#[allow(clippy::large_enum_variant)] // Lives once per connection, briefly; a box would cost more.
+enum First {
+    /// A complete `GET /ws` head, parsed, and what the client sent after it.
+    Upgrade {
+        request: Request<()>,
+        leftover: Vec<u8>,
+    },
+    /// Anything else, with the bytes read so far: hyper serves it.
+    Http(Vec<u8>),
+}
+
+/// Reads until the first request head is complete or is known not to be a WebSocket handshake.
+async fn read_first(stream: &mut TcpStream) -> io::Result<First> {
+    let mut read = Vec::with_capacity(FIRST_READ_BYTES);
+    loop {
+        if read.len() >= MAX_DIRECT_HEAD_BYTES {
+            return Ok(First::Http(read));
+        }
+        read.reserve(FIRST_READ_BYTES);
+        if stream.read_buf(&mut read).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        match parse_first(&read) {
+            Parsed::Upgrade { request, head_len } => {
+                let leftover = read.split_off(head_len);
+                return Ok(First::Upgrade { request, leftover });
+            }
+            Parsed::Http => return Ok(First::Http(read)),
+            Parsed::Partial => {}
+        }
+    }
+}
+
+/// What `parse_first` made of the bytes read so far.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // Lives once per connection, briefly; a box would cost more.
+enum Parsed {
+    Upgrade {
+        request: Request<()>,
+        head_len: usize,
+    },
+    Http,
+    Partial,
+}
+
+/// Decides, as early as the bytes allow, whether the head is a WebSocket handshake to answer
+/// here. Anything unusual (a body, HTTP/1.0, too many headers, a malformed head) is hyper's,
+/// which answers it as it answers any request.
+fn parse_first(bytes: &[u8]) -> Parsed {
+    const START: &[u8] = b"GET /ws";
+    let known = bytes.len().min(START.len());
+    if bytes[..known] != START[..known] {
+        return Parsed::Http;
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_DIRECT_HEADERS];
+    let mut head = httparse::Request::new(&mut headers);
+    let head_len = match head.parse(bytes) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => {
+            return match head.path {
+                Some(path) if !is_websocket_path(path) => Parsed::Http,
+                _ => Parsed::Partial,
+            };
+        }
+        Err(_) => return Parsed::Http,
+    };
+    let (Some("GET"), Some(path), Some(1)) = (head.method, head.path, head.version) else {
+        return Parsed::Http;
+    };
+    if !is_websocket_path(path) {
+        return Parsed::Http;
+    }
+    let mut builder = Request::builder()
+        .method(Method::GET)
+        .uri(path)
+        .version(Version::HTTP_11);
+    for header in head.headers.iter() {
+        let has_body = header.name.eq_ignore_ascii_case("transfer-encoding")
+            || (header.name.eq_ignore_ascii_case("content-length") && header.value != b"0");
+        if has_body {
+            return Parsed::Http;
+        }
+        builder = builder.header(header.name, header.value);
+    }
+    match builder.body(()) {
+        Ok(request) => Parsed::Upgrade { request, head_len },
+        // A header hyper would refuse too: let it answer.
+        Err(_) => Parsed::Http,
+    }
+}
+
+/// `/ws`, with or without a query.
+fn is_websocket_path(target: &str) -> bool {
+    target.split_once('?').map_or(target, |(path, _)| path) == "/ws"
+}
+
+/// Serves HTTP/1.1 on the connection until it closes or `stop` asks for a graceful end.
+async fn serve_http(app: Arc<App>, role: Role, stream: Prefixed, stop: CancellationToken) {
+    let peer = stream.stream.peer_addr().ok();
+    let header_timeout = app.config.handshake_timeout;
+    let service = service_fn(move |request| {
+        let app = Arc::clone(&app);
+        async move { Ok::<_, Infallible>(crate::http::handle(&app, role, request).await) }
+    });
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(error) = result {
+                tracing::debug!(?peer, %error, "http connection ended with an error");
+            }
+        }
+        () = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
+}
+
+/// A socket whose first bytes were already read: reads return those bytes before the socket's.
+pub(crate) struct Prefixed {
+    prefix: Vec<u8>,
+    consumed: usize,
+    stream: TcpStream,
+}
+
+impl Prefixed {
+    fn new(prefix: Vec<u8>, stream: TcpStream) -> Self {
+        Self {
+            prefix,
+            consumed: 0,
+            stream,
+        }
+    }
+
+    /// The socket and the bytes of the prefix not read yet.
+    pub(crate) fn into_parts(mut self) -> (TcpStream, Vec<u8>) {
+        let unread = self.prefix.split_off(self.consumed);
+        (self.stream, unread)
+    }
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let unread = &this.prefix[this.consumed..];
+        if unread.is_empty() {
+            return Pin::new(&mut this.stream).poll_read(cx, buf);
+        }
+        let n = unread.len().min(buf.remaining());
+        buf.put_slice(&unread[..n]);
+        this.consumed += n;
+        if this.consumed == this.prefix.len() {
+            // Replayed in full: a long-lived connection keeps no copy of its first request.
+            this.prefix = Vec::new();
+            this.consumed = 0;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HANDSHAKE: &[u8] = b"GET /ws?token=abc HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\
+        Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+    #[test]
+    fn a_complete_handshake_is_answered_directly() {
+        let Parsed::Upgrade { request, head_len } = parse_first(HANDSHAKE) else {
+            panic!("not an upgrade: {:?}", parse_first(HANDSHAKE))
+        };
+        assert_eq!(head_len, HANDSHAKE.len());
+        assert_eq!(request.uri().query(), Some("token=abc"));
+        assert_eq!(
+            request
+                .headers()
+                .get("sec-websocket-key")
+                .map(|v| v.as_bytes()),
+            Some(&b"dGhlIHNhbXBsZSBub25jZQ=="[..])
+        );
+    }
+
+    #[test]
+    fn bytes_after_the_head_are_not_part_of_it() {
+        let mut bytes = HANDSHAKE.to_vec();
+        bytes.extend_from_slice(b"\x81\x80");
+        let Parsed::Upgrade { head_len, .. } = parse_first(&bytes) else {
+            panic!("not an upgrade")
+        };
+        assert_eq!(head_len, HANDSHAKE.len());
+    }
+
+    #[test]
+    fn an_incomplete_handshake_waits_for_more() {
+        for len in [1, 3, 8, 20, HANDSHAKE.len() - 1] {
+            assert!(
+                matches!(parse_first(&HANDSHAKE[..len]), Parsed::Partial),
+                "{len}"
+            );
+        }
+    }
+
+    #[test]
+    fn other_requests_go_to_hyper_as_soon_as_known() {
+        for head in [
+            &b"POST /api/publish HTTP/1.1\r\n"[..],
+            b"POST",
+            b"GET /health HTTP/1.1\r\n",
+            b"GET /wsx HTTP/1.1\r\n\r\n",
+            b"GET /ws HTTP/1.0\r\n\r\n",
+            b"GET /ws HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+            b"GET /ws HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"\x16\x03\x01 not http at all",
+        ] {
+            assert!(
+                matches!(parse_first(head), Parsed::Http),
+                "{:?}",
+                String::from_utf8_lossy(head)
+            );
+        }
+    }
+
+    #[test]
+    fn too_many_headers_go_to_hyper() {
+        let mut head = b"GET /ws HTTP/1.1\r\n".to_vec();
+        for i in 0..=MAX_DIRECT_HEADERS {
+            head.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+        }
+        head.extend_from_slice(b"\r\n");
+        assert!(matches!(parse_first(&head), Parsed::Http));
+    }
+}

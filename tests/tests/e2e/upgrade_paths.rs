@@ -1,0 +1,154 @@
+//! The ways a handshake reaches the server: as a connection's first request (answered without
+//! hyper, the 101 and `connected` in one write), after other requests on a keep-alive
+//! connection (a proxy's pooled upstream connection, answered by hyper), with a head too large
+//! for the direct path, and with frames pipelined right behind the head.
+
+use anyhow::{Context as _, bail};
+use herald_tests::{TIMEOUT, TestServer, WsClient, token};
+use serde_json::json;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+};
+use tokio_tungstenite::{
+    MaybeTlsStream, WebSocketStream,
+    tungstenite::protocol::{
+        Role,
+        frame::{
+            Frame,
+            coding::{Data, OpCode},
+        },
+    },
+};
+
+use crate::handshake::upgrade_head;
+
+/// Subscribes `client` to `topic`, publishes to it and expects the publication.
+async fn assert_delivers(
+    server: &TestServer,
+    client: &mut WsClient,
+    topic: &str,
+) -> anyhow::Result<()> {
+    client.subscribe(topic).await?;
+    server.publish(topic, json!({"n": 1})).await?;
+    let message = client.recv_data().await?;
+    assert_eq!(message["type"], "message", "{message}");
+    assert_eq!(message["data"], json!({"n": 1}), "{message}");
+    Ok(())
+}
+
+/// Reads one response head byte by byte (so nothing after it is consumed) and returns it.
+async fn read_head(stream: &mut TcpStream) -> anyhow::Result<String> {
+    let mut head = Vec::new();
+    tokio::time::timeout(TIMEOUT, async {
+        while !head.ends_with(b"\r\n\r\n") {
+            let byte = stream
+                .read_u8()
+                .await
+                .context("closed before a response head")?;
+            head.push(byte);
+        }
+        anyhow::Ok(())
+    })
+    .await
+    .context("no response head within the timeout")??;
+    Ok(String::from_utf8(head)?)
+}
+
+#[tokio::test]
+async fn upgrade_after_other_requests_on_a_keep_alive_connection() -> anyhow::Result<()> {
+    let server = TestServer::start(&[]).await?;
+    let mut stream = TcpStream::connect(server.addr).await?;
+    for _ in 0..2 {
+        stream
+            .write_all(format!("GET /nowhere HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr).as_bytes())
+            .await?;
+        let head = read_head(&mut stream).await?;
+        assert!(head.starts_with("HTTP/1.1 404 "), "{head}");
+        let length: usize = head
+            .lines()
+            .find_map(|line| {
+                line.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().to_owned())
+            })
+            .context("no content-length")?
+            .parse()?;
+        let mut body = vec![0_u8; length];
+        stream.read_exact(&mut body).await?;
+    }
+    let url = server.ws_url(&format!("?token={}", token("alice", json!({}))));
+    let mut client = WsClient::connect_over(stream, &url).await?;
+    let connected = client.recv().await?;
+    assert_eq!(connected["type"], "connected", "{connected}");
+    assert_eq!(connected["data"]["userId"], "alice");
+    assert_delivers(&server, &mut client, "room").await
+}
+
+#[tokio::test]
+async fn refusal_after_other_requests_is_an_http_error() -> anyhow::Result<()> {
+    let server = TestServer::start(&[]).await?;
+    let mut stream = TcpStream::connect(server.addr).await?;
+    let plain = format!("GET /nowhere HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr);
+    let refused = upgrade_head(&server, "?token=not-a-jwt", &[]);
+    stream
+        .write_all(format!("{plain}{refused}").as_bytes())
+        .await?;
+    let mut received = String::new();
+    tokio::time::timeout(TIMEOUT, async {
+        let mut chunk = [0_u8; 4096];
+        while !received.contains("HTTP/1.1 401 ") {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                bail!("closed after {received:?}");
+            }
+            received.push_str(&String::from_utf8_lossy(&chunk[..n]));
+        }
+        Ok(())
+    })
+    .await
+    .context("no 401 within the timeout")??;
+    assert!(received.starts_with("HTTP/1.1 404 "), "{received}");
+    assert!(!received.contains(" 101 "), "{received}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn handshake_with_a_head_larger_than_the_direct_path_takes() -> anyhow::Result<()> {
+    let server = TestServer::start(&[]).await?;
+    // Browsers send the page's cookies with the handshake; 20 KB of them is unusual, not wrong.
+    let cookie = format!("session={}", "c".repeat(20_000));
+    let url = server.ws_url(&format!("?token={}", token("alice", json!({}))));
+    let mut client = WsClient::connect_with(&url, &[("cookie", &cookie)]).await?;
+    let connected = client.recv().await?;
+    assert_eq!(connected["type"], "connected", "{connected}");
+    assert_delivers(&server, &mut client, "room").await
+}
+
+#[tokio::test]
+async fn frames_pipelined_behind_the_head_are_read() -> anyhow::Result<()> {
+    let server = TestServer::start(&[]).await?;
+    let query = format!("?token={}", token("alice", json!({})));
+    let mut bytes = upgrade_head(&server, &query, &[]).into_bytes();
+    let subscribe = json!({"type": "subscribe", "messageId": "s1", "data": {"topic": "room"}});
+    let mut frame = Frame::message(subscribe.to_string(), OpCode::Data(Data::Text), true);
+    frame.header_mut().mask = Some([7, 1, 9, 3]);
+    frame.format(&mut bytes)?;
+    // Head and frame in one write: the server must not lose the bytes after the head.
+    let mut stream = TcpStream::connect(server.addr).await?;
+    stream.write_all(&bytes).await?;
+    let head = read_head(&mut stream).await?;
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    let ws =
+        WebSocketStream::from_raw_socket(MaybeTlsStream::Plain(stream), Role::Client, None).await;
+    let mut client = WsClient::from_stream(ws);
+    let connected = client.recv().await?;
+    assert_eq!(connected["type"], "connected", "{connected}");
+    let ack = client.recv().await?;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    assert_eq!(ack["messageId"], "s1", "{ack}");
+    server.publish("room", json!({"n": 2})).await?;
+    let message = client.recv_data().await?;
+    assert_eq!(message["data"], json!({"n": 2}), "{message}");
+    Ok(())
+}
