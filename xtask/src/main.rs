@@ -98,6 +98,10 @@ fn ci() -> Result {
         &[("RUSTDOCFLAGS", "-D warnings")],
     )?;
     ensure_cargo_tool("deny", "cargo-deny", "0.20.2")?;
+    // cargo-deny reads the metadata of every platform's dependencies (Windows and UEFI crates
+    // included), which a build for this one never downloads: fetch them from the registry
+    // first, or a fresh machine fails offline.
+    cargo(&["fetch", "--locked"], &[])?;
     // Advisories need the RustSec git database, which needs network; CI here has none.
     cargo(
         &["deny", "--offline", "check", "bans", "licenses", "sources"],
