@@ -152,3 +152,19 @@ async fn frames_pipelined_behind_the_head_are_read() -> anyhow::Result<()> {
     assert_eq!(message["data"], json!({"n": 2}), "{message}");
     Ok(())
 }
+
+#[tokio::test]
+async fn refusal_as_the_first_request_closes_the_connection() -> anyhow::Result<()> {
+    let server = TestServer::start(&[]).await?;
+    let head = upgrade_head(&server, "?token=not-a-jwt", &[]);
+    let (answer, mut stream) = crate::handshake::raw_exchange(&server, &head).await?;
+    assert_eq!(answer.status, 401, "{answer:?}");
+    assert_eq!(answer.error_code(), "unauthorized", "{answer:?}");
+    assert_eq!(answer.header("connection"), Some("close"), "{answer:?}");
+    let mut rest = Vec::new();
+    tokio::time::timeout(TIMEOUT, stream.read_to_end(&mut rest))
+        .await
+        .context("the connection stayed open after the refusal")??;
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    Ok(())
+}
