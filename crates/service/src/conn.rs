@@ -77,10 +77,13 @@ async fn open(
     } else {
         // Closed, failed or too slow before a whole request head: nothing to answer, as
         // hyper's own header timeout would not answer either.
-        tokio::time::timeout(app.config.handshake_timeout, read_first(&mut stream))
-            .await
-            .ok()?
-            .ok()?
+        let Ok(read) =
+            tokio::time::timeout(app.config.handshake_timeout, read_first(&mut stream)).await
+        else {
+            metrics::counter!("herald_handshake_timeouts_total").increment(1);
+            return None;
+        };
+        read.ok()?
     };
     let (request, leftover) = match first {
         First::Upgrade { request, leftover } => (request, leftover),

@@ -65,9 +65,23 @@ pub(crate) struct Accepted {
 
 /// The handshake's checks, shared by both paths to a WebSocket (`conn`'s direct one and
 /// hyper's): the upgrade headers, the origin and the admission (token, limits). A refusal is
-/// the HTTP response to send.
+/// the HTTP response to send, counted in `herald_handshakes_refused_total` by its status.
 #[allow(clippy::result_large_err)] // The error is the response itself, built once.
 pub(crate) fn handshake(
+    app: &App,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Accepted, Response<Full<Bytes>>> {
+    let checked = check_handshake(app, uri, headers);
+    if let Err(response) = &checked {
+        let status = response.status().as_str().to_owned();
+        metrics::counter!("herald_handshakes_refused_total", "status" => status).increment(1);
+    }
+    checked
+}
+
+#[allow(clippy::result_large_err)] // As above.
+fn check_handshake(
     app: &App,
     uri: &Uri,
     headers: &HeaderMap,

@@ -168,3 +168,49 @@ async fn refusal_as_the_first_request_closes_the_connection() -> anyhow::Result<
     assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
     Ok(())
 }
+
+/// The value of the metric line that starts with `series` (name and labels), if any.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+#[tokio::test]
+async fn refusals_and_handshake_timeouts_are_counted() -> anyhow::Result<()> {
+    let server = TestServer::start(&[("HERALD_HANDSHAKE_TIMEOUT_MS", "200")]).await?;
+    // One refusal on the direct path, one after another request (hyper's path).
+    let head = upgrade_head(&server, "?token=not-a-jwt", &[]);
+    crate::handshake::raw_exchange(&server, &head).await?;
+    let mut stream = TcpStream::connect(server.addr).await?;
+    let plain = format!("GET /nowhere HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr);
+    stream
+        .write_all(format!("{plain}{head}").as_bytes())
+        .await?;
+    let mut received = String::new();
+    let mut chunk = [0_u8; 4096];
+    while !received.contains("HTTP/1.1 401 ") {
+        let n = tokio::time::timeout(TIMEOUT, stream.read(&mut chunk)).await??;
+        anyhow::ensure!(n > 0, "closed after {received:?}");
+        received.push_str(&String::from_utf8_lossy(&chunk[..n]));
+    }
+    // A connection that never sends its request head.
+    let mut silent = TcpStream::connect(server.addr).await?;
+    let mut rest = Vec::new();
+    tokio::time::timeout(TIMEOUT, silent.read_to_end(&mut rest)).await??;
+
+    let (status, _, text) = server.request_text("GET", "/metrics", None).await?;
+    assert_eq!(status, 200);
+    assert_eq!(
+        metric(&text, "herald_handshakes_refused_total{status=\"401\"}"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "herald_handshake_timeouts_total"),
+        Some(1.0),
+        "{text}"
+    );
+    Ok(())
+}
