@@ -1,13 +1,15 @@
 //! The WebSocket transport: validates the upgrade request, hands the upgraded socket to
-//! tungstenite, and drives one connection with a single task that reads client frames into the
-//! core `Session` and writes what the connection's outbox yields, flushing once per batch.
+//! tungstenite for reading, and drives one connection with a single task that reads client
+//! frames into the core `Session` and writes what the connection's outbox yields, several
+//! frames per vectored write, straight from their shared bytes.
 
 use std::{
     collections::VecDeque,
     future::{Future, poll_fn},
+    io::{self, IoSlice},
     pin::Pin,
     sync::Arc,
-    task::{Context, Poll, Waker},
+    task::{Context, Poll, Waker, ready},
     time::Duration,
 };
 
@@ -19,16 +21,16 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, header};
 use http_body_util::Full;
 use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use tokio::{
+    io::{AsyncWrite, AsyncWriteExt as _},
+    net::TcpStream,
+};
 use tokio_tungstenite::{
     WebSocketStream,
     tungstenite::{
         self, Message, Utf8Bytes,
         handshake::derive_accept_key,
-        protocol::{
-            CloseFrame, Role, WebSocketConfig,
-            frame::coding::{CloseCode as WsCloseCode, Data, OpCode},
-        },
+        protocol::{CloseFrame, Role, WebSocketConfig, frame::coding::CloseCode as WsCloseCode},
     },
 };
 
@@ -46,6 +48,9 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// messages; a larger one grows the buffer as needed. Measured: 4 KiB cost 8.2 KB per idle
 /// connection in all, 512 bytes 4.5 KB (`cargo xtask bench --scenario idle`).
 const READ_BUFFER_BYTES: usize = 256;
+/// Control frames (pong replies to the peer's pings) tungstenite may hold for a peer that does
+/// not read; past it the connection is dropped.
+const CONTROL_BUFFER_BYTES: usize = 64 * 1024;
 /// Inbound frames handled per poll before yielding to other tasks.
 const READ_BUDGET: usize = 32;
 /// Outbound batches written per poll before yielding to other tasks.
@@ -195,13 +200,8 @@ pub(crate) fn answer_direct(
         &mut first,
     );
     for frame in first {
-        let frame = tungstenite::protocol::frame::Frame::message(
-            frame.into_bytes(),
-            OpCode::Data(Data::Text),
-            true,
-        );
-        // Writing into a `Vec` cannot fail.
-        let _ = frame.format(&mut greeting);
+        greeting.extend_from_slice(Chunk::text_header(frame.len()).as_bytes());
+        greeting.extend_from_slice(frame.as_bytes());
     }
     Ok((greeting, session))
 }
@@ -250,10 +250,11 @@ fn ws_config(app: &App) -> WebSocketConfig {
     WebSocketConfig::default()
         // Client frames are small control messages; the buffer is allocated per connection.
         .read_buffer_size(READ_BUFFER_BYTES)
-        // Frames accumulate up to this before a write; the writer flushes once per batch.
-        .write_buffer_size(8 * 1024)
-        // Herald's own outbox is the back-pressure point; this only caps a stalled socket.
-        .max_write_buffer_size(app.config.max_queue_bytes.saturating_add(1 << 20))
+        // Only control frames (pong and close replies) go through tungstenite's write buffer:
+        // written as soon as they are queued, and capped for a peer that pings without
+        // reading. Data frames are the driver's (`Writer`).
+        .write_buffer_size(0)
+        .max_write_buffer_size(CONTROL_BUFFER_BYTES)
         .max_message_size(Some(max_payload))
         .max_frame_size(Some(max_payload))
 }
@@ -377,15 +378,26 @@ pub(crate) fn drive(app: Arc<App>, mut ws: Ws, mut session: Session) -> impl Fut
         let end = poll_fn(|cx| poll_connection(cx, &app, &mut ws, &mut session, &mut writer)).await;
         // The one cleanup path: every index forgets the connection before the (bounded) goodbye.
         drop(session);
+        let unfinished = writer.take_unfinished_frame();
         drop(writer);
         // Boxed: the close handshake's state is only needed while closing, so an idle
         // connection's task does not carry room for it.
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, Box::pin(goodbye(ws, end))).await;
+        let goodbye = Box::pin(goodbye(ws, end, unfinished));
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, goodbye).await;
     }
 }
 
-/// The close handshake for how the connection ended.
-async fn goodbye(mut ws: Ws, end: End) {
+/// The close handshake for how the connection ended, after the rest of a frame that was
+/// half-written when it ended (a close frame must not land inside it).
+async fn goodbye(mut ws: Ws, end: End, unfinished: Vec<Bytes>) {
+    if end == End::Dropped {
+        return;
+    }
+    for bytes in unfinished {
+        if ws.get_mut().write_all(&bytes).await.is_err() {
+            return;
+        }
+    }
     match end {
         End::Close(code) => {
             let frame = CloseFrame {
@@ -417,28 +429,156 @@ async fn goodbye(mut ws: Ws, end: End) {
     }
 }
 
-/// Frames taken from the outbox but not yet accepted by the socket.
+/// Encoded data frames on their way to the socket.
+///
+/// The driver writes data frames itself, with vectored writes straight from the frames' shared
+/// bytes: a publication's payload is never copied per subscriber, and an idle connection keeps
+/// no write buffer (tungstenite's grows to the largest burst and stays there). tungstenite
+/// still reads, and writes the control frames it answers with (pong, close), so the two
+/// writers take turns at frame boundaries: nothing is read while a data frame is half-written
+/// (tungstenite writes queued replies while reading), and no data frame is written while
+/// tungstenite holds a control frame.
 #[derive(Default)]
 struct Writer {
     drained: Vec<Frame>,
-    pending: VecDeque<Message>,
-    needs_flush: bool,
-    close: Option<CloseCode>,
+    /// Frame headers and payloads, oldest first.
+    out: VecDeque<Chunk>,
+    /// Bytes of the front chunk already written.
+    written: usize,
+    /// tungstenite queued a control frame (a pong reply) that must be written first.
+    control_pending: bool,
     /// While `message_batch_delay_ms` is waiting for a batch to fill.
     fill_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
+/// A piece of an encoded data frame.
+enum Chunk {
+    /// A server frame's header (unmasked): 2, 4 or 10 bytes.
+    Header { bytes: [u8; 10], len: u8 },
+    /// The frame's payload, shared with every other connection that gets it.
+    Payload(Bytes),
+}
+
+impl Chunk {
+    /// The header of a final text frame carrying `len` bytes (RFC 6455, 5.2).
+    fn text_header(len: usize) -> Self {
+        const FIN_TEXT: u8 = 0x81;
+        let mut bytes = [0; 10];
+        bytes[0] = FIN_TEXT;
+        let len64 = len as u64;
+        let header_len = if len < 126 {
+            // Fits in 7 bits (checked), so the cast keeps it whole.
+            bytes[1] = len as u8;
+            2
+        } else if let Ok(short) = u16::try_from(len) {
+            bytes[1] = 126;
+            bytes[2..4].copy_from_slice(&short.to_be_bytes());
+            4
+        } else {
+            bytes[1] = 127;
+            bytes[2..10].copy_from_slice(&len64.to_be_bytes());
+            10
+        };
+        Self::Header {
+            bytes,
+            len: header_len,
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::Header { bytes, len } => &bytes[..usize::from(*len)],
+            Self::Payload(payload) => payload,
+        }
+    }
+}
+
 impl Writer {
-    /// Turns the drained frames into messages: one `batch` frame when several wait and the
-    /// client allows batching, else one message per frame.
+    /// Most chunks handed to one `writev`.
+    const MAX_SLICES: usize = 128;
+
+    /// Whether no data frame is half-written, so tungstenite may write.
+    fn at_frame_boundary(&self) -> bool {
+        self.written == 0 && !matches!(self.out.front(), Some(Chunk::Payload(_)))
+    }
+
+    /// Turns the drained frames into chunks: one `batch` frame when several wait and the
+    /// client allows batching, else one frame per message.
     fn stage(&mut self, batching: bool) {
         if batching && self.drained.len() > 1 {
             let text = encode_batch(self.drained.iter().map(Frame::as_str));
             self.drained.clear();
-            self.pending.push_back(Message::Text(text.into()));
+            self.push_frame(Bytes::from(text));
         } else {
-            self.pending.extend(self.drained.drain(..).map(to_message));
+            for frame in std::mem::take(&mut self.drained) {
+                self.push_frame(frame.into_bytes());
+            }
         }
+    }
+
+    fn push_frame(&mut self, payload: Bytes) {
+        self.out.push_back(Chunk::text_header(payload.len()));
+        self.out.push_back(Chunk::Payload(payload));
+    }
+
+    /// Writes chunks until none is left (`Ready(Ok)`) or the socket is full (`Pending`).
+    fn poll_write_out(
+        &mut self,
+        cx: &mut Context<'_>,
+        socket: &mut (impl AsyncWrite + Unpin),
+    ) -> Poll<io::Result<()>> {
+        while !self.out.is_empty() {
+            let mut slices = [IoSlice::new(&[]); Self::MAX_SLICES];
+            let mut count = 0;
+            for (i, chunk) in self.out.iter().take(Self::MAX_SLICES).enumerate() {
+                let bytes = chunk.as_bytes();
+                slices[i] = IoSlice::new(if i == 0 {
+                    &bytes[self.written..]
+                } else {
+                    bytes
+                });
+                count = i + 1;
+            }
+            let mut n = ready!(Pin::new(&mut *socket).poll_write_vectored(cx, &slices[..count]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            while let Some(front) = self.out.front() {
+                let left = front.as_bytes().len() - self.written;
+                if n < left {
+                    self.written += n;
+                    break;
+                }
+                n -= left;
+                self.written = 0;
+                self.out.pop_front();
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// The rest of a half-written frame, for the goodbye to finish before a close frame.
+    fn take_unfinished_frame(&mut self) -> Vec<Bytes> {
+        let mut rest = Vec::new();
+        if self.at_frame_boundary() {
+            return rest;
+        }
+        let mut first = true;
+        while let Some(chunk) = self.out.front() {
+            if !first && matches!(chunk, Chunk::Header { .. }) {
+                break;
+            }
+            let bytes = match self.out.pop_front() {
+                Some(Chunk::Payload(payload)) if first => payload.slice(self.written..),
+                Some(Chunk::Payload(payload)) => payload,
+                Some(header) => Bytes::copy_from_slice(&header.as_bytes()[self.written..]),
+                None => break,
+            };
+            rest.push(bytes);
+            self.written = 0;
+            first = false;
+        }
+        rest
     }
 
     /// With `message_batch_delay_ms` above zero, holds back a partly filled batch until the
@@ -479,38 +619,54 @@ fn poll_connection(
     session: &mut Session,
     writer: &mut Writer,
 ) -> Poll<End> {
-    // Read: feed client frames to the session, which queues its replies in the outbox.
-    let mut read_budget_spent = true;
-    for _ in 0..READ_BUDGET {
-        match Pin::new(&mut *ws).poll_next(cx) {
-            Poll::Ready(Some(Ok(message))) => match message {
-                Message::Text(text) => session.on_text(text.as_str()),
-                Message::Binary(_) => return Poll::Ready(End::Close(CloseCode::UnsupportedData)),
-                Message::Ping(_) | Message::Pong(_) => {
-                    session.touch();
-                    // tungstenite queued the pong reply; a flush sends it.
-                    writer.needs_flush = true;
+    // Read: feed client frames to the session, which queues its replies in the outbox. Not
+    // while a data frame is half-written: reading lets tungstenite write its queued replies.
+    let mut read_budget_spent = false;
+    if writer.at_frame_boundary() {
+        read_budget_spent = true;
+        for _ in 0..READ_BUDGET {
+            match Pin::new(&mut *ws).poll_next(cx) {
+                Poll::Ready(Some(Ok(message))) => match message {
+                    Message::Text(text) => session.on_text(text.as_str()),
+                    Message::Binary(_) => {
+                        return Poll::Ready(End::Close(CloseCode::UnsupportedData));
+                    }
+                    Message::Ping(_) => {
+                        session.touch();
+                        // tungstenite queued the pong reply; it goes out before more data.
+                        writer.control_pending = true;
+                    }
+                    Message::Pong(_) => session.touch(),
+                    Message::Close(_) => return Poll::Ready(End::PeerClosed),
+                    Message::Frame(_) => {}
+                },
+                Poll::Ready(Some(Err(error))) => return Poll::Ready(end_for(&error)),
+                Poll::Ready(None) => return Poll::Ready(End::Dropped),
+                Poll::Pending => {
+                    read_budget_spent = false;
+                    break;
                 }
-                Message::Close(_) => return Poll::Ready(End::PeerClosed),
-                Message::Frame(_) => {}
-            },
-            Poll::Ready(Some(Err(error))) => return Poll::Ready(end_for(&error)),
-            Poll::Ready(None) => return Poll::Ready(End::Dropped),
-            Poll::Pending => {
-                read_budget_spent = false;
-                break;
             }
         }
     }
 
-    // Write: move queued frames into the socket, then flush once.
+    if writer.control_pending && writer.at_frame_boundary() {
+        match Pin::new(&mut *ws).poll_flush(cx) {
+            Poll::Ready(Ok(())) => writer.control_pending = false,
+            Poll::Ready(Err(error)) => return Poll::Ready(end_for(&error)),
+            Poll::Pending => {}
+        }
+    }
+
+    // Write: drain the outbox into frames (a few batches' worth), then write them all, in
+    // one system call when the socket takes them.
     let batch = app.gateway.runtime().message_batch_size();
-    let mut write_budget_spent = true;
-    for _ in 0..WRITE_BUDGET {
-        if writer.pending.is_empty() {
-            if let Some(code) = writer.close {
-                return Poll::Ready(End::Close(code));
-            }
+    let mut write_budget_spent = false;
+    // Frames left from a write the socket did not take: write them first, then come back.
+    let resuming = !writer.out.is_empty();
+    if !writer.control_pending && !resuming {
+        write_budget_spent = true;
+        for _ in 0..WRITE_BUDGET {
             if writer.waiting_to_fill(cx, app, session, batch) {
                 write_budget_spent = false;
                 break;
@@ -521,17 +677,19 @@ fn poll_connection(
                 .poll_drain(cx, batch, &mut writer.drained)
             {
                 Poll::Ready(None) => writer.stage(session.connection().batching()),
+                // A slow consumer's queue is the problem: close without the rest.
+                Poll::Ready(Some(CloseCode::SlowConsumer)) => {
+                    tracing::debug!(connection = %session.connection().id(), "slow consumer closed");
+                    return Poll::Ready(End::Close(CloseCode::SlowConsumer));
+                }
+                // Everything queued before the close request is out of the queue: close once
+                // it is written too (the request stays set for the next round).
                 Poll::Ready(Some(code)) => {
-                    if code == CloseCode::SlowConsumer {
-                        // The peer is not reading: a close frame would queue behind the rest.
-                        tracing::debug!(connection = %session.connection().id(), "slow consumer closed");
+                    if writer.out.is_empty() {
                         return Poll::Ready(End::Close(code));
                     }
-                    writer.close = Some(code);
-                    if !writer.needs_flush {
-                        return Poll::Ready(End::Close(code));
-                    }
-                    write_budget_spent = false;
+                    // No waker was registered: come back once this is written.
+                    write_budget_spent = true;
                     break;
                 }
                 Poll::Pending => {
@@ -539,68 +697,36 @@ fn poll_connection(
                     break;
                 }
             }
-        }
-        while let Some(message) = writer.pending.pop_front() {
-            match Pin::new(&mut *ws).poll_ready(cx) {
-                Poll::Ready(Ok(())) => {
-                    if let Err(error) = Pin::new(&mut *ws).start_send(message) {
-                        return Poll::Ready(end_for(&error));
-                    }
-                    writer.needs_flush = true;
-                }
-                Poll::Ready(Err(error)) => return Poll::Ready(end_for(&error)),
-                Poll::Pending => {
-                    writer.pending.push_front(message);
-                    // The socket is full, so the outbox is not drained meanwhile: be woken by a
-                    // close request instead. A slow consumer (4009) or a connection closed for
-                    // any reason but shutdown ends now rather than when, if ever, the peer
-                    // reads again; the shutdown drain has its own grace period.
-                    if let Poll::Ready(code) =
-                        session.connection().outbox().poll_close_requested(cx)
-                        && code != CloseCode::GoingAway
-                    {
-                        return Poll::Ready(End::Close(code));
-                    }
-                    write_budget_spent = false;
-                    break;
-                }
-            }
-        }
-        if !writer.pending.is_empty() {
-            break;
         }
     }
-    if writer.needs_flush {
-        match Pin::new(&mut *ws).poll_flush(cx) {
-            Poll::Ready(Ok(())) => {
-                writer.needs_flush = false;
-                if let (Some(code), true) = (writer.close, writer.pending.is_empty()) {
+    if !writer.control_pending && !writer.out.is_empty() {
+        match writer.poll_write_out(cx, ws.get_mut()) {
+            Poll::Ready(Ok(())) => write_budget_spent |= resuming,
+            Poll::Ready(Err(_)) => return Poll::Ready(End::Dropped),
+            Poll::Pending => {
+                // The socket is full, so the outbox is not drained meanwhile: be woken by a
+                // close request instead. A slow consumer (4009) or a connection closed for
+                // any reason but shutdown ends now rather than when, if ever, the peer reads
+                // again; the shutdown drain has its own grace period.
+                if let Poll::Ready(code) = session.connection().outbox().poll_close_requested(cx)
+                    && code != CloseCode::GoingAway
+                {
                     return Poll::Ready(End::Close(code));
                 }
+                write_budget_spent = false;
             }
-            Poll::Ready(Err(error)) => return Poll::Ready(end_for(&error)),
-            Poll::Pending => {}
         }
     }
-    if writer.pending.is_empty() && !writer.needs_flush {
+    if writer.out.is_empty() {
         // Idle again: hand the staging buffers back so an idle connection holds none.
         writer.drained = Vec::new();
-        writer.pending = VecDeque::new();
+        writer.out = VecDeque::new();
     }
     if read_budget_spent || write_budget_spent {
         // Work is left but other connections deserve a turn: come back right away.
         cx.waker().wake_by_ref();
     }
     Poll::Pending
-}
-
-fn to_message(frame: Frame) -> Message {
-    // SAFETY: a `Frame` can only be built from a `String` (see `herald_core::Frame`), so its
-    // bytes are valid UTF-8; skipping the re-validation saves a pass over every payload on the
-    // fan-out path. `frame_bytes_are_utf8` tests the invariant this relies on.
-    #[allow(unsafe_code)]
-    let text = unsafe { Utf8Bytes::from_bytes_unchecked(frame.into_bytes()) };
-    Message::Text(text)
 }
 
 fn end_for(error: &tungstenite::Error) -> End {
@@ -610,7 +736,7 @@ fn end_for(error: &tungstenite::Error) -> End {
         tungstenite::Error::Protocol(_) | tungstenite::Error::AttackAttempt => {
             End::Protocol(WsCloseCode::Protocol)
         }
-        // The write buffer cap was hit: the peer stopped reading.
+        // The control-frame cap was hit: the peer pings but stopped reading.
         tungstenite::Error::WriteBufferFull(_) => End::Dropped,
         _ => End::Dropped,
     }
@@ -620,16 +746,145 @@ fn end_for(error: &tungstenite::Error) -> End {
 mod tests {
     use super::*;
 
+    use proptest::prelude::*;
+    use tokio_tungstenite::tungstenite::protocol::frame::{
+        Frame as WireFrame,
+        coding::{Data, OpCode},
+    };
+
+    /// A frame as tungstenite encodes it: the reference for the driver's own encoding.
+    fn reference(payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        WireFrame::message(payload.to_vec(), OpCode::Data(Data::Text), true)
+            .format(&mut out)
+            .unwrap_or_else(|e| panic!("formatting into a Vec failed: {e}"));
+        out
+    }
+
+    /// A socket that accepts at most `per_call[i]` bytes on its i-th write (cycling), and
+    /// nothing more once `budget` bytes are in.
+    struct Trickle {
+        out: Vec<u8>,
+        per_call: Vec<usize>,
+        calls: usize,
+        budget: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+        }
+
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            if this.budget == 0 {
+                return Poll::Pending;
+            }
+            let mut room = this.per_call[this.calls % this.per_call.len()].min(this.budget);
+            this.calls += 1;
+            let mut written = 0;
+            for buf in bufs {
+                let n = buf.len().min(room);
+                this.out.extend_from_slice(&buf[..n]);
+                room -= n;
+                written += n;
+            }
+            this.budget -= written;
+            Poll::Ready(Ok(written))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn payloads() -> impl Strategy<Value = Vec<Vec<u8>>> {
+        // Mostly short frames; now and then one past the 16-bit length boundary.
+        let size = prop_oneof![19 => 0_usize..140, 1 => 65_530_usize..65_540];
+        proptest::collection::vec(size.prop_map(|n| vec![b'x'; n]), 0..40)
+    }
+
     #[test]
-    fn frame_bytes_are_utf8() {
-        let frame = Frame::from("{\"data\":\"héllo ✓\"}".to_owned());
-        let Message::Text(text) = to_message(frame.clone()) else {
-            panic!("not text")
-        };
-        assert_eq!(
-            std::str::from_utf8(frame.as_bytes()).ok(),
-            Some(text.as_str())
-        );
+    fn frame_headers_match_tungstenite() {
+        for len in [0, 1, 125, 126, 127, 65_535, 65_536, 70_000] {
+            let payload = vec![b'a'; len];
+            let mut ours = Chunk::text_header(len).as_bytes().to_vec();
+            ours.extend_from_slice(&payload);
+            assert_eq!(ours, reference(&payload), "length {len}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn frames_reach_the_socket_whole_and_in_order(
+            payloads in payloads(),
+            per_call in proptest::collection::vec(1_usize..4_000, 1..8),
+        ) {
+            let mut writer = Writer::default();
+            let mut expected = Vec::new();
+            for payload in &payloads {
+                writer.push_frame(Bytes::from(payload.clone()));
+                expected.extend(reference(payload));
+            }
+            let mut socket = Trickle { out: Vec::new(), per_call, calls: 0, budget: usize::MAX };
+            let mut cx = Context::from_waker(Waker::noop());
+            prop_assert!(writer.poll_write_out(&mut cx, &mut socket).is_ready());
+            prop_assert!(writer.at_frame_boundary());
+            prop_assert_eq!(socket.out, expected);
+        }
+
+        #[test]
+        fn a_half_written_frame_is_finished_exactly(
+            payloads in payloads(),
+            per_call in proptest::collection::vec(1_usize..4_000, 1..8),
+            stop_at in 0.0_f64..1.0,
+        ) {
+            let mut writer = Writer::default();
+            let mut frames = Vec::new();
+            for payload in &payloads {
+                writer.push_frame(Bytes::from(payload.clone()));
+                frames.push(reference(payload));
+            }
+            let total: usize = frames.iter().map(Vec::len).sum();
+            // Truncation is the point: somewhere inside the stream.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+            let budget = (total as f64 * stop_at) as usize;
+            let mut socket = Trickle { out: Vec::new(), per_call, calls: 0, budget };
+            let mut cx = Context::from_waker(Waker::noop());
+            let _ = writer.poll_write_out(&mut cx, &mut socket);
+            let mut on_wire = socket.out;
+            for rest in writer.take_unfinished_frame() {
+                on_wire.extend_from_slice(&rest);
+            }
+            // The wire now ends exactly at the end of a frame.
+            let mut boundary = 0;
+            for frame in &frames {
+                if boundary >= on_wire.len() {
+                    break;
+                }
+                boundary += frame.len();
+            }
+            prop_assert_eq!(on_wire.len(), boundary);
+            prop_assert_eq!(&on_wire[..], &frames.concat()[..boundary]);
+        }
     }
 
     #[test]
