@@ -218,20 +218,28 @@ impl ServerMessage {
 
 /// Wraps already encoded frames into one `{"type":"batch","data":[f1,f2,...]}` frame.
 ///
-/// This is plain string concatenation, so the fan-out path serializes each publication once
-/// and batches the text. Each item must be one encoded [`ServerMessage`] (the output of
-/// [`ServerMessage::encode`]); nothing is re-parsed or checked.
-pub fn encode_batch<'a>(frames: impl IntoIterator<Item = &'a str>) -> String {
-    const HEAD: &str = r#"{"type":"batch","data":["#;
-    const TAIL: &str = "]}";
-    let mut out = String::from(HEAD);
-    for (i, frame) in frames.into_iter().enumerate() {
+/// This is plain byte concatenation into a buffer sized once, so the fan-out path serializes
+/// each publication once and batches the bytes. Each item must be one encoded
+/// [`ServerMessage`] (the output of [`ServerMessage::encode`]); nothing is re-parsed or checked,
+/// and the result is UTF-8 because the items are.
+pub fn encode_batch<'a, I>(frames: I) -> Vec<u8>
+where
+    I: IntoIterator<Item = &'a [u8]>,
+    I::IntoIter: Clone,
+{
+    const HEAD: &[u8] = br#"{"type":"batch","data":["#;
+    const TAIL: &[u8] = b"]}";
+    let frames = frames.into_iter();
+    let len = HEAD.len() + TAIL.len() + frames.clone().map(|f| f.len() + 1).sum::<usize>();
+    let mut out = Vec::with_capacity(len);
+    out.extend_from_slice(HEAD);
+    for (i, frame) in frames.enumerate() {
         if i > 0 {
-            out.push(',');
+            out.push(b',');
         }
-        out.push_str(frame);
+        out.extend_from_slice(frame);
     }
-    out.push_str(TAIL);
+    out.extend_from_slice(TAIL);
     out
 }
 
@@ -475,9 +483,10 @@ mod tests {
 
     #[test]
     fn encode_batch_of_nothing_is_an_empty_batch() {
-        assert_eq!(encode_batch([]), r#"{"type":"batch","data":[]}"#);
+        let empty = String::from_utf8(encode_batch([])).unwrap();
+        assert_eq!(empty, r#"{"type":"batch","data":[]}"#);
         assert!(matches!(
-            ServerMessage::decode(&encode_batch([])).unwrap(),
+            ServerMessage::decode(&empty).unwrap(),
             ServerMessage::Batch { data } if data.is_empty()
         ));
     }
@@ -516,7 +525,8 @@ mod tests {
             messages in prop::collection::vec(testing::server_message(), 0..6),
         ) {
             let frames: Vec<String> = messages.iter().map(ServerMessage::encode).collect();
-            let batch = encode_batch(frames.iter().map(String::as_str));
+            let batch = String::from_utf8(encode_batch(frames.iter().map(String::as_bytes)))
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
             let Ok(ServerMessage::Batch { data }) = ServerMessage::decode(&batch) else {
                 return Err(TestCaseError::fail(format!("not a batch: {batch}")));
             };

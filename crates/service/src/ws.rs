@@ -506,9 +506,9 @@ impl Writer {
     /// client allows batching, else one frame per message.
     fn stage(&mut self, batching: bool) {
         if batching && self.drained.len() > 1 {
-            let text = encode_batch(self.drained.iter().map(Frame::as_str));
+            let batch = encode_batch(self.drained.iter().map(Frame::as_bytes));
             self.drained.clear();
-            self.push_frame(Bytes::from(text));
+            self.push_frame(Bytes::from(batch));
         } else {
             for frame in std::mem::take(&mut self.drained) {
                 self.push_frame(frame.into_bytes());
