@@ -378,7 +378,12 @@ pub(crate) fn drive(app: Arc<App>, mut ws: Ws, mut session: Session) -> impl Fut
         let end = poll_fn(|cx| poll_connection(cx, &app, &mut ws, &mut session, &mut writer)).await;
         // The one cleanup path: every index forgets the connection before the (bounded) goodbye.
         drop(session);
-        let unfinished = writer.take_unfinished_frame();
+        // A dropped socket takes nothing more; otherwise a half-written frame is finished
+        // before any close frame.
+        let unfinished = match end {
+            End::Dropped => Vec::new(),
+            _ => writer.take_unfinished_frame(),
+        };
         drop(writer);
         // Boxed: the close handshake's state is only needed while closing, so an idle
         // connection's task does not carry room for it.
@@ -390,9 +395,6 @@ pub(crate) fn drive(app: Arc<App>, mut ws: Ws, mut session: Session) -> impl Fut
 /// The close handshake for how the connection ended, after the rest of a frame that was
 /// half-written when it ended (a close frame must not land inside it).
 async fn goodbye(mut ws: Ws, end: End, unfinished: Vec<Bytes>) {
-    if end == End::Dropped {
-        return;
-    }
     for bytes in unfinished {
         if ws.get_mut().write_all(&bytes).await.is_err() {
             return;
@@ -465,7 +467,6 @@ impl Chunk {
         const FIN_TEXT: u8 = 0x81;
         let mut bytes = [0; 10];
         bytes[0] = FIN_TEXT;
-        let len64 = len as u64;
         let header_len = if len < 126 {
             // Fits in 7 bits (checked), so the cast keeps it whole.
             bytes[1] = len as u8;
@@ -476,7 +477,7 @@ impl Chunk {
             4
         } else {
             bytes[1] = 127;
-            bytes[2..10].copy_from_slice(&len64.to_be_bytes());
+            bytes[2..10].copy_from_slice(&(len as u64).to_be_bytes());
             10
         };
         Self::Header {
