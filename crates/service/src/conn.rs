@@ -10,27 +10,24 @@
 //! are one function for both paths (`ws::handshake`); hyper still answers an upgrade that
 //! follows other requests on a keep-alive connection (a proxy's pooled upstream connection).
 
-use std::{
-    convert::Infallible,
-    future::Future,
-    io,
-    pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
-};
+use std::{convert::Infallible, future::Future, io, sync::Arc};
 
 use http::{Method, Request, Version};
 use hyper::{server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
-    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf},
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,
 };
 use tokio_util::sync::CancellationToken;
 
 use herald_core::Session;
 
-use crate::{http::Role, server::App, ws};
+use crate::{
+    app::{App, Role},
+    prefixed::Prefixed,
+    ws,
+};
 
 /// The first read's buffer: a handshake with a token in its query fits.
 const FIRST_READ_BYTES: usize = 2048;
@@ -207,7 +204,7 @@ fn is_websocket_path(target: &str) -> bool {
 
 /// Serves HTTP/1.1 on the connection until it closes or `stop` asks for a graceful end.
 async fn serve_http(app: Arc<App>, role: Role, stream: Prefixed, stop: CancellationToken) {
-    let peer = stream.stream.peer_addr().ok();
+    let peer = stream.peer_addr().ok();
     let header_timeout = app.config.handshake_timeout;
     let service = service_fn(move |request| {
         let app = Arc::clone(&app);
@@ -229,82 +226,6 @@ async fn serve_http(app: Arc<App>, role: Role, stream: Prefixed, stop: Cancellat
             connection.as_mut().graceful_shutdown();
             let _ = connection.await;
         }
-    }
-}
-
-/// A socket whose first bytes were already read: reads return those bytes before the socket's.
-pub(crate) struct Prefixed {
-    prefix: Vec<u8>,
-    consumed: usize,
-    stream: TcpStream,
-}
-
-impl Prefixed {
-    fn new(prefix: Vec<u8>, stream: TcpStream) -> Self {
-        Self {
-            prefix,
-            consumed: 0,
-            stream,
-        }
-    }
-
-    /// The socket and the bytes of the prefix not read yet.
-    pub(crate) fn into_parts(mut self) -> (TcpStream, Vec<u8>) {
-        let unread = self.prefix.split_off(self.consumed);
-        (self.stream, unread)
-    }
-}
-
-impl AsyncRead for Prefixed {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let unread = &this.prefix[this.consumed..];
-        if unread.is_empty() {
-            return Pin::new(&mut this.stream).poll_read(cx, buf);
-        }
-        let n = unread.len().min(buf.remaining());
-        buf.put_slice(&unread[..n]);
-        this.consumed += n;
-        if this.consumed == this.prefix.len() {
-            // Replayed in full: a long-lived connection keeps no copy of its first request.
-            this.prefix = Vec::new();
-            this.consumed = 0;
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl AsyncWrite for Prefixed {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }
 

@@ -5,9 +5,12 @@
 //! the implementations of core's seams (clock, authenticator, stores) and knows about hyper and
 //! tungstenite.
 
+mod app;
 mod cli;
 mod conn;
 mod http;
+mod prefixed;
+mod respond;
 mod server;
 mod ws;
 

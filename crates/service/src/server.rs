@@ -11,14 +11,14 @@ use herald_core::{
 };
 use herald_utils::SystemClock;
 use jsonwebtoken::{Algorithm, DecodingKey};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusBuilder;
 use tokio::{
     net::{TcpListener, TcpSocket},
     signal::unix::{Signal, SignalKind, signal},
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::http::Role;
+use crate::app::{App, Role};
 
 /// How often the heartbeat and timeout sweep runs; token expiry is enforced within this.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
@@ -31,15 +31,6 @@ const LATENCY_BUCKETS_SECONDS: &[f64] = &[
 const LISTEN_BACKLOG: u32 = 4096;
 /// Users whose preferences the in-memory store remembers.
 const PREFERENCE_USERS: usize = 100_000;
-
-/// Everything a request handler needs.
-pub(crate) struct App {
-    pub(crate) config: BaseConfig,
-    pub(crate) gateway: Gateway,
-    pub(crate) metrics: PrometheusHandle,
-    /// The WebSocket sessions and the fan-out worker, so shutdown can drain them.
-    pub(crate) sessions: TaskTracker,
-}
 
 /// Runs the server until a shutdown signal, then drains within `shutdown_grace`.
 ///
@@ -265,15 +256,6 @@ async fn housekeeping(app: Arc<App>, shutdown: CancellationToken) {
             app.metrics.run_upkeep();
         }
     }
-}
-
-/// Resident memory of this process in bytes, from `/proc/self/statm` (0 where unavailable).
-pub(crate) fn rss_bytes() -> u64 {
-    const PAGE_SIZE: u64 = 4096;
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|statm| statm.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0, |pages| pages * PAGE_SIZE)
 }
 
 /// The SIGTERM and SIGINT handlers, installed up front.

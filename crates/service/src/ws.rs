@@ -35,9 +35,9 @@ use tokio_tungstenite::{
 };
 
 use crate::{
-    conn::Prefixed,
-    http::{bearer_token, error_response, query_param},
-    server::App,
+    app::App,
+    prefixed::Prefixed,
+    respond::{bearer_token, error_response, query_param},
 };
 
 /// The optional subprotocol, echoed when offered.
