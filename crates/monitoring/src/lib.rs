@@ -1,8 +1,9 @@
-//! Statistics, health checks and metrics reporting for Herald.
+//! Statistics and health for Herald: the one snapshot of counts that `/api/stats` and
+//! `/metrics` both read, and the [`StatsSource`] seam that fills it.
 //!
-//! This crate will hold the `StatisticsCollector`, the `HealthChecker` (per-component readiness),
-//! the `MetricsReporter` and a capacity `Forecaster`. It knows `herald-utils` and `herald-config`
-//! only; `herald-core` implements its `StatsSource` and `HealthCheck` traits.
-//!
-//! Nothing is implemented yet: the crate exists so that the workspace layout is the one users
-//! were promised.
+//! It knows `herald-utils` and `herald-config` only; `herald-core` implements
+//! [`StatsSource`] for its gateway, and the service renders the snapshot.
+
+mod stats;
+
+pub use crate::stats::{EventStats, LatencyStats, MemoryStats, MessageStats, Stats, StatsSource};
