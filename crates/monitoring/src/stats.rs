@@ -1,19 +1,23 @@
-//! [`Stats`]: every count Herald reports, taken at one instant from one source of truth.
+//! [`Stats`]: every count Herald reports, taken at one instant from one source of truth, and
+//! the Prometheus samples it exports ([`Stats::samples`]).
 
 use serde::Serialize;
 
 /// A snapshot of every count, as `GET /api/stats` returns it (camelCase JSON) and `/metrics`
-/// exports it. Counts marked "since start" only grow.
+/// exports it ([`Stats::samples`]). Counts marked "since start" only grow.
+///
+/// Each field's doc names the Prometheus metric it is exported as; the two read the same
+/// counters, so `/api/stats` and `/metrics` always agree.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Stats {
-    /// Live connections (authenticated or not).
+    /// Live connections (authenticated or not). Gauge `herald_connections`.
     pub connections: u64,
-    /// Users with at least one authenticated connection.
+    /// Users with at least one authenticated connection. Gauge `herald_users`.
     pub users: u64,
-    /// Connection-topic subscriptions.
+    /// Connection-topic subscriptions. Gauge `herald_subscriptions`.
     pub subscriptions: u64,
-    /// Known topics.
+    /// Known topics. Gauge `herald_topics`.
     pub topics: u64,
     /// Publications and deliveries.
     pub messages: MessageStats,
@@ -23,6 +27,16 @@ pub struct Stats {
     pub latency: LatencyStats,
     /// The process's memory.
     pub memory: MemoryStats,
+    /// Connections opened and closed since start.
+    pub connection_totals: ConnectionTotals,
+    /// Subscribes that asked to resume from a position.
+    pub resumes: ResumeStats,
+    /// The operation queue between ingest and fan-out.
+    pub operations: OperationStats,
+    /// Topic history kept for resume.
+    pub history: HistoryStats,
+    /// Hand-over of accepted operations to other nodes.
+    pub broker: BrokerStats,
 }
 
 /// Publications and deliveries, since start.
@@ -30,24 +44,77 @@ pub struct Stats {
 #[serde(rename_all = "camelCase")]
 pub struct MessageStats {
     /// Publications accepted (not counting duplicates).
+    /// Counter `herald_messages_published_total`.
     pub published: u64,
     /// Publications answered as duplicates of one in the dedupe window.
+    /// Counter `herald_messages_deduplicated_total`.
     pub deduplicated: u64,
-    /// Frames queued to connections for publications, pushes and events.
+    /// Publication, push and event frames queued to connections.
+    /// Counter `herald_messages_delivered_total`.
     pub delivered: u64,
-    /// Frames shed from full queues, whatever they carried.
+    /// Frames shed from full queues, whatever they carried (publications, pushes, replies,
+    /// pings); the sum of [`shed_by_priority`](Self::shed_by_priority), which is what
+    /// `/metrics` exports.
     pub shed: u64,
+    /// [`shed`](Self::shed) by the priority of the shed frame.
+    /// Counter `herald_messages_shed_total{priority="low"|"normal"|"high"|"critical"}`.
+    pub shed_by_priority: ShedStats,
+    /// Connections closed 4009 because their queue was full of frames that could not be shed.
+    /// Counter `herald_slow_consumer_closes_total`.
+    pub slow_consumer_closes: u64,
+    /// Client writes (`publish`, `update_preferences`) refused by the tier's rate limit.
+    /// Counter `herald_rate_limited_total`.
+    pub rate_limited: u64,
+}
+
+/// Shed frames by their priority, since start; each field is one label value of
+/// `herald_messages_shed_total{priority}`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ShedStats {
+    /// `priority="low"`.
+    pub low: u64,
+    /// `priority="normal"`.
+    pub normal: u64,
+    /// `priority="high"`.
+    pub high: u64,
+    /// `priority="critical"` (always 0: critical frames are never shed; exported so a
+    /// dashboard sees the invariant).
+    pub critical: u64,
+}
+
+impl ShedStats {
+    /// Every priority's count.
+    pub fn total(&self) -> u64 {
+        self.low + self.normal + self.high + self.critical
+    }
 }
 
 /// Critical events.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EventStats {
-    /// Events awaiting an acknowledgement now, all users.
+    /// Events awaiting an acknowledgement now, all users. Gauge `herald_events_pending`.
     pub pending: u64,
+    /// Events accepted since start. Counter `herald_events_sent_total`.
+    pub sent: u64,
+    /// Events refused since start because the user had the maximum pending.
+    /// Counter `herald_events_rejected_total`.
+    pub rejected: u64,
+    /// Deliveries of events again after the ack timeout, since start.
+    /// Counter `herald_events_redelivered_total`.
+    pub redelivered: u64,
+    /// Events dropped unacknowledged after their time-to-live, since start.
+    /// Counter `herald_events_expired_total`.
+    pub expired: u64,
+    /// Events acknowledged by a client, since start.
+    /// Counter `herald_events_acknowledged_total`.
+    pub acknowledged: u64,
 }
 
 /// Recent fan-out latency: publish accepted to queued for every subscriber.
+///
+/// Not exported by [`Stats::samples`]: `/metrics` has the full histogram
+/// `herald_fanout_latency_seconds`, recorded where each publication is fanned out.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct LatencyStats {
     /// Median, in microseconds (0 before the first publication).
@@ -62,12 +129,242 @@ pub struct LatencyStats {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MemoryStats {
-    /// Resident set size in bytes.
+    /// Resident set size in bytes. Gauge `herald_memory_rss_bytes`.
     pub rss_bytes: u64,
-    /// Bytes judged against the budget.
+    /// Bytes judged against the budget. Gauge `herald_memory_used_bytes`.
     pub used_bytes: u64,
-    /// The budget, where known.
+    /// Bytes in live allocations, where the allocator reports them.
+    /// Gauge `herald_memory_allocated_bytes` (absent when unknown).
+    pub allocated_bytes: Option<u64>,
+    /// The budget, where known. Gauge `herald_memory_limit_bytes` (absent when unknown).
     pub limit_bytes: Option<u64>,
+}
+
+/// Connections opened and closed, since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionTotals {
+    /// Connections opened (after a successful upgrade).
+    /// Counter `herald_connections_opened_total`.
+    pub opened: u64,
+    /// Connections cleaned up, whatever the cause.
+    /// Counter `herald_connections_closed_total`.
+    pub closed: u64,
+}
+
+/// Subscribes with `since`, since start; each field is one label value of
+/// `herald_resumes_total{recovered}`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResumeStats {
+    /// The gap was replayed from history: `recovered="true"`.
+    pub recovered: u64,
+    /// The gap could not be replayed (another epoch, or history no longer holds it):
+    /// `recovered="false"`.
+    pub unrecovered: u64,
+}
+
+/// The operation queue between ingest (the HTTP API, client publishes) and fan-out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OperationStats {
+    /// Operations waiting now. Gauge `herald_operation_queue_depth`.
+    pub queued: u64,
+    /// Operations refused since start because the queue was full (HTTP 429).
+    /// Counter `herald_operation_queue_rejected_total`.
+    pub rejected: u64,
+}
+
+/// Topic history kept for resume.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryStats {
+    /// Bytes of retained frames now. Gauge `herald_history_bytes`.
+    pub bytes: u64,
+    /// Entries dropped since start for age or for the byte budget.
+    /// Counter `herald_history_dropped_total`.
+    pub dropped: u64,
+}
+
+/// Hand-over of accepted operations to other nodes through the broker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BrokerStats {
+    /// Operations delivered on this node that the broker refused to forward to the other
+    /// nodes, since start. Counter `herald_broker_failures_total`.
+    pub failures: u64,
+}
+
+/// Whether a [`Sample`] is a counter (only grows) or a gauge (a level).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    /// A total since start; exported with its absolute value.
+    Counter,
+    /// A level now.
+    Gauge,
+}
+
+/// One exported value of a [`Stats`]: a Prometheus metric name, at most one label, and the
+/// value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sample {
+    /// The metric name (`herald_...`; counters end in `_total`).
+    pub name: &'static str,
+    /// The label `(name, value)`, for metrics split by one bounded label.
+    pub label: Option<(&'static str, &'static str)>,
+    /// Counter or gauge.
+    pub kind: MetricKind,
+    /// The value.
+    pub value: u64,
+}
+
+impl Stats {
+    /// Every value `/metrics` exports, each under the name its field's doc gives.
+    ///
+    /// Optional memory readings that are unknown are left out. Latency percentiles are left
+    /// out too: the histogram behind them is exported where it is recorded.
+    pub fn samples(&self) -> Vec<Sample> {
+        use MetricKind::{Counter, Gauge};
+        let plain = |name, kind, value| Sample {
+            name,
+            label: None,
+            kind,
+            value,
+        };
+        let labelled = |name, label, kind, value| Sample {
+            name,
+            label: Some(label),
+            kind,
+            value,
+        };
+        let shed = "herald_messages_shed_total";
+        let resumes = "herald_resumes_total";
+        let mut samples = vec![
+            plain("herald_connections", Gauge, self.connections),
+            plain("herald_users", Gauge, self.users),
+            plain("herald_subscriptions", Gauge, self.subscriptions),
+            plain("herald_topics", Gauge, self.topics),
+            plain(
+                "herald_messages_published_total",
+                Counter,
+                self.messages.published,
+            ),
+            plain(
+                "herald_messages_deduplicated_total",
+                Counter,
+                self.messages.deduplicated,
+            ),
+            plain(
+                "herald_messages_delivered_total",
+                Counter,
+                self.messages.delivered,
+            ),
+            labelled(
+                shed,
+                ("priority", "low"),
+                Counter,
+                self.messages.shed_by_priority.low,
+            ),
+            labelled(
+                shed,
+                ("priority", "normal"),
+                Counter,
+                self.messages.shed_by_priority.normal,
+            ),
+            labelled(
+                shed,
+                ("priority", "high"),
+                Counter,
+                self.messages.shed_by_priority.high,
+            ),
+            labelled(
+                shed,
+                ("priority", "critical"),
+                Counter,
+                self.messages.shed_by_priority.critical,
+            ),
+            plain(
+                "herald_slow_consumer_closes_total",
+                Counter,
+                self.messages.slow_consumer_closes,
+            ),
+            plain(
+                "herald_rate_limited_total",
+                Counter,
+                self.messages.rate_limited,
+            ),
+            plain("herald_events_pending", Gauge, self.events.pending),
+            plain("herald_events_sent_total", Counter, self.events.sent),
+            plain(
+                "herald_events_rejected_total",
+                Counter,
+                self.events.rejected,
+            ),
+            plain(
+                "herald_events_redelivered_total",
+                Counter,
+                self.events.redelivered,
+            ),
+            plain("herald_events_expired_total", Counter, self.events.expired),
+            plain(
+                "herald_events_acknowledged_total",
+                Counter,
+                self.events.acknowledged,
+            ),
+            plain("herald_memory_rss_bytes", Gauge, self.memory.rss_bytes),
+            plain("herald_memory_used_bytes", Gauge, self.memory.used_bytes),
+            plain(
+                "herald_connections_opened_total",
+                Counter,
+                self.connection_totals.opened,
+            ),
+            plain(
+                "herald_connections_closed_total",
+                Counter,
+                self.connection_totals.closed,
+            ),
+            labelled(
+                resumes,
+                ("recovered", "true"),
+                Counter,
+                self.resumes.recovered,
+            ),
+            labelled(
+                resumes,
+                ("recovered", "false"),
+                Counter,
+                self.resumes.unrecovered,
+            ),
+            plain(
+                "herald_operation_queue_depth",
+                Gauge,
+                self.operations.queued,
+            ),
+            plain(
+                "herald_operation_queue_rejected_total",
+                Counter,
+                self.operations.rejected,
+            ),
+            plain("herald_history_bytes", Gauge, self.history.bytes),
+            plain(
+                "herald_history_dropped_total",
+                Counter,
+                self.history.dropped,
+            ),
+            plain(
+                "herald_broker_failures_total",
+                Counter,
+                self.broker.failures,
+            ),
+        ];
+        if let Some(bytes) = self.memory.allocated_bytes {
+            samples.push(plain("herald_memory_allocated_bytes", Gauge, bytes));
+        }
+        if let Some(bytes) = self.memory.limit_bytes {
+            samples.push(plain("herald_memory_limit_bytes", Gauge, bytes));
+        }
+        samples
+    }
 }
 
 /// Where a [`Stats`] snapshot comes from; the gateway is one.
@@ -78,22 +375,133 @@ pub trait StatsSource: Send + Sync {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
+
+    /// A snapshot whose every count differs, so a sample reading the wrong field shows.
+    fn distinct() -> Stats {
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            n
+        };
+        Stats {
+            connections: next(),
+            users: next(),
+            subscriptions: next(),
+            topics: next(),
+            messages: MessageStats {
+                published: next(),
+                deduplicated: next(),
+                delivered: next(),
+                shed: 0,
+                shed_by_priority: ShedStats {
+                    low: next(),
+                    normal: next(),
+                    high: next(),
+                    critical: next(),
+                },
+                slow_consumer_closes: next(),
+                rate_limited: next(),
+            },
+            events: EventStats {
+                pending: next(),
+                sent: next(),
+                rejected: next(),
+                redelivered: next(),
+                expired: next(),
+                acknowledged: next(),
+            },
+            latency: LatencyStats::default(),
+            memory: MemoryStats {
+                rss_bytes: next(),
+                used_bytes: next(),
+                allocated_bytes: Some(next()),
+                limit_bytes: Some(next()),
+            },
+            connection_totals: ConnectionTotals {
+                opened: next(),
+                closed: next(),
+            },
+            resumes: ResumeStats {
+                recovered: next(),
+                unrecovered: next(),
+            },
+            operations: OperationStats {
+                queued: next(),
+                rejected: next(),
+            },
+            history: HistoryStats {
+                bytes: next(),
+                dropped: next(),
+            },
+            broker: BrokerStats { failures: next() },
+        }
+    }
 
     #[test]
     fn stats_serialize_in_the_api_shape() {
-        let json = serde_json_shape(&Stats::default());
+        let json = serde_json::to_string(&Stats::default()).unwrap_or_default();
         for key in [
-            "\"connections\"",
-            "\"messages\":{\"published\"",
-            "\"p50Us\"",
-            "\"rssBytes\"",
+            "\"connections\":0",
+            "\"users\":0",
+            "\"subscriptions\":0",
+            "\"topics\":0",
+            "\"messages\":{\"published\":0",
+            "\"delivered\":0",
+            "\"shed\":0",
+            "\"events\":{\"pending\":0",
+            "\"latency\":{\"p50Us\":0,\"p99Us\":0}",
+            "\"memory\":{\"rssBytes\":0",
         ] {
             assert!(json.contains(key), "{key} missing from {json}");
         }
     }
 
-    fn serde_json_shape(stats: &Stats) -> String {
-        serde_json::to_string(stats).unwrap_or_default()
+    #[test]
+    fn every_sample_has_a_distinct_value_and_a_well_formed_name() {
+        let samples = distinct().samples();
+        let values: BTreeSet<u64> = samples.iter().map(|s| s.value).collect();
+        // Every field but the derived `shed` total and the latency is exported once.
+        assert_eq!(values.len(), samples.len(), "{samples:?}");
+        assert_eq!(samples.len(), 32);
+        for sample in &samples {
+            assert!(sample.name.starts_with("herald_"), "{sample:?}");
+            let total = sample.name.ends_with("_total");
+            assert_eq!(total, sample.kind == MetricKind::Counter, "{sample:?}");
+        }
+        let names: BTreeSet<(&str, Option<(&str, &str)>)> =
+            samples.iter().map(|s| (s.name, s.label)).collect();
+        assert_eq!(
+            names.len(),
+            samples.len(),
+            "a name and label exported twice"
+        );
+    }
+
+    #[test]
+    fn exported_shed_samples_add_up_to_the_api_total() {
+        let mut stats = distinct();
+        stats.messages.shed = stats.messages.shed_by_priority.total();
+        let exported: u64 = stats
+            .samples()
+            .iter()
+            .filter(|s| s.name == "herald_messages_shed_total")
+            .map(|s| s.value)
+            .sum();
+        assert_eq!(exported, stats.messages.shed);
+    }
+
+    #[test]
+    fn unknown_memory_readings_are_not_exported() {
+        let stats = Stats::default();
+        assert!(
+            !stats
+                .samples()
+                .iter()
+                .any(|s| s.name == "herald_memory_limit_bytes"
+                    || s.name == "herald_memory_allocated_bytes")
+        );
     }
 }

@@ -4,8 +4,8 @@
 //! so every higher crate can use it, and it can be used outside Herald.
 //! It holds:
 //!
-//! - [`Clock`], the seam through which everything that ages reads the time, with the production
-//!   [`SystemClock`] and the test double [`ManualClock`];
+//! - [`Clock`], the seam through which everything reads the time, monotonic and wall-clock, with
+//!   the production [`SystemClock`] and the test double [`ManualClock`];
 //! - [`Priority`], the four message priorities of the wire protocol;
 //! - [`PriorityQueue`], the bounded per-connection outbound queue that sheds lower priorities
 //!   first;
