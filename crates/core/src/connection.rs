@@ -1,5 +1,6 @@
-//! Connections and the [`ConnectionManager`]: the index of live connections by id and by user,
-//! the server-wide connection slots and the per-user limits.
+//! Connections and the `ConnectionManager`: the index of live connections by id and by user,
+//! the server-wide connection slots, the per-user limits, and the offer of one frame to every
+//! connection of a user (or of the server) that should receive it.
 
 use std::{
     collections::HashMap,
@@ -11,10 +12,12 @@ use std::{
 };
 
 use herald_protocol::{CloseCode, Topic};
+use herald_utils::Priority;
 
 use crate::{
+    counters::Counters,
     ids::{ConnectionId, IsolationKey, ThreadId, UserId},
-    outbox::Outbox,
+    outbox::{Frame, Outbox},
 };
 
 /// Sentinel for "no deadline".
@@ -190,7 +193,7 @@ impl TopicSet {
 
 /// A reserved place under `HERALD_MAX_CONNECTIONS`, released when dropped.
 #[derive(Debug)]
-pub struct Slot {
+pub(crate) struct Slot {
     count: Arc<AtomicUsize>,
 }
 
@@ -214,7 +217,7 @@ fn lock_reserved(reserved: &Reserved) -> MutexGuard<'_, HashMap<UserId, usize>> 
 /// Without it, concurrent handshakes of one user would all pass the limit check and the
 /// surplus would be upgraded only to be closed 4030, instead of refused with HTTP 429.
 #[derive(Debug)]
-pub struct UserPlace {
+pub(crate) struct UserPlace {
     user: UserId,
     reserved: Reserved,
 }
@@ -250,7 +253,7 @@ pub struct LimitExceeded {
 
 /// Every live connection, by id and by user.
 #[derive(Debug)]
-pub struct ConnectionManager {
+pub(crate) struct ConnectionManager {
     by_id: papaya::HashMap<ConnectionId, Arc<Connection>>,
     by_user: Mutex<HashMap<UserId, Vec<Arc<Connection>>>>,
     /// Lock order: `by_user` before `reserved`.
@@ -262,7 +265,7 @@ pub struct ConnectionManager {
 
 impl ConnectionManager {
     /// An empty manager admitting at most `max_connections` connections.
-    pub fn new(max_connections: usize) -> Self {
+    pub(crate) fn new(max_connections: usize) -> Self {
         Self {
             by_id: papaya::HashMap::new(),
             by_user: Mutex::new(HashMap::new()),
@@ -274,7 +277,7 @@ impl ConnectionManager {
     }
 
     /// Reserves a connection slot; `None` when the server is full.
-    pub fn try_reserve(&self) -> Option<Slot> {
+    pub(crate) fn try_reserve(&self) -> Option<Slot> {
         let reserved = self
             .slots
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -296,12 +299,13 @@ impl ConnectionManager {
     }
 
     /// Looks a connection up by id.
-    pub fn get(&self, id: ConnectionId) -> Option<Arc<Connection>> {
+    pub(crate) fn get(&self, id: ConnectionId) -> Option<Arc<Connection>> {
         self.by_id.pin().get(&id).cloned()
     }
 
     /// How many of `user`'s connections are registered.
-    pub fn user_connection_count(&self, user: &UserId) -> usize {
+    #[cfg(test)]
+    pub(crate) fn user_connection_count(&self, user: &UserId) -> usize {
         self.lock_users().get(user).map_or(0, Vec::len)
     }
 
@@ -394,35 +398,85 @@ impl ConnectionManager {
         }
     }
 
-    /// The connections of `user`, oldest first.
-    pub fn user_connections(&self, user: &UserId) -> Vec<Arc<Connection>> {
+    /// The connections of `user`, oldest first (a snapshot, for cold paths).
+    pub(crate) fn user_connections(&self, user: &UserId) -> Vec<Arc<Connection>> {
         self.lock_users().get(user).cloned().unwrap_or_default()
     }
 
+    /// Offers `frame` at `priority` to every connection of `user` that receives traffic
+    /// addressed to `thread` (see [`IsolationKey::receives`]); returns how many queued it.
+    ///
+    /// The one routing rule of user traffic (pushes, critical events and their redelivery).
+    /// Each connection gets a clone of the same frame: a reference-count increment, no copy
+    /// and no allocation.
+    pub(crate) fn offer_to_user(
+        &self,
+        user: &UserId,
+        thread: Option<&ThreadId>,
+        frame: &Frame,
+        priority: Priority,
+        counters: &Counters,
+    ) -> usize {
+        let users = self.lock_users();
+        let Some(list) = users.get(user) else {
+            return 0;
+        };
+        list.iter()
+            .filter(|connection| {
+                connection
+                    .key()
+                    .is_some_and(|key| key.receives(user, thread))
+            })
+            .filter(|connection| {
+                connection
+                    .outbox()
+                    .offer(frame.clone(), priority, counters)
+                    .is_queued()
+            })
+            .count()
+    }
+
+    /// Offers `frame` at `priority` to every authenticated connection but those in `exclude`;
+    /// returns how many queued it.
+    pub(crate) fn offer_to_all(
+        &self,
+        exclude: &[ConnectionId],
+        frame: &Frame,
+        priority: Priority,
+        counters: &Counters,
+    ) -> usize {
+        self.by_id
+            .pin()
+            .values()
+            .filter(|connection| connection.key().is_some() && !exclude.contains(&connection.id()))
+            .filter(|connection| {
+                connection
+                    .outbox()
+                    .offer(frame.clone(), priority, counters)
+                    .is_queued()
+            })
+            .count()
+    }
+
     /// Every connection (a snapshot).
-    pub fn all(&self) -> Vec<Arc<Connection>> {
+    pub(crate) fn all(&self) -> Vec<Arc<Connection>> {
         self.by_id.pin().values().cloned().collect()
     }
 
     /// Calls `f` for every connection without collecting them.
-    pub fn for_each(&self, mut f: impl FnMut(&Arc<Connection>)) {
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&Arc<Connection>)) {
         for connection in self.by_id.pin().values() {
             f(connection);
         }
     }
 
     /// Live connections (accepted and not yet cleaned up).
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.by_id.len()
     }
 
-    /// Whether there is no live connection.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Users with at least one authenticated connection.
-    pub fn user_count(&self) -> usize {
+    pub(crate) fn user_count(&self) -> usize {
         self.lock_users().len()
     }
 

@@ -4,8 +4,7 @@
 //! interleave: a resuming subscriber gets exactly the publications it missed, then live ones.
 
 use std::{
-    collections::{HashMap, hash_map::DefaultHasher},
-    hash::{Hash, Hasher},
+    collections::HashMap,
     sync::{
         Mutex, MutexGuard, PoisonError,
         atomic::{AtomicUsize, Ordering},
@@ -15,7 +14,7 @@ use std::{
 use herald_protocol::Topic;
 use herald_utils::CircularBuffer;
 
-use crate::outbox::Frame;
+use crate::{outbox::Frame, shard::shard_of};
 
 /// One retained publication.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +49,8 @@ pub trait HistoryStore: Send + Sync + 'static {
     fn remove(&self, topic: &Topic);
 
     /// Drops entries past their time-to-live, then whole histories of the least recently
-    /// published topics while over the byte budget. Returns how many entries were dropped.
+    /// published topics while over the byte budget. Returns how many entries were dropped (the
+    /// gateway counts them as `herald_history_dropped_total`).
     fn purge(&self, now_ms: u64) -> usize;
 
     /// Bytes of retained frames.
@@ -86,12 +86,8 @@ impl InMemoryHistoryStore {
     }
 
     fn shard(&self, topic: &Topic) -> MutexGuard<'_, HashMap<Topic, CircularBuffer<HistoryEntry>>> {
-        let mut hasher = DefaultHasher::new();
-        topic.hash(&mut hasher);
-        // The modulo keeps the index in range.
-        let index = (hasher.finish() % SHARDS as u64) as usize;
         // Each critical section leaves the map consistent, so poison is ignored.
-        self.shards[index]
+        self.shards[shard_of(topic, SHARDS)]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
@@ -203,9 +199,6 @@ impl HistoryStore for InMemoryHistoryStore {
                     self.bytes.fetch_sub(freed, Ordering::Relaxed);
                 }
             }
-        }
-        if dropped > 0 {
-            metrics::counter!("herald_history_dropped_total").increment(dropped as u64);
         }
         dropped
     }

@@ -1,113 +1,64 @@
-//! The [`OperationQueue`]: a bounded priority queue between ingest (the HTTP API, client
-//! publishes) and fan-out, so bursts are absorbed, `critical` work goes first, and a full queue
-//! is a visible refusal (HTTP 429, `rate_limited`) instead of a silent loss.
+//! The operation queue: a bounded priority queue between ingest (the HTTP API, client
+//! publishes, the `Emitter`) and the fan-out worker, so bursts are absorbed, `critical` work
+//! goes first, and a full queue is a visible refusal (HTTP 429, `rate_limited`) instead of a
+//! silent loss. Each queued [`Operation`] carries its own typed reply.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use herald_protocol::{EventName, Topic};
 use herald_utils::{Priority, PriorityQueue};
-use serde_json::value::RawValue;
 use tokio::sync::{Notify, oneshot};
 
 use crate::{
     connection::Connection,
-    events::EventOutcome,
-    gateway::{GatewayError, PublishOutcome},
-    ids::{ConnectionId, ThreadId, UserId},
+    error::GatewayError,
+    events::{EventOutcome, EventSend},
+    publish::{Publication, PublishOutcome},
+    push::{Broadcast, ConnectionSend, Delivered, UserSend},
 };
 
-/// Work the fan-out performs for a caller.
+/// Where an API caller waits for the result of its operation.
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, GatewayError>>;
+
+/// Work the fan-out worker performs, and who waits for it.
 #[derive(Debug)]
-pub enum Request {
-    /// Publish to a topic (see [`crate::Gateway::publish`]).
-    Publish {
-        /// The topic.
-        topic: Topic,
-        /// The payload, relayed verbatim.
-        data: Box<RawValue>,
-        /// Shedding priority at the subscribers' queues.
-        priority: Priority,
-        /// Publish id for dedupe.
-        id: Option<String>,
-    },
-    /// A `push` to every connection but `exclude` (see [`crate::Gateway::broadcast`]).
-    Broadcast {
-        /// The payload.
-        data: Box<RawValue>,
-        /// Shedding priority.
-        priority: Priority,
-        /// Connections left out.
-        exclude: Vec<ConnectionId>,
-    },
-    /// A critical event to a user (see [`crate::Gateway::send_event`]).
-    Event {
-        /// The user.
-        user: UserId,
-        /// The event name.
-        event: EventName,
-        /// The payload.
-        data: Box<RawValue>,
-        /// The thread, if any.
-        thread: Option<ThreadId>,
-        /// The agent run, if any.
-        run: Option<String>,
-        /// A stable id; generated when absent.
-        id: Option<String>,
-    },
-    /// A `push` to a user, optionally one thread (see [`crate::Gateway::send_to_user`]).
-    SendToUser {
-        /// The user.
-        user: UserId,
-        /// The thread, if any.
-        thread: Option<ThreadId>,
-        /// The payload.
-        data: Box<RawValue>,
-        /// Shedding priority.
-        priority: Priority,
-    },
+pub(crate) enum Operation {
+    /// A publication, from the HTTP API or a client.
+    Publish(Publication, PublishReply),
+    /// A push to every authenticated connection.
+    Broadcast(Broadcast, Reply<Delivered>),
+    /// A push to a user's connections.
+    UserSend(UserSend, Reply<Delivered>),
+    /// A push to one connection.
+    ConnectionSend(ConnectionSend, Reply<Delivered>),
+    /// A critical event.
+    Event(EventSend, Reply<EventOutcome>),
 }
 
-impl Request {
-    /// The priority the queue orders this request by.
-    pub fn priority(&self) -> Priority {
+impl Operation {
+    /// The priority the queue orders this operation by: the request's, and `critical` for
+    /// events.
+    fn priority(&self) -> Priority {
         match self {
-            Self::Publish { priority, .. }
-            | Self::Broadcast { priority, .. }
-            | Self::SendToUser { priority, .. } => *priority,
-            Self::Event { .. } => Priority::Critical,
+            Self::Publish(publication, _) => publication.priority,
+            Self::Broadcast(broadcast, _) => broadcast.priority,
+            Self::UserSend(send, _) => send.priority,
+            Self::ConnectionSend(send, _) => send.priority,
+            Self::Event(..) => Priority::Critical,
         }
     }
 }
 
-/// What a performed [`Request`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// A publication's result.
-    Published(PublishOutcome),
-    /// How many connections a push was queued to.
-    Delivered(usize),
-    /// A critical event's result.
-    Event(EventOutcome),
-}
-
-/// Who waits for an operation's outcome.
+/// Who waits for a publication's outcome.
 #[derive(Debug)]
-pub(crate) enum Completion {
+pub(crate) enum PublishReply {
     /// An async caller (the HTTP API).
-    Caller(oneshot::Sender<Result<Outcome, GatewayError>>),
-    /// A client's `publish`: the ack (or error) goes to its connection.
+    Caller(Reply<PublishOutcome>),
+    /// A client's `publish`: the `ack` (when it carried a `messageId`) or the `error` goes to
+    /// its connection.
     Ack {
         connection: Arc<Connection>,
         message_id: Option<String>,
-        topic: Topic,
     },
-}
-
-/// A queued request and who waits for it.
-#[derive(Debug)]
-pub(crate) struct Operation {
-    pub(crate) request: Request,
-    pub(crate) completion: Completion,
 }
 
 /// The operation queue refused an operation because it is full.
@@ -123,6 +74,7 @@ pub(crate) struct OperationQueue {
 }
 
 impl OperationQueue {
+    /// An empty queue of at most `capacity` operations.
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
             queue: Mutex::new(PriorityQueue::new(capacity, usize::MAX)),
@@ -131,14 +83,14 @@ impl OperationQueue {
         }
     }
 
-    /// Queues `operation`, or refuses it (dropping it) when the queue is full. Never sheds
-    /// accepted work.
+    /// Queues `operation`, or refuses it (dropping it, so a waiting caller sees its reply
+    /// channel closed) when the queue is full. Never sheds accepted work.
     pub(crate) fn push(&self, operation: Operation) -> Result<(), QueueFull> {
         let mut queue = self.lock();
         if queue.len() >= self.capacity {
             return Err(QueueFull);
         }
-        let priority = operation.request.priority();
+        let priority = operation.priority();
         // Below capacity nothing is shed, and the byte budget is unbounded, so this succeeds.
         if queue.push(operation, priority, 0).is_err() {
             return Err(QueueFull);
@@ -175,8 +127,58 @@ impl OperationQueue {
         self.notify.notify_one();
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, PriorityQueue<Operation>> {
+    fn lock(&self) -> MutexGuard<'_, PriorityQueue<Operation>> {
         // Each critical section leaves the queue consistent, so poison is ignored.
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use herald_protocol::Topic;
+    use serde_json::value::RawValue;
+
+    use super::*;
+
+    fn publication(priority: Priority, name: &str) -> Operation {
+        let (reply, _) = oneshot::channel();
+        Operation::Publish(
+            Publication {
+                topic: Topic::new(name).expect("valid topic"),
+                data: RawValue::from_string("1".to_owned()).expect("valid JSON"),
+                priority,
+                id: None,
+            },
+            PublishReply::Caller(reply),
+        )
+    }
+
+    fn topic_of(operation: &Operation) -> &str {
+        match operation {
+            Operation::Publish(publication, _) => publication.topic.as_str(),
+            _ => "",
+        }
+    }
+
+    #[test]
+    fn a_full_queue_refuses_and_the_worker_takes_the_highest_priority_first() {
+        let queue = OperationQueue::new(3);
+        for (priority, name) in [
+            (Priority::Low, "low"),
+            (Priority::Critical, "critical"),
+            (Priority::Normal, "normal"),
+        ] {
+            assert_eq!(queue.push(publication(priority, name)), Ok(()));
+        }
+        assert_eq!(
+            queue.push(publication(Priority::Critical, "refused")),
+            Err(QueueFull)
+        );
+        assert_eq!(queue.len(), 3);
+        let mut out = Vec::new();
+        queue.pop_batch(2, &mut out);
+        let taken: Vec<&str> = out.iter().map(topic_of).collect();
+        assert_eq!(taken, ["critical", "normal"]);
+        assert_eq!(queue.len(), 1);
     }
 }

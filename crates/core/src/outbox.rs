@@ -11,6 +11,8 @@ use bytes::Bytes;
 use herald_protocol::CloseCode;
 use herald_utils::{Priority, PriorityQueue};
 
+use crate::counters::Counters;
+
 /// One encoded server frame: UTF-8 JSON text in shared bytes.
 ///
 /// A publication is encoded once and every subscriber's queue holds a clone of the same
@@ -64,7 +66,7 @@ impl fmt::Debug for Frame {
 
 /// What became of a frame offered to an [`Outbox`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Offer {
+pub(crate) enum Offer {
     /// Queued; `shed` lower-priority frames were dropped to make room.
     Queued {
         /// How many queued frames were shed for it.
@@ -75,12 +77,21 @@ pub enum Offer {
     Closed,
 }
 
+impl Offer {
+    /// Whether the frame was queued.
+    pub(crate) fn is_queued(self) -> bool {
+        matches!(self, Self::Queued { .. })
+    }
+}
+
 /// A connection's bounded outbound queue and its close request.
 ///
-/// Producers (fan-out, API sends, replies, the heartbeat sweep) call [`Outbox::offer`]; the
-/// connection's transport task drains it with [`Outbox::poll_drain`]. When the queue is full the
-/// oldest frame of the lowest priority below the incoming one is shed; when nothing can be
-/// shed, the connection is closed with 4009 (slow consumer). `critical` is never shed.
+/// Producers inside the gateway (fan-out, API sends, replies, the heartbeat sweep) offer frames;
+/// the connection's transport task drains them with [`Outbox::poll_drain`]. When the queue is
+/// full the oldest frame of the lowest priority below the incoming one is shed; when nothing can
+/// be shed, the connection is closed with 4009 (slow consumer). `critical` is never shed. Every
+/// shed frame and every 4009 is counted where it happens, in the gateway's counters, whatever
+/// the frame carried.
 pub struct Outbox {
     inner: Mutex<Inner>,
 }
@@ -122,7 +133,7 @@ impl fmt::Debug for Outbox {
 
 impl Outbox {
     /// An empty outbox holding at most `max_frames` frames and `max_bytes` bytes.
-    pub fn new(max_frames: usize, max_bytes: usize) -> Self {
+    pub(crate) fn new(max_frames: usize, max_bytes: usize) -> Self {
         Self {
             inner: Mutex::new(Inner {
                 queue: PriorityQueue::new(max_frames, max_bytes),
@@ -133,7 +144,10 @@ impl Outbox {
     }
 
     /// Offers a frame at `priority`, shedding lower priorities or closing 4009 when full.
-    pub fn offer(&self, frame: Frame, priority: Priority) -> Offer {
+    ///
+    /// This is the one way a frame enters an outbox, so it is also the one place that counts
+    /// shed frames (by their priority) and slow-consumer closes, in `counters`.
+    pub(crate) fn offer(&self, frame: Frame, priority: Priority, counters: &Counters) -> Offer {
         let mut inner = self.lock();
         if inner.close.is_some() {
             return Offer::Closed;
@@ -141,17 +155,16 @@ impl Outbox {
         let bytes = frame.len();
         let offer = match inner.queue.push(frame, priority, bytes) {
             Ok(evicted) => {
-                let mut shed = 0;
-                for (_, shed_priority) in evicted {
-                    shed += 1;
-                    metrics::counter!("herald_messages_shed_total", "priority" => shed_priority.as_str())
-                        .increment(1);
+                for (_, shed_priority) in evicted.iter() {
+                    counters.shed(*shed_priority);
                 }
-                Offer::Queued { shed }
+                Offer::Queued {
+                    shed: evicted.len(),
+                }
             }
             Err(_rejected) => {
                 inner.close = Some(CloseCode::SlowConsumer);
-                metrics::counter!("herald_slow_consumer_closes_total").increment(1);
+                counters.slow_consumer_closes.increment();
                 Offer::Closed
             }
         };
@@ -286,9 +299,10 @@ mod tests {
     #[test]
     fn drains_in_arrival_order_whatever_the_priority() {
         let outbox = Outbox::new(10, 1 << 20);
-        outbox.offer(frame("n1"), Priority::Normal);
-        outbox.offer(frame("c1"), Priority::Critical);
-        outbox.offer(frame("n2"), Priority::Normal);
+        let counters = Counters::default();
+        outbox.offer(frame("n1"), Priority::Normal, &counters);
+        outbox.offer(frame("c1"), Priority::Critical, &counters);
+        outbox.offer(frame("n2"), Priority::Normal, &counters);
         assert_eq!(
             drain(&outbox),
             (vec!["n1".into(), "c1".into(), "n2".into()], None)
@@ -298,21 +312,35 @@ mod tests {
     #[test]
     fn full_queue_sheds_lower_priority_then_closes_slow_consumer() {
         let outbox = Outbox::new(2, 1 << 20);
+        let counters = Counters::default();
         assert_eq!(
-            outbox.offer(frame("low"), Priority::Low),
+            outbox.offer(frame("low"), Priority::Low, &counters),
             Offer::Queued { shed: 0 }
         );
         assert_eq!(
-            outbox.offer(frame("n1"), Priority::Normal),
+            outbox.offer(frame("n1"), Priority::Normal, &counters),
             Offer::Queued { shed: 0 }
         );
         assert_eq!(
-            outbox.offer(frame("n2"), Priority::Normal),
+            outbox.offer(frame("n2"), Priority::Normal, &counters),
             Offer::Queued { shed: 1 }
         );
         // Nothing below normal is left: the connection is closed as a slow consumer.
-        assert_eq!(outbox.offer(frame("n3"), Priority::Normal), Offer::Closed);
+        assert_eq!(
+            outbox.offer(frame("n3"), Priority::Normal, &counters),
+            Offer::Closed
+        );
         assert_eq!(outbox.close_requested(), Some(CloseCode::SlowConsumer));
+        let mut stats = herald_monitoring::Stats::default();
+        counters.fill(&mut stats);
+        assert_eq!(
+            (
+                stats.messages.shed_by_priority.low,
+                stats.messages.shed,
+                stats.messages.slow_consumer_closes
+            ),
+            (1, 1, 1)
+        );
         assert_eq!(drain(&outbox), (vec![], Some(CloseCode::SlowConsumer)));
     }
 
@@ -328,9 +356,13 @@ mod tests {
         let waker = Waker::from(std::sync::Arc::clone(&flag));
         let mut cx = Context::from_waker(&waker);
         let outbox = Outbox::new(1, 1 << 20);
-        outbox.offer(frame("stuck"), Priority::Normal);
+        let counters = Counters::default();
+        outbox.offer(frame("stuck"), Priority::Normal, &counters);
         assert_eq!(outbox.poll_close_requested(&mut cx), Poll::Pending);
-        assert_eq!(outbox.offer(frame("more"), Priority::Normal), Offer::Closed);
+        assert_eq!(
+            outbox.offer(frame("more"), Priority::Normal, &counters),
+            Offer::Closed
+        );
         assert!(flag.0.load(std::sync::atomic::Ordering::SeqCst));
         assert_eq!(
             outbox.poll_close_requested(&mut cx),
@@ -341,21 +373,22 @@ mod tests {
     #[test]
     fn critical_frames_are_never_shed() {
         let outbox = Outbox::new(2, 1 << 20);
+        let counters = Counters::default();
         assert_eq!(
-            outbox.offer(frame("event-1"), Priority::Critical),
+            outbox.offer(frame("event-1"), Priority::Critical, &counters),
             Offer::Queued { shed: 0 }
         );
         assert_eq!(
-            outbox.offer(frame("normal"), Priority::Normal),
+            outbox.offer(frame("normal"), Priority::Normal, &counters),
             Offer::Queued { shed: 0 }
         );
         // A critical frame takes the normal one's place, never the other critical frame's.
         assert_eq!(
-            outbox.offer(frame("event-2"), Priority::Critical),
+            outbox.offer(frame("event-2"), Priority::Critical, &counters),
             Offer::Queued { shed: 1 }
         );
         assert_eq!(
-            outbox.offer(frame("event-3"), Priority::Critical),
+            outbox.offer(frame("event-3"), Priority::Critical, &counters),
             Offer::Closed
         );
         assert_eq!(outbox.close_requested(), Some(CloseCode::SlowConsumer));
@@ -379,10 +412,14 @@ mod tests {
     #[test]
     fn close_flushes_queued_frames_first_and_first_code_wins() {
         let outbox = Outbox::new(10, 1 << 20);
-        outbox.offer(frame("a"), Priority::Normal);
+        let counters = Counters::default();
+        outbox.offer(frame("a"), Priority::Normal, &counters);
         assert!(outbox.close(CloseCode::GoingAway));
         assert!(!outbox.close(CloseCode::Stale));
-        assert_eq!(outbox.offer(frame("b"), Priority::Critical), Offer::Closed);
+        assert_eq!(
+            outbox.offer(frame("b"), Priority::Critical, &counters),
+            Offer::Closed
+        );
         assert_eq!(
             drain(&outbox),
             (vec!["a".into()], Some(CloseCode::GoingAway))

@@ -5,8 +5,7 @@
 //! never waits for another topic, and never for a socket (fan-out only queues shared frames).
 
 use std::{
-    collections::{HashMap, hash_map::DefaultHasher},
-    hash::{Hash, Hasher},
+    collections::HashMap,
     sync::{
         Arc, Mutex, MutexGuard, PoisonError, RwLock,
         atomic::{AtomicU64, AtomicUsize, Ordering},
@@ -18,16 +17,18 @@ use herald_utils::Priority;
 
 use crate::{
     connection::Connection,
+    counters::Counters,
     history::{HistoryEntry, HistoryStore},
     ids::ConnectionId,
-    outbox::{Frame, Offer},
+    outbox::Frame,
+    shard::shard_of,
 };
 
 const SHARDS: usize = 64;
 
 /// Why a subscription was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum SubscribeError {
+pub(crate) enum SubscribeError {
     /// The connection already holds the maximum number of subscriptions.
     #[error("subscription limit of {limit} per connection reached")]
     LimitReached {
@@ -47,20 +48,28 @@ pub struct TopicPosition {
 
 /// What a publication did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Published {
-    /// The offset it was given.
-    pub offset: u64,
-    /// The topic's epoch.
-    pub epoch: Arc<str>,
-    /// How many connections it was queued to.
-    pub delivered: usize,
-    /// How many lower-priority frames were shed from subscribers' queues to make room.
-    pub shed: usize,
-    /// Whether it was a duplicate of an earlier publication (then nothing was queued).
-    pub deduplicated: bool,
+pub(crate) enum Published {
+    /// Accepted: given the next offset, retained in history and queued to every subscriber.
+    Accepted {
+        /// The offset it was given.
+        offset: u64,
+        /// The topic's epoch.
+        epoch: Arc<str>,
+        /// The encoded `message` frame, shared by every subscriber's queue.
+        frame: Frame,
+        /// How many connections it was queued to.
+        delivered: usize,
+    },
+    /// A duplicate of an earlier publication of the dedupe window: nothing was queued.
+    Duplicate {
+        /// The earlier publication's offset.
+        offset: u64,
+        /// The topic's epoch.
+        epoch: Arc<str>,
+    },
 }
 
-/// A topic, as reported by [`SubscriptionManager::topic`].
+/// A topic, as `Gateway::topic` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicInfo {
     /// Current subscriber count.
@@ -93,7 +102,7 @@ impl TopicState {
 type Shard = RwLock<HashMap<Topic, Arc<TopicState>>>;
 
 /// The sharded topic index.
-pub struct SubscriptionManager {
+pub(crate) struct SubscriptionManager {
     shards: Box<[Shard]>,
     subscriptions: AtomicUsize,
     topics: AtomicUsize,
@@ -114,7 +123,7 @@ impl std::fmt::Debug for SubscriptionManager {
 impl SubscriptionManager {
     /// An empty index. `epoch_seed` makes epochs unique across restarts (e.g. start time);
     /// `history` retains publications for resume.
-    pub fn new(epoch_seed: u64, history: Arc<dyn HistoryStore>) -> Self {
+    pub(crate) fn new(epoch_seed: u64, history: Arc<dyn HistoryStore>) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             history,
@@ -131,7 +140,7 @@ impl SubscriptionManager {
     /// publication can be queued to the connection: whatever it queues (the `ack`, a replay)
     /// precedes every live message. Subscribing twice is not an error. `now_ms` is the gateway
     /// clock, used to age a topic created here.
-    pub fn subscribe<R>(
+    pub(crate) fn subscribe<R>(
         &self,
         connection: &Arc<Connection>,
         topic: &Topic,
@@ -175,7 +184,7 @@ impl SubscriptionManager {
     }
 
     /// Unsubscribes `connection` from `topic`; returns whether it was subscribed.
-    pub fn unsubscribe(&self, connection: &Connection, topic: &Topic) -> bool {
+    pub(crate) fn unsubscribe(&self, connection: &Connection, topic: &Topic) -> bool {
         let removed = connection.lock_topics().remove(topic);
         if removed {
             self.detach(connection, topic);
@@ -184,7 +193,7 @@ impl SubscriptionManager {
     }
 
     /// Removes every subscription of `connection` (part of the one cleanup path).
-    pub fn remove_all(&self, connection: &Connection) {
+    pub(crate) fn remove_all(&self, connection: &Connection) {
         let topics = std::mem::take(&mut *connection.lock_topics());
         for topic in topics.iter() {
             self.detach(connection, topic);
@@ -192,20 +201,21 @@ impl SubscriptionManager {
     }
 
     /// Publishes to `topic`: assigns the next offset, builds the frame once with `encode(offset,
-    /// epoch)` and queues it to every subscriber at `priority`.
+    /// epoch)`, retains it in history and queues it to every subscriber at `priority`.
     ///
     /// `dedupe(next_offset, epoch)` runs first, under the topic's lock, so two publications
     /// with the same id cannot both pass it; when it returns the offset of an earlier
-    /// publication, nothing is published and that offset is returned with `deduplicated`.
+    /// publication, nothing is published and that offset is returned as a duplicate.
     /// Subscribers receive a topic's frames in offset order, because offsets are assigned and
     /// frames queued under the topic's lock.
-    pub fn publish(
+    pub(crate) fn publish(
         &self,
         topic: &Topic,
         priority: Priority,
         now_ms: u64,
+        counters: &Counters,
         dedupe: impl FnOnce(u64, &Arc<str>) -> Option<u64>,
-        encode: impl FnOnce(u64, &str) -> Frame,
+        encode: impl FnOnce(u64, &Arc<str>) -> Frame,
     ) -> Published {
         loop {
             let state = self.get_or_create(topic, now_ms);
@@ -213,19 +223,14 @@ impl SubscriptionManager {
             if inner.removed {
                 continue;
             }
-            if let Some(offset) = dedupe(inner.last_offset + 1, &state.epoch) {
-                return Published {
-                    offset,
-                    epoch: Arc::clone(&state.epoch),
-                    delivered: 0,
-                    shed: 0,
-                    deduplicated: true,
-                };
+            let epoch = Arc::clone(&state.epoch);
+            if let Some(offset) = dedupe(inner.last_offset + 1, &epoch) {
+                return Published::Duplicate { offset, epoch };
             }
             inner.last_offset += 1;
             inner.last_publish_ms = now_ms;
             let offset = inner.last_offset;
-            let frame = encode(offset, &state.epoch);
+            let frame = encode(offset, &epoch);
             self.history.append(
                 topic,
                 HistoryEntry {
@@ -234,27 +239,38 @@ impl SubscriptionManager {
                     published_ms: now_ms,
                 },
             );
-            let (mut delivered, mut shed) = (0, 0);
-            for connection in inner.subscribers.values() {
-                if let Offer::Queued { shed: n } =
-                    connection.outbox().offer(frame.clone(), priority)
-                {
-                    delivered += 1;
-                    shed += n;
-                }
-            }
-            return Published {
+            let delivered = offer_to_subscribers(&inner.subscribers, &frame, priority, counters);
+            return Published::Accepted {
                 offset,
-                epoch: Arc::clone(&state.epoch),
+                epoch,
+                frame,
                 delivered,
-                shed,
-                deduplicated: false,
             };
         }
     }
 
+    /// Queues a publication accepted by another node (its frame already encoded, with that
+    /// node's offset and epoch) to this node's subscribers of `topic`, under the topic's lock;
+    /// returns how many queued it. A topic nobody here subscribes to is not created.
+    pub(crate) fn deliver(
+        &self,
+        topic: &Topic,
+        frame: &Frame,
+        priority: Priority,
+        counters: &Counters,
+    ) -> usize {
+        let Some(state) = self.lookup(topic) else {
+            return 0;
+        };
+        let inner = state.lock();
+        if inner.removed {
+            return 0;
+        }
+        offer_to_subscribers(&inner.subscribers, frame, priority, counters)
+    }
+
     /// A topic's subscriber count and position, if the topic is known.
-    pub fn topic(&self, topic: &Topic) -> Option<TopicInfo> {
+    pub(crate) fn topic(&self, topic: &Topic) -> Option<TopicInfo> {
         let state = self.lookup(topic)?;
         let inner = state.lock();
         Some(TopicInfo {
@@ -268,7 +284,7 @@ impl SubscriptionManager {
 
     /// Drops topics without subscribers whose last publication is older than `retain_ms`
     /// (gateway clock). Returns how many were dropped.
-    pub fn sweep_idle(&self, now_ms: u64, retain_ms: u64) -> usize {
+    pub(crate) fn sweep_idle(&self, now_ms: u64, retain_ms: u64) -> usize {
         let mut dropped = 0;
         for shard in &self.shards {
             let mut map = shard.write().unwrap_or_else(PoisonError::into_inner);
@@ -290,7 +306,7 @@ impl SubscriptionManager {
 
     /// A topic's epoch and up to `limit` retained publications after `after`, oldest first;
     /// `None` for an unknown topic.
-    pub fn history(
+    pub(crate) fn history(
         &self,
         topic: &Topic,
         after: u64,
@@ -306,17 +322,17 @@ impl SubscriptionManager {
     }
 
     /// The history store.
-    pub fn history_store(&self) -> &Arc<dyn HistoryStore> {
+    pub(crate) fn history_store(&self) -> &Arc<dyn HistoryStore> {
         &self.history
     }
 
     /// Subscriptions in all (connection-topic pairs).
-    pub fn subscription_count(&self) -> usize {
+    pub(crate) fn subscription_count(&self) -> usize {
         self.subscriptions.load(Ordering::Relaxed)
     }
 
     /// Topics currently known.
-    pub fn topic_count(&self) -> usize {
+    pub(crate) fn topic_count(&self) -> usize {
         self.topics.load(Ordering::Relaxed)
     }
 
@@ -388,9 +404,25 @@ impl SubscriptionManager {
     }
 
     fn shard(&self, topic: &Topic) -> &Shard {
-        let mut hasher = DefaultHasher::new();
-        topic.hash(&mut hasher);
-        // The modulo keeps the index in range, so the cast cannot truncate meaningfully.
-        &self.shards[(hasher.finish() % SHARDS as u64) as usize]
+        &self.shards[shard_of(topic, SHARDS)]
     }
+}
+
+/// Offers `frame` to every subscriber of a topic whose lock the caller holds; returns how many
+/// queued it. The one fan-out loop: a reference-count increment per subscriber, no copy.
+fn offer_to_subscribers(
+    subscribers: &HashMap<ConnectionId, Arc<Connection>>,
+    frame: &Frame,
+    priority: Priority,
+    counters: &Counters,
+) -> usize {
+    subscribers
+        .values()
+        .filter(|connection| {
+            connection
+                .outbox()
+                .offer(frame.clone(), priority, counters)
+                .is_queued()
+        })
+        .count()
 }

@@ -1,0 +1,213 @@
+//! [`Node`]: one gateway's shared state (indexes, stores, seams, counters), the small helpers
+//! on it, and the local delivery of other nodes' envelopes. Sessions, the sweep, the fan-out
+//! worker and the broker all work on it.
+
+use std::{
+    sync::{
+        Arc, Weak,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Instant,
+};
+
+use herald_config::RuntimeConfig;
+use herald_memory::MemoryProbe;
+use herald_utils::{Clock, Priority};
+
+use crate::{
+    auth::{Authenticator, Principal},
+    broker::{Broker, Deliver, Envelope, LocalDelivery},
+    connection::{Connection, ConnectionManager},
+    counters::Counters,
+    error::GatewayError,
+    events::PendingEvents,
+    operations::{Operation, OperationQueue},
+    parts::{GatewayParts, GatewaySettings},
+    preferences::PreferenceStore,
+    publish::Publisher,
+    rate::RateLimiter,
+    subscription::SubscriptionManager,
+    time::duration_ms,
+};
+
+/// What a refused caller is told to wait before retrying, in milliseconds.
+const RETRY_AFTER_MS: u64 = 1000;
+
+/// One gateway's shared state.
+pub(crate) struct Node {
+    pub(crate) settings: GatewaySettings,
+    pub(crate) runtime: Arc<RuntimeConfig>,
+    pub(crate) authenticator: Arc<dyn Authenticator>,
+    pub(crate) preferences: Arc<dyn PreferenceStore>,
+    clock: Arc<dyn Clock>,
+    /// The gateway clock's zero: `now_ms` counts from here.
+    origin: Instant,
+    pub(crate) connections: ConnectionManager,
+    pub(crate) topics: SubscriptionManager,
+    pub(crate) publisher: Publisher,
+    pub(crate) events: PendingEvents,
+    pub(crate) rate: RateLimiter,
+    pub(crate) operations: OperationQueue,
+    pub(crate) counters: Counters,
+    broker: Arc<dyn Broker>,
+    pub(crate) memory: Arc<dyn MemoryProbe>,
+    shutting_down: AtomicBool,
+    /// Gateway time of the sweep's last index-wide clean-up (0: never).
+    pub(crate) last_maintenance_ms: AtomicU64,
+}
+
+impl Node {
+    /// The node of a new gateway, attached to its broker.
+    pub(crate) fn start(parts: GatewayParts) -> Arc<Self> {
+        let GatewayParts {
+            settings,
+            runtime,
+            authenticator,
+            preferences,
+            history,
+            clock,
+            broker,
+            memory,
+        } = parts;
+        let origin = clock.now();
+        // The start time makes epochs and generated event ids unique across restarts.
+        let seed = clock.unix_ms();
+        let node = Arc::new(Self {
+            connections: ConnectionManager::new(settings.max_connections),
+            topics: SubscriptionManager::new(seed, history),
+            publisher: Publisher::new(&runtime, Arc::clone(&clock)),
+            events: PendingEvents::new(
+                settings.max_pending_events,
+                settings.event_ack_timeout,
+                settings.event_ttl,
+                seed,
+            ),
+            rate: RateLimiter::default(),
+            operations: OperationQueue::new(settings.operation_queue_size),
+            counters: Counters::default(),
+            last_maintenance_ms: AtomicU64::new(0),
+            shutting_down: AtomicBool::new(false),
+            settings,
+            runtime,
+            authenticator,
+            preferences,
+            clock,
+            origin,
+            broker,
+            memory,
+        });
+        let weak: Weak<dyn Deliver> = Arc::downgrade(&node) as Weak<dyn Deliver>;
+        node.broker.attach(LocalDelivery::new(weak));
+        node
+    }
+
+    /// Milliseconds on the gateway clock since the gateway was built.
+    pub(crate) fn now_ms(&self) -> u64 {
+        duration_ms(self.clock.now().saturating_duration_since(self.origin))
+    }
+
+    /// Wall-clock milliseconds since the Unix epoch, from the gateway's clock: token expiry
+    /// and timestamps on the wire.
+    pub(crate) fn unix_ms(&self) -> u64 {
+        self.clock.unix_ms()
+    }
+
+    /// Whether a shutdown has begun.
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// Marks the shutdown as begun; returns whether this call was the first.
+    pub(crate) fn begin_shutdown(&self) -> bool {
+        !self.shutting_down.swap(true, Ordering::AcqRel)
+    }
+
+    /// Queues `operation` for the fan-out worker, or refuses it (counted) when the queue is
+    /// full.
+    pub(crate) fn enqueue(&self, operation: Operation) -> Result<(), GatewayError> {
+        self.operations.push(operation).map_err(|_| {
+            self.counters.operations_rejected.increment();
+            GatewayError::Overloaded {
+                retry_after_ms: RETRY_AFTER_MS,
+            }
+        })
+    }
+
+    /// Hands an operation this node accepted and delivered to the broker, for the other nodes.
+    /// A failure costs only the other nodes' copies: it is counted and logged.
+    pub(crate) fn forward(&self, envelope: &Envelope) {
+        if let Err(error) = self.broker.publish(envelope) {
+            self.counters.broker_failures.increment();
+            tracing::warn!(%error, "broker did not take an operation for the other nodes");
+        }
+    }
+
+    /// The user's connection limit: the tier's quota, capped by the live per-user maximum.
+    pub(crate) fn user_limit(&self, principal: &Principal) -> usize {
+        let tier = self
+            .settings
+            .tier_connections
+            .get(&*principal.tier)
+            .copied()
+            .unwrap_or(usize::MAX);
+        tier.min(self.runtime.max_connections_per_user()).max(1)
+    }
+
+    /// The client writes per minute the user's tier allows.
+    pub(crate) fn messages_per_minute(&self, principal: &Principal) -> u32 {
+        self.settings
+            .tier_messages_per_minute
+            .get(&*principal.tier)
+            .copied()
+            .unwrap_or(u32::MAX)
+    }
+
+    /// The one cleanup path: removes the connection from every index. Idempotent.
+    pub(crate) fn cleanup(&self, connection: &Connection) {
+        self.topics.remove_all(connection);
+        self.connections.remove(connection);
+        self.counters.connections_closed.increment();
+    }
+}
+
+impl Deliver for Node {
+    /// Delivers another node's operation to this node's connections, through the same
+    /// functions this node's own operations use.
+    fn deliver(&self, envelope: &Envelope) -> usize {
+        let counters = &self.counters;
+        let delivered = match envelope {
+            Envelope::Publication {
+                topic,
+                priority,
+                frame,
+                ..
+            } => self.topics.deliver(topic, frame, *priority, counters),
+            Envelope::Broadcast { priority, frame } => {
+                self.connections
+                    .offer_to_all(&[], frame, *priority, counters)
+            }
+            Envelope::User {
+                user,
+                thread,
+                priority,
+                frame,
+            } => self
+                .connections
+                .offer_to_user(user, thread.as_ref(), frame, *priority, counters),
+            Envelope::Event {
+                user,
+                thread,
+                frame,
+                ..
+            } => self.connections.offer_to_user(
+                user,
+                thread.as_ref(),
+                frame,
+                Priority::Critical,
+                counters,
+            ),
+        };
+        counters.delivered.add(delivered);
+        delivered
+    }
+}

@@ -1,0 +1,210 @@
+//! Publishing to a topic: the [`Publication`] request, dedupe by id within the window, the
+//! offset and history (through the topic index), encoding once, and the fan-out latency.
+
+use std::{
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use herald_config::RuntimeConfig;
+use herald_monitoring::LatencyStats;
+use herald_protocol::{ServerMessage, Topic};
+use herald_utils::{CircularBuffer, Clock, LruCache, Priority};
+use serde_json::value::RawValue;
+
+use crate::{
+    broker::Envelope,
+    counters::Counters,
+    outbox::Frame,
+    subscription::{Published, SubscriptionManager},
+};
+
+/// Fan-out latency samples kept for the percentiles of the stats.
+const LATENCY_SAMPLES: usize = 1024;
+
+/// A publication to a topic, as the HTTP API (`POST /api/publish`) or a client `publish`
+/// requests it.
+#[derive(Debug)]
+pub struct Publication {
+    /// The topic.
+    pub topic: Topic,
+    /// The payload, relayed to subscribers byte for byte.
+    pub data: Box<RawValue>,
+    /// Shedding priority at the subscribers' queues; also orders the operation queue.
+    pub priority: Priority,
+    /// A publish id: a second publication with the same id to the same topic within the
+    /// dedupe window is answered with the first one's offset and not delivered again.
+    pub id: Option<String>,
+}
+
+/// The answer to a publication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishOutcome {
+    /// The publication's offset (the original one for a duplicate).
+    pub offset: u64,
+    /// The topic's epoch.
+    pub epoch: Arc<str>,
+    /// Whether the id was already published within the dedupe window.
+    pub deduplicated: bool,
+    /// Connections of this node it was queued to (0 for a duplicate).
+    pub delivered: usize,
+}
+
+type DedupeKey = (Topic, Box<str>);
+/// `(topic, publish id)` to `(offset, epoch)`, with the dedupe window as time-to-live.
+type DedupeCache = LruCache<DedupeKey, (u64, Arc<str>), Arc<dyn Clock>>;
+
+/// What publishing keeps besides the topic index: the dedupe window and recent latencies.
+pub(crate) struct Publisher {
+    dedupe: Mutex<DedupeCache>,
+    /// Recent publish-to-queued (fan-out) durations in microseconds.
+    latency_us: Mutex<CircularBuffer<f64>>,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher").finish_non_exhaustive()
+    }
+}
+
+impl Publisher {
+    /// A publisher with an empty dedupe cache of the runtime's size, aging on `clock`.
+    pub(crate) fn new(runtime: &RuntimeConfig, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            dedupe: Mutex::new(LruCache::new(
+                runtime.dedupe_cache_size(),
+                Arc::clone(&clock),
+            )),
+            latency_us: Mutex::new(CircularBuffer::new(LATENCY_SAMPLES)),
+            clock,
+        }
+    }
+
+    /// Publishes now: dedupe by id, assign the next offset, encode once, retain in history and
+    /// queue to every subscriber of this node. Returns the outcome and, unless it was a
+    /// duplicate, the envelope for the other nodes.
+    pub(crate) fn publish(
+        &self,
+        publication: Publication,
+        topics: &SubscriptionManager,
+        runtime: &RuntimeConfig,
+        now_ms: u64,
+        counters: &Counters,
+    ) -> (PublishOutcome, Option<Envelope>) {
+        let Publication {
+            topic,
+            data,
+            priority,
+            id,
+        } = publication;
+        let started = self.clock.now();
+        let dedupe = |next_offset: u64, epoch: &Arc<str>| {
+            self.check_duplicate(runtime, &topic, id.as_deref()?, next_offset, epoch)
+        };
+        let encode = |offset: u64, epoch: &Arc<str>| {
+            let message = ServerMessage::Message {
+                topic: topic.clone(),
+                data,
+                offset,
+                epoch: epoch.to_string(),
+            };
+            Frame::from(message.encode())
+        };
+        match topics.publish(&topic, priority, now_ms, counters, dedupe, encode) {
+            Published::Duplicate { offset, epoch } => {
+                counters.deduplicated.increment();
+                let outcome = PublishOutcome {
+                    offset,
+                    epoch,
+                    deduplicated: true,
+                    delivered: 0,
+                };
+                (outcome, None)
+            }
+            Published::Accepted {
+                offset,
+                epoch,
+                frame,
+                delivered,
+            } => {
+                counters.published.increment();
+                self.record_latency(self.clock.now().saturating_duration_since(started));
+                let outcome = PublishOutcome {
+                    offset,
+                    epoch: Arc::clone(&epoch),
+                    deduplicated: false,
+                    delivered,
+                };
+                let envelope = Envelope::Publication {
+                    topic,
+                    offset,
+                    epoch,
+                    priority,
+                    frame,
+                };
+                (outcome, Some(envelope))
+            }
+        }
+    }
+
+    /// The earlier offset when `(topic, id)` was published within the window in this epoch;
+    /// otherwise remembers `next_offset` for it and returns `None`. Runs under the topic's
+    /// lock, so two publications with the same id cannot both pass.
+    fn check_duplicate(
+        &self,
+        runtime: &RuntimeConfig,
+        topic: &Topic,
+        id: &str,
+        next_offset: u64,
+        epoch: &Arc<str>,
+    ) -> Option<u64> {
+        let window = runtime.dedupe_window();
+        let mut cache = self.dedupe.lock().unwrap_or_else(PoisonError::into_inner);
+        let capacity = runtime.dedupe_cache_size();
+        if cache.capacity() != capacity {
+            cache.resize(capacity);
+        }
+        let key = (topic.clone(), Box::from(id));
+        if let Some((offset, seen_epoch)) = cache.get(&key)
+            && seen_epoch == epoch
+        {
+            return Some(*offset);
+        }
+        if !window.is_zero() {
+            cache.insert_with_ttl(key, (next_offset, Arc::clone(epoch)), window);
+        }
+        None
+    }
+
+    fn record_latency(&self, elapsed: Duration) {
+        metrics::histogram!("herald_fanout_latency_seconds").record(elapsed.as_secs_f64());
+        self.latency_us
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(elapsed.as_secs_f64() * 1e6);
+    }
+
+    /// Forgets publish ids past the dedupe window.
+    pub(crate) fn purge_expired(&self) {
+        self.dedupe
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .purge_expired();
+    }
+
+    /// Median and 99th percentile of recent fan-out latencies (publish accepted to queued for
+    /// every subscriber), in microseconds; zeros before the first publication.
+    pub(crate) fn latency(&self) -> LatencyStats {
+        let samples = self
+            .latency_us
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Latencies are non-negative and far below u64::MAX microseconds, so `as` is exact enough.
+        let at = |p: f64| samples.percentile(p).map_or(0, |v| v.round() as u64);
+        LatencyStats {
+            p50_us: at(50.0),
+            p99_us: at(99.0),
+        }
+    }
+}

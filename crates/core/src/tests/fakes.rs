@@ -1,0 +1,173 @@
+//! Test doubles for the gateway's seams: an authenticator of signed-looking test tokens and a
+//! broker that records what it is handed.
+//!
+//! A test token is `<secret>.<claims JSON in hex>`: plain text that fits in a JSON string, and
+//! whose claims follow the JWT ones Herald reads (`sub`, `exp` in seconds, `tier`, `topics`,
+//! `publish`).
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use serde_json::{Value, json};
+
+use crate::{
+    AuthError, Authenticator, Broker, BrokerError, Envelope, LocalDelivery, Principal,
+    TopicPattern, UserId,
+};
+
+/// The secret the fake authenticator accepts.
+const SECRET: &str = "herald-core-tests-secret";
+
+/// `exp` of the default test tokens (2100-01-01).
+const FAR_EXP: u64 = 4_102_444_800;
+
+/// A token for `user` expiring at 2100-01-01, allowed to subscribe to `user:{sub}`, `chat:*`
+/// and `news`, and to publish to `chat:*`.
+pub(super) fn token(user: &str) -> String {
+    token_with(user, &json!({}))
+}
+
+/// Like [`token`], with the claims of `extra` replacing the defaults (`null` removes a claim).
+pub(super) fn token_with(user: &str, extra: &Value) -> String {
+    let mut claims = json!({
+        "sub": user,
+        "exp": FAR_EXP,
+        "topics": ["user:{sub}", "chat:*", "news"],
+        "publish": ["chat:*"],
+    });
+    if let (Some(claims), Some(extra)) = (claims.as_object_mut(), extra.as_object()) {
+        for (key, value) in extra {
+            if value.is_null() {
+                claims.remove(key);
+            } else {
+                claims.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    sign(&claims, SECRET)
+}
+
+/// A test token of `claims` "signed" with `secret`.
+pub(super) fn sign(claims: &Value, secret: &str) -> String {
+    let hex: String = claims
+        .to_string()
+        .bytes()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    format!("{secret}.{hex}")
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|at| u8::from_str_radix(text.get(at..at + 2)?, 16).ok())
+        .collect()
+}
+
+/// Accepts test tokens signed with [`SECRET`], with the rules of Herald's JWT authenticator:
+/// a non-empty `sub`, `exp` not before `now_ms` (no leeway), a known tier (`free` by default),
+/// no topics by default and no publishing by default.
+pub(super) struct FakeAuthenticator {
+    tiers: Vec<String>,
+}
+
+impl FakeAuthenticator {
+    /// Accepts the tiers `tiers`.
+    pub(super) fn new(tiers: Vec<String>) -> Self {
+        Self { tiers }
+    }
+}
+
+impl Authenticator for FakeAuthenticator {
+    fn authenticate(&self, token: &str, now_ms: u64) -> Result<Principal, AuthError> {
+        let invalid = |why: &str| AuthError::Invalid(why.to_owned());
+        let (secret, hex) = token.split_once('.').ok_or_else(|| invalid("malformed"))?;
+        let claims: Value = unhex(hex)
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .ok_or_else(|| invalid("malformed"))?;
+        if secret != SECRET {
+            return Err(invalid("bad signature"));
+        }
+        let sub = claims["sub"].as_str().filter(|sub| !sub.is_empty());
+        let user = UserId::new(sub.ok_or_else(|| invalid("missing `sub` claim"))?);
+        let exp = claims["exp"]
+            .as_u64()
+            .ok_or_else(|| invalid("missing `exp` claim"))?;
+        let expires_at_ms = exp.saturating_mul(1000);
+        if now_ms > expires_at_ms {
+            return Err(AuthError::Expired);
+        }
+        let tier = claims["tier"].as_str().unwrap_or("free").to_owned();
+        if !self.tiers.contains(&tier) {
+            return Err(AuthError::UnknownTier(tier));
+        }
+        let patterns = |claim: &Value| -> Vec<TopicPattern> {
+            claim
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .map(|pattern| TopicPattern::new(pattern, &user))
+                .collect()
+        };
+        Ok(Principal {
+            topics: patterns(&claims["topics"]),
+            publish: patterns(&claims["publish"]),
+            tier: Arc::from(tier),
+            expires_at_ms,
+            close_at_ms: expires_at_ms,
+            user,
+        })
+    }
+}
+
+/// A broker that records every envelope it is handed, keeps the local delivery it was
+/// attached with, and refuses envelopes while told to.
+#[derive(Default)]
+pub(super) struct RecordingBroker {
+    published: Mutex<Vec<Envelope>>,
+    local: Mutex<Option<LocalDelivery>>,
+    refuse: Mutex<bool>,
+}
+
+impl RecordingBroker {
+    /// The envelopes handed to the broker so far, taken.
+    pub(super) fn take(&self) -> Vec<Envelope> {
+        std::mem::take(
+            &mut *self
+                .published
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
+    }
+
+    /// Delivers `envelope` as if it came from another node.
+    pub(super) fn deliver_from_peer(&self, envelope: &Envelope) -> usize {
+        let local = self.local.lock().unwrap_or_else(PoisonError::into_inner);
+        local.as_ref().map_or(0, |local| local.deliver(envelope))
+    }
+
+    /// Makes the broker refuse (or accept again) what it is handed.
+    pub(super) fn refuse(&self, refuse: bool) {
+        *self.refuse.lock().unwrap_or_else(PoisonError::into_inner) = refuse;
+    }
+}
+
+impl Broker for RecordingBroker {
+    fn attach(&self, local: LocalDelivery) {
+        *self.local.lock().unwrap_or_else(PoisonError::into_inner) = Some(local);
+    }
+
+    fn publish(&self, envelope: &Envelope) -> Result<(), BrokerError> {
+        if *self.refuse.lock().unwrap_or_else(PoisonError::into_inner) {
+            return Err(BrokerError::Unavailable("told to refuse".to_owned()));
+        }
+        self.published
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(envelope.clone());
+        Ok(())
+    }
+}
