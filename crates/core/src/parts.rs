@@ -102,7 +102,8 @@ pub struct GatewayParts {
     pub history: Arc<dyn HistoryStore>,
     /// Where time comes from, monotonic and wall-clock: the only clock the gateway reads.
     pub clock: Arc<dyn Clock>,
-    /// How accepted operations reach the other nodes ([`InMemoryBroker`](crate::InMemoryBroker) for one process).
+    /// How accepted operations reach the other nodes
+    /// ([`InMemoryBroker`](crate::InMemoryBroker) within one process).
     pub broker: Arc<dyn Broker>,
     /// Where the memory section of the stats comes from.
     pub memory: Arc<dyn MemoryProbe>,
