@@ -38,6 +38,13 @@ use crate::{
 ///   it back to this node (its connections already have it). Each receiving node must get the
 ///   envelopes of one origin in the order that origin published them, so a topic's messages
 ///   keep their offset order and a user's events their send order.
+///
+///   Why the origin delivers its own operations itself: it does so inside the critical
+///   section that orders them (the topic's lock, where the offset is assigned and a resuming
+///   subscriber is handed over from history to live messages; the user's events lock, where a
+///   connection that registers receives the pending events). A round trip through the broker
+///   would split that section in two and open a window for gaps and duplicates; it would also
+///   make the delivered counts, and local delivery itself, depend on the network.
 /// - `publish` must not block: a networked broker queues the envelope for its own I/O task
 ///   and returns. An error means the other nodes may not get the envelope; this node's
 ///   connections have it regardless, and the gateway counts the failure
