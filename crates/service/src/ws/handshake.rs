@@ -344,4 +344,38 @@ mod tests {
         assert!(!is_websocket_key("dGhlIHNhbXBsZSBub25jZQ"));
         assert!(!is_websocket_key("dGhlIHNhbXBsZSBub25j!Q=="));
     }
+
+    #[test]
+    fn a_refusal_is_encoded_with_its_body_and_closes_the_connection() {
+        let response = error_response(
+            StatusCode::BAD_REQUEST,
+            herald_protocol::ErrorCode::BadRequest,
+            "nope",
+        );
+        let encoded = String::from_utf8(encode_response(response))
+            .unwrap_or_else(|e| panic!("not UTF-8: {e}"));
+        let (head, body) = encoded
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("no end of head: {encoded}"));
+        assert!(head.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{head}");
+        assert!(
+            head.contains(&format!("\r\ncontent-length: {}\r\n", body.len())),
+            "{head}"
+        );
+        assert!(head.ends_with("\r\nconnection: close"), "{head}");
+        assert!(body.contains("nope"), "{body}");
+    }
+
+    #[test]
+    fn a_switching_protocols_answer_has_no_body_headers() {
+        let mut response = Response::new(Full::new(Bytes::new()));
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        response
+            .headers_mut()
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert_eq!(
+            encode_response(response),
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n"
+        );
+    }
 }
