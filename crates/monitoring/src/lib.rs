@@ -1,9 +1,25 @@
-//! Statistics and health for Herald: the one snapshot of counts that `/api/stats` and
-//! `/metrics` both read, and the [`StatsSource`] seam that fills it.
+//! Statistics, metrics and health for Herald: the one snapshot of counts that `/api/stats` and
+//! `/metrics` both read, the [`StatsSource`] seam that fills it, the [`MetricsReporter`] that
+//! renders `/metrics`, and the [`HealthChecker`] behind `/health`, `/health/live` and
+//! `/health/ready`.
 //!
-//! It knows `herald-utils` and `herald-config` only; `herald-core` implements
-//! [`StatsSource`] for its gateway, and the service renders the snapshot.
+//! It depends on no other Herald crate: `herald-core` implements [`StatsSource`] and
+//! [`HealthCheck`] for its gateway, and the service wires them up.
+//!
+//! Architecture invariant: nothing here speaks HTTP. The answers are serde types with an
+//! `is_ready` verdict, and the service maps them onto status codes.
 
+mod check;
+mod health;
+mod reporter;
+mod series;
 mod stats;
 
-pub use crate::stats::{EventStats, LatencyStats, MemoryStats, MessageStats, Stats, StatsSource};
+pub use crate::{
+    check::{CheckResult, CheckStatus, HealthCheck},
+    health::{
+        HealthChecker, HealthReport, LiveResponse, OverallStatus, ReadyResponse, ReadyStatus,
+    },
+    reporter::{MetricsError, MetricsReporter},
+    stats::{EventStats, LatencyStats, MemoryStats, MessageStats, Stats, StatsSource},
+};
