@@ -1,13 +1,29 @@
-//! Statistics and health for Herald: the one snapshot of counts that `/api/stats` and
-//! `/metrics` both read, and the [`StatsSource`] seam that fills it.
+//! Statistics, metrics and health for Herald: the one snapshot of counts that `/api/stats` and
+//! `/metrics` both read, the [`StatsSource`] seam that fills it, the [`MetricsReporter`] that
+//! renders `/metrics`, and the [`HealthChecker`] behind `/health`, `/health/live` and
+//! `/health/ready`.
 //!
-//! It knows no other Herald crate; `herald-core` implements [`StatsSource`] for its gateway,
-//! and the service renders the snapshot: as JSON for `/api/stats`, and through
-//! [`Stats::samples`] for `/metrics`.
+//! It depends on no other Herald crate: `herald-core` implements [`StatsSource`] and
+//! [`HealthCheck`] for its gateway, and the service wires them up. `/api/stats` is the
+//! [`Stats`] snapshot as JSON; `/metrics` is the same snapshot through [`Stats::samples`].
+//!
+//! Architecture invariant: nothing here speaks HTTP. The answers are serde types with an
+//! `is_ready` verdict, and the service maps them onto status codes.
 
+mod check;
+mod health;
+mod reporter;
 mod stats;
 
-pub use crate::stats::{
-    BrokerStats, ConnectionTotals, EventStats, HistoryStats, LatencyStats, MemoryStats,
-    MessageStats, MetricKind, OperationStats, ResumeStats, Sample, ShedStats, Stats, StatsSource,
+pub use crate::{
+    check::{CheckResult, CheckStatus, HealthCheck},
+    health::{
+        HealthChecker, HealthReport, LiveResponse, OverallStatus, ReadyResponse, ReadyStatus,
+    },
+    reporter::{MetricsError, MetricsReporter},
+    stats::{
+        BrokerStats, ConnectionTotals, EventStats, HistoryStats, LatencyStats, MemoryStats,
+        MessageStats, MetricKind, OperationStats, ResumeStats, Sample, ShedStats, Stats,
+        StatsSource,
+    },
 };

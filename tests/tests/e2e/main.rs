@@ -10,5 +10,6 @@ mod lifecycle;
 mod limits;
 mod listeners;
 mod pubsub;
+mod slow_reader;
 mod startup;
 mod upgrade_paths;

@@ -1,0 +1,290 @@
+//! The connection driver: one task per WebSocket that reads client frames into the core
+//! `Session` and writes what the connection's outbox yields, until the connection ends; then
+//! the cleanup and the close handshake.
+
+use std::{
+    future::{Future, poll_fn},
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use futures_util::{SinkExt as _, StreamExt as _};
+use herald_core::Session;
+use herald_protocol::CloseCode;
+use tokio::{io::AsyncWriteExt as _, net::TcpStream, time::Sleep};
+use tokio_tungstenite::tungstenite::{
+    self, Message, Utf8Bytes,
+    protocol::{CloseFrame, frame::coding::CloseCode as WsCloseCode},
+};
+
+use crate::{
+    app::App,
+    ws::{Ws, wire::Wire},
+};
+
+/// How long a closing connection may take to finish the close handshake.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Inbound frames handled per poll before yielding to other tasks.
+const READ_BUDGET: usize = 32;
+/// Outbound batches written per poll before yielding to other tasks.
+const WRITE_BUDGET: usize = 4;
+
+/// Drives one connection until it ends, then runs the cleanup (dropping the session) and the
+/// close handshake.
+#[allow(clippy::manual_async_fn)] // Deliberate: see the comment in the body.
+pub(crate) fn drive(app: Arc<App>, ws: Ws, mut session: Session) -> impl Future<Output = ()> {
+    // Not an `async fn`: its parameters would be stored twice in the future (rust-lang/rust
+    // #62958); an `async move` block uses the captured values in place. With one task per
+    // connection this is most of an idle connection's task.
+    async move {
+        let mut wire = Wire::new(ws);
+        let mut fill = FillDelay::default();
+        let end = poll_fn(|cx| poll_connection(cx, &app, &mut wire, &mut session, &mut fill)).await;
+        // The one cleanup path: every index forgets the connection before the (bounded) goodbye.
+        drop(session);
+        drop(fill);
+        // A dropped socket takes nothing more; otherwise a half-written frame is finished
+        // before any close frame.
+        let (ws, unfinished) = wire.into_goodbye(end != End::Dropped);
+        // Boxed: the close handshake's state is only needed while closing, so an idle
+        // connection's task does not carry room for it.
+        let goodbye = Box::pin(goodbye(ws, end, unfinished));
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, goodbye).await;
+    }
+}
+
+/// How a connection's driving loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The server closes with this code.
+    Close(CloseCode),
+    /// The server closes with a code of RFC 6455's own (1007, 1009 ...).
+    Protocol(WsCloseCode),
+    /// The client sent a close frame (tungstenite queued the reply).
+    PeerClosed,
+    /// The socket failed or ended without a close handshake.
+    Dropped,
+}
+
+/// One round of a connection's work: read client frames (at most [`READ_BUDGET`]), then drain
+/// the outbox (at most [`WRITE_BUDGET`] batches) and write. `Ready` when the connection ends.
+fn poll_connection(
+    cx: &mut Context<'_>,
+    app: &App,
+    wire: &mut Wire<TcpStream>,
+    session: &mut Session,
+    fill: &mut FillDelay,
+) -> Poll<End> {
+    // Read: feed client frames to the session, which queues its replies in the outbox. This
+    // goes on while a data frame is half-written, so a slow reader's requests and acks do not
+    // wait behind its socket; `Wire` keeps tungstenite's control replies out of data frames.
+    let mut read_budget_spent = true;
+    for _ in 0..READ_BUDGET {
+        match wire.poll_read(cx) {
+            Poll::Ready(Some(Ok(message))) => match message {
+                Message::Text(text) => session.on_text(text.as_str()),
+                Message::Binary(_) => {
+                    return Poll::Ready(End::Close(CloseCode::UnsupportedData));
+                }
+                // A ping's pong is tungstenite's to write, in turn (`Wire`).
+                Message::Ping(_) | Message::Pong(_) => session.touch(),
+                Message::Close(_) => return Poll::Ready(End::PeerClosed),
+                Message::Frame(_) => {}
+            },
+            Poll::Ready(Some(Err(error))) => return Poll::Ready(end_for(&error)),
+            Poll::Ready(None) => return Poll::Ready(End::Dropped),
+            Poll::Pending => {
+                read_budget_spent = false;
+                break;
+            }
+        }
+    }
+
+    // Write: drain the outbox into frames (a few batches' worth), then write them all, in
+    // one system call when the socket takes them. Frames left from a write the socket did
+    // not take go first; new ones are drained only once no control reply waits, so that a
+    // socket that takes nothing leaves them in the outbox, where shedding applies.
+    let resuming = wire.writer().has_staged();
+    let mut write_budget_spent = false;
+    let written = match wire.poll_control(cx) {
+        Poll::Ready(Ok(())) => {
+            if !resuming {
+                match drain(cx, app, wire, session, fill) {
+                    Drained::End(end) => return Poll::Ready(end),
+                    Drained::Staged { budget_spent } => write_budget_spent = budget_spent,
+                }
+            }
+            wire.poll_write(cx)
+        }
+        other => other,
+    };
+    match written {
+        Poll::Ready(Ok(())) => write_budget_spent |= resuming,
+        Poll::Ready(Err(error)) => return Poll::Ready(end_for(&error)),
+        Poll::Pending => {
+            // The socket is full, so the outbox is not drained meanwhile: be woken by a
+            // close request instead. A slow consumer (4009) or a connection closed for
+            // any reason but shutdown ends now rather than when, if ever, the peer reads
+            // again; the shutdown drain has its own grace period.
+            if let Poll::Ready(code) = session.connection().outbox().poll_close_requested(cx)
+                && code != CloseCode::GoingAway
+            {
+                return Poll::Ready(End::Close(code));
+            }
+            write_budget_spent = false;
+        }
+    }
+    // Idle again: hand the staging buffers back so an idle connection holds none.
+    wire.writer().release_if_idle();
+    if read_budget_spent || write_budget_spent {
+        // Work is left but other connections deserve a turn: come back right away.
+        cx.waker().wake_by_ref();
+    }
+    Poll::Pending
+}
+
+/// What [`drain`] did.
+enum Drained {
+    /// Frames (perhaps none) are staged; `budget_spent` when more may wait in the outbox.
+    Staged { budget_spent: bool },
+    /// The connection ends.
+    End(End),
+}
+
+/// Takes up to [`WRITE_BUDGET`] batches from the outbox into the writer.
+fn drain(
+    cx: &mut Context<'_>,
+    app: &App,
+    wire: &mut Wire<TcpStream>,
+    session: &Session,
+    fill: &mut FillDelay,
+) -> Drained {
+    let batch = app.gateway.runtime().message_batch_size();
+    let outbox = session.connection().outbox();
+    for _ in 0..WRITE_BUDGET {
+        if fill.waiting(cx, app, session, batch) {
+            return Drained::Staged {
+                budget_spent: false,
+            };
+        }
+        let writer = wire.writer();
+        match outbox.poll_drain(cx, batch, writer.drained()) {
+            Poll::Ready(None) => writer.stage(session.connection().batching()),
+            // A slow consumer's queue is the problem: close without the rest.
+            Poll::Ready(Some(CloseCode::SlowConsumer)) => {
+                tracing::debug!(connection = %session.connection().id(), "slow consumer closed");
+                return Drained::End(End::Close(CloseCode::SlowConsumer));
+            }
+            // Everything queued before the close request is out of the queue: close once
+            // it is written too (the request stays set for the next round).
+            Poll::Ready(Some(code)) => {
+                if !writer.has_staged() {
+                    return Drained::End(End::Close(code));
+                }
+                // No waker was registered: come back once this is written.
+                return Drained::Staged { budget_spent: true };
+            }
+            Poll::Pending => {
+                return Drained::Staged {
+                    budget_spent: false,
+                };
+            }
+        }
+    }
+    Drained::Staged { budget_spent: true }
+}
+
+/// With `message_batch_delay_ms` above zero, holds back a partly filled batch until the delay
+/// has passed since its first frame.
+#[derive(Default)]
+struct FillDelay {
+    /// While a batch is waiting to fill.
+    deadline: Option<Pin<Box<Sleep>>>,
+}
+
+impl FillDelay {
+    /// Whether to wait before draining a batch of `batch` frames; the task is woken when the
+    /// delay ends.
+    fn waiting(
+        &mut self,
+        cx: &mut Context<'_>,
+        app: &App,
+        session: &Session,
+        batch: usize,
+    ) -> bool {
+        let delay = app.gateway.runtime().message_batch_delay();
+        if delay.is_zero() {
+            // The default: no wait, and no extra lock of the outbox on every write.
+            self.deadline = None;
+            return false;
+        }
+        let queued = session.connection().outbox().len();
+        if queued == 0 || queued >= batch {
+            self.deadline = None;
+            return false;
+        }
+        let deadline = self
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(delay)));
+        if deadline.as_mut().poll(cx).is_ready() {
+            self.deadline = None;
+            return false;
+        }
+        true
+    }
+}
+
+/// The close handshake for how the connection ended, after the rest of a frame that was
+/// half-written when it ended (a close frame must not land inside it).
+async fn goodbye(mut ws: Ws, end: End, unfinished: Vec<Bytes>) {
+    for bytes in unfinished {
+        if ws.get_mut().write_all(&bytes).await.is_err() {
+            return;
+        }
+    }
+    match end {
+        End::Close(code) => {
+            let frame = CloseFrame {
+                code: WsCloseCode::from(code.code()),
+                reason: Utf8Bytes::from_static(code.reason()),
+            };
+            let _ = ws.close(Some(frame)).await;
+            while let Some(Ok(_)) = ws.next().await {}
+        }
+        End::Protocol(code) => {
+            let reason = match code {
+                WsCloseCode::Size => "message larger than the payload limit",
+                WsCloseCode::Invalid => "invalid UTF-8",
+                _ => "protocol error",
+            };
+            let reason = Utf8Bytes::from_static(reason);
+            let _ = ws.close(Some(CloseFrame { code, reason })).await;
+            while let Some(Ok(_)) = ws.next().await {}
+        }
+        End::PeerClosed => {
+            // Corked, the reply to the peer's close frame waits in the socket until the close
+            // that follows, and both leave as one segment: a packet less per connection, and
+            // on loopback a packet is most of what a closing connection costs.
+            #[cfg(target_os = "linux")]
+            let _ = socket2::SockRef::from(ws.get_ref()).set_tcp_cork(true);
+            let _ = ws.flush().await;
+        }
+        End::Dropped => {}
+    }
+}
+
+/// How a tungstenite error ends the connection.
+fn end_for(error: &tungstenite::Error) -> End {
+    match error {
+        tungstenite::Error::Capacity(_) => End::Protocol(WsCloseCode::Size),
+        tungstenite::Error::Utf8(_) => End::Protocol(WsCloseCode::Invalid),
+        tungstenite::Error::Protocol(_) | tungstenite::Error::AttackAttempt => {
+            End::Protocol(WsCloseCode::Protocol)
+        }
+        // Socket errors, and the control-frame cap (which `Wire` keeps from being reached).
+        _ => End::Dropped,
+    }
+}

@@ -1,0 +1,381 @@
+//! The WebSocket handshake: validates an upgrade request (version, key, origin, admission) and
+//! answers it, on `conn`'s direct path (101 and `connected` as bytes, in one write) or on
+//! hyper's (`upgrade`), then sets tungstenite up on the socket.
+
+use std::{
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, Waker},
+};
+
+use bytes::Bytes;
+use herald_core::{Admission, Refusal, Session};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, header};
+use http_body_util::Full;
+use hyper::body::{Body as _, Incoming};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{
+        handshake::derive_accept_key,
+        protocol::{Role, WebSocketConfig},
+    },
+};
+
+use crate::{
+    app::App,
+    prefixed::Prefixed,
+    respond::{bearer_token, error_response, query_param},
+    ws::{Ws, driver::drive, writer::Chunk},
+};
+
+/// The optional subprotocol, echoed when offered.
+const SUBPROTOCOL: &str = "herald.v1";
+/// tungstenite's read buffer, allocated per connection. Client frames are small control
+/// messages; a larger one grows the buffer as needed. Measured: 4 KiB cost 8.2 KB per idle
+/// connection in all, 512 bytes 4.5 KB (`cargo xtask bench --scenario idle`).
+const READ_BUFFER_BYTES: usize = 256;
+/// Control frames (pong and close replies) tungstenite may hold for a peer that does not read.
+/// `Wire` lets it hold one at a time, so this is a backstop, not a limit that is reached.
+const CONTROL_BUFFER_BYTES: usize = 64 * 1024;
+
+/// A handshake that passed every check: the connection is admitted.
+struct Accepted {
+    admission: Admission,
+    /// `Sec-WebSocket-Accept`.
+    accept_key: String,
+    /// Whether the client offered `herald.v1`, which the 101 then echoes.
+    subprotocol: bool,
+}
+
+/// Answers a `GET /ws` that arrived as a connection's first request (parsed by `conn`).
+///
+/// Returns what to write: on success the 101 followed by the first frame (`connected`), so both
+/// leave in one write, and the open session; on a refusal the HTTP error, after which the
+/// connection closes. Synchronous on purpose: nothing of the request outlives this call, so
+/// the connection's long-lived task does not carry it.
+pub(crate) fn answer_direct(
+    app: &App,
+    request: Request<()>,
+) -> Result<(Vec<u8>, Session), Vec<u8>> {
+    let accepted = handshake(app, request.uri(), request.headers()).map_err(encode_response)?;
+    drop(request);
+    let mut greeting = encode_response(accepted.switching_protocols());
+    let session = app.gateway.open(accepted.admission);
+    let mut first = Vec::with_capacity(1);
+    // `open` queued `connected`; taking it needs no waker, the driver registers its own.
+    let _ = session.connection().outbox().poll_drain(
+        &mut Context::from_waker(Waker::noop()),
+        1,
+        &mut first,
+    );
+    for frame in first {
+        greeting.extend_from_slice(Chunk::text_header(frame.len()).as_bytes());
+        greeting.extend_from_slice(frame.as_bytes());
+    }
+    Ok((greeting, session))
+}
+
+/// Answers a `GET /ws` that hyper parsed (one that followed other requests on a keep-alive
+/// connection): checks the handshake, admits the connection and upgrades it.
+pub(crate) fn upgrade(app: &Arc<App>, mut request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let accepted = match handshake(app, request.uri(), request.headers()) {
+        Ok(accepted) => accepted,
+        Err(response) => return response,
+    };
+    let response = accepted.switching_protocols();
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    let task_app = Arc::clone(app);
+    app.sessions.spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(error) => {
+                tracing::debug!(%error, "upgrade failed");
+                return;
+            }
+        };
+        // Every connection is served over `Prefixed` (see `conn`), so this cannot fail; the
+        // bare socket spares each read and write the `Upgraded` box's dynamic dispatch.
+        let Ok(parts) = upgraded.downcast::<TokioIo<Prefixed>>() else {
+            tracing::error!("upgraded connection of an unexpected type");
+            return;
+        };
+        let (stream, unread) = parts.io.into_inner().into_parts();
+        let mut leftover = parts.read_buf.to_vec();
+        leftover.extend_from_slice(&unread);
+        let ws = websocket(&task_app, stream, leftover).await;
+        let session = task_app.gateway.open(accepted.admission);
+        // The connection lives in a task of its own, spawned now: its future holds only the
+        // driver's state, not the upgrade's, which keeps an idle connection small.
+        let sessions = task_app.sessions.clone();
+        sessions.spawn(drive(task_app, ws, session));
+    });
+    response
+}
+
+/// The WebSocket over a socket whose handshake is done; `leftover` is what the client sent
+/// after the request head.
+pub(crate) async fn websocket(app: &App, stream: TcpStream, leftover: Vec<u8>) -> Ws {
+    let config = ws_config(app.config.max_payload_bytes);
+    WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(config)).await
+}
+
+/// The handshake's checks, shared by both paths to a WebSocket (`conn`'s direct one and
+/// hyper's): the upgrade headers, the origin and the admission (token, limits). A refusal is
+/// the HTTP response to send, counted in `herald_handshakes_refused_total` by its status.
+#[allow(clippy::result_large_err)] // The error is the response itself, built once.
+fn handshake(app: &App, uri: &Uri, headers: &HeaderMap) -> Result<Accepted, Response<Full<Bytes>>> {
+    let checked = check_handshake(app, uri, headers);
+    if let Err(response) = &checked {
+        let status = response.status().as_str().to_owned();
+        metrics::counter!("herald_handshakes_refused_total", "status" => status).increment(1);
+    }
+    checked
+}
+
+/// [`handshake`] without the metric.
+#[allow(clippy::result_large_err)] // As above.
+fn check_handshake(
+    app: &App,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Accepted, Response<Full<Bytes>>> {
+    let key = validate_handshake(headers)?;
+    if let Err(message) = check_origin(app, headers) {
+        return Err(error_response(
+            StatusCode::FORBIDDEN,
+            herald_protocol::ErrorCode::Forbidden,
+            &message,
+        ));
+    }
+    let query = uri.query().unwrap_or("");
+    let bearer = bearer_token(headers).map(str::to_owned);
+    let token = bearer.or_else(|| query_param(query, "token"));
+    let thread = query_param(query, "thread");
+    let admission = app
+        .gateway
+        .admit(token.as_deref(), thread.as_deref())
+        .map_err(|refusal| refusal_response(&refusal))?;
+    let subprotocol = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == SUBPROTOCOL);
+    Ok(Accepted {
+        admission,
+        accept_key: derive_accept_key(key.as_bytes()),
+        subprotocol,
+    })
+}
+
+impl Accepted {
+    /// The 101 that completes the handshake.
+    fn switching_protocols(&self) -> Response<Full<Bytes>> {
+        let mut response = Response::new(Full::new(Bytes::new()));
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = response.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        if let Ok(accept) = HeaderValue::from_str(&self.accept_key) {
+            headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+        }
+        if self.subprotocol {
+            headers.insert(
+                header::SEC_WEBSOCKET_PROTOCOL,
+                HeaderValue::from_static(SUBPROTOCOL),
+            );
+        }
+        response
+    }
+}
+
+/// A response as HTTP/1.1 bytes: a 101 as is, anything else with its body and
+/// `connection: close` (the direct path answers one request per connection).
+fn encode_response(response: Response<Full<Bytes>>) -> Vec<u8> {
+    let (parts, mut body) = response.into_parts();
+    // `Full` yields its one frame at once: no waker is ever registered.
+    let body = match Pin::new(&mut body).poll_frame(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
+        _ => Bytes::new(),
+    };
+    let mut out = Vec::with_capacity(256 + body.len());
+    let status = parts.status;
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if status != StatusCode::SWITCHING_PROTOCOLS {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(body.len().to_string().as_bytes());
+        out.extend_from_slice(b"\r\nconnection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&body);
+    out
+}
+
+/// tungstenite's per-connection buffers, sized for many mostly idle connections, and the
+/// limit on a client's messages and frames (`max_payload_bytes`).
+pub(super) fn ws_config(max_payload: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        // Client frames are small control messages; the buffer is allocated per connection.
+        .read_buffer_size(READ_BUFFER_BYTES)
+        // Only control frames (pong and close replies) go through tungstenite's write buffer:
+        // written as soon as they are queued, and capped (a backstop: `Wire` lets it hold one
+        // at a time). Data frames are the driver's (`Writer`).
+        .write_buffer_size(0)
+        .max_write_buffer_size(CONTROL_BUFFER_BYTES)
+        .max_message_size(Some(max_payload))
+        .max_frame_size(Some(max_payload))
+}
+
+/// Checks what tungstenite's own handshake would (hyper did the HTTP part): `Upgrade` and
+/// `Connection` tokens, version 13 and a well-formed key. Returns the key.
+#[allow(clippy::result_large_err)] // The error is the response itself, built once.
+fn validate_handshake(headers: &HeaderMap) -> Result<String, Response<Full<Bytes>>> {
+    let bad = |message: &str| {
+        error_response(
+            StatusCode::BAD_REQUEST,
+            herald_protocol::ErrorCode::BadRequest,
+            message,
+        )
+    };
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    if !has_token(header::UPGRADE, "websocket") || !has_token(header::CONNECTION, "upgrade") {
+        return Err(bad(
+            "expected a WebSocket upgrade (Upgrade: websocket, Connection: Upgrade)",
+        ));
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        let mut response = error_response(
+            StatusCode::UPGRADE_REQUIRED,
+            herald_protocol::ErrorCode::BadRequest,
+            "unsupported WebSocket version: expected 13",
+        );
+        response.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return Err(response);
+    }
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .and_then(|v| v.to_str().ok())
+        .filter(|key| is_websocket_key(key))
+        .ok_or_else(|| bad("missing or malformed Sec-WebSocket-Key"))?;
+    Ok(key.to_owned())
+}
+
+/// A key is 16 bytes in base64: 22 base64 characters and `==`.
+fn is_websocket_key(key: &str) -> bool {
+    let bytes = key.as_bytes();
+    bytes.len() == 24
+        && bytes.ends_with(b"==")
+        && bytes[..22]
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
+}
+
+/// Same-origin, an allowed origin, or no `Origin` (non-browser clients).
+fn check_origin(app: &App, headers: &HeaderMap) -> Result<(), String> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin
+        .to_str()
+        .map_err(|_| "malformed Origin header".to_owned())?
+        .to_ascii_lowercase();
+    let allowed = &app.config.allowed_origins;
+    if allowed.iter().any(|a| a == "*" || *a == origin) {
+        return Ok(());
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_ascii_lowercase);
+    let origin_authority = origin.split_once("://").map(|(_, rest)| rest);
+    match (origin_authority, host) {
+        (Some(authority), Some(host)) if authority == host => Ok(()),
+        _ => Err(format!("origin {origin} is not allowed")),
+    }
+}
+
+/// The HTTP answer to a refused admission: its contract code's status, and `Retry-After` when
+/// the server is unavailable.
+fn refusal_response(refusal: &Refusal) -> Response<Full<Bytes>> {
+    let code = refusal.code();
+    let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+    let mut response = error_response(status, code, &refusal.to_string());
+    if matches!(refusal, Refusal::Unavailable(_)) {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn websocket_keys_are_checked() {
+        assert!(is_websocket_key("dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(!is_websocket_key("dGhlIHNhbXBsZSBub25jZQ"));
+        assert!(!is_websocket_key("dGhlIHNhbXBsZSBub25j!Q=="));
+    }
+
+    #[test]
+    fn a_refusal_is_encoded_with_its_body_and_closes_the_connection() {
+        let response = error_response(
+            StatusCode::BAD_REQUEST,
+            herald_protocol::ErrorCode::BadRequest,
+            "nope",
+        );
+        let encoded = String::from_utf8(encode_response(response))
+            .unwrap_or_else(|e| panic!("not UTF-8: {e}"));
+        let (head, body) = encoded
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("no end of head: {encoded}"));
+        assert!(head.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{head}");
+        assert!(
+            head.contains(&format!("\r\ncontent-length: {}\r\n", body.len())),
+            "{head}"
+        );
+        assert!(head.ends_with("\r\nconnection: close"), "{head}");
+        assert!(body.contains("nope"), "{body}");
+    }
+
+    #[test]
+    fn a_switching_protocols_answer_has_no_body_headers() {
+        let mut response = Response::new(Full::new(Bytes::new()));
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        response
+            .headers_mut()
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert_eq!(
+            encode_response(response),
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n"
+        );
+    }
+}

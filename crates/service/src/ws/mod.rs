@@ -1,0 +1,28 @@
+//! The WebSocket transport: the handshake on both paths to a WebSocket, then one task per
+//! connection that reads client frames into the core `Session` and writes what the
+//! connection's outbox yields, several frames per vectored write, straight from their shared
+//! bytes.
+//!
+//! - `handshake`: validates the upgrade and answers it (`answer_direct` for `conn`'s direct
+//!   path, `upgrade` for hyper's), and sets tungstenite up on the socket (`websocket`).
+//! - `driver`: the per-connection loop (`drive`), its read and write budgets, and the close
+//!   handshake.
+//! - `wire`: the socket shared by tungstenite (reads, control replies) and the data-frame
+//!   writer, in turns, so that no control frame lands inside a data frame.
+//! - `writer`: data frames encoded and written with vectored writes.
+
+mod driver;
+mod handshake;
+mod wire;
+mod writer;
+
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+
+pub(crate) use crate::ws::{
+    driver::drive,
+    handshake::{answer_direct, upgrade, websocket},
+};
+
+/// A WebSocket connection on its socket.
+pub(crate) type Ws = WebSocketStream<TcpStream>;

@@ -1,0 +1,405 @@
+//! The data-frame writer: encodes the frames drained from a connection's outbox and writes them
+//! with vectored writes straight from their shared bytes.
+
+use std::{
+    collections::VecDeque,
+    io::{self, IoSlice},
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
+
+use bytes::Bytes;
+use herald_core::Frame;
+use herald_protocol::encode_batch;
+use tokio::io::AsyncWrite;
+
+/// Encoded data frames on their way to the socket.
+///
+/// The driver writes data frames itself, with vectored writes straight from the frames' shared
+/// bytes: a publication's payload is never copied per subscriber, and an idle connection keeps
+/// no write buffer (tungstenite's grows to the largest burst and stays there). tungstenite
+/// still writes the control frames it answers with (pong, close); `Wire` makes the two writers
+/// take turns at frame boundaries, which [`Writer::at_frame_boundary`] and
+/// [`Writer::poll_finish_frame`] exist for.
+#[derive(Default)]
+pub(super) struct Writer {
+    /// Frames taken from the outbox and not yet staged.
+    drained: Vec<Frame>,
+    /// Frame headers and payloads, oldest first.
+    out: VecDeque<Chunk>,
+    /// Bytes of the front chunk already written.
+    written: usize,
+}
+
+/// A piece of an encoded data frame.
+pub(super) enum Chunk {
+    /// A server frame's header (unmasked): 2, 4 or 10 bytes.
+    Header {
+        /// The header, in its first `len` bytes.
+        bytes: [u8; 10],
+        /// How many bytes of `bytes` the header takes.
+        len: u8,
+    },
+    /// The frame's payload, shared with every other connection that gets it.
+    Payload(Bytes),
+}
+
+impl Chunk {
+    /// The header of a final text frame carrying `len` bytes (RFC 6455, 5.2).
+    pub(super) fn text_header(len: usize) -> Self {
+        const FIN_TEXT: u8 = 0x81;
+        let mut bytes = [0; 10];
+        bytes[0] = FIN_TEXT;
+        let header_len = if len < 126 {
+            // Fits in 7 bits (checked), so the cast keeps it whole.
+            bytes[1] = len as u8;
+            2
+        } else if let Ok(short) = u16::try_from(len) {
+            bytes[1] = 126;
+            bytes[2..4].copy_from_slice(&short.to_be_bytes());
+            4
+        } else {
+            bytes[1] = 127;
+            bytes[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+            10
+        };
+        Self::Header {
+            bytes,
+            len: header_len,
+        }
+    }
+
+    /// The chunk's bytes as they go on the wire.
+    pub(super) fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::Header { bytes, len } => &bytes[..usize::from(*len)],
+            Self::Payload(payload) => payload,
+        }
+    }
+}
+
+impl Writer {
+    /// Most chunks handed to one `writev`.
+    const MAX_SLICES: usize = 128;
+
+    /// Whether no data frame is half-written, so another writer (tungstenite) may write.
+    pub(super) fn at_frame_boundary(&self) -> bool {
+        self.written == 0 && !matches!(self.out.front(), Some(Chunk::Payload(_)))
+    }
+
+    /// Whether staged frames wait to be written.
+    pub(super) fn has_staged(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// Where the driver drains the outbox to; [`Writer::stage`] encodes what it holds.
+    pub(super) fn drained(&mut self) -> &mut Vec<Frame> {
+        &mut self.drained
+    }
+
+    /// Turns the drained frames into chunks: one `batch` frame when several wait and the
+    /// client allows batching, else one frame per message.
+    pub(super) fn stage(&mut self, batching: bool) {
+        if batching && self.drained.len() > 1 {
+            let batch = encode_batch(self.drained.iter().map(Frame::as_bytes));
+            self.drained.clear();
+            self.push_frame(Bytes::from(batch));
+        } else {
+            for frame in std::mem::take(&mut self.drained) {
+                self.push_frame(frame.into_bytes());
+            }
+        }
+    }
+
+    /// Stages one text frame carrying `payload`.
+    pub(super) fn push_frame(&mut self, payload: Bytes) {
+        self.out.push_back(Chunk::text_header(payload.len()));
+        self.out.push_back(Chunk::Payload(payload));
+    }
+
+    /// Hands the staging buffers back once everything is written, so an idle connection holds
+    /// none.
+    pub(super) fn release_if_idle(&mut self) {
+        if self.out.is_empty() {
+            self.drained = Vec::new();
+            self.out = VecDeque::new();
+        }
+    }
+
+    /// Writes chunks until none is left (`Ready(Ok)`) or the socket is full (`Pending`).
+    pub(super) fn poll_write_out(
+        &mut self,
+        cx: &mut Context<'_>,
+        socket: &mut (impl AsyncWrite + Unpin),
+    ) -> Poll<io::Result<()>> {
+        self.poll_write_chunks(cx, socket, usize::MAX)
+    }
+
+    /// Writes the rest of a half-written frame and nothing after it: `Ready(Ok)` once the
+    /// writer is at a frame boundary (at once when it already is).
+    pub(super) fn poll_finish_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+        socket: &mut (impl AsyncWrite + Unpin),
+    ) -> Poll<io::Result<()>> {
+        self.poll_write_chunks(cx, socket, self.unfinished_chunks())
+    }
+
+    /// The rest of a half-written frame, taken out of the writer, for the goodbye to finish
+    /// before a close frame.
+    pub(super) fn take_unfinished_frame(&mut self) -> Vec<Bytes> {
+        let chunks = self.unfinished_chunks();
+        let mut rest = Vec::with_capacity(chunks);
+        for _ in 0..chunks {
+            let bytes = match self.out.pop_front() {
+                Some(Chunk::Payload(payload)) => payload.slice(self.written..),
+                Some(header) => Bytes::copy_from_slice(&header.as_bytes()[self.written..]),
+                None => break,
+            };
+            rest.push(bytes);
+            self.written = 0;
+        }
+        rest
+    }
+
+    /// How many chunks, from the front, belong to a half-written frame: none at a frame
+    /// boundary, else the front chunk and the payload that follows a front header.
+    fn unfinished_chunks(&self) -> usize {
+        if self.at_frame_boundary() {
+            return 0;
+        }
+        let payloads = self
+            .out
+            .iter()
+            .skip(1)
+            .take_while(|chunk| matches!(chunk, Chunk::Payload(_)))
+            .count();
+        1 + payloads
+    }
+
+    /// Writes the first `chunks` chunks (fewer when fewer are staged), several per system call.
+    fn poll_write_chunks(
+        &mut self,
+        cx: &mut Context<'_>,
+        socket: &mut (impl AsyncWrite + Unpin),
+        mut chunks: usize,
+    ) -> Poll<io::Result<()>> {
+        while chunks > 0 && !self.out.is_empty() {
+            let mut slices = [IoSlice::new(&[]); Self::MAX_SLICES];
+            let mut count = 0;
+            let take = chunks.min(Self::MAX_SLICES);
+            for (i, chunk) in self.out.iter().take(take).enumerate() {
+                let bytes = chunk.as_bytes();
+                slices[i] = IoSlice::new(if i == 0 {
+                    &bytes[self.written..]
+                } else {
+                    bytes
+                });
+                count = i + 1;
+            }
+            let mut n = ready!(Pin::new(&mut *socket).poll_write_vectored(cx, &slices[..count]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            while chunks > 0
+                && let Some(front) = self.out.front()
+            {
+                let left = front.as_bytes().len() - self.written;
+                if n < left {
+                    self.written += n;
+                    break;
+                }
+                n -= left;
+                self.written = 0;
+                self.out.pop_front();
+                chunks -= 1;
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::Waker;
+
+    use proptest::prelude::*;
+    use tokio_tungstenite::tungstenite::protocol::frame::{
+        Frame as WireFrame,
+        coding::{Data, OpCode},
+    };
+
+    use super::*;
+
+    /// A frame as tungstenite encodes it: the reference for the driver's own encoding.
+    fn reference(payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        WireFrame::message(payload.to_vec(), OpCode::Data(Data::Text), true)
+            .format(&mut out)
+            .unwrap_or_else(|e| panic!("formatting into a Vec failed: {e}"));
+        out
+    }
+
+    /// A socket that accepts at most `per_call[i]` bytes on its i-th write (cycling), and
+    /// nothing more once `budget` bytes are in.
+    struct Trickle {
+        out: Vec<u8>,
+        per_call: Vec<usize>,
+        calls: usize,
+        budget: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+        }
+
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            if this.budget == 0 {
+                return Poll::Pending;
+            }
+            let mut room = this.per_call[this.calls % this.per_call.len()].min(this.budget);
+            this.calls += 1;
+            let mut written = 0;
+            for buf in bufs {
+                let n = buf.len().min(room);
+                this.out.extend_from_slice(&buf[..n]);
+                room -= n;
+                written += n;
+            }
+            this.budget -= written;
+            Poll::Ready(Ok(written))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn payloads() -> impl Strategy<Value = Vec<Vec<u8>>> {
+        // Mostly short frames; now and then one past the 16-bit length boundary.
+        let size = prop_oneof![19 => 0_usize..140, 1 => 65_530_usize..65_540];
+        proptest::collection::vec(size.prop_map(|n| vec![b'x'; n]), 0..40)
+    }
+
+    #[test]
+    fn frame_headers_match_tungstenite() {
+        for len in [0, 1, 125, 126, 127, 65_535, 65_536, 70_000] {
+            let payload = vec![b'a'; len];
+            let mut ours = Chunk::text_header(len).as_bytes().to_vec();
+            ours.extend_from_slice(&payload);
+            assert_eq!(ours, reference(&payload), "length {len}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn frames_reach_the_socket_whole_and_in_order(
+            payloads in payloads(),
+            per_call in proptest::collection::vec(1_usize..4_000, 1..8),
+        ) {
+            let mut writer = Writer::default();
+            let mut expected = Vec::new();
+            for payload in &payloads {
+                writer.push_frame(Bytes::from(payload.clone()));
+                expected.extend(reference(payload));
+            }
+            let mut socket = Trickle { out: Vec::new(), per_call, calls: 0, budget: usize::MAX };
+            let mut cx = Context::from_waker(Waker::noop());
+            prop_assert!(writer.poll_write_out(&mut cx, &mut socket).is_ready());
+            prop_assert!(writer.at_frame_boundary());
+            prop_assert_eq!(socket.out, expected);
+        }
+
+        #[test]
+        fn a_half_written_frame_is_finished_exactly(
+            payloads in payloads(),
+            per_call in proptest::collection::vec(1_usize..4_000, 1..8),
+            stop_at in 0.0_f64..1.0,
+        ) {
+            let mut writer = Writer::default();
+            let mut frames = Vec::new();
+            for payload in &payloads {
+                writer.push_frame(Bytes::from(payload.clone()));
+                frames.push(reference(payload));
+            }
+            let total: usize = frames.iter().map(Vec::len).sum();
+            // Truncation is the point: somewhere inside the stream.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+            let budget = (total as f64 * stop_at) as usize;
+            let mut socket = Trickle { out: Vec::new(), per_call, calls: 0, budget };
+            let mut cx = Context::from_waker(Waker::noop());
+            let _ = writer.poll_write_out(&mut cx, &mut socket);
+            let mut on_wire = socket.out;
+            for rest in writer.take_unfinished_frame() {
+                on_wire.extend_from_slice(&rest);
+            }
+            // The wire now ends exactly at the end of a frame.
+            let mut boundary = 0;
+            for frame in &frames {
+                if boundary >= on_wire.len() {
+                    break;
+                }
+                boundary += frame.len();
+            }
+            prop_assert_eq!(on_wire.len(), boundary);
+            prop_assert_eq!(&on_wire[..], &frames.concat()[..boundary]);
+        }
+
+        #[test]
+        fn finishing_a_frame_writes_up_to_its_end_and_no_further(
+            payloads in payloads(),
+            per_call in proptest::collection::vec(1_usize..4_000, 1..8),
+            stop_at in 0.0_f64..1.0,
+        ) {
+            let mut writer = Writer::default();
+            let mut frames = Vec::new();
+            for payload in &payloads {
+                writer.push_frame(Bytes::from(payload.clone()));
+                frames.push(reference(payload));
+            }
+            let total: usize = frames.iter().map(Vec::len).sum();
+            // Truncation is the point: somewhere inside the stream.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+            let budget = (total as f64 * stop_at) as usize;
+            let mut socket = Trickle { out: Vec::new(), per_call, calls: 0, budget };
+            let mut cx = Context::from_waker(Waker::noop());
+            let _ = writer.poll_write_out(&mut cx, &mut socket);
+            socket.budget = usize::MAX;
+            prop_assert!(writer.poll_finish_frame(&mut cx, &mut socket).is_ready());
+            prop_assert!(writer.at_frame_boundary());
+            // The wire ends exactly at the end of the frame that was half-written.
+            let mut boundary = 0;
+            for frame in &frames {
+                if boundary >= socket.out.len() {
+                    break;
+                }
+                boundary += frame.len();
+            }
+            prop_assert_eq!(socket.out.len(), boundary);
+            // The rest follows whole.
+            prop_assert!(writer.poll_write_out(&mut cx, &mut socket).is_ready());
+            prop_assert!(!writer.has_staged());
+            prop_assert_eq!(socket.out, frames.concat());
+        }
+    }
+}
