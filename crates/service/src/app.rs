@@ -8,11 +8,22 @@ use tokio_util::task::TaskTracker;
 
 /// Everything a request handler needs.
 pub(crate) struct App {
+    /// The configuration the process started with.
     pub(crate) config: BaseConfig,
+    /// Connections, subscriptions and fan-out.
     pub(crate) gateway: Gateway,
+    /// Renders `/metrics`.
     pub(crate) metrics: PrometheusHandle,
     /// The WebSocket sessions and the fan-out worker, so shutdown can drain them.
     pub(crate) sessions: TaskTracker,
+}
+
+impl App {
+    /// Resident memory of this process in bytes (0 where unknown): the one place the service
+    /// reads memory, so that a `herald_memory::MemoryProbe` held here can replace the reading.
+    pub(crate) fn resident_memory_bytes(&self) -> u64 {
+        statm_resident_bytes()
+    }
 }
 
 /// Which routes a listener serves.
@@ -27,7 +38,7 @@ pub(crate) enum Role {
 }
 
 /// Resident memory of this process in bytes, from `/proc/self/statm` (0 where unavailable).
-pub(crate) fn rss_bytes() -> u64 {
+fn statm_resident_bytes() -> u64 {
     const PAGE_SIZE: u64 = 4096;
     std::fs::read_to_string("/proc/self/statm")
         .ok()

@@ -28,11 +28,17 @@ pub(crate) struct Cli {
     /// Any setting by its TOML key, e.g. --set max_connections=5000 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     set: Vec<(String, String)>,
+    /// Run locally with throwaway credentials: loopback only (HERALD_LISTEN, default
+    /// 127.0.0.1:8080); a new JWT secret and API key at every start, printed with a ready token
+    /// and commands to paste. They replace any configured ones.
+    #[arg(long)]
+    pub(crate) dev: bool,
 }
 
 impl Cli {
-    /// The configuration layers: the file, the process environment and these flags.
-    pub(crate) fn sources(&self) -> Sources<'_> {
+    /// The configuration layers: the file, the process environment, these flags, and then
+    /// `extra` overrides (as `(toml key, value)`), which win over everything.
+    pub(crate) fn sources(&self, extra: Vec<(String, String)>) -> Sources<'_> {
         let mut overrides = Vec::new();
         if let Some(profile) = &self.profile {
             overrides.push(("profile".to_owned(), profile.clone()));
@@ -41,6 +47,7 @@ impl Cli {
             overrides.push(("listen".to_owned(), listen.clone()));
         }
         overrides.extend(self.set.iter().cloned());
+        overrides.extend(extra);
         Sources {
             file: self.config.as_deref(),
             // Non-UTF-8 variables cannot be Herald settings; skip them instead of panicking.
@@ -52,6 +59,7 @@ impl Cli {
     }
 }
 
+/// Parses one `--set KEY=VALUE`.
 fn parse_key_value(text: &str) -> Result<(String, String), String> {
     let (key, value) = text
         .split_once('=')

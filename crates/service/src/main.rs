@@ -3,15 +3,21 @@
 //!
 //! This is the composition root. It is the only crate that reads environment variables, picks
 //! the implementations of core's seams (clock, authenticator, stores) and knows about hyper and
-//! tungstenite.
+//! tungstenite. Its modules depend on each other without loops: `main` uses `cli`, `dev` and
+//! `server`; `server` wires `jwt`, `listener` and `signals`; `listener` hands connections to
+//! `conn`, which serves them with `ws` or `http`; `app` and `respond` are shared by all.
 
 mod app;
 mod cli;
 mod conn;
+mod dev;
 mod http;
+mod jwt;
+mod listener;
 mod prefixed;
 mod respond;
 mod server;
+mod signals;
 mod ws;
 
 use std::process::ExitCode;
@@ -20,7 +26,7 @@ use clap::Parser;
 use herald_config::{BaseConfig, LogFormat};
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::Cli;
+use crate::{cli::Cli, dev::DevMode, jwt::JwtSettings};
 
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -36,14 +42,43 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[unsafe(export_name = "_rjem_malloc_conf")]
 static MALLOC_CONF: &u8 = &b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0"[0];
 
+/// Exit status for a configuration that cannot run; the message names the setting.
+const EXIT_CONFIG: u8 = 2;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match BaseConfig::load(cli.sources()) {
+    let dev = if cli.dev {
+        match DevMode::generate() {
+            Ok(dev) => Some(dev),
+            Err(error) => {
+                eprintln!("herald: --dev: cannot generate credentials: {error}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    let overrides = dev.as_ref().map(DevMode::overrides).unwrap_or_default();
+    let config = match BaseConfig::load(cli.sources(overrides)) {
         Ok(config) => config,
         Err(error) => {
             // Logging is configured by the config that failed to load: report plainly.
             eprintln!("herald: configuration error: {error}");
-            return ExitCode::from(2);
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if dev.is_some()
+        && let Err(message) = dev::check_loopback(&config)
+    {
+        eprintln!("herald: configuration error: {message}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    // The key file is read now: a bad one is a configuration error, before anything listens.
+    let jwt = match JwtSettings::from_config(&config) {
+        Ok(jwt) => jwt,
+        Err(error) => {
+            eprintln!("herald: configuration error: {}", error_chain(&error));
+            return ExitCode::from(EXIT_CONFIG);
         }
     };
     if cli.print_config {
@@ -55,7 +90,7 @@ fn main() -> ExitCode {
     }
     if let Err(error) = init_logging(&config) {
         eprintln!("herald: configuration error: {error}");
-        return ExitCode::from(2);
+        return ExitCode::from(EXIT_CONFIG);
     }
     for warning in config.warnings() {
         tracing::warn!("{warning}");
@@ -70,13 +105,30 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(server::run(config)) {
+    let announce = |addr| {
+        if let Some(dev) = &dev {
+            dev.announce(addr);
+        }
+    };
+    match runtime.block_on(server::run(config, jwt, announce)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// `error` and its sources, joined with `: ` on one line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        line.push_str(": ");
+        line.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    line
 }
 
 /// Logs to stderr, filtered by `HERALD_LOG`, as text or one JSON object per line.

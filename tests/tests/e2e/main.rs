@@ -3,9 +3,13 @@
 mod api;
 mod auth_flow;
 mod basics;
+mod body_limit;
 mod delivery;
+mod dev_mode;
+mod first_contact;
 mod handshake;
 mod hostile;
+mod jwt_keys;
 mod lifecycle;
 mod limits;
 mod listeners;

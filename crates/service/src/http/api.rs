@@ -1,0 +1,493 @@
+//! The `/api/*` routes of the contract: publishing, pushes, events, connections, topics, stats
+//! and the runtime configuration. Request bodies are the protocol's types, decoded by
+//! `body::read_json`; answers are the protocol's response types or the serde types below.
+
+use std::collections::BTreeMap;
+
+use herald_config::{ChangeReason, RuntimeConfigError, RuntimeKey};
+use herald_core::{
+    ConnectionId, ConnectionSummary, EventOutcome, GatewayError, Outcome, PublishOutcome, ThreadId,
+    UserId,
+};
+use herald_protocol::{
+    BroadcastRequest, ConnectionSendRequest, DeliveredResponse, ErrorCode, EventRequest,
+    EventResponse, ProtocolError, PublishBatchRequest, PublishBatchResponse, PublishBatchResult,
+    PublishRequest, PublishResponse, Topic, UserSendRequest,
+};
+use http::StatusCode;
+use serde::Serialize;
+use serde_json::{Value, value::RawValue};
+
+use super::{
+    body::read_json,
+    routes::{Answer, Call, Reply, ready},
+};
+use crate::{
+    app::App,
+    respond::{ApiError, json_response, percent_decode, query_param},
+};
+
+/// `POST /api/publish`: `{topic, data, priority?, id?}` to `{topic, offset, epoch,
+/// deduplicated}`, once the frame is queued for every subscriber.
+pub(super) fn publish(call: Call) -> Reply {
+    Box::pin(async move {
+        let body: PublishRequest = read_json(&call.app, call.request).await?;
+        let answer = publish_one(&call.app, body).await?;
+        Ok(json_response(StatusCode::OK, &answer))
+    })
+}
+
+/// `POST /api/publish/batch`: `{messages: [...]}`; every item succeeds or fails alone.
+pub(super) fn publish_batch(call: Call) -> Reply {
+    Box::pin(async move {
+        let app = &call.app;
+        let body: PublishBatchRequest = read_json(app, call.request).await?;
+        // Every item is queued before any is awaited, so a batch costs one trip.
+        let pending = body.items().map(|item| async move {
+            let published = match item {
+                Ok(request) => publish_one(app, request).await.map_err(ApiError::from),
+                Err(error) => Err(ApiError::from(error)),
+            };
+            match published {
+                Ok(answer) => PublishBatchResult::Published(answer),
+                Err(error) => PublishBatchResult::Failed(error.into_body()),
+            }
+        });
+        let results = futures_util::future::join_all(pending).await;
+        Ok(json_response(
+            StatusCode::OK,
+            &PublishBatchResponse { results },
+        ))
+    })
+}
+
+/// `POST /api/broadcast`: a `push` to every connection but `exclude`.
+pub(super) fn broadcast(call: Call) -> Reply {
+    Box::pin(async move {
+        let body: BroadcastRequest = read_json(&call.app, call.request).await?;
+        let exclude = body
+            .exclude
+            .iter()
+            .filter_map(|id| ConnectionId::parse(id))
+            .collect();
+        let request = herald_core::Request::Broadcast {
+            data: body.data,
+            priority: body.priority.unwrap_or_default(),
+            exclude,
+        };
+        delivered(call.app.gateway.submit(request).await)
+    })
+}
+
+/// `POST /api/users/{userId}/send`: a `push` to the user's connections (of one thread).
+pub(super) fn user_send(call: Call) -> Reply {
+    Box::pin(async move {
+        let body: UserSendRequest = read_json(&call.app, call.request).await?;
+        let request = herald_core::Request::SendToUser {
+            user: UserId::new(&percent_decode(call.params.get("userId"))),
+            thread: body.thread_id.as_deref().map(ThreadId::new),
+            data: body.data,
+            priority: body.priority.unwrap_or_default(),
+        };
+        delivered(call.app.gateway.submit(request).await)
+    })
+}
+
+/// `POST /api/users/{userId}/events`: a critical event, kept until acknowledged.
+pub(super) fn user_event(call: Call) -> Reply {
+    Box::pin(async move {
+        let body: EventRequest = read_json(&call.app, call.request).await?;
+        let request = herald_core::Request::Event {
+            user: UserId::new(&percent_decode(call.params.get("userId"))),
+            event: body.event,
+            data: body.data,
+            thread: body.thread_id.as_deref().map(ThreadId::new),
+            run: body.run_id,
+            id: body.id,
+        };
+        match call.app.gateway.submit(request).await? {
+            Outcome::Event(outcome) => Ok(json_response(
+                StatusCode::OK,
+                &EventResponse {
+                    id: outcome.id,
+                    delivered: outcome.delivered as u64,
+                    pending: outcome.pending as u64,
+                },
+            )),
+            // An event request always yields an event outcome.
+            Outcome::Published(_) | Outcome::Delivered(_) => Err(GatewayError::ShuttingDown.into()),
+        }
+    })
+}
+
+/// `POST /api/connections/{id}/send`: a `push` to one connection (404 if unknown).
+pub(super) fn connection_send(call: Call) -> Reply {
+    Box::pin(async move {
+        let body: ConnectionSendRequest = read_json(&call.app, call.request).await?;
+        let id = connection_id(call.params.get("id"))?;
+        let delivered = call
+            .app
+            .gateway
+            .send_to_connection(id, &body.data, body.priority.unwrap_or_default())
+            .map_err(not_found)?;
+        Ok(json_response(
+            StatusCode::OK,
+            &DeliveredResponse {
+                delivered: delivered as u64,
+            },
+        ))
+    })
+}
+
+/// The answer of `DELETE /api/connections/{id}`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Disconnected {
+    /// The closed connection.
+    connection_id: String,
+    /// Always `true`: the connection is closing with 4010.
+    closed: bool,
+}
+
+/// `DELETE /api/connections/{id}`: closes the connection with 4010 (404 if unknown).
+pub(super) fn disconnect(call: Call) -> Reply {
+    ready(disconnect_answer(&call))
+}
+
+/// The answer of [`disconnect`].
+fn disconnect_answer(call: &Call) -> Answer {
+    let id = connection_id(call.params.get("id"))?;
+    call.app.gateway.disconnect(id).map_err(not_found)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &Disconnected {
+            connection_id: id.to_string(),
+            closed: true,
+        },
+    ))
+}
+
+/// The answer of `GET /api/connections`.
+#[derive(Debug, Serialize)]
+struct ConnectionList<'a> {
+    /// Oldest first.
+    connections: Vec<ConnectionEntry<'a>>,
+}
+
+/// One connection of `GET /api/connections`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ConnectionEntry<'a> {
+    /// Its id.
+    connection_id: String,
+    /// Its user (`null` before authentication).
+    user_id: Option<&'a str>,
+    /// Its thread, if bound to one.
+    thread_id: Option<&'a str>,
+    /// Its subscriptions, sorted.
+    topics: &'a [Topic],
+    /// Milliseconds since its last inbound frame.
+    idle_ms: u64,
+    /// When it was accepted, in milliseconds since the Unix epoch.
+    connected_at: u64,
+}
+
+impl<'a> From<&'a ConnectionSummary> for ConnectionEntry<'a> {
+    fn from(c: &'a ConnectionSummary) -> Self {
+        Self {
+            connection_id: c.id.to_string(),
+            user_id: c.user.as_ref().map(UserId::as_str),
+            thread_id: c.thread.as_ref().map(ThreadId::as_str),
+            topics: &c.topics,
+            idle_ms: c.idle_ms,
+            connected_at: c.connected_at_unix_ms,
+        }
+    }
+}
+
+/// `GET /api/connections?userId=`: every connection, or one user's.
+pub(super) fn connections(call: Call) -> Reply {
+    let query = call.request.uri().query().unwrap_or("");
+    let user = query_param(query, "userId").map(|u| UserId::new(&u));
+    let list = call.app.gateway.connections(user.as_ref());
+    let body = ConnectionList {
+        connections: list.iter().map(ConnectionEntry::from).collect(),
+    };
+    ready(Ok(json_response(StatusCode::OK, &body)))
+}
+
+/// The answer of `GET /api/topics/{topic}`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TopicInfo {
+    /// The topic, decoded.
+    topic: Topic,
+    /// Current subscribers.
+    subscribers: usize,
+    /// The last offset (0 before the first publication).
+    last_offset: u64,
+    /// The history's epoch; `null` for a topic never used.
+    epoch: Option<String>,
+}
+
+/// `GET /api/topics/{topic}`: subscribers, last offset and epoch (zeros for an unknown topic).
+pub(super) fn topic(call: Call) -> Reply {
+    ready(topic_answer(&call))
+}
+
+/// The answer of [`topic`].
+fn topic_answer(call: &Call) -> Answer {
+    let topic = topic_param(call)?;
+    let info = call.app.gateway.topic(&topic);
+    let body = TopicInfo {
+        subscribers: info.as_ref().map_or(0, |i| i.subscribers),
+        last_offset: info.as_ref().map_or(0, |i| i.position.last_offset),
+        epoch: info.map(|i| i.position.epoch.to_string()),
+        topic,
+    };
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+/// The answer of `GET /api/topics/{topic}/history`.
+#[derive(Debug, Serialize)]
+struct HistoryPage<'a> {
+    /// The topic, decoded.
+    topic: &'a Topic,
+    /// The history's epoch; `null` for a topic never used.
+    epoch: Option<&'a str>,
+    /// Retained publications after `since`, oldest first.
+    messages: Vec<HistoryEntry<'a>>,
+}
+
+/// One retained publication, its data relayed verbatim.
+#[derive(Debug, Serialize)]
+struct HistoryEntry<'a> {
+    /// Its offset.
+    offset: u64,
+    /// Its payload, as published.
+    data: &'a RawValue,
+}
+
+/// `GET /api/topics/{topic}/history?since=N&limit=L`: retained publications after offset N,
+/// at most L of them.
+pub(super) fn history(call: Call) -> Reply {
+    ready(history_answer(&call))
+}
+
+/// The answer of [`history`].
+fn history_answer(call: &Call) -> Answer {
+    let topic = topic_param(call)?;
+    let query = call.request.uri().query().unwrap_or("");
+    let number = |name: &str| -> Result<Option<u64>, ApiError> {
+        query_param(query, name)
+            .map(|v| {
+                v.parse::<u64>().map_err(|_| {
+                    ApiError::new(
+                        ErrorCode::BadRequest,
+                        format!("{name} must be a non-negative integer"),
+                    )
+                })
+            })
+            .transpose()
+    };
+    let since = number("since")?.unwrap_or(0);
+    let limit = number("limit")?.map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX));
+    let history = call.app.gateway.history(&topic, since, limit);
+    let page = HistoryPage {
+        topic: &topic,
+        epoch: history.as_ref().map(|h| &*h.epoch),
+        messages: history
+            .iter()
+            .flat_map(|h| &h.messages)
+            .map(|(offset, data)| HistoryEntry {
+                offset: *offset,
+                data,
+            })
+            .collect(),
+    };
+    Ok(json_response(StatusCode::OK, &page))
+}
+
+/// The answer of `GET /api/stats`.
+#[derive(Debug, Serialize)]
+struct Stats {
+    /// Live connections.
+    connections: usize,
+    /// Users with at least one authenticated connection.
+    users: usize,
+    /// Connection-topic subscriptions.
+    subscriptions: usize,
+    /// Known topics.
+    topics: usize,
+    /// Publications and deliveries since start.
+    messages: MessageStats,
+    /// Critical events.
+    events: EventStats,
+    /// Recent fan-out latency.
+    latency: LatencyStats,
+    /// The process's memory.
+    memory: MemoryStats,
+    /// The degradation level.
+    degradation: DegradationStats,
+}
+
+/// `messages` of `GET /api/stats`.
+#[derive(Debug, Serialize)]
+struct MessageStats {
+    /// Publications accepted.
+    published: u64,
+    /// Frames queued to connections.
+    delivered: u64,
+    /// Frames shed from full queues.
+    shed: u64,
+}
+
+/// `events` of `GET /api/stats`.
+#[derive(Debug, Serialize)]
+struct EventStats {
+    /// Events awaiting an acknowledgement, all users.
+    pending: usize,
+}
+
+/// `latency` of `GET /api/stats`, in microseconds.
+#[derive(Debug, Serialize)]
+struct LatencyStats {
+    /// Median publish-to-queued time.
+    #[serde(rename = "p50Us")]
+    p50_us: u64,
+    /// 99th percentile.
+    #[serde(rename = "p99Us")]
+    p99_us: u64,
+}
+
+/// `memory` of `GET /api/stats`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MemoryStats {
+    /// Resident set size in bytes.
+    rss_bytes: u64,
+}
+
+/// `degradation` of `GET /api/stats`.
+#[derive(Debug, Serialize)]
+struct DegradationStats {
+    /// 0 (normal) to 2 (critical).
+    level: u8,
+}
+
+/// `GET /api/stats`: counts, totals, latency and memory.
+pub(super) fn stats(call: Call) -> Reply {
+    let app = &call.app;
+    let stats = app.gateway.stats();
+    let (p50_us, p99_us) = app.gateway.fanout_latency_us();
+    let body = Stats {
+        connections: stats.connections,
+        users: stats.users,
+        subscriptions: stats.subscriptions,
+        topics: stats.topics,
+        messages: MessageStats {
+            published: stats.published,
+            delivered: stats.delivered,
+            shed: stats.shed,
+        },
+        events: EventStats {
+            pending: stats.pending_events,
+        },
+        latency: LatencyStats { p50_us, p99_us },
+        memory: MemoryStats {
+            rss_bytes: app.resident_memory_bytes(),
+        },
+        // Nothing degrades yet: memory pressure levels come with the memory monitor.
+        degradation: DegradationStats { level: 0 },
+    };
+    ready(Ok(json_response(StatusCode::OK, &body)))
+}
+
+/// `GET /api/config/runtime`: the live-tunable settings.
+pub(super) fn runtime_config(call: Call) -> Reply {
+    ready(Ok(json_response(
+        StatusCode::OK,
+        &call.app.gateway.runtime().snapshot(),
+    )))
+}
+
+/// `PATCH /api/config/runtime`: applies every key of the body or none (400).
+pub(super) fn patch_runtime_config(call: Call) -> Reply {
+    Box::pin(async move {
+        let patch: BTreeMap<String, Value> = read_json(&call.app, call.request).await?;
+        let mut changes = Vec::with_capacity(patch.len());
+        for (name, value) in &patch {
+            let key: RuntimeKey = name
+                .parse()
+                .map_err(|e: RuntimeConfigError| bad_request(e))?;
+            let value = value.as_u64().ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::BadRequest,
+                    format!("{name} must be a non-negative integer"),
+                )
+            })?;
+            changes.push((key, value));
+        }
+        let runtime = call.app.gateway.runtime();
+        runtime
+            .apply(&changes, ChangeReason::Operator)
+            .map_err(bad_request)?;
+        Ok(json_response(StatusCode::OK, &runtime.snapshot()))
+    })
+}
+
+/// Queues one publication and waits until it is queued for every subscriber.
+async fn publish_one(app: &App, body: PublishRequest) -> Result<PublishResponse, GatewayError> {
+    let topic = body.topic.clone();
+    let request = herald_core::Request::Publish {
+        topic: body.topic,
+        data: body.data,
+        priority: body.priority.unwrap_or_default(),
+        id: body.id,
+    };
+    match app.gateway.submit(request).await? {
+        Outcome::Published(outcome) => Ok(PublishResponse {
+            topic,
+            offset: outcome.offset,
+            epoch: outcome.epoch.to_string(),
+            deduplicated: outcome.deduplicated,
+        }),
+        // A publish request always yields a publish outcome.
+        Outcome::Delivered(_) | Outcome::Event(_) => Err(GatewayError::ShuttingDown),
+    }
+}
+
+/// `{delivered}` for a push, or the gateway's refusal.
+fn delivered(result: Result<Outcome, GatewayError>) -> Answer {
+    let (Outcome::Delivered(delivered)
+    | Outcome::Published(PublishOutcome { delivered, .. })
+    | Outcome::Event(EventOutcome { delivered, .. })) = result?;
+    Ok(json_response(
+        StatusCode::OK,
+        &DeliveredResponse {
+            delivered: delivered as u64,
+        },
+    ))
+}
+
+/// The decoded, validated `{topic}` of the path.
+fn topic_param(call: &Call) -> Result<Topic, ApiError> {
+    let name = percent_decode(call.params.get("topic"));
+    Topic::new(&name).map_err(|e| bad_request(format!("topic: {e}")))
+}
+
+/// The `{id}` of the path; an id that cannot exist is a 404 like an unknown one.
+fn connection_id(raw: &str) -> Result<ConnectionId, ApiError> {
+    ConnectionId::parse(raw)
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no connection {raw}")))
+}
+
+/// Any gateway error about an addressed connection is a 404.
+fn not_found(error: GatewayError) -> ApiError {
+    ApiError::new(ErrorCode::NotFound, error.to_string())
+}
+
+/// A 400 `bad_request` saying `error`.
+fn bad_request(error: impl ToString) -> ApiError {
+    ApiError::from(ProtocolError::bad_request(error.to_string()))
+}

@@ -1,0 +1,118 @@
+//! The HTTP side of the listener: the route table, the API-key check of `/api/*`, and the
+//! routes of the contract (API, health, metrics, and the WebSocket upgrade that hyper parsed).
+//!
+//! Every error is `{"error": {code, message}}` with a fitting status (`respond::ApiError`);
+//! malformed input is never a 500. A request refused before its body is read gets its answer
+//! with `Connection: close` while the rest of the body is discarded (`linger`).
+
+mod api;
+mod body;
+mod health;
+mod linger;
+mod routes;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use herald_protocol::ErrorCode;
+use http::{HeaderMap, Method, Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+use self::routes::{Call, Listener, Reply, Route, ready};
+use crate::{
+    app::{App, Role},
+    respond::{ApiError, bearer_token},
+    ws,
+};
+
+/// Every route, by method and path pattern. Paths under `/api/` also need the API key.
+#[rustfmt::skip] // A table reads best one row per line.
+const ROUTES: &[Route] = &[
+    Route::main(Method::GET, "/ws", upgrade),
+    Route::main(Method::POST, "/api/publish", api::publish),
+    Route::main(Method::POST, "/api/publish/batch", api::publish_batch),
+    Route::main(Method::POST, "/api/broadcast", api::broadcast),
+    Route::main(Method::POST, "/api/users/{userId}/events", api::user_event),
+    Route::main(Method::POST, "/api/users/{userId}/send", api::user_send),
+    Route::main(Method::POST, "/api/connections/{id}/send", api::connection_send),
+    Route::main(Method::DELETE, "/api/connections/{id}", api::disconnect),
+    Route::main(Method::GET, "/api/connections", api::connections),
+    Route::main(Method::GET, "/api/topics/{topic}", api::topic),
+    Route::main(Method::GET, "/api/topics/{topic}/history", api::history),
+    Route::main(Method::GET, "/api/stats", api::stats),
+    Route::main(Method::GET, "/api/config/runtime", api::runtime_config),
+    Route::main(Method::PATCH, "/api/config/runtime", api::patch_runtime_config),
+    Route::admin(Method::GET, "/health/live", health::live),
+    Route::admin(Method::GET, "/health/ready", health::readiness),
+    Route::admin(Method::GET, "/health", health::health),
+    Route::admin(Method::GET, "/metrics", health::metrics),
+];
+
+/// Answers one request that hyper parsed, on a listener of `role`.
+pub(crate) async fn handle(
+    app: &Arc<App>,
+    role: Role,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let path = request.uri().path();
+    let needs_key = routes::segments(path).next() == Some("api");
+    if needs_key
+        && Listener::Main.served_by(role)
+        && let Err(error) = check_api_key(app, request.headers())
+    {
+        return refuse(app, request, error);
+    }
+    let Some((route, params)) = routes::find(ROUTES, role, request.method(), path) else {
+        let error = ApiError::new(
+            ErrorCode::NotFound,
+            format!("no route for {} {path}", request.method()),
+        );
+        return refuse(app, request, error);
+    };
+    let call = Call {
+        app: Arc::clone(app),
+        request,
+        params,
+    };
+    (route.handler)(call)
+        .await
+        .unwrap_or_else(ApiError::into_response)
+}
+
+/// `GET /ws` after other requests on a keep-alive connection (the first request of a
+/// connection is answered by `conn` directly).
+fn upgrade(call: Call) -> Reply {
+    ready(Ok(ws::upgrade(&call.app, call.request)))
+}
+
+/// Answers `error` to a request whose body is not read: a body still arriving is discarded
+/// while the answer goes out, and the connection closes after it.
+fn refuse(app: &App, request: Request<Incoming>, error: ApiError) -> Response<Full<Bytes>> {
+    let (parts, body) = request.into_parts();
+    let max = app.config.max_http_body_bytes;
+    let error = if linger::discard(body, &parts.headers, linger::Progress::Unread, max) {
+        error.closing()
+    } else {
+        error
+    };
+    error.into_response()
+}
+
+/// Checks the `Authorization: Bearer <key>` of an `/api/*` request.
+fn check_api_key(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
+    let unauthorized = |message: &str| ApiError::new(ErrorCode::Unauthorized, message);
+    if app.config.api_keys.is_empty() {
+        return Err(unauthorized(NO_API_KEYS));
+    }
+    match bearer_token(headers) {
+        Some(key) if app.config.api_keys.iter().any(|k| k.matches(key)) => Ok(()),
+        Some(_) => Err(unauthorized("invalid API key")),
+        None => Err(unauthorized(
+            "missing API key: send Authorization: Bearer <key>",
+        )),
+    }
+}
+
+/// The 401 message while no API key is configured: the caller cannot fix it, the operator can.
+const NO_API_KEYS: &str = "no API keys are configured (HERALD_API_KEYS); the HTTP API is closed";
