@@ -8,6 +8,8 @@
 #![allow(clippy::print_stdout)] // A task runner reports to its terminal.
 
 mod bench;
+#[cfg(test)]
+mod tidy;
 
 use std::{
     env,

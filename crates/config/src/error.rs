@@ -2,7 +2,7 @@
 
 use std::{fmt, io, path::PathBuf};
 
-use crate::base::Origin;
+use crate::origin::Origin;
 
 /// Why [`BaseConfig::load`](crate::BaseConfig::load) refused the configuration.
 ///

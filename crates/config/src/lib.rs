@@ -4,7 +4,8 @@
 //! once at start-up by [`BaseConfig::load`] from layers, lowest to highest: built-in defaults,
 //! the [`Profile`], the TOML file, the `HERALD_*` environment and command-line overrides. Every
 //! value is validated there, so the rest of the gateway can trust it: a bad value is a
-//! [`ConfigError`] naming the environment variable, the TOML key and the value.
+//! [`ConfigError`] naming the environment variable, the TOML key and the value, and so is a
+//! missing key to verify tokens with (the HS256 secret, or the RS256/ES256 public key file).
 //!
 //! [`RuntimeConfig`] holds the few values an operator (`PATCH /api/config/runtime`) or the memory
 //! degradation logic may change while the gateway runs. Reads are one atomic load; writes are
@@ -17,17 +18,22 @@
 mod base;
 mod choice;
 mod error;
+mod load;
+mod origin;
+mod print;
 mod runtime;
 mod secret;
 mod settings;
 mod tiers;
 
 pub use crate::{
-    base::{BaseConfig, Origin, Sources},
+    base::BaseConfig,
     choice::{ChoiceError, JwtAlgorithm, LogFormat, Profile, UserLimitPolicy},
     error::ConfigError,
+    load::Sources,
+    origin::Origin,
+    print::settings_reference_markdown,
     runtime::{ChangeReason, RuntimeConfig, RuntimeConfigError, RuntimeKey, RuntimeSnapshot},
     secret::Secret,
-    settings::settings_reference_markdown,
     tiers::{TierQuota, TierQuotas},
 };

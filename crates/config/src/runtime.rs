@@ -425,9 +425,11 @@ mod tests {
 
     #[test]
     fn starts_from_the_base_values() {
-        let mut base = BaseConfig::default();
-        base.message_batch_size = 32;
-        base.message_batch_delay = Duration::from_millis(7);
+        let base = BaseConfig {
+            message_batch_size: 32,
+            message_batch_delay: Duration::from_millis(7),
+            ..BaseConfig::default()
+        };
         let runtime = RuntimeConfig::new(&base);
         assert_eq!(runtime.message_batch_size(), 32);
         assert_eq!(runtime.message_batch_delay(), Duration::from_millis(7));
@@ -440,9 +442,11 @@ mod tests {
 
     #[test]
     fn out_of_range_base_values_are_clamped() {
-        let mut base = BaseConfig::default();
-        base.message_batch_size = 0;
-        base.memory_cleanup_interval = Duration::from_secs(365 * 86_400);
+        let base = BaseConfig {
+            message_batch_size: 0,
+            memory_cleanup_interval: Duration::from_secs(365 * 86_400),
+            ..BaseConfig::default()
+        };
         let runtime = RuntimeConfig::new(&base);
         assert_eq!(runtime.message_batch_size(), 1);
         assert_eq!(

@@ -8,7 +8,7 @@ use std::{fmt::Write as _, net::SocketAddr, path::PathBuf, str::FromStr, time::D
 
 use crate::{
     base::BaseConfig,
-    choice::{ChoiceError, Profile},
+    choice::ChoiceError,
     runtime::RuntimeKey,
     secret::Secret,
     tiers::{TierQuotas, parse_digits},
@@ -48,7 +48,7 @@ pub(crate) enum Unit {
 
 impl Unit {
     /// The suffix of a range in messages and docs.
-    const fn suffix(self) -> &'static str {
+    pub(crate) const fn suffix(self) -> &'static str {
         match self {
             Self::Count => "",
             Self::Bytes => " (bytes)",
@@ -199,57 +199,6 @@ fn edit_distance(a: &str, b: &str) -> usize {
         previous = current;
     }
     previous[b.len()]
-}
-
-/// A Markdown table of every setting, ready for docs/configuration.md.
-///
-/// Columns: environment variable, TOML key, default, accepted values, meaning, and the values
-/// of the `staging` and `ci` profiles where they differ from the default. Generated from the
-/// same table the loader uses, so a test can check that the docs are current.
-pub fn settings_reference_markdown() -> String {
-    let defaults = BaseConfig::default();
-    let mut out = String::from(
-        "| environment variable | TOML key | default | accepted values | meaning | staging | ci |\n\
-         |---|---|---|---|---|---|---|\n",
-    );
-    for s in SETTINGS {
-        let default = if s.key == "tiers" {
-            format!("`{}`", defaults.tiers.to_text())
-        } else {
-            (s.render)(&defaults).map_or_else(
-                || "none".to_owned(),
-                // Plain strings are shown as an operator writes them in the environment.
-                |v| match v.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
-                    Some(inner) if !inner.contains(['"', '\\']) => format!("`{inner}`"),
-                    _ => format!("`{v}`"),
-                },
-            )
-        };
-        let accepted = match s.kind {
-            Kind::Int { min, max, unit } => format!("{min} to {max}{}", unit.suffix()),
-            Kind::Other(text) => text.to_owned(),
-        };
-        let profile_value = |profile: Profile| {
-            profile
-                .settings()
-                .iter()
-                .find(|(key, _)| *key == s.key)
-                .map_or_else(String::new, |(_, value)| format!("`{value}`"))
-        };
-        // Writing to a String cannot fail.
-        let _ = writeln!(
-            out,
-            "| `{}` | `{}` | {} | {} | {} | {} | {} |",
-            s.env,
-            s.key,
-            default.replace('|', "\\|"),
-            accepted.replace('|', "\\|"),
-            s.doc.replace('|', "\\|"),
-            profile_value(Profile::Staging),
-            profile_value(Profile::Ci),
-        );
-    }
-    out
 }
 
 /// Builds a `Kind::Int`.
@@ -1008,6 +957,7 @@ fn describe_toml(value: &toml::Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::choice::Profile;
 
     #[test]
     fn env_names_are_the_upper_case_keys() {
@@ -1111,17 +1061,5 @@ mod tests {
         let parsed: toml::Table =
             toml::from_str(&format!("k = {}", toml_string("x\u{1}\"\t"))).unwrap();
         assert_eq!(parsed["k"].as_str(), Some("x\u{1}\"\t"));
-    }
-
-    #[test]
-    fn reference_table_has_a_row_per_setting() {
-        let markdown = settings_reference_markdown();
-        assert_eq!(markdown.lines().count(), SETTINGS.len() + 2);
-        assert!(markdown.contains(
-            "| `HERALD_MAX_PAYLOAD_BYTES` | `max_payload_bytes` | `102400` | 1 to 67108864 (bytes) |"
-        ));
-        assert!(markdown.contains("| `5000` |\n"), "ci column of heartbeat");
-        assert!(markdown.contains("| `HERALD_PROFILE` | `profile` | `production` |"));
-        assert!(markdown.contains("| `HERALD_ADMIN_LISTEN` | `admin_listen` | none |"));
     }
 }

@@ -222,6 +222,15 @@ impl ApiErrorBody {
     }
 }
 
+impl ProtocolError {
+    /// The HTTP error body answering a refused request body.
+    pub fn to_api_body(&self) -> ApiErrorBody {
+        ApiErrorBody {
+            error: self.detail(),
+        }
+    }
+}
+
 /// The default `data` of an event: JSON `null`.
 fn raw_null() -> Box<RawValue> {
     RawValue::NULL.to_owned()

@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::client::RequestKind;
+use crate::request_kind::RequestKind;
 
 /// An error code of PROTOCOL.md, sent in `error` frames and HTTP error bodies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -146,21 +146,6 @@ impl ProtocolError {
     pub fn detail(&self) -> ErrorDetail {
         ErrorDetail::new(self.code, self.message.clone())
     }
-
-    /// The `error` frame answering the refused client frame, echoing its `messageId`.
-    pub fn to_server_message(&self) -> crate::ServerMessage {
-        crate::ServerMessage::Error {
-            message_id: self.message_id.clone(),
-            error: self.detail(),
-        }
-    }
-
-    /// The HTTP error body answering a refused request body.
-    pub fn to_api_body(&self) -> crate::ApiErrorBody {
-        crate::ApiErrorBody {
-            error: self.detail(),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -183,20 +168,5 @@ mod tests {
             .map(|code| code.http_status())
             .collect();
         assert_eq!(statuses, [400, 401, 403, 404, 429, 413, 429, 503, 500]);
-    }
-
-    #[test]
-    fn error_reply_echoes_the_message_id() {
-        let err = ProtocolError {
-            message_id: Some("7".into()),
-            kind: None,
-            code: ErrorCode::BadRequest,
-            message: "unknown type `x`".into(),
-        };
-        assert_eq!(
-            err.to_server_message().encode(),
-            r#"{"type":"error","messageId":"7","error":{"code":"bad_request","message":"unknown type `x`"}}"#
-        );
-        assert_eq!(err.to_string(), "bad_request: unknown type `x`");
     }
 }

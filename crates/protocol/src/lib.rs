@@ -23,6 +23,7 @@ mod close;
 mod error;
 mod event;
 mod json;
+mod request_kind;
 mod server;
 #[cfg(test)]
 mod testing;
@@ -35,11 +36,12 @@ pub use crate::{
         EventResponse, PublishBatchRequest, PublishBatchResponse, PublishBatchResult,
         PublishRequest, PublishResponse, UserSendRequest, parse_body,
     },
-    client::{ClientFrame, ClientRequest, RequestKind, StreamPosition, parse_client_frame},
+    client::{ClientFrame, ClientRequest, StreamPosition, parse_client_frame},
     close::CloseCode,
     error::{ErrorCode, ErrorDetail, ProtocolError},
     event::{EventName, UnknownEventError},
     json::MAX_JSON_DEPTH,
+    request_kind::RequestKind,
     server::{
         ConnectedData, PushScope, RefreshResult, ServerMessage, SubscribeResult, encode_batch,
     },

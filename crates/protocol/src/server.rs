@@ -5,7 +5,12 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize, de::DeserializeOwned, de::Error as _};
 use serde_json::{Number, Value, value::RawValue};
 
-use crate::{error::ErrorDetail, event::EventName, json::without_position, topic::Topic};
+use crate::{
+    error::{ErrorCode, ErrorDetail, ProtocolError},
+    event::EventName,
+    json::without_position,
+    topic::Topic,
+};
 
 /// A frame the server sends, one variant per `type` of PROTOCOL.md.
 ///
@@ -175,11 +180,7 @@ impl RefreshResult {
 
 impl ServerMessage {
     /// An `error` frame.
-    pub fn error(
-        message_id: Option<String>,
-        code: crate::ErrorCode,
-        message: impl Into<String>,
-    ) -> Self {
+    pub fn error(message_id: Option<String>, code: ErrorCode, message: impl Into<String>) -> Self {
         Self::Error {
             message_id,
             error: ErrorDetail::new(code, message),
@@ -393,13 +394,23 @@ fn decode_object(object: &OwnedObject, nesting: usize) -> Result<ServerMessage, 
     })
 }
 
+impl ProtocolError {
+    /// The `error` frame answering the refused client frame, echoing its `messageId`.
+    pub fn to_server_message(&self) -> ServerMessage {
+        ServerMessage::Error {
+            message_id: self.message_id.clone(),
+            error: self.detail(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
     use serde_json::json;
 
     use super::*;
-    use crate::{ErrorCode, testing};
+    use crate::testing;
 
     fn raw(text: &str) -> Box<RawValue> {
         RawValue::from_string(text.to_owned()).unwrap()
@@ -535,5 +546,20 @@ mod tests {
             let whole = ServerMessage::Batch { data: messages };
             prop_assert_eq!(whole.encode(), batch);
         }
+    }
+
+    #[test]
+    fn error_reply_echoes_the_message_id() {
+        let err = ProtocolError {
+            message_id: Some("7".into()),
+            kind: None,
+            code: ErrorCode::BadRequest,
+            message: "unknown type `x`".into(),
+        };
+        assert_eq!(
+            err.to_server_message().encode(),
+            r#"{"type":"error","messageId":"7","error":{"code":"bad_request","message":"unknown type `x`"}}"#
+        );
+        assert_eq!(err.to_string(), "bad_request: unknown type `x`");
     }
 }

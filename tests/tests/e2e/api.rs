@@ -5,33 +5,14 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald_tests::{API_KEY, Ended, TestServer, WsClient, token};
+use herald_tests::{
+    API_KEY, Ended, TIMEOUT, TestServer, WsClient, connection_id, metric, now_ms, read_until_closed,
+};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncWriteExt as _;
 
 /// How long a test waits to be sure that nothing arrives.
 const QUIET: Duration = Duration::from_millis(200);
-
-/// Connects `sub` bound to `thread` and reads the `connected` frame.
-async fn connect_thread(
-    server: &TestServer,
-    sub: &str,
-    thread: &str,
-) -> anyhow::Result<(WsClient, Value)> {
-    let url = server.ws_url(&format!("?token={}&thread={thread}", token(sub, json!({}))));
-    let mut client = WsClient::connect_with(&url, &[]).await?;
-    let connected = client.recv().await?;
-    anyhow::ensure!(connected["type"] == "connected", "got {connected}");
-    Ok((client, connected))
-}
-
-/// The `connectionId` of a `connected` frame.
-fn connection_id(connected: &Value) -> String {
-    connected["data"]["connectionId"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
-}
 
 /// Sends raw bytes as a request body with the API key.
 async fn post_raw(
@@ -131,15 +112,12 @@ async fn publish_answers_its_offset_and_offsets_count_up_per_topic() -> anyhow::
     let mut epochs: std::collections::HashMap<&str, Value> = std::collections::HashMap::new();
     let expected = [("a", 1), ("a", 2), ("b", 1), ("a", 3), ("b", 2), ("c", 1)];
     for (topic, offset) in expected {
-        let (status, _, answer) = server
-            .request(
-                "POST",
+        let answer = server
+            .post(
                 "/api/publish",
-                Some(&json!({"topic": topic, "data": {"n": offset}})),
-                true,
+                &json!({"topic": topic, "data": {"n": offset}}),
             )
             .await?;
-        assert_eq!(status, 200, "{answer}");
         assert_eq!(keys(&answer), ["deduplicated", "epoch", "offset", "topic"]);
         assert_eq!(answer["topic"], topic);
         assert_eq!(answer["offset"], offset, "{answer}");
@@ -188,10 +166,7 @@ async fn batch_publish_fails_bad_items_alone() -> anyhow::Result<()> {
         {"topic": "t", "data": "second"},
         {"topic": "u", "data": "other topic"},
     ]});
-    let (status, _, answer) = server
-        .request("POST", "/api/publish/batch", Some(&body), true)
-        .await?;
-    assert_eq!(status, 200, "{answer}");
+    let answer = server.post("/api/publish/batch", &body).await?;
     let results = answer["results"].as_array().cloned().unwrap_or_default();
     assert_eq!(results.len(), 6, "{answer}");
     for (i, offset, topic) in [(0, 1, "t"), (4, 2, "t"), (5, 1, "u")] {
@@ -245,15 +220,14 @@ async fn broadcast_reaches_every_connection_but_the_excluded() -> anyhow::Result
     let (mut alice, _) = WsClient::connect_as(&server, "alice").await?;
     let (mut bob, _) = WsClient::connect_as(&server, "bob").await?;
     let (mut carol, carol_connected) = WsClient::connect_as(&server, "carol").await?;
-    let (status, _, answer) = server
-        .request(
-            "POST",
-            "/api/broadcast",
-            Some(&json!({"data": {"notice": "maintenance"}, "exclude": [connection_id(&carol_connected)]})),
-            true,
-        )
-        .await?;
-    assert_eq!((status, answer), (200, json!({"delivered": 2})));
+    let excluding_carol = json!({
+        "data": {"notice": "maintenance"},
+        "exclude": [connection_id(&carol_connected)],
+    });
+    assert_eq!(
+        server.post("/api/broadcast", &excluding_carol).await?,
+        json!({"delivered": 2})
+    );
     for client in [&mut alice, &mut bob] {
         let push = client.recv_data().await?;
         assert_eq!(
@@ -262,15 +236,12 @@ async fn broadcast_reaches_every_connection_but_the_excluded() -> anyhow::Result
         );
     }
     // Carol's next frame is the broadcast without exclusion, not the one she was excluded from.
-    let (status, _, answer) = server
-        .request(
-            "POST",
-            "/api/broadcast",
-            Some(&json!({"data": "all", "priority": "low"})),
-            true,
-        )
-        .await?;
-    assert_eq!((status, answer), (200, json!({"delivered": 3})));
+    assert_eq!(
+        server
+            .post("/api/broadcast", &json!({"data": "all", "priority": "low"}))
+            .await?,
+        json!({"delivered": 3})
+    );
     for client in [&mut alice, &mut bob, &mut carol] {
         let push = client.recv_data().await?;
         assert_eq!(push["data"], "all");
@@ -283,19 +254,16 @@ async fn broadcast_reaches_every_connection_but_the_excluded() -> anyhow::Result
 async fn user_send_reaches_the_users_connections_by_thread() -> anyhow::Result<()> {
     let server = TestServer::start(&[]).await?;
     let (mut unbound, _) = WsClient::connect_as(&server, "alice").await?;
-    let (mut thread_1, _) = connect_thread(&server, "alice", "t1").await?;
-    let (mut thread_2, _) = connect_thread(&server, "alice", "t2").await?;
+    let (mut thread_1, _) = WsClient::connect_thread(&server, "alice", "t1").await?;
+    let (mut thread_2, _) = WsClient::connect_thread(&server, "alice", "t2").await?;
     let (mut bob, _) = WsClient::connect_as(&server, "bob").await?;
 
-    let (status, _, answer) = server
-        .request(
-            "POST",
-            "/api/users/alice/send",
-            Some(&json!({"data": {"to": "all"}})),
-            true,
-        )
-        .await?;
-    assert_eq!((status, answer), (200, json!({"delivered": 3})));
+    assert_eq!(
+        server
+            .send_to_user("alice", json!({"to": "all"}), None)
+            .await?,
+        json!({"delivered": 3})
+    );
     for client in [&mut unbound, &mut thread_1, &mut thread_2] {
         let push = client.recv_data().await?;
         assert_eq!(
@@ -304,54 +272,40 @@ async fn user_send_reaches_the_users_connections_by_thread() -> anyhow::Result<(
         );
     }
 
-    let (status, _, answer) = server
-        .request(
-            "POST",
-            "/api/users/alice/send",
-            Some(&json!({"data": {"to": "t1"}, "threadId": "t1"})),
-            true,
-        )
-        .await?;
-    assert_eq!((status, answer), (200, json!({"delivered": 2})));
+    assert_eq!(
+        server
+            .send_to_user("alice", json!({"to": "t1"}), Some("t1"))
+            .await?,
+        json!({"delivered": 2})
+    );
     for client in [&mut unbound, &mut thread_1] {
         let push = client.recv_data().await?;
         assert_eq!(push["scope"], "user");
         assert_eq!(push["data"], json!({"to": "t1"}));
     }
     // Thread 2 and bob see the next sends addressed to them, not alice's thread 1 send.
-    let (status, _, answer) = server
-        .request(
-            "POST",
-            "/api/users/alice/send",
-            Some(&json!({"data": {"to": "t2"}, "threadId": "t2"})),
-            true,
-        )
-        .await?;
-    assert_eq!((status, answer), (200, json!({"delivered": 2})));
+    assert_eq!(
+        server
+            .send_to_user("alice", json!({"to": "t2"}), Some("t2"))
+            .await?,
+        json!({"delivered": 2})
+    );
     assert_eq!(thread_2.recv_data().await?["data"], json!({"to": "t2"}));
     assert_eq!(unbound.recv_data().await?["data"], json!({"to": "t2"}));
     assert!(thread_1.try_recv(QUIET).await.is_none());
-    let (status, _, answer) = server
-        .request(
-            "POST",
-            "/api/users/bob/send",
-            Some(&json!({"data": {"to": "bob"}})),
-            true,
-        )
-        .await?;
-    assert_eq!((status, answer), (200, json!({"delivered": 1})));
+    assert_eq!(
+        server
+            .send_to_user("bob", json!({"to": "bob"}), None)
+            .await?,
+        json!({"delivered": 1})
+    );
     assert_eq!(bob.recv_data().await?["data"], json!({"to": "bob"}));
 
     // A user without connections is not an error: nothing is delivered.
-    let (status, _, answer) = server
-        .request(
-            "POST",
-            "/api/users/nobody/send",
-            Some(&json!({"data": 1})),
-            true,
-        )
-        .await?;
-    assert_eq!((status, answer), (200, json!({"delivered": 0})));
+    assert_eq!(
+        server.send_to_user("nobody", json!(1), None).await?,
+        json!({"delivered": 0})
+    );
     Ok(())
 }
 
@@ -360,28 +314,28 @@ async fn connection_send_reaches_that_connection_only() -> anyhow::Result<()> {
     let server = TestServer::start(&[]).await?;
     let (mut first, first_connected) = WsClient::connect_as(&server, "alice").await?;
     let (mut second, second_connected) = WsClient::connect_as(&server, "alice").await?;
-    let (status, _, answer) = server
-        .request(
-            "POST",
-            &format!("/api/connections/{}/send", connection_id(&first_connected)),
-            Some(&json!({"data": {"only": "first"}, "priority": "high"})),
-            true,
-        )
-        .await?;
-    assert_eq!((status, answer), (200, json!({"delivered": 1})));
+    assert_eq!(
+        server
+            .post(
+                &format!("/api/connections/{}/send", connection_id(&first_connected)),
+                &json!({"data": {"only": "first"}, "priority": "high"})
+            )
+            .await?,
+        json!({"delivered": 1})
+    );
     assert_eq!(
         first.recv_data().await?,
         json!({"type": "push", "scope": "connection", "data": {"only": "first"}})
     );
-    let (status, _, answer) = server
-        .request(
-            "POST",
-            &format!("/api/connections/{}/send", connection_id(&second_connected)),
-            Some(&json!({"data": {"only": "second"}})),
-            true,
-        )
-        .await?;
-    assert_eq!((status, answer), (200, json!({"delivered": 1})));
+    assert_eq!(
+        server
+            .post(
+                &format!("/api/connections/{}/send", connection_id(&second_connected)),
+                &json!({"data": {"only": "second"}})
+            )
+            .await?,
+        json!({"delivered": 1})
+    );
     // The second connection's first push is its own, not the first connection's.
     assert_eq!(second.recv_data().await?["data"], json!({"only": "second"}));
 
@@ -438,13 +392,9 @@ async fn deleting_a_connection_closes_it_with_4010() -> anyhow::Result<()> {
 #[tokio::test]
 async fn connections_are_listed_with_their_details() -> anyhow::Result<()> {
     let server = TestServer::start(&[]).await?;
-    let before = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_millis() as u64;
-    let (mut alice, alice_connected) = connect_thread(&server, "alice", "t1").await?;
-    let after = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_millis() as u64;
+    let before = now_ms();
+    let (mut alice, alice_connected) = WsClient::connect_thread(&server, "alice", "t1").await?;
+    let after = now_ms();
     alice.subscribe("b").await?;
     alice.subscribe("a").await?;
     let (_bob, bob_connected) = WsClient::connect_as(&server, "bob").await?;
@@ -615,15 +565,9 @@ async fn runtime_config_patches_apply_all_keys_or_none() -> anyhow::Result<()> {
         assert!(initial[key].is_u64(), "{key} missing in {initial}");
     }
 
-    let (status, _, patched) = server
-        .request(
-            "PATCH",
-            "/api/config/runtime",
-            Some(&json!({"message_batch_size": 5, "dedupe_window_ms": 1234})),
-            true,
-        )
+    let patched = server
+        .patch_runtime(&json!({"message_batch_size": 5, "dedupe_window_ms": 1234}))
         .await?;
-    assert_eq!(status, 200, "{patched}");
     assert_eq!(patched["message_batch_size"], 5);
     assert_eq!(patched["dedupe_window_ms"], 1234);
     assert_eq!(
@@ -656,16 +600,10 @@ async fn runtime_config_patches_apply_all_keys_or_none() -> anyhow::Result<()> {
             .await?;
         assert_eq!(now, patched, "{bad} changed the config");
     }
-    // The new values take effect: the dedupe window now comes from the patch.
-    let (status, _, answer) = server
-        .request(
-            "PATCH",
-            "/api/config/runtime",
-            Some(&json!({"max_connections_per_user": 1})),
-            true,
-        )
+    // The new values take effect: the per-user limit now comes from the patch.
+    server
+        .patch_runtime(&json!({"max_connections_per_user": 1}))
         .await?;
-    assert_eq!(status, 200, "{answer}");
     let (mut first, _) = WsClient::connect_as(&server, "alice").await?;
     let (_second, _) = WsClient::connect_as(&server, "alice").await?;
     assert_eq!(first.ended().await?, Ended::Closed(4029));
@@ -794,8 +732,7 @@ async fn bodies_over_the_limit_are_413() -> anyhow::Result<()> {
         len = chunk.len(),
     );
     stream.write_all(request.as_bytes()).await?;
-    let mut response = Vec::new();
-    tokio::time::timeout(herald_tests::TIMEOUT, stream.read_to_end(&mut response)).await??;
+    let response = read_until_closed(&mut stream, TIMEOUT).await?;
     let response = String::from_utf8_lossy(&response);
     assert!(response.starts_with("HTTP/1.1 413"), "{response}");
     assert!(response.contains("payload_too_large"), "{response}");
@@ -938,12 +875,7 @@ async fn metrics_are_prometheus_text_with_herald_names() -> anyhow::Result<()> {
     ] {
         assert!(names.iter().any(|n| n == expected), "{expected} in {text}");
     }
-    let connections = text
-        .lines()
-        .find(|l| l.starts_with("herald_connections "))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok());
-    assert_eq!(connections, Some(1.0), "{text}");
+    assert_eq!(metric(&text, "herald_connections"), Some(1.0), "{text}");
     Ok(())
 }
 

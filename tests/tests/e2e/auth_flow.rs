@@ -2,45 +2,24 @@
 //! may do, the auth timeout, token refresh, token expiry (4003), the per-user limit with
 //! policy `reject` for message-authenticated connections (4030), and `?thread=` binding.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context as _;
-use herald_tests::{Ended, TestServer, WsClient, sign, token};
+use herald_tests::{
+    Ended, TestServer, WsClient, assert_error, now_ms, now_secs, refused_tokens, token,
+};
 use serde_json::{Value, json};
-
-use crate::handshake::{now_secs, refused_tokens};
-
-/// Wall-clock milliseconds since the Unix epoch.
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// A token for `sub` that expires at `exp` (seconds since the epoch).
-fn token_expiring(sub: &str, exp: u64) -> String {
-    sign(&json!({"sub": sub, "exp": exp, "topics": ["*"], "publish": ["*"]}))
-}
-
-/// Connects without a token.
-async fn connect_anonymous(server: &TestServer, query: &str) -> anyhow::Result<WsClient> {
-    WsClient::connect_with(&server.ws_url(query), &[]).await
-}
-
-/// Asserts `reply` is an `error` with `code` answering `message_id`.
-fn assert_error(reply: &Value, code: &str) {
-    assert_eq!(reply["type"], "error", "reply: {reply}");
-    assert_eq!(reply["error"]["code"], code, "reply: {reply}");
-    assert!(reply["error"]["message"].is_string(), "reply: {reply}");
-}
 
 #[tokio::test]
 async fn auth_message_sends_connected_then_ack_with_expiry() -> anyhow::Result<()> {
     let server = TestServer::start(&[]).await?;
-    let mut client = connect_anonymous(&server, "").await?;
+    let mut client = WsClient::connect_anonymous(&server, "").await?;
     let exp = now_secs() + 600;
     let (reply, before) = client
-        .request("auth", json!({"token": token_expiring("alice", exp)}))
+        .request(
+            "auth",
+            json!({"token": token("alice", json!({"exp": exp}))}),
+        )
         .await?;
     assert_eq!(
         before.len(),
@@ -67,7 +46,7 @@ async fn auth_message_sends_connected_then_ack_with_expiry() -> anyhow::Result<(
 #[tokio::test]
 async fn auth_message_without_message_id_still_connects() -> anyhow::Result<()> {
     let server = TestServer::start(&[]).await?;
-    let mut client = connect_anonymous(&server, "").await?;
+    let mut client = WsClient::connect_anonymous(&server, "").await?;
     client
         .send(&json!({"type": "auth", "data": {"token": token("alice", json!({}))}}))
         .await?;
@@ -82,7 +61,7 @@ async fn auth_message_without_message_id_still_connects() -> anyhow::Result<()> 
 async fn before_auth_requests_are_refused_and_ping_is_answered() -> anyhow::Result<()> {
     let server = TestServer::start(&[]).await?;
     server.publish("room", json!({"n": 1})).await?;
-    let mut client = connect_anonymous(&server, "").await?;
+    let mut client = WsClient::connect_anonymous(&server, "").await?;
     let requests = [
         ("subscribe", json!({"topic": "room"})),
         ("unsubscribe", json!({"topic": "room"})),
@@ -132,7 +111,7 @@ async fn before_auth_requests_are_refused_and_ping_is_answered() -> anyhow::Resu
 async fn bad_token_in_auth_message_gets_unauthorized_and_4001() -> anyhow::Result<()> {
     let server = TestServer::start(&[]).await?;
     for (name, bad) in refused_tokens() {
-        let mut client = connect_anonymous(&server, "").await?;
+        let mut client = WsClient::connect_anonymous(&server, "").await?;
         let (reply, others) = client.request("auth", json!({"token": bad})).await?;
         assert!(others.is_empty(), "{name}: {others:?}");
         assert_error(&reply, "unauthorized");
@@ -145,7 +124,7 @@ async fn bad_token_in_auth_message_gets_unauthorized_and_4001() -> anyhow::Resul
 #[tokio::test]
 async fn no_auth_within_the_timeout_closes_4001() -> anyhow::Result<()> {
     let server = TestServer::start(&[("HERALD_AUTH_TIMEOUT_MS", "300")]).await?;
-    let mut client = connect_anonymous(&server, "").await?;
+    let mut client = WsClient::connect_anonymous(&server, "").await?;
     // Pings are answered but do not extend the time to authenticate.
     client
         .send(&json!({"type": "ping", "messageId": "p"}))
@@ -156,7 +135,7 @@ async fn no_auth_within_the_timeout_closes_4001() -> anyhow::Result<()> {
     assert!(started.elapsed() < Duration::from_secs(3));
 
     // A connection that authenticates in time is not affected.
-    let mut late = connect_anonymous(&server, "").await?;
+    let mut late = WsClient::connect_anonymous(&server, "").await?;
     late.request("auth", json!({"token": token("alice", json!({}))}))
         .await?;
     assert!(late.try_recv(Duration::from_millis(700)).await.is_none());
@@ -170,7 +149,10 @@ async fn refresh_for_the_same_user_acks_the_new_expiry() -> anyhow::Result<()> {
     let (mut client, _) = WsClient::connect_as(&server, "alice").await?;
     let exp = now_secs() + 7200;
     let (reply, others) = client
-        .request("auth", json!({"token": token_expiring("alice", exp)}))
+        .request(
+            "auth",
+            json!({"token": token("alice", json!({"exp": exp}))}),
+        )
         .await?;
     assert!(
         others.is_empty(),
@@ -186,9 +168,7 @@ async fn refresh_for_the_same_user_acks_the_new_expiry() -> anyhow::Result<()> {
 async fn refresh_replaces_the_permissions() -> anyhow::Result<()> {
     let server = TestServer::start(&[]).await?;
     let first = token("alice", json!({"topics": ["a:*"], "publish": []}));
-    let mut client =
-        WsClient::connect_with(&server.ws_url(&format!("?token={first}")), &[]).await?;
-    assert_eq!(client.recv().await?["type"], "connected");
+    let (mut client, _) = WsClient::connect_token(&server, &first, "").await?;
     let (reply, _) = client.request("subscribe", json!({"topic": "b:1"})).await?;
     assert_error(&reply, "forbidden");
 
@@ -218,7 +198,7 @@ async fn refresh_for_another_user_is_refused_with_4001() -> anyhow::Result<()> {
 async fn refresh_with_a_bad_token_is_refused_with_4001() -> anyhow::Result<()> {
     let server = TestServer::start(&[]).await?;
     let (mut client, _) = WsClient::connect_as(&server, "alice").await?;
-    let expired = token_expiring("alice", now_secs() - 10);
+    let expired = token("alice", json!({"exp": now_secs() - 10}));
     let (reply, _) = client.request("auth", json!({"token": expired})).await?;
     assert_error(&reply, "unauthorized");
     assert_eq!(client.ended().await?, Ended::Closed(4001));
@@ -229,9 +209,8 @@ async fn refresh_with_a_bad_token_is_refused_with_4001() -> anyhow::Result<()> {
 async fn session_is_closed_4003_within_a_second_of_token_expiry() -> anyhow::Result<()> {
     let server = TestServer::start(&[]).await?;
     let exp = now_secs() + 2;
-    let url = server.ws_url(&format!("?token={}", token_expiring("alice", exp)));
-    let mut client = WsClient::connect_with(&url, &[]).await?;
-    assert_eq!(client.recv().await?["type"], "connected");
+    let (mut client, _) =
+        WsClient::connect_token(&server, &token("alice", json!({"exp": exp})), "").await?;
     assert_eq!(client.ended().await?, Ended::Closed(4003));
     let closed_at = now_ms();
     let exp_ms = exp * 1000;
@@ -251,10 +230,13 @@ async fn session_is_closed_4003_within_a_second_of_token_expiry() -> anyhow::Res
 #[tokio::test]
 async fn message_authenticated_session_also_expires_with_4003() -> anyhow::Result<()> {
     let server = TestServer::start(&[]).await?;
-    let mut client = connect_anonymous(&server, "").await?;
+    let mut client = WsClient::connect_anonymous(&server, "").await?;
     let exp = now_secs() + 2;
     client
-        .request("auth", json!({"token": token_expiring("alice", exp)}))
+        .request(
+            "auth",
+            json!({"token": token("alice", json!({"exp": exp}))}),
+        )
         .await?;
     assert_eq!(client.ended().await?, Ended::Closed(4003));
     let closed_at = now_ms();
@@ -266,13 +248,12 @@ async fn message_authenticated_session_also_expires_with_4003() -> anyhow::Resul
 async fn refresh_before_expiry_keeps_the_session_open() -> anyhow::Result<()> {
     let server = TestServer::start(&[]).await?;
     let exp = now_secs() + 2;
-    let url = server.ws_url(&format!("?token={}", token_expiring("alice", exp)));
-    let mut client = WsClient::connect_with(&url, &[]).await?;
-    assert_eq!(client.recv().await?["type"], "connected");
+    let (mut client, _) =
+        WsClient::connect_token(&server, &token("alice", json!({"exp": exp})), "").await?;
     let (reply, _) = client
         .request(
             "auth",
-            json!({"token": token_expiring("alice", now_secs() + 3600)}),
+            json!({"token": token("alice", json!({"exp": now_secs() + 3600}))}),
         )
         .await?;
     assert_eq!(reply["type"], "ack");
@@ -297,7 +278,7 @@ async fn reject_policy_refuses_message_auth_over_the_limit_with_4030() -> anyhow
     ])
     .await?;
     let (mut first, _) = WsClient::connect_as(&server, "alice").await?;
-    let mut second = connect_anonymous(&server, "").await?;
+    let mut second = WsClient::connect_anonymous(&server, "").await?;
     let (reply, others) = second
         .request("auth", json!({"token": token("alice", json!({}))}))
         .await?;
@@ -320,7 +301,7 @@ async fn reject_policy_refuses_message_auth_over_the_limit_with_4030() -> anyhow
 async fn evict_policy_with_message_auth_replaces_the_oldest() -> anyhow::Result<()> {
     let server = TestServer::start(&[("HERALD_MAX_CONNECTIONS_PER_USER", "1")]).await?;
     let (mut first, _) = WsClient::connect_as(&server, "alice").await?;
-    let mut second = connect_anonymous(&server, "").await?;
+    let mut second = WsClient::connect_anonymous(&server, "").await?;
     let (reply, before) = second
         .request("auth", json!({"token": token("alice", json!({}))}))
         .await?;
@@ -331,46 +312,24 @@ async fn evict_policy_with_message_auth_replaces_the_oldest() -> anyhow::Result<
     Ok(())
 }
 
-/// Sends `data` to alice with an optional thread and returns `delivered`.
-async fn send_to_alice(
-    server: &TestServer,
-    data: Value,
-    thread: Option<&str>,
-) -> anyhow::Result<u64> {
-    let mut body = json!({"data": data});
-    if let Some(thread) = thread {
-        body["threadId"] = json!(thread);
-    }
-    let (status, _, answer) = server
-        .request("POST", "/api/users/alice/send", Some(&body), true)
-        .await?;
-    anyhow::ensure!(status == 200, "send answered {status}: {answer}");
-    answer["delivered"].as_u64().context("no delivered")
-}
-
 #[tokio::test]
 async fn thread_bound_connections_receive_only_their_thread() -> anyhow::Result<()> {
     let server = TestServer::start(&[]).await?;
     let alice = token("alice", json!({"tier": "early"}));
-    let connect = |query: String| {
-        let url = server.ws_url(&query);
-        async move {
-            let mut client = WsClient::connect_with(&url, &[]).await?;
-            let connected = client.recv().await?;
-            anyhow::ensure!(connected["type"] == "connected", "got {connected}");
-            Ok::<_, anyhow::Error>(client)
-        }
-    };
-    let mut t1 = connect(format!("?token={alice}&thread=t1")).await?;
-    let mut t2 = connect(format!("?thread=t2&token={alice}")).await?;
-    let mut unbound = connect(format!("?token={alice}")).await?;
+    let (mut t1, _) = WsClient::connect_token(&server, &alice, "&thread=t1").await?;
+    // The options may come in any order.
+    let (mut t2, _) =
+        WsClient::connect_url(&server.ws_url(&format!("?thread=t2&token={alice}"))).await?;
+    let (mut unbound, _) = WsClient::connect_token(&server, &alice, "").await?;
     // Bound by query, authenticated by message.
-    let mut t1_late = connect_anonymous(&server, "?thread=t1").await?;
+    let mut t1_late = WsClient::connect_anonymous(&server, "?thread=t1").await?;
     t1_late.request("auth", json!({"token": alice})).await?;
     let (mut bob, _) = WsClient::connect_as(&server, "bob").await?;
 
     assert_eq!(
-        send_to_alice(&server, json!({"n": 1}), Some("t1")).await?,
+        server
+            .send_to_user("alice", json!({"n": 1}), Some("t1"))
+            .await?["delivered"],
         3
     );
     for client in [&mut t1, &mut unbound, &mut t1_late] {
@@ -380,22 +339,31 @@ async fn thread_bound_connections_receive_only_their_thread() -> anyhow::Result<
         assert_eq!(push["data"], json!({"n": 1}));
     }
     assert_eq!(
-        send_to_alice(&server, json!({"n": 2}), Some("t2")).await?,
+        server
+            .send_to_user("alice", json!({"n": 2}), Some("t2"))
+            .await?["delivered"],
         2
     );
     let push = t2.recv_data().await?;
     assert_eq!(push["data"], json!({"n": 2}), "t2 gets only its own thread");
     assert_eq!(unbound.recv_data().await?["data"], json!({"n": 2}));
 
-    assert_eq!(send_to_alice(&server, json!({"n": 3}), None).await?, 4);
+    assert_eq!(
+        server.send_to_user("alice", json!({"n": 3}), None).await?["delivered"],
+        4
+    );
     for client in [&mut t1, &mut t2, &mut unbound, &mut t1_late] {
         assert_eq!(client.recv_data().await?["data"], json!({"n": 3}));
     }
     // Nobody got anything else, and bob got nothing at all.
-    for client in [&mut t1, &mut t2, &mut unbound, &mut t1_late, &mut bob] {
-        if let Some(frame) = client.try_recv(Duration::from_millis(200)).await {
-            assert_eq!(frame["type"], "ping", "unexpected frame {frame}");
-        }
+    for (client, who) in [
+        (&mut t1, "t1"),
+        (&mut t2, "t2"),
+        (&mut unbound, "unbound"),
+        (&mut t1_late, "t1 by message"),
+        (&mut bob, "bob"),
+    ] {
+        client.expect_quiet(who).await?;
     }
     let (_, _, listed) = server
         .request("GET", "/api/connections?userId=alice", None, true)
@@ -428,23 +396,13 @@ async fn event_to(
     server.send_event(user, &body).await
 }
 
-/// Asserts that nothing but heartbeat pings arrives within a short wait.
-async fn assert_quiet(client: &mut WsClient, who: &str) {
-    while let Some(frame) = client.try_recv(Duration::from_millis(200)).await {
-        assert_eq!(frame["type"], "ping", "{who} got {frame}");
-    }
-}
-
 #[tokio::test]
 async fn thread_bound_connections_receive_only_their_threads_events() -> anyhow::Result<()> {
     let server = TestServer::start(&[]).await?;
     let alice = token("alice", json!({}));
     let mut clients = Vec::new();
     for query in ["&thread=t1", "&thread=t2", ""] {
-        let url = server.ws_url(&format!("?token={alice}{query}"));
-        let mut client = WsClient::connect_with(&url, &[]).await?;
-        assert_eq!(client.recv().await?["type"], "connected");
-        clients.push(client);
+        clients.push(WsClient::connect_token(&server, &alice, query).await?.0);
     }
     let answer = event_to(&server, "alice", json!({"step": 1}), Some("t1")).await?;
     assert_eq!(answer["delivered"], 2, "{answer}");
@@ -456,7 +414,7 @@ async fn thread_bound_connections_receive_only_their_threads_events() -> anyhow:
         assert_eq!(event["id"], answer["id"]);
         assert_eq!(event["data"], json!({"step": 1}));
     }
-    assert_quiet(&mut clients[1], "t2").await;
+    clients[1].expect_quiet("t2").await?;
     Ok(())
 }
 
@@ -468,14 +426,10 @@ async fn pending_thread_events_reach_only_a_connection_of_that_thread() -> anyho
     assert_eq!(answer["pending"], 1, "{answer}");
 
     let bob = token("bob", json!({}));
-    let mut other =
-        WsClient::connect_with(&server.ws_url(&format!("?token={bob}&thread=t2")), &[]).await?;
-    assert_eq!(other.recv().await?["type"], "connected");
-    assert_quiet(&mut other, "bob's t2").await;
+    let (mut other, _) = WsClient::connect_token(&server, &bob, "&thread=t2").await?;
+    other.expect_quiet("bob's t2").await?;
 
-    let mut bound =
-        WsClient::connect_with(&server.ws_url(&format!("?token={bob}&thread=t1")), &[]).await?;
-    assert_eq!(bound.recv().await?["type"], "connected");
+    let (mut bound, _) = WsClient::connect_token(&server, &bob, "&thread=t1").await?;
     let event = bound.recv_data().await?;
     assert_eq!(event["type"], "event", "{event}");
     assert_eq!(event["id"], answer["id"]);
@@ -493,7 +447,7 @@ async fn reject_policy_never_acks_a_message_auth_it_then_refuses() -> anyhow::Re
     let alice = token("alice", json!({}));
     let mut clients = Vec::new();
     for _ in 0..12 {
-        clients.push(connect_anonymous(&server, "").await?);
+        clients.push(WsClient::connect_anonymous(&server, "").await?);
     }
     // Every `auth` is written before any answer is read, so they race in the server.
     for client in &mut clients {

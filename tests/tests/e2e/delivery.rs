@@ -10,32 +10,14 @@ use std::{
     time::Duration,
 };
 
-use herald_tests::{TestServer, WsClient, token};
+use herald_tests::{TestServer, WsClient};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
-
-async fn connect(
-    server: &TestServer,
-    user: &str,
-    thread: Option<&str>,
-) -> anyhow::Result<WsClient> {
-    let mut query = format!("?token={}", token(user, json!({})));
-    if let Some(thread) = thread {
-        query.push_str(&format!("&thread={thread}"));
-    }
-    let mut client = WsClient::connect_with(&server.ws_url(&query), &[]).await?;
-    let connected = client.recv().await?;
-    anyhow::ensure!(
-        connected["type"] == "connected",
-        "expected connected, got {connected}"
-    );
-    Ok(client)
-}
 
 #[tokio::test]
 async fn resume_replays_exactly_the_missed_messages_then_live() -> anyhow::Result<()> {
     let server = TestServer::start(&[]).await?;
-    let mut client = connect(&server, "alice", None).await?;
+    let (mut client, _) = WsClient::connect_as(&server, "alice").await?;
     let ack = client.subscribe("news").await?;
     let epoch = ack["epoch"].clone();
     for n in 1..=3 {
@@ -49,7 +31,7 @@ async fn resume_replays_exactly_the_missed_messages_then_live() -> anyhow::Resul
         server.publish("news", json!({"n": n})).await?;
     }
 
-    let mut client = connect(&server, "alice", None).await?;
+    let (mut client, _) = WsClient::connect_as(&server, "alice").await?;
     let (reply, _) = client
         .request(
             "subscribe",
@@ -78,12 +60,12 @@ async fn resume_replays_exactly_the_missed_messages_then_live() -> anyhow::Resul
 async fn resume_is_not_recovered_when_history_lost_the_gap_or_the_epoch_changed()
 -> anyhow::Result<()> {
     let server = TestServer::start(&[("HERALD_HISTORY_SIZE", "2")]).await?;
-    let mut client = connect(&server, "alice", None).await?;
+    let (mut client, _) = WsClient::connect_as(&server, "alice").await?;
     let epoch = client.subscribe("news").await?["epoch"].clone();
     for n in 1..=5 {
         server.publish("news", json!({"n": n})).await?;
     }
-    let mut fresh = connect(&server, "alice", None).await?;
+    let (mut fresh, _) = WsClient::connect_as(&server, "alice").await?;
     let (reply, _) = fresh
         .request(
             "subscribe",
@@ -102,7 +84,7 @@ async fn resume_is_not_recovered_when_history_lost_the_gap_or_the_epoch_changed(
     server.publish("news", json!({"n": 6})).await?;
     assert_eq!(fresh.recv_data().await?["offset"], 6);
     // Within what history still holds, the resume recovers.
-    let mut third = connect(&server, "alice", None).await?;
+    let (mut third, _) = WsClient::connect_as(&server, "alice").await?;
     let (reply, _) = third
         .request(
             "subscribe",
@@ -210,7 +192,7 @@ async fn events_wait_for_an_offline_user_and_are_kept_until_acked() -> anyhow::R
         (json!(0), json!(2))
     );
 
-    let mut bob = connect(&server, "bob", None).await?;
+    let (mut bob, _) = WsClient::connect_as(&server, "bob").await?;
     let first = bob.recv_data().await?;
     assert_eq!(
         (first["type"].clone(), first["event"].clone()),
@@ -227,7 +209,7 @@ async fn events_wait_for_an_offline_user_and_are_kept_until_acked() -> anyhow::R
 
     // Unacknowledged events come back on reconnect, in order.
     bob.drop_tcp();
-    let mut bob = connect(&server, "bob", None).await?;
+    let (mut bob, _) = WsClient::connect_as(&server, "bob").await?;
     let again = bob.recv_data().await?;
     assert_eq!(again["id"], sent["id"]);
     let (reply, _) = bob
@@ -243,7 +225,7 @@ async fn events_wait_for_an_offline_user_and_are_kept_until_acked() -> anyhow::R
 #[tokio::test]
 async fn events_are_redelivered_after_the_ack_timeout() -> anyhow::Result<()> {
     let server = TestServer::start(&[("HERALD_EVENT_ACK_TIMEOUT_MS", "300")]).await?;
-    let mut carol = connect(&server, "carol", None).await?;
+    let (mut carol, _) = WsClient::connect_as(&server, "carol").await?;
     let sent = server
         .send_event("carol", &json!({"event": "agent_thinking", "data": null}))
         .await?;
@@ -295,10 +277,10 @@ async fn pending_events_are_bounded_with_a_retry_later_status() -> anyhow::Resul
 #[tokio::test]
 async fn events_reach_only_their_user_and_thread() -> anyhow::Result<()> {
     let server = TestServer::start(&[]).await?;
-    let mut t1 = connect(&server, "erin", Some("t1")).await?;
-    let mut t2 = connect(&server, "erin", Some("t2")).await?;
-    let mut unbound = connect(&server, "erin", None).await?;
-    let mut other = connect(&server, "frank", Some("t1")).await?;
+    let (mut t1, _) = WsClient::connect_thread(&server, "erin", "t1").await?;
+    let (mut t2, _) = WsClient::connect_thread(&server, "erin", "t2").await?;
+    let (mut unbound, _) = WsClient::connect_as(&server, "erin").await?;
+    let (mut other, _) = WsClient::connect_thread(&server, "frank", "t1").await?;
     let sent = server
         .send_event(
             "erin",
@@ -342,7 +324,7 @@ async fn resume_while_publishing_at_full_rate_has_no_gap_and_no_duplicate() -> a
     };
     let mut log = TopicLog::default();
     for round in 0..8 {
-        let mut client = connect(&server, "racer", None).await?;
+        let (mut client, _) = WsClient::connect_as(&server, "racer").await?;
         let data = match &log.epoch {
             Some(epoch) => json!({"topic": "race", "since": {"offset": log.last, "epoch": epoch}}),
             None => json!({"topic": "race"}),
@@ -466,7 +448,7 @@ async fn chaos_with_random_drops_loses_nothing_and_leaves_no_residue() -> anyhow
             let mut last_event_seq = 0u64;
             let mut drops = 0;
             loop {
-                let mut ws = connect(&server, client.user, Some(client.thread)).await?;
+                let (mut ws, _) = WsClient::connect_thread(&server, client.user, client.thread).await?;
                 for (topic, log) in &mut logs {
                     let data = match &log.epoch {
                         Some(epoch) => json!({"topic": topic, "since": {"offset": log.last, "epoch": epoch}}),

@@ -2,225 +2,16 @@
 //! refused with HTTP 401 before any upgrade, Origin checks, the server and per-user connection
 //! limits, a stalled request head, and a malformed upgrade request.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use herald_tests::{Ended, SECRET, TIMEOUT, TestServer, WsClient, sign, token};
-use serde_json::{Value, json};
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpStream,
+use herald_tests::{
+    Ended, SAMPLE_KEY, TIMEOUT, TestServer, WsClient, now_secs, raw_exchange, read_until_closed,
+    refused_tokens, sign, token, try_upgrade, upgrade_head,
 };
+use serde_json::json;
+use tokio::{io::AsyncWriteExt as _, net::TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
-
-/// A well-formed `Sec-WebSocket-Key` (the RFC 6455 sample).
-pub(crate) const SAMPLE_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
-
-/// What the server answered to a request written by hand.
-#[derive(Debug)]
-pub(crate) struct RawAnswer {
-    /// The status code.
-    pub(crate) status: u16,
-    /// The headers, names lower-cased, in order.
-    pub(crate) headers: Vec<(String, String)>,
-    /// The body as JSON (`Value::Null` when empty or not JSON).
-    pub(crate) body: Value,
-}
-
-impl RawAnswer {
-    /// The first header called `name` (lower case).
-    pub(crate) fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// The `error.code` of the body.
-    pub(crate) fn error_code(&self) -> &Value {
-        &self.body["error"]["code"]
-    }
-}
-
-/// Writes `head` (a complete request head, ending with an empty line) and reads the response
-/// head and its `Content-Length` body. Returns the socket too, so a 101 can be used further.
-pub(crate) async fn raw_exchange(
-    server: &TestServer,
-    head: &str,
-) -> anyhow::Result<(RawAnswer, TcpStream)> {
-    let mut stream = TcpStream::connect(server.addr).await?;
-    stream.write_all(head.as_bytes()).await?;
-    let mut buffer = Vec::new();
-    let head_end = tokio::time::timeout(TIMEOUT, async {
-        loop {
-            if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-                return Ok(at + 4);
-            }
-            let mut chunk = [0_u8; 1024];
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                bail!(
-                    "the server closed before a response head: {:?}",
-                    String::from_utf8_lossy(&buffer)
-                );
-            }
-            buffer.extend_from_slice(&chunk[..n]);
-        }
-    })
-    .await
-    .context("no response head within the timeout")??;
-    let text = String::from_utf8(buffer[..head_end].to_vec())?;
-    let mut lines = text.split("\r\n");
-    let status_line = lines.next().context("empty response")?;
-    let status: u16 = status_line
-        .split(' ')
-        .nth(1)
-        .context("no status code")?
-        .parse()?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let length: usize = headers
-        .iter()
-        .find(|(n, _)| n == "content-length")
-        .map_or(Ok(0), |(_, v)| v.parse())?;
-    let mut body = buffer[head_end..].to_vec();
-    if status != 101 {
-        tokio::time::timeout(TIMEOUT, async {
-            while body.len() < length {
-                let mut chunk = [0_u8; 1024];
-                let n = stream.read(&mut chunk).await?;
-                if n == 0 {
-                    bail!("the body ended early");
-                }
-                body.extend_from_slice(&chunk[..n]);
-            }
-            Ok(())
-        })
-        .await
-        .context("no complete body within the timeout")??;
-    }
-    let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    Ok((
-        RawAnswer {
-            status,
-            headers,
-            body,
-        },
-        stream,
-    ))
-}
-
-/// A complete, valid upgrade request head for `GET /ws{query}` with `extra` headers.
-pub(crate) fn upgrade_head(server: &TestServer, query: &str, extra: &[(&str, &str)]) -> String {
-    let mut head = format!(
-        "GET /ws{query} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {SAMPLE_KEY}\r\n",
-        server.addr
-    );
-    for (name, value) in extra {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n");
-    head
-}
-
-/// Sends a valid upgrade request with `query` and `extra` headers and returns the answer.
-pub(crate) async fn try_upgrade(
-    server: &TestServer,
-    query: &str,
-    extra: &[(&str, &str)],
-) -> anyhow::Result<RawAnswer> {
-    Ok(raw_exchange(server, &upgrade_head(server, query, extra))
-        .await?
-        .0)
-}
-
-/// Asserts an answer is a refusal with `status` and `code`, and not an upgrade.
-fn assert_refused(answer: &RawAnswer, status: u16, code: &str) {
-    assert_eq!(answer.status, status, "answer: {answer:?}");
-    assert_eq!(answer.error_code(), code, "answer: {answer:?}");
-    assert!(
-        answer.header("sec-websocket-accept").is_none(),
-        "a refusal must not upgrade: {answer:?}"
-    );
-}
-
-/// Seconds since the Unix epoch.
-pub(crate) fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// Base64url without padding, enough to hand-craft JWT segments.
-fn base64url(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0_u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
-        for i in 0..=chunk.len() {
-            out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-        }
-    }
-    out
-}
-
-/// Tokens the server must refuse, each with a name for the failure message.
-pub(crate) fn refused_tokens() -> Vec<(&'static str, String)> {
-    let now = now_secs();
-    let claims = json!({"sub": "mallory", "exp": now + 3600, "topics": ["*"]});
-    let hs512 = jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS512),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap_or_else(|e| panic!("HS512 token does not encode: {e}"));
-    let other_secret = jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(b"some-other-secret-of-enough-length!!"),
-    )
-    .unwrap_or_else(|e| panic!("token does not encode: {e}"));
-    let none = format!(
-        "{}.{}.",
-        base64url(br#"{"alg":"none","typ":"JWT"}"#),
-        base64url(claims.to_string().as_bytes())
-    );
-    vec![
-        ("garbage", "not-a-jwt".to_owned()),
-        ("wrong secret", other_secret),
-        ("expired", sign(&json!({"sub": "mallory", "exp": now - 60}))),
-        ("no exp", sign(&json!({"sub": "mallory"}))),
-        ("no sub", sign(&json!({"exp": now + 3600}))),
-        ("empty sub", sign(&json!({"sub": "", "exp": now + 3600}))),
-        ("numeric sub", sign(&json!({"sub": 42, "exp": now + 3600}))),
-        (
-            "not yet valid",
-            sign(&json!({"sub": "mallory", "exp": now + 3600, "nbf": now + 600})),
-        ),
-        ("wrong algorithm HS512", hs512),
-        ("alg none", none),
-        (
-            "unknown tier",
-            token("mallory", json!({"tier": "platinum"})),
-        ),
-    ]
-}
-
-#[test]
-fn base64url_matches_known_vectors() {
-    assert_eq!(base64url(b""), "");
-    assert_eq!(base64url(b"f"), "Zg");
-    assert_eq!(base64url(b"fo"), "Zm8");
-    assert_eq!(base64url(b"foo"), "Zm9v");
-    assert_eq!(base64url(b"foob"), "Zm9vYg");
-    assert_eq!(base64url(&[0xfb, 0xff]), "-_8");
-}
 
 #[tokio::test]
 async fn subprotocol_is_echoed_only_when_offered() -> anyhow::Result<()> {
@@ -265,10 +56,8 @@ async fn token_in_the_authorization_header_authenticates() -> anyhow::Result<()>
 #[tokio::test]
 async fn token_in_the_query_authenticates() -> anyhow::Result<()> {
     let server = TestServer::start(&[]).await?;
-    let url = server.ws_url(&format!("?token={}", token("bob", json!({}))));
-    let mut client = WsClient::connect_with(&url, &[]).await?;
-    let connected = client.recv().await?;
-    assert_eq!(connected["type"], "connected");
+    let (mut client, connected) =
+        WsClient::connect_token(&server, &token("bob", json!({})), "").await?;
     assert_eq!(connected["data"]["userId"], "bob");
     assert_eq!(connected["data"]["tier"], "free");
     let ack = client.subscribe("news").await?;
@@ -336,11 +125,11 @@ async fn foreign_origin_is_forbidden() -> anyhow::Result<()> {
     let server = TestServer::start(&[]).await?;
     let query = format!("?token={}", token("alice", json!({})));
     let answer = try_upgrade(&server, &query, &[("Origin", "https://evil.example")]).await?;
-    assert_refused(&answer, 403, "forbidden");
+    answer.assert_refused(403, "forbidden");
     // Same host on another port is another origin.
     let other_port = format!("http://127.0.0.1:{}", server.addr.port().wrapping_add(1));
     let answer = try_upgrade(&server, &query, &[("Origin", &other_port)]).await?;
-    assert_refused(&answer, 403, "forbidden");
+    answer.assert_refused(403, "forbidden");
     Ok(())
 }
 
@@ -357,7 +146,7 @@ async fn configured_origins_are_allowed() -> anyhow::Result<()> {
         assert_eq!(answer.status, 101, "{origin}: {answer:?}");
     }
     let answer = try_upgrade(&server, &query, &[("Origin", "https://evil.example")]).await?;
-    assert_refused(&answer, 403, "forbidden");
+    answer.assert_refused(403, "forbidden");
     Ok(())
 }
 
@@ -378,7 +167,7 @@ async fn full_server_answers_503_until_a_connection_closes() -> anyhow::Result<(
 
     let query = format!("?token={}", token("carol", json!({})));
     let answer = try_upgrade(&server, &query, &[]).await?;
-    assert_refused(&answer, 503, "unavailable");
+    answer.assert_refused(503, "unavailable");
     let retry_after: u64 = answer
         .header("retry-after")
         .context("no Retry-After")?
@@ -396,9 +185,9 @@ async fn full_server_answers_503_until_a_connection_closes() -> anyhow::Result<(
 #[tokio::test]
 async fn unauthenticated_connections_count_toward_the_server_limit() -> anyhow::Result<()> {
     let server = TestServer::start(&[("HERALD_MAX_CONNECTIONS", "1")]).await?;
-    let _anonymous = WsClient::connect_with(&server.ws_url(""), &[]).await?;
+    let _anonymous = WsClient::connect_anonymous(&server, "").await?;
     let answer = try_upgrade(&server, "", &[]).await?;
-    assert_refused(&answer, 503, "unavailable");
+    answer.assert_refused(503, "unavailable");
     assert!(answer.header("retry-after").is_some());
     Ok(())
 }
@@ -427,13 +216,8 @@ async fn free_tier_quota_of_three_applies_by_default() -> anyhow::Result<()> {
     }
     // An early-tier user may hold more than three.
     for _ in 0..4 {
-        let url = server.ws_url(&format!(
-            "?token={}",
-            token("bob", json!({"tier": "early"}))
-        ));
-        let mut client = WsClient::connect_with(&url, &[]).await?;
-        assert_eq!(client.recv().await?["type"], "connected");
-        clients.push(client);
+        let early = token("bob", json!({"tier": "early"}));
+        clients.push(WsClient::connect_token(&server, &early, "").await?.0);
     }
     let (mut fourth, _) = WsClient::connect_as(&server, "alice").await?;
     assert_eq!(clients[0].ended().await?, Ended::Closed(4029));
@@ -462,7 +246,7 @@ async fn reject_policy_answers_429_at_the_handshake() -> anyhow::Result<()> {
 
     let query = format!("?token={}", token("alice", json!({})));
     let answer = try_upgrade(&server, &query, &[]).await?;
-    assert_refused(&answer, 429, "limit_exceeded");
+    answer.assert_refused(429, "limit_exceeded");
 
     // Existing connections are untouched, and another user is not limited.
     first.subscribe("room").await?;
@@ -479,18 +263,7 @@ async fn stalled_request_head_is_dropped_after_the_handshake_timeout() -> anyhow
     stream
         .write_all(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n")
         .await?;
-    let mut received = Vec::new();
-    let outcome = tokio::time::timeout(Duration::from_secs(3), async {
-        loop {
-            let mut chunk = [0_u8; 512];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => received.extend_from_slice(&chunk[..n]),
-            }
-        }
-    })
-    .await;
-    assert!(outcome.is_ok(), "the stalled connection is still open");
+    let received = read_until_closed(&mut stream, Duration::from_secs(3)).await?;
     let elapsed = started.elapsed();
     assert!(
         elapsed >= Duration::from_millis(300),
@@ -523,7 +296,7 @@ async fn missing_or_malformed_websocket_key_is_a_400() -> anyhow::Result<()> {
         }
         head.push_str("\r\n");
         let (answer, _) = raw_exchange(&server, &head).await?;
-        assert_refused(&answer, 400, "bad_request");
+        answer.assert_refused(400, "bad_request");
     }
     Ok(())
 }
@@ -546,7 +319,7 @@ async fn malformed_thread_option_is_a_400() -> anyhow::Result<()> {
         "x".repeat(1000)
     );
     let answer = try_upgrade(&server, &query, &[]).await?;
-    assert_refused(&answer, 400, "bad_request");
+    answer.assert_refused(400, "bad_request");
     Ok(())
 }
 
@@ -569,7 +342,7 @@ async fn header_token_wins_over_the_query() -> anyhow::Result<()> {
     let server = TestServer::start(&[]).await?;
     let query = format!("?token={}", token("alice", json!({})));
     let answer = try_upgrade(&server, &query, &[("Authorization", "Bearer not-a-jwt")]).await?;
-    assert_refused(&answer, 401, "unauthorized");
+    answer.assert_refused(401, "unauthorized");
     let header = format!("Bearer {}", token("bob", json!({})));
     let mut client = WsClient::connect_with(
         &server.ws_url("?token=not-a-jwt"),
@@ -620,7 +393,7 @@ async fn leeway_accepts_a_recently_expired_token() -> anyhow::Result<()> {
     assert_eq!(answer.status, 101, "{answer:?}");
     let long_ago = sign(&json!({"sub": "alice", "exp": now - 60}));
     let answer = try_upgrade(&server, &format!("?token={long_ago}"), &[]).await?;
-    assert_refused(&answer, 401, "unauthorized");
+    answer.assert_refused(401, "unauthorized");
     let soon = sign(&json!({"sub": "alice", "exp": now + 3600, "nbf": now + 5}));
     let answer = try_upgrade(&server, &format!("?token={soon}"), &[]).await?;
     assert_eq!(answer.status, 101, "{answer:?}");
@@ -631,15 +404,9 @@ async fn leeway_accepts_a_recently_expired_token() -> anyhow::Result<()> {
 async fn per_user_limit_follows_the_runtime_config() -> anyhow::Result<()> {
     let server = TestServer::start(&[]).await?;
     let (mut first, _) = WsClient::connect_as(&server, "alice").await?;
-    let (status, _, body) = server
-        .request(
-            "PATCH",
-            "/api/config/runtime",
-            Some(&json!({"max_connections_per_user": 1})),
-            true,
-        )
+    server
+        .patch_runtime(&json!({"max_connections_per_user": 1}))
         .await?;
-    assert_eq!(status, 200, "{body}");
     let (mut second, _) = WsClient::connect_as(&server, "alice").await?;
     assert_eq!(first.ended().await?, Ended::Closed(4029));
     second.subscribe("room").await?;
@@ -653,7 +420,7 @@ async fn auth_timeout_frees_the_slot_of_a_silent_connection() -> anyhow::Result<
         ("HERALD_AUTH_TIMEOUT_MS", "300"),
     ])
     .await?;
-    let mut silent = WsClient::connect_with(&server.ws_url(""), &[]).await?;
+    let mut silent = WsClient::connect_anonymous(&server, "").await?;
     assert_eq!(silent.ended().await?, Ended::Closed(4001));
     server.wait_for_stats(|s| s["connections"] == 0).await?;
     let (mut client, _) = WsClient::connect_as(&server, "alice").await?;
@@ -661,28 +428,11 @@ async fn auth_timeout_frees_the_slot_of_a_silent_connection() -> anyhow::Result<
     Ok(())
 }
 
-/// Reads until the server ends the connection; fails if it is still open after `limit`.
-async fn read_until_dropped(stream: &mut TcpStream, limit: Duration) -> anyhow::Result<Vec<u8>> {
-    let mut received = Vec::new();
-    tokio::time::timeout(limit, async {
-        loop {
-            let mut chunk = [0_u8; 512];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => received.extend_from_slice(&chunk[..n]),
-            }
-        }
-    })
-    .await
-    .context("the server kept the connection open")?;
-    Ok(received)
-}
-
 #[tokio::test]
 async fn silent_tcp_connection_is_dropped_after_the_handshake_timeout() -> anyhow::Result<()> {
     let server = TestServer::start(&[("HERALD_HANDSHAKE_TIMEOUT_MS", "300")]).await?;
     let mut stream = TcpStream::connect(server.addr).await?;
-    let received = read_until_dropped(&mut stream, Duration::from_secs(3)).await?;
+    let received = read_until_closed(&mut stream, Duration::from_secs(3)).await?;
     assert!(
         !String::from_utf8_lossy(&received).contains(" 101 "),
         "{received:?}"
@@ -707,18 +457,9 @@ async fn trickled_request_head_is_dropped_after_the_handshake_timeout() -> anyho
             }
         }
     });
-    let mut buffer = [0_u8; 512];
-    let dropped = tokio::time::timeout(Duration::from_secs(3), async {
-        loop {
-            match read.read(&mut buffer).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
+    let dropped = read_until_closed(&mut read, Duration::from_secs(3)).await;
     trickle.abort();
-    assert!(dropped.is_ok(), "a trickled head keeps the connection open");
+    dropped.context("a trickled head keeps the connection open")?;
     assert!(started.elapsed() >= Duration::from_millis(300));
     Ok(())
 }
@@ -732,7 +473,7 @@ async fn unsupported_websocket_version_is_a_426() -> anyhow::Result<()> {
         server.addr
     );
     let (answer, _) = raw_exchange(&server, &head).await?;
-    assert_refused(&answer, 426, "bad_request");
+    answer.assert_refused(426, "bad_request");
     assert_eq!(answer.header("sec-websocket-version"), Some("13"));
     Ok(())
 }

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use futures_util::{SinkExt as _, StreamExt as _};
-use herald_tests::{Ended, TIMEOUT, TestServer, WsClient, token};
+use herald_tests::{
+    Ended, TIMEOUT, TestServer, WsClient, frames_in, raw_exchange, read_until_ended, token,
+    upgrade_head,
+};
 use serde_json::{Value, json};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -22,9 +25,7 @@ use tokio_tungstenite::tungstenite::{
 
 /// Upgrades a raw socket without a token (so the server sends nothing until it closes).
 async fn raw_socket(server: &TestServer) -> anyhow::Result<TcpStream> {
-    let (answer, stream) =
-        crate::handshake::raw_exchange(server, &crate::handshake::upgrade_head(server, "", &[]))
-            .await?;
+    let (answer, stream) = raw_exchange(server, &upgrade_head(server, "", &[])).await?;
     anyhow::ensure!(answer.status == 101, "not upgraded: {answer:?}");
     Ok(stream)
 }
@@ -138,6 +139,52 @@ async fn expect_pong(client: &mut WsClient, id: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `text` as three fragments: a text frame and two continuations, split at bytes 400 and 800.
+fn three_fragments(text: &str) -> Vec<Message> {
+    let (a, rest) = text.as_bytes().split_at(400);
+    let (b, c) = rest.split_at(400);
+    vec![
+        data_frame(a, Data::Text, false),
+        data_frame(b, Data::Continue, false),
+        data_frame(c, Data::Continue, true),
+    ]
+}
+
+/// Sends `messages` in order. The server may close before the last ones are written, so a
+/// failed send ends the sending: the close code (or a missing reply) is what the test checks.
+async fn send_all(client: &mut WsClient, messages: Vec<Message>) {
+    for message in messages {
+        if client.send_raw(message).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Connects as `user` (or without a token), sends `messages` and expects the server to close
+/// the connection with `code`.
+async fn expect_close(
+    server: &TestServer,
+    user: Option<&str>,
+    messages: Vec<Message>,
+    code: u16,
+) -> anyhow::Result<()> {
+    let mut client = match user {
+        Some(user) => WsClient::connect_as(server, user).await?.0,
+        None => WsClient::connect_anonymous(server, "").await?,
+    };
+    send_all(&mut client, messages).await;
+    assert_eq!(client.ended().await?, Ended::Closed(code));
+    Ok(())
+}
+
+/// Writes `bytes` on a fresh raw WebSocket and expects the server to close it with `code`.
+async fn expect_raw_close(server: &TestServer, bytes: &[u8], code: u16) -> anyhow::Result<()> {
+    let mut stream = raw_socket(server).await?;
+    stream.write_all(bytes).await?;
+    assert_eq!(raw_close_code(&mut stream).await?, Some(code));
+    Ok(())
+}
+
 #[tokio::test]
 async fn message_of_exactly_the_limit_is_accepted() -> anyhow::Result<()> {
     let (_server, mut client) = small_payload_server().await?;
@@ -165,26 +212,18 @@ async fn message_one_byte_over_the_limit_closes_1009() -> anyhow::Result<()> {
 async fn limit_applies_to_the_reassembled_message() -> anyhow::Result<()> {
     let (_server, mut client) = small_payload_server().await?;
     // Exactly the limit in three fragments: accepted.
-    let text = padded_ping("frag-edge", 1024);
-    let (a, rest) = text.as_bytes().split_at(400);
-    let (b, c) = rest.split_at(400);
-    client.send_raw(data_frame(a, Data::Text, false)).await?;
-    client
-        .send_raw(data_frame(b, Data::Continue, false))
-        .await?;
-    client.send_raw(data_frame(c, Data::Continue, true)).await?;
+    send_all(
+        &mut client,
+        three_fragments(&padded_ping("frag-edge", 1024)),
+    )
+    .await;
     expect_pong(&mut client, "frag-edge").await?;
-
     // One byte more, every fragment well under the limit: 1009.
-    let text = padded_ping("frag-over", 1025);
-    let (a, rest) = text.as_bytes().split_at(400);
-    let (b, c) = rest.split_at(400);
-    client.send_raw(data_frame(a, Data::Text, false)).await?;
-    client
-        .send_raw(data_frame(b, Data::Continue, false))
-        .await?;
-    // The server may close before the last fragment is written.
-    let _ = client.send_raw(data_frame(c, Data::Continue, true)).await;
+    send_all(
+        &mut client,
+        three_fragments(&padded_ping("frag-over", 1025)),
+    )
+    .await;
     assert_eq!(client.ended().await?, Ended::Closed(1009));
     Ok(())
 }
@@ -192,15 +231,8 @@ async fn limit_applies_to_the_reassembled_message() -> anyhow::Result<()> {
 #[tokio::test]
 async fn invalid_utf8_in_a_text_frame_closes_1007() -> anyhow::Result<()> {
     let server = TestServer::start(&[]).await?;
-    let (mut client, _) = WsClient::connect_as(&server, "alice").await?;
-    client
-        .send_raw(data_frame(
-            b"{\"type\":\"ping\",\"x\":\"\xff\xfe\"}",
-            Data::Text,
-            true,
-        ))
-        .await?;
-    assert_eq!(client.ended().await?, Ended::Closed(1007));
+    let invalid = data_frame(b"{\"type\":\"ping\",\"x\":\"\xff\xfe\"}", Data::Text, true);
+    expect_close(&server, Some("alice"), vec![invalid], 1007).await?;
     server.wait_for_stats(|s| s["connections"] == 0).await?;
     Ok(())
 }
@@ -208,41 +240,26 @@ async fn invalid_utf8_in_a_text_frame_closes_1007() -> anyhow::Result<()> {
 #[tokio::test]
 async fn invalid_utf8_across_fragments_closes_1007() -> anyhow::Result<()> {
     let server = TestServer::start(&[]).await?;
-    let (mut client, _) = WsClient::connect_as(&server, "alice").await?;
     // A lead byte of a two-byte sequence followed by an ASCII byte in the next fragment.
-    client
-        .send_raw(data_frame(
-            b"{\"type\":\"ping\",\"x\":\"\xc3",
-            Data::Text,
-            false,
-        ))
-        .await?;
-    let _ = client
-        .send_raw(data_frame(b"A\"}", Data::Continue, true))
-        .await;
-    assert_eq!(client.ended().await?, Ended::Closed(1007));
-    Ok(())
+    let fragments = vec![
+        data_frame(b"{\"type\":\"ping\",\"x\":\"\xc3", Data::Text, false),
+        data_frame(b"A\"}", Data::Continue, true),
+    ];
+    expect_close(&server, Some("alice"), fragments, 1007).await
 }
 
 #[tokio::test]
 async fn invalid_utf8_before_auth_closes_1007() -> anyhow::Result<()> {
     let server = TestServer::start(&[]).await?;
-    let mut client = WsClient::connect_with(&server.ws_url(""), &[]).await?;
-    client
-        .send_raw(data_frame(b"\xc0\xaf", Data::Text, true))
-        .await?;
-    assert_eq!(client.ended().await?, Ended::Closed(1007));
-    Ok(())
+    let invalid = data_frame(b"\xc0\xaf", Data::Text, true);
+    expect_close(&server, None, vec![invalid], 1007).await
 }
 
 #[tokio::test]
 async fn binary_frame_closes_1003() -> anyhow::Result<()> {
     let server = TestServer::start(&[]).await?;
-    let (mut client, _) = WsClient::connect_as(&server, "alice").await?;
-    client
-        .send_raw(Message::binary(br#"{"type":"ping"}"#.to_vec()))
-        .await?;
-    assert_eq!(client.ended().await?, Ended::Closed(1003));
+    let binary = Message::binary(br#"{"type":"ping"}"#.to_vec());
+    expect_close(&server, Some("alice"), vec![binary], 1003).await?;
     server.wait_for_stats(|s| s["connections"] == 0).await?;
     Ok(())
 }
@@ -250,27 +267,19 @@ async fn binary_frame_closes_1003() -> anyhow::Result<()> {
 #[tokio::test]
 async fn binary_frame_before_auth_closes_1003() -> anyhow::Result<()> {
     let server = TestServer::start(&[]).await?;
-    let mut client = WsClient::connect_with(&server.ws_url(""), &[]).await?;
-    client.send_raw(Message::binary(vec![0_u8, 1, 2])).await?;
-    assert_eq!(client.ended().await?, Ended::Closed(1003));
-    Ok(())
+    expect_close(&server, None, vec![Message::binary(vec![0_u8, 1, 2])], 1003).await
 }
 
 #[tokio::test]
 async fn continuation_without_a_start_is_a_protocol_error() -> anyhow::Result<()> {
     let server = TestServer::start(&[]).await?;
-    let (mut client, _) = WsClient::connect_as(&server, "alice").await?;
-    client
-        .send_raw(data_frame(br#"{"type":"ping"}"#, Data::Continue, true))
-        .await?;
-    assert_eq!(client.ended().await?, Ended::Closed(1002));
-    Ok(())
+    let orphan = data_frame(br#"{"type":"ping"}"#, Data::Continue, true);
+    expect_close(&server, Some("alice"), vec![orphan], 1002).await
 }
 
 #[tokio::test]
 async fn reserved_bits_are_a_protocol_error() -> anyhow::Result<()> {
     let server = TestServer::start(&[]).await?;
-    let (mut client, _) = WsClient::connect_as(&server, "alice").await?;
     let mut frame = Frame::message(
         br#"{"type":"ping"}"#.to_vec(),
         OpCode::Data(Data::Text),
@@ -278,9 +287,7 @@ async fn reserved_bits_are_a_protocol_error() -> anyhow::Result<()> {
     );
     // RSV1 means permessage-deflate, which was not negotiated.
     frame.header_mut().rsv1 = true;
-    client.send_raw(Message::Frame(frame)).await?;
-    assert_eq!(client.ended().await?, Ended::Closed(1002));
-    Ok(())
+    expect_close(&server, Some("alice"), vec![Message::Frame(frame)], 1002).await
 }
 
 #[tokio::test]
@@ -424,7 +431,7 @@ async fn websocket_ping_is_answered_and_counts_as_activity() -> anyhow::Result<(
     let until = tokio::time::Instant::now() + Duration::from_millis(1500);
     let mut sent = 0_u32;
     let mut answered = 0_u32;
-    let mut json_pings = 0_u32;
+    let mut json_pings = 0;
     while tokio::time::Instant::now() < until {
         tokio::select! {
             _ = ticker.tick() => {
@@ -436,14 +443,7 @@ async fn websocket_ping_is_answered_and_counts_as_activity() -> anyhow::Result<(
                     answered += 1;
                     assert_eq!(payload.as_ref(), format!("p{answered}").as_bytes());
                 }
-                Message::Text(text) => {
-                    let frame: Value = serde_json::from_str(&text)?;
-                    let pings = match frame["type"].as_str() {
-                        Some("batch") => frame["data"].as_array().map_or(0, Vec::len),
-                        _ => 1,
-                    };
-                    json_pings += u32::try_from(pings)?;
-                }
+                Message::Text(text) => json_pings += frames_in(&text).len(),
                 Message::Close(frame) => bail!("closed while pinging: {frame:?}"),
                 _ => {}
             },
@@ -453,19 +453,10 @@ async fn websocket_ping_is_answered_and_counts_as_activity() -> anyhow::Result<(
     assert!(json_pings >= 2, "the heartbeat kept running");
 
     // Silence now: the stale timeout closes it.
-    let code = tokio::time::timeout(TIMEOUT, async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Close(frame))) => {
-                    return frame.map(|f| u16::from(f.code));
-                }
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => return None,
-            }
-        }
-    })
-    .await?;
-    assert_eq!(code, Some(4000));
+    assert_eq!(
+        read_until_ended(&mut ws, |_| {}).await?,
+        Ended::Closed(4000)
+    );
     Ok(())
 }
 
@@ -489,25 +480,16 @@ async fn websocket_ping_before_auth_is_answered() -> anyhow::Result<()> {
 async fn raw_frames_of_a_well_behaved_client_are_served() -> anyhow::Result<()> {
     // The raw helpers themselves: a masked ping gets a pong, then a close is answered.
     let server = TestServer::start(&[]).await?;
-    let mut stream = raw_socket(&server).await?;
-    stream
-        .write_all(&raw_frame(0x1, br#"{"type":"ping","messageId":"r"}"#, true))
-        .await?;
-    stream
-        .write_all(&raw_frame(0x8, &1000_u16.to_be_bytes(), true))
-        .await?;
-    assert_eq!(raw_close_code(&mut stream).await?, Some(1000));
-    Ok(())
+    let mut bytes = raw_frame(0x1, br#"{"type":"ping","messageId":"r"}"#, true);
+    bytes.extend(raw_frame(0x8, &1000_u16.to_be_bytes(), true));
+    expect_raw_close(&server, &bytes, 1000).await
 }
 
 #[tokio::test]
 async fn unmasked_client_frame_is_a_protocol_error() -> anyhow::Result<()> {
     let server = TestServer::start(&[]).await?;
-    let mut stream = raw_socket(&server).await?;
-    stream
-        .write_all(&raw_frame(0x1, br#"{"type":"ping"}"#, false))
-        .await?;
-    assert_eq!(raw_close_code(&mut stream).await?, Some(1002));
+    let unmasked = raw_frame(0x1, br#"{"type":"ping"}"#, false);
+    expect_raw_close(&server, &unmasked, 1002).await?;
     server.wait_for_stats(|s| s["connections"] == 0).await?;
     Ok(())
 }
@@ -515,74 +497,49 @@ async fn unmasked_client_frame_is_a_protocol_error() -> anyhow::Result<()> {
 #[tokio::test]
 async fn absurd_declared_frame_length_closes_1009_without_waiting() -> anyhow::Result<()> {
     let server = TestServer::start(&[("HERALD_MAX_PAYLOAD_BYTES", "1024")]).await?;
-    let mut stream = raw_socket(&server).await?;
     // A header announcing 2^62 bytes, followed by nothing: the server must not wait for them.
     let mut header = vec![0x81_u8, 0x80 | 127];
     header.extend_from_slice(&(1_u64 << 62).to_be_bytes());
     header.extend_from_slice(&[1, 2, 3, 4]);
-    stream.write_all(&header).await?;
-    assert_eq!(raw_close_code(&mut stream).await?, Some(1009));
-    Ok(())
+    expect_raw_close(&server, &header, 1009).await
 }
 
 #[tokio::test]
 async fn oversized_control_frame_is_a_protocol_error() -> anyhow::Result<()> {
     let server = TestServer::start(&[]).await?;
-    let mut stream = raw_socket(&server).await?;
-    stream
-        .write_all(&raw_frame(0x9, &[b'p'; 200], true))
-        .await?;
-    assert_eq!(raw_close_code(&mut stream).await?, Some(1002));
-    Ok(())
+    expect_raw_close(&server, &raw_frame(0x9, &[b'p'; 200], true), 1002).await
 }
 
 #[tokio::test]
 async fn unknown_opcode_is_a_protocol_error() -> anyhow::Result<()> {
     let server = TestServer::start(&[]).await?;
-    let mut stream = raw_socket(&server).await?;
-    stream.write_all(&raw_frame(0x3, b"??", true)).await?;
-    assert_eq!(raw_close_code(&mut stream).await?, Some(1002));
-    Ok(())
+    expect_raw_close(&server, &raw_frame(0x3, b"??", true), 1002).await
 }
 
 #[tokio::test]
 async fn new_message_inside_a_fragmented_one_is_a_protocol_error() -> anyhow::Result<()> {
     let server = TestServer::start(&[]).await?;
-    let (mut client, _) = WsClient::connect_as(&server, "alice").await?;
-    client
-        .send_raw(data_frame(br#"{"type":"pi"#, Data::Text, false))
-        .await?;
-    let _ = client
-        .send_raw(data_frame(br#"{"type":"ping"}"#, Data::Text, true))
-        .await;
-    assert_eq!(client.ended().await?, Ended::Closed(1002));
-    Ok(())
+    let frames = vec![
+        data_frame(br#"{"type":"pi"#, Data::Text, false),
+        data_frame(br#"{"type":"ping"}"#, Data::Text, true),
+    ];
+    expect_close(&server, Some("alice"), frames, 1002).await
 }
 
 #[tokio::test]
 async fn close_frame_with_an_invalid_code_is_a_protocol_error() -> anyhow::Result<()> {
     let server = TestServer::start(&[]).await?;
-    let mut stream = raw_socket(&server).await?;
     // 999 is below the range of close codes; 1005 must never be sent on the wire.
-    stream
-        .write_all(&raw_frame(0x8, &999_u16.to_be_bytes(), true))
-        .await?;
-    assert_eq!(raw_close_code(&mut stream).await?, Some(1002));
-    let mut stream = raw_socket(&server).await?;
-    stream
-        .write_all(&raw_frame(0x8, &1005_u16.to_be_bytes(), true))
-        .await?;
-    assert_eq!(raw_close_code(&mut stream).await?, Some(1002));
+    for code in [999_u16, 1005] {
+        expect_raw_close(&server, &raw_frame(0x8, &code.to_be_bytes(), true), 1002).await?;
+    }
     Ok(())
 }
 
 #[tokio::test]
 async fn close_reason_with_invalid_utf8_closes_1007() -> anyhow::Result<()> {
     let server = TestServer::start(&[]).await?;
-    let mut stream = raw_socket(&server).await?;
     let mut payload = 1000_u16.to_be_bytes().to_vec();
     payload.extend_from_slice(b"bye \xff");
-    stream.write_all(&raw_frame(0x8, &payload, true)).await?;
-    assert_eq!(raw_close_code(&mut stream).await?, Some(1007));
-    Ok(())
+    expect_raw_close(&server, &raw_frame(0x8, &payload, true), 1007).await
 }

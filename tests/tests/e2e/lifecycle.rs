@@ -1,25 +1,21 @@
 //! A connection's life and the server's: heartbeats and the stale timeout, many connections
 //! coming and going without leaks, abrupt TCP drops, and the graceful drain on SIGTERM.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use futures_util::{SinkExt as _, StreamExt as _};
-use herald_tests::{Ended, TIMEOUT, TestServer, WsClient, token};
+use herald_tests::{
+    Ended, TIMEOUT, TestServer, WsClient, frames_in, now_ms, read_until_ended, slow_subscriber,
+    token,
+};
 use serde_json::{Value, json};
 use tokio::time::Instant;
-use tokio_tungstenite::{WebSocketStream, tungstenite::Message};
+use tokio_tungstenite::tungstenite::Message;
 
 /// Fast heartbeat settings: a ping every 200 ms, silence closes after 600 ms.
 const HEARTBEAT: [(&str, &str); 2] = [
     ("HERALD_HEARTBEAT_INTERVAL_MS", "200"),
     ("HERALD_STALE_TIMEOUT_MS", "600"),
 ];
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 #[tokio::test]
 async fn answering_server_pings_keeps_a_connection_alive() -> anyhow::Result<()> {
@@ -37,7 +33,7 @@ async fn answering_server_pings_keeps_a_connection_alive() -> anyhow::Result<()>
         assert_eq!(frame["type"], "ping", "{frame}");
         let timestamp = frame["timestamp"].as_u64().unwrap_or_default();
         assert!(
-            timestamp.abs_diff(unix_ms()) < 5_000,
+            timestamp.abs_diff(now_ms()) < 5_000,
             "ping timestamp {timestamp} is not now"
         );
         pings += 1;
@@ -98,9 +94,7 @@ async fn a_silent_client_is_closed_4000_after_the_stale_timeout() -> anyhow::Res
 
 /// One connect/subscribe/disconnect cycle; `how` picks the way the client leaves.
 async fn cycle(url: String, topic: String, how: usize) -> anyhow::Result<()> {
-    let mut client = WsClient::connect_with(&url, &[]).await?;
-    let connected = client.recv().await?;
-    anyhow::ensure!(connected["type"] == "connected", "got {connected}");
+    let (mut client, _) = WsClient::connect_url(&url).await?;
     client.subscribe("shared").await?;
     match how % 4 {
         0 => {
@@ -193,7 +187,7 @@ async fn abrupt_tcp_drops_leave_nothing_behind() -> anyhow::Result<()> {
     }
     // Some connections that never authenticated, too.
     for _ in 0..3 {
-        clients.push(WsClient::connect_with(&server.ws_url(""), &[]).await?);
+        clients.push(WsClient::connect_anonymous(&server, "").await?);
     }
     server
         .wait_for_stats(|s| s["connections"] == 23 && s["subscriptions"] == 60)
@@ -217,51 +211,6 @@ async fn abrupt_tcp_drops_leave_nothing_behind() -> anyhow::Result<()> {
         .await?;
     assert_eq!(list, json!({"connections": []}));
     Ok(())
-}
-
-/// A subscriber that reads only when told to, with a small receive buffer so that what the
-/// server sends stays queued on the server's side.
-async fn slow_subscriber(
-    server: &TestServer,
-    topic: &str,
-) -> anyhow::Result<WebSocketStream<tokio::net::TcpStream>> {
-    let socket = tokio::net::TcpSocket::new_v4()?;
-    socket.set_recv_buffer_size(4096)?;
-    let stream = socket.connect(server.addr).await?;
-    let url = server.ws_url(&format!("?token={}", token("slow", json!({}))));
-    let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await?;
-    ws.send(Message::text(
-        json!({"type": "subscribe", "messageId": "s", "data": {"topic": topic}}).to_string(),
-    ))
-    .await?;
-    tokio::time::timeout(TIMEOUT, async {
-        while let Some(message) = ws.next().await {
-            if let Message::Text(text) = message?
-                && text.contains(r#""messageId":"s""#)
-            {
-                return anyhow::Ok(());
-            }
-        }
-        anyhow::bail!("closed before the subscribe ack")
-    })
-    .await??;
-    Ok(ws)
-}
-
-/// Offsets of the `message`s in one text frame (a `batch` holds several).
-fn offsets_in(text: &str) -> Vec<u64> {
-    let Ok(value) = serde_json::from_str::<Value>(text) else {
-        return Vec::new();
-    };
-    let frames = match value["type"].as_str() {
-        Some("batch") => value["data"].as_array().cloned().unwrap_or_default(),
-        _ => vec![value],
-    };
-    frames
-        .iter()
-        .filter(|f| f["type"] == "message")
-        .filter_map(|f| f["offset"].as_u64())
-        .collect()
 }
 
 #[tokio::test]
@@ -312,19 +261,15 @@ async fn sigterm_drains_queued_messages_then_closes_1001_and_exits_0() -> anyhow
 
     // The subscriber gets every queued message, in order, then the 1001 close.
     let mut offsets = Vec::new();
-    let close = tokio::time::timeout(TIMEOUT, async {
-        while let Some(message) = slow.next().await {
-            match message? {
-                Message::Text(text) => offsets.extend(offsets_in(&text)),
-                Message::Close(frame) => return anyhow::Ok(frame.map(|f| u16::from(f.code))),
-                _ => {}
-            }
-        }
-        anyhow::Ok(None)
+    let ended = read_until_ended(&mut slow, |text| {
+        let messages = frames_in(text)
+            .into_iter()
+            .filter(|f| f["type"] == "message");
+        offsets.extend(messages.filter_map(|f| f["offset"].as_u64()));
     })
-    .await??;
+    .await?;
     assert_eq!(offsets, (1..=MESSAGES).collect::<Vec<_>>());
-    assert_eq!(close, Some(1001));
+    assert_eq!(ended, Ended::Closed(1001));
     drop(slow);
 
     let status = server.wait_exit(GRACE + Duration::from_secs(2)).await?;

@@ -1,6 +1,6 @@
 //! Per-tier rate limits on client writes and the operation queue bound.
 
-use herald_tests::{Ended, TestServer, WsClient};
+use herald_tests::{Ended, TestServer, WsClient, frames_in};
 use serde_json::json;
 
 #[tokio::test]
@@ -53,15 +53,7 @@ async fn a_full_operation_queue_refuses_with_rate_limited_and_loses_nothing_acce
     let messages: Vec<_> = (0..200)
         .map(|n| json!({"topic": "burst", "data": n}))
         .collect();
-    let (status, _, body) = server
-        .request(
-            "POST",
-            "/api/publish/batch",
-            Some(&json!({ "messages": messages })),
-            true,
-        )
-        .await?;
-    assert_eq!(status, 200);
+    let body = server.publish_batch(&messages).await?;
     let results = body["results"].as_array().cloned().unwrap_or_default();
     let accepted: Vec<u64> = results
         .iter()
@@ -121,27 +113,15 @@ async fn batch_frames_keep_order_and_the_batching_preference_turns_them_off() ->
     let messages: Vec<_> = (1..=300)
         .map(|n| json!({"topic": "order", "data": n}))
         .collect();
-    server
-        .request(
-            "POST",
-            "/api/publish/batch",
-            Some(&json!({ "messages": messages })),
-            true,
-        )
-        .await?;
+    server.publish_batch(&messages).await?;
     // Frames as sent: the harness's `recv` unpacks batches, so read the wire text to see them.
     let (mut seen, mut batches) = (0u64, 0);
     while seen < 300 {
         let text = batched.recv_wire_text().await?;
-        let frame: serde_json::Value = serde_json::from_str(&text)?;
-        let items = match frame["type"].as_str() {
-            Some("batch") => {
-                batches += 1;
-                frame["data"].as_array().cloned().unwrap_or_default()
-            }
-            _ => vec![frame],
-        };
-        for item in items {
+        if serde_json::from_str::<serde_json::Value>(&text)?["type"] == "batch" {
+            batches += 1;
+        }
+        for item in frames_in(&text) {
             seen += 1;
             assert_eq!(item["offset"], seen, "batched delivery out of order");
         }

@@ -2,14 +2,13 @@
 //! (un)subscribing, one reply per request, verbatim payloads, the subscription cap, preferences,
 //! isolation between users, and a slow reader that must not hold anyone else back.
 
-use std::{
-    collections::HashMap,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{collections::HashMap, time::Duration};
 
 use bytes::Bytes;
-use futures_util::{SinkExt as _, StreamExt as _};
-use herald_tests::{API_KEY, TIMEOUT, TestServer, WsClient, sign, token};
+use herald_tests::{
+    API_KEY, Ended, TestServer, WsClient, assert_error, connection_id, frames_in, now_secs,
+    read_until_ended, sign, slow_subscriber, token,
+};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -18,11 +17,7 @@ const QUIET: Duration = Duration::from_millis(200);
 
 /// Claims for `sub` valid for an hour; `topics` and `publish` are left out when `None`.
 fn claims(sub: &str, topics: Option<Value>, publish: Option<Value>) -> Value {
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-        + 3600;
-    let mut claims = json!({"sub": sub, "exp": exp});
+    let mut claims = json!({"sub": sub, "exp": now_secs() + 3600});
     if let Some(topics) = topics {
         claims["topics"] = topics;
     }
@@ -34,26 +29,7 @@ fn claims(sub: &str, topics: Option<Value>, publish: Option<Value>) -> Value {
 
 /// Connects with a token signed from `claims` and reads the `connected` frame.
 async fn connect_claims(server: &TestServer, claims: &Value) -> anyhow::Result<WsClient> {
-    let url = server.ws_url(&format!("?token={}", sign(claims)));
-    let mut client = WsClient::connect_with(&url, &[]).await?;
-    let connected = client.recv().await?;
-    anyhow::ensure!(connected["type"] == "connected", "got {connected}");
-    Ok(client)
-}
-
-/// Asserts that `reply` is an `error` with `code`.
-fn assert_error(reply: &Value, code: &str) {
-    assert_eq!(reply["type"], "error", "{reply}");
-    assert_eq!(reply["error"]["code"], code, "{reply}");
-    assert!(reply["error"]["message"].is_string(), "{reply}");
-}
-
-/// Subscribes and returns the whole reply (ack or error).
-async fn try_subscribe(client: &mut WsClient, topic: &str) -> anyhow::Result<Value> {
-    Ok(client
-        .request("subscribe", json!({"topic": topic}))
-        .await?
-        .0)
+    Ok(WsClient::connect_token(server, &sign(claims), "").await?.0)
 }
 
 #[tokio::test]
@@ -65,7 +41,7 @@ async fn the_topics_claim_decides_what_a_client_may_subscribe_to() -> anyhow::Re
     )
     .await?;
     for allowed in ["chat:1", "chat:", "news", "user:alice"] {
-        let reply = try_subscribe(&mut client, allowed).await?;
+        let reply = client.try_subscribe(allowed).await?;
         assert_eq!(reply["type"], "ack", "{allowed}: {reply}");
         assert_eq!(reply["data"]["topic"], allowed);
     }
@@ -77,7 +53,7 @@ async fn the_topics_claim_decides_what_a_client_may_subscribe_to() -> anyhow::Re
         "user:alice2",
         "user:",
     ] {
-        let reply = try_subscribe(&mut client, forbidden).await?;
+        let reply = client.try_subscribe(forbidden).await?;
         assert_error(&reply, "forbidden");
     }
     // Refused subscriptions deliver nothing: the next message is the allowed topic's.
@@ -101,16 +77,10 @@ async fn the_sub_placeholder_matches_the_users_own_id_only() -> anyhow::Result<(
     let server = TestServer::start(&[]).await?;
     let patterns = json!(["user:{sub}", "inbox:{sub}:*"]);
     let mut alice = connect_claims(&server, &claims("alice", Some(patterns.clone()), None)).await?;
-    assert_eq!(
-        try_subscribe(&mut alice, "user:alice").await?["type"],
-        "ack"
-    );
-    assert_eq!(
-        try_subscribe(&mut alice, "inbox:alice:7").await?["type"],
-        "ack"
-    );
+    assert_eq!(alice.try_subscribe("user:alice").await?["type"], "ack");
+    assert_eq!(alice.try_subscribe("inbox:alice:7").await?["type"], "ack");
     for other in ["user:bob", "user:{sub}", "inbox:bob:7", "inbox:alice"] {
-        assert_error(&try_subscribe(&mut alice, other).await?, "forbidden");
+        assert_error(&alice.try_subscribe(other).await?, "forbidden");
     }
     // A `sub` with wildcard characters is a plain id: it must not widen the pattern to other
     // users' topics.
@@ -118,7 +88,7 @@ async fn the_sub_placeholder_matches_the_users_own_id_only() -> anyhow::Result<(
         let mut client =
             connect_claims(&server, &claims(hostile, Some(patterns.clone()), None)).await?;
         for other in ["user:alice", "user:bob", "inbox:alice:7", "user:ali"] {
-            assert_error(&try_subscribe(&mut client, other).await?, "forbidden");
+            assert_error(&client.try_subscribe(other).await?, "forbidden");
         }
     }
     Ok(())
@@ -130,32 +100,26 @@ async fn default_topics_apply_to_tokens_without_a_topics_claim() -> anyhow::Resu
     let mut plain = connect_claims(&server, &claims("alice", None, None)).await?;
     for allowed in ["public:lobby", "user:alice"] {
         assert_eq!(
-            try_subscribe(&mut plain, allowed).await?["type"],
+            plain.try_subscribe(allowed).await?["type"],
             "ack",
             "{allowed}"
         );
     }
     for forbidden in ["private", "user:bob"] {
-        assert_error(&try_subscribe(&mut plain, forbidden).await?, "forbidden");
+        assert_error(&plain.try_subscribe(forbidden).await?, "forbidden");
     }
     // An explicit claim replaces the defaults, even an empty one.
     let mut explicit = connect_claims(&server, &claims("bob", Some(json!(["team"])), None)).await?;
-    assert_eq!(try_subscribe(&mut explicit, "team").await?["type"], "ack");
-    assert_error(
-        &try_subscribe(&mut explicit, "public:lobby").await?,
-        "forbidden",
-    );
+    assert_eq!(explicit.try_subscribe("team").await?["type"], "ack");
+    assert_error(&explicit.try_subscribe("public:lobby").await?, "forbidden");
     let mut empty = connect_claims(&server, &claims("carol", Some(json!([])), None)).await?;
-    assert_error(
-        &try_subscribe(&mut empty, "public:lobby").await?,
-        "forbidden",
-    );
+    assert_error(&empty.try_subscribe("public:lobby").await?, "forbidden");
 
     // Without HERALD_DEFAULT_TOPICS a token without the claim may subscribe to nothing.
     let bare = TestServer::start(&[]).await?;
     let mut client = connect_claims(&bare, &claims("alice", None, None)).await?;
     for topic in ["public:lobby", "user:alice", "anything"] {
-        assert_error(&try_subscribe(&mut client, topic).await?, "forbidden");
+        assert_error(&client.try_subscribe(topic).await?, "forbidden");
     }
     Ok(())
 }
@@ -344,22 +308,19 @@ async fn every_message_id_gets_exactly_one_reply() -> anyhow::Result<()> {
     // Replies may come in any order (a client publish is acked after its fan-out): read until
     // every request has one, then a while longer to catch any second reply.
     let mut replies: HashMap<String, Vec<Value>> = HashMap::new();
-    while replies.len() < requests.len() {
-        let frame = client.recv().await?;
+    let record = |replies: &mut HashMap<String, Vec<Value>>, frame: Value| {
         if let Some(id) = frame["messageId"].as_str() {
             replies
                 .entry(id.to_owned())
                 .or_default()
                 .push(frame.clone());
         }
+    };
+    while replies.len() < requests.len() {
+        record(&mut replies, client.recv().await?);
     }
     while let Some(frame) = client.try_recv(QUIET).await {
-        if let Some(id) = frame["messageId"].as_str() {
-            replies
-                .entry(id.to_owned())
-                .or_default()
-                .push(frame.clone());
-        }
+        record(&mut replies, frame);
     }
     for (i, (request, expected)) in requests.iter().enumerate() {
         let got = replies.remove(&format!("r{i}")).unwrap_or_default();
@@ -467,9 +428,9 @@ async fn the_per_connection_subscription_cap_is_enforced() -> anyhow::Result<()>
     let (mut client, _) = WsClient::connect_as(&server, "alice").await?;
     client.subscribe("a").await?;
     client.subscribe("b").await?;
-    assert_error(&try_subscribe(&mut client, "c").await?, "limit_exceeded");
+    assert_error(&client.try_subscribe("c").await?, "limit_exceeded");
     // Subscribing again to a topic already held is not a new subscription.
-    assert_eq!(try_subscribe(&mut client, "a").await?["type"], "ack");
+    assert_eq!(client.try_subscribe("a").await?["type"], "ack");
     let (reply, _) = client
         .request("batch_subscribe", json!({"topics": ["c", "d"]}))
         .await?;
@@ -531,39 +492,15 @@ async fn preferences_merge_and_reach_the_users_other_connections() -> anyhow::Re
     assert_error(&reply, "bad_request");
 
     // Bob saw none of it: his next frame is a push sent to him afterwards.
-    let (status, _, _) = server
-        .request(
-            "POST",
-            &format!(
-                "/api/connections/{}/send",
-                bob_connected["data"]["connectionId"]
-                    .as_str()
-                    .unwrap_or_default()
-            ),
-            Some(&json!({"data": "marker"})),
-            true,
-        )
-        .await?;
-    assert_eq!(status, 200);
+    let send = format!("/api/connections/{}/send", connection_id(&bob_connected));
+    server.post(&send, &json!({"data": "marker"})).await?;
     assert_eq!(bob.recv_data().await?["data"], "marker");
     let (reply, _) = bob.request("get_preferences", Value::Null).await?;
     assert_eq!(reply["data"], json!({}));
 
     // The updating connection gets its ack, not a push of its own update.
-    let (status, _, _) = server
-        .request(
-            "POST",
-            &format!(
-                "/api/connections/{}/send",
-                second_connected["data"]["connectionId"]
-                    .as_str()
-                    .unwrap_or_default()
-            ),
-            Some(&json!({"data": "marker"})),
-            true,
-        )
-        .await?;
-    assert_eq!(status, 200);
+    let send = format!("/api/connections/{}/send", connection_id(&second_connected));
+    server.post(&send, &json!({"data": "marker"})).await?;
     assert_eq!(second.recv_data().await?["data"], "marker");
     Ok(())
 }
@@ -615,22 +552,10 @@ async fn users_never_receive_each_others_messages() -> anyhow::Result<()> {
         let mut ids = Vec::new();
         for user in &users {
             for _ in 0..PER_USER {
-                let url = server.ws_url(&format!(
-                    "?token={}",
-                    sign(&claims(
-                        user,
-                        Some(json!(["user:{sub}"])),
-                        Some(json!(["user:{sub}"]))
-                    ))
-                ));
-                let mut client = WsClient::connect_with(&url, &[]).await?;
-                let connected = client.recv().await?;
-                ids.push(
-                    connected["data"]["connectionId"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned(),
-                );
+                let own = Some(json!(["user:{sub}"]));
+                let token = sign(&claims(user, own.clone(), own));
+                let (client, connected) = WsClient::connect_token(&server, &token, "").await?;
+                ids.push(connection_id(&connected));
                 clients.push(client);
             }
         }
@@ -676,29 +601,22 @@ async fn users_never_receive_each_others_messages() -> anyhow::Result<()> {
                     }
                 }
                 3 => {
-                    let (status, _, answer) = server
-                        .request(
-                            "POST",
-                            &format!("/api/users/{}/send", users[u]),
-                            Some(&json!({"data": data})),
-                            true,
-                        )
-                        .await?;
-                    assert_eq!((status, answer), (200, json!({"delivered": PER_USER})));
+                    assert_eq!(
+                        server
+                            .post(
+                                &format!("/api/users/{}/send", users[u]),
+                                &json!({"data": data})
+                            )
+                            .await?,
+                        json!({"delivered": PER_USER})
+                    );
                     for d in conns_of(u) {
                         expected[d].push(("push user".to_owned(), data.clone()));
                     }
                 }
                 4 => {
-                    let (status, _, _) = server
-                        .request(
-                            "POST",
-                            &format!("/api/connections/{}/send", ids[c]),
-                            Some(&json!({"data": data})),
-                            true,
-                        )
-                        .await?;
-                    assert_eq!(status, 200);
+                    let send = format!("/api/connections/{}/send", ids[c]);
+                    server.post(&send, &json!({"data": data})).await?;
                     expected[c].push(("push connection".to_owned(), data.clone()));
                 }
                 5 => {
@@ -724,15 +642,8 @@ async fn users_never_receive_each_others_messages() -> anyhow::Result<()> {
         }
         // A last push to every connection marks the end of what it should have received.
         for (c, client) in clients.iter_mut().enumerate() {
-            let (status, _, _) = server
-                .request(
-                    "POST",
-                    &format!("/api/connections/{}/send", ids[c]),
-                    Some(&json!({"data": "end"})),
-                    true,
-                )
-                .await?;
-            assert_eq!(status, 200);
+            let send = format!("/api/connections/{}/send", ids[c]);
+            server.post(&send, &json!({"data": "end"})).await?;
             loop {
                 let frame = client.recv_data().await?;
                 if frame["data"] == "end" {
@@ -770,27 +681,8 @@ async fn a_slow_reader_does_not_hold_back_other_subscribers() -> anyhow::Result<
     const MOST: u64 = 2_000;
     let server = TestServer::start(&[("HERALD_MAX_QUEUE_SIZE", "100")]).await?;
 
-    // The slow reader: a small receive buffer, and it stops reading after its subscribe ack.
-    let socket = tokio::net::TcpSocket::new_v4()?;
-    socket.set_recv_buffer_size(4096)?;
-    let stream = socket.connect(server.addr).await?;
-    let url = server.ws_url(&format!("?token={}", token("slow", json!({}))));
-    let (mut slow, _) = tokio_tungstenite::client_async(url, stream).await?;
-    slow.send(Message::text(
-        json!({"type": "subscribe", "messageId": "s", "data": {"topic": "feed"}}).to_string(),
-    ))
-    .await?;
-    tokio::time::timeout(TIMEOUT, async {
-        while let Some(message) = slow.next().await {
-            if let Message::Text(text) = message?
-                && text.contains(r#""messageId":"s""#)
-            {
-                return anyhow::Ok(());
-            }
-        }
-        anyhow::bail!("the slow reader was closed before its ack")
-    })
-    .await??;
+    // The slow reader stops reading after its subscribe ack.
+    let mut slow = slow_subscriber(&server, "feed").await?;
 
     let mut readers = Vec::new();
     for name in ["fast-1", "fast-2"] {
@@ -842,21 +734,15 @@ async fn a_slow_reader_does_not_hold_back_other_subscribers() -> anyhow::Result<
 
     // Reading at last, the slow reader finds a gap and then the end of its connection.
     let mut got = 0;
-    let ending = tokio::time::timeout(TIMEOUT, async {
-        loop {
-            match slow.next().await {
-                Some(Ok(Message::Text(text))) => {
-                    got += text.matches(r#""type":"message""#).count();
-                }
-                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => return None,
-            }
-        }
+    let ending = read_until_ended(&mut slow, |text| {
+        got += frames_in(text)
+            .iter()
+            .filter(|f| f["type"] == "message")
+            .count();
     })
     .await?;
     assert!(
-        matches!(ending, Some(4009) | None),
+        matches!(ending, Ended::Closed(4009) | Ended::Dropped),
         "slow reader ended with {ending:?}"
     );
     assert!(

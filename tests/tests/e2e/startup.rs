@@ -1,7 +1,6 @@
 //! Start-up, configuration errors, liveness and signal handling.
 
-use herald_tests::TestServer;
-use tokio::process::Command;
+use herald_tests::{TestServer, run_herald};
 
 #[tokio::test]
 async fn live_answers_200_and_sigterm_exits_zero() -> anyhow::Result<()> {
@@ -13,13 +12,9 @@ async fn live_answers_200_and_sigterm_exits_zero() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs herald with only `env` and returns its exit code and stderr.
 async fn run_with_env(env: &[(&str, &str)]) -> anyhow::Result<(i32, String)> {
-    let bin = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/herald");
-    let output = Command::new(bin)
-        .env_clear()
-        .envs(env.iter().copied())
-        .output()
-        .await?;
+    let output = run_herald(&[], env).await?;
     Ok((
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stderr).into_owned(),
@@ -48,15 +43,44 @@ async fn invalid_settings_exit_non_zero_naming_the_setting() -> anyhow::Result<(
 }
 
 #[tokio::test]
+async fn no_secret_exits_non_zero_with_one_line_naming_it_and_the_fix() -> anyhow::Result<()> {
+    for env in [
+        &[][..],
+        &[("HERALD_JWT_ALGORITHM", "HS256"), ("HERALD_API_KEYS", "k")][..],
+        &[("HERALD_JWT_SECRET", "")][..],
+    ] {
+        let (code, stderr) = run_with_env(env).await?;
+        assert_eq!(code, 2, "{env:?}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{env:?}: {stderr}");
+        assert!(
+            lines[0].starts_with("herald: configuration error: missing HERALD_JWT_SECRET"),
+            "{stderr}"
+        );
+        assert!(lines[0].contains("set HERALD_JWT_SECRET"), "{stderr}");
+        assert!(lines[0].contains("herald --dev"), "{stderr}");
+    }
+    // The public-key algorithms need their key file instead.
+    let (code, stderr) = run_with_env(&[("HERALD_JWT_ALGORITHM", "RS256")]).await?;
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("missing HERALD_JWT_PUBLIC_KEY_FILE"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn print_config_redacts_secrets() -> anyhow::Result<()> {
-    let bin = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/herald");
-    let output = Command::new(bin)
-        .arg("--print-config")
-        .env_clear()
-        .env("HERALD_JWT_SECRET", "super-secret-value-that-must-not-leak")
-        .env("HERALD_API_KEYS", "key-one, key-two")
-        .output()
-        .await?;
+    let output = run_herald(
+        &["--print-config"],
+        &[
+            ("HERALD_JWT_SECRET", "super-secret-value-that-must-not-leak"),
+            ("HERALD_API_KEYS", "key-one, key-two"),
+        ],
+    )
+    .await?;
     assert!(output.status.success());
     let printed = String::from_utf8(output.stdout)?;
     assert!(printed.contains("max_payload_bytes = 102400"), "{printed}");

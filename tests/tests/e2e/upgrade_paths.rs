@@ -3,8 +3,11 @@
 //! connection (a proxy's pooled upstream connection, answered by hyper), with a head too large
 //! for the direct path, and with frames pipelined right behind the head.
 
-use anyhow::{Context as _, bail};
-use herald_tests::{TIMEOUT, TestServer, WsClient, token};
+use anyhow::Context as _;
+use herald_tests::{
+    TIMEOUT, TestServer, WsClient, metric, raw_exchange, read_head, read_until_closed,
+    read_until_contains, token, upgrade_head,
+};
 use serde_json::json;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -21,8 +24,6 @@ use tokio_tungstenite::{
     },
 };
 
-use crate::handshake::upgrade_head;
-
 /// Subscribes `client` to `topic`, publishes to it and expects the publication.
 async fn assert_delivers(
     server: &TestServer,
@@ -37,22 +38,21 @@ async fn assert_delivers(
     Ok(())
 }
 
-/// Reads one response head byte by byte (so nothing after it is consumed) and returns it.
-async fn read_head(stream: &mut TcpStream) -> anyhow::Result<String> {
-    let mut head = Vec::new();
-    tokio::time::timeout(TIMEOUT, async {
-        while !head.ends_with(b"\r\n\r\n") {
-            let byte = stream
-                .read_u8()
-                .await
-                .context("closed before a response head")?;
-            head.push(byte);
-        }
-        anyhow::Ok(())
-    })
-    .await
-    .context("no response head within the timeout")??;
-    Ok(String::from_utf8(head)?)
+/// A request head for a route that does not exist: the server answers it with a 404 and keeps
+/// the connection open.
+fn plain_request(server: &TestServer) -> String {
+    format!("GET /nowhere HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr)
+}
+
+/// Sends a plain request and a refused upgrade (a bad token) on one connection, and returns
+/// what the server wrote up to the refusal's 401.
+async fn refusal_after_a_plain_request(server: &TestServer) -> anyhow::Result<String> {
+    let mut stream = TcpStream::connect(server.addr).await?;
+    let refused = upgrade_head(server, "?token=not-a-jwt", &[]);
+    stream
+        .write_all(format!("{}{refused}", plain_request(server)).as_bytes())
+        .await?;
+    read_until_contains(&mut stream, "HTTP/1.1 401 ").await
 }
 
 #[tokio::test]
@@ -60,9 +60,7 @@ async fn upgrade_after_other_requests_on_a_keep_alive_connection() -> anyhow::Re
     let server = TestServer::start(&[]).await?;
     let mut stream = TcpStream::connect(server.addr).await?;
     for _ in 0..2 {
-        stream
-            .write_all(format!("GET /nowhere HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr).as_bytes())
-            .await?;
+        stream.write_all(plain_request(&server).as_bytes()).await?;
         let head = read_head(&mut stream).await?;
         assert!(head.starts_with("HTTP/1.1 404 "), "{head}");
         let length: usize = head
@@ -88,26 +86,7 @@ async fn upgrade_after_other_requests_on_a_keep_alive_connection() -> anyhow::Re
 #[tokio::test]
 async fn refusal_after_other_requests_is_an_http_error() -> anyhow::Result<()> {
     let server = TestServer::start(&[]).await?;
-    let mut stream = TcpStream::connect(server.addr).await?;
-    let plain = format!("GET /nowhere HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr);
-    let refused = upgrade_head(&server, "?token=not-a-jwt", &[]);
-    stream
-        .write_all(format!("{plain}{refused}").as_bytes())
-        .await?;
-    let mut received = String::new();
-    tokio::time::timeout(TIMEOUT, async {
-        let mut chunk = [0_u8; 4096];
-        while !received.contains("HTTP/1.1 401 ") {
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                bail!("closed after {received:?}");
-            }
-            received.push_str(&String::from_utf8_lossy(&chunk[..n]));
-        }
-        Ok(())
-    })
-    .await
-    .context("no 401 within the timeout")??;
+    let received = refusal_after_a_plain_request(&server).await?;
     assert!(received.starts_with("HTTP/1.1 404 "), "{received}");
     assert!(!received.contains(" 101 "), "{received}");
     Ok(())
@@ -157,24 +136,13 @@ async fn frames_pipelined_behind_the_head_are_read() -> anyhow::Result<()> {
 async fn refusal_as_the_first_request_closes_the_connection() -> anyhow::Result<()> {
     let server = TestServer::start(&[]).await?;
     let head = upgrade_head(&server, "?token=not-a-jwt", &[]);
-    let (answer, mut stream) = crate::handshake::raw_exchange(&server, &head).await?;
+    let (answer, mut stream) = raw_exchange(&server, &head).await?;
     assert_eq!(answer.status, 401, "{answer:?}");
     assert_eq!(answer.error_code(), "unauthorized", "{answer:?}");
     assert_eq!(answer.header("connection"), Some("close"), "{answer:?}");
-    let mut rest = Vec::new();
-    tokio::time::timeout(TIMEOUT, stream.read_to_end(&mut rest))
-        .await
-        .context("the connection stayed open after the refusal")??;
+    let rest = read_until_closed(&mut stream, TIMEOUT).await?;
     assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
     Ok(())
-}
-
-/// The value of the metric line that starts with `series` (name and labels), if any.
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
 }
 
 #[tokio::test]
@@ -182,23 +150,11 @@ async fn refusals_and_handshake_timeouts_are_counted() -> anyhow::Result<()> {
     let server = TestServer::start(&[("HERALD_HANDSHAKE_TIMEOUT_MS", "200")]).await?;
     // One refusal on the direct path, one after another request (hyper's path).
     let head = upgrade_head(&server, "?token=not-a-jwt", &[]);
-    crate::handshake::raw_exchange(&server, &head).await?;
-    let mut stream = TcpStream::connect(server.addr).await?;
-    let plain = format!("GET /nowhere HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr);
-    stream
-        .write_all(format!("{plain}{head}").as_bytes())
-        .await?;
-    let mut received = String::new();
-    let mut chunk = [0_u8; 4096];
-    while !received.contains("HTTP/1.1 401 ") {
-        let n = tokio::time::timeout(TIMEOUT, stream.read(&mut chunk)).await??;
-        anyhow::ensure!(n > 0, "closed after {received:?}");
-        received.push_str(&String::from_utf8_lossy(&chunk[..n]));
-    }
+    raw_exchange(&server, &head).await?;
+    refusal_after_a_plain_request(&server).await?;
     // A connection that never sends its request head.
     let mut silent = TcpStream::connect(server.addr).await?;
-    let mut rest = Vec::new();
-    tokio::time::timeout(TIMEOUT, silent.read_to_end(&mut rest)).await??;
+    read_until_closed(&mut silent, TIMEOUT).await?;
 
     let (status, _, text) = server.request_text("GET", "/metrics", None).await?;
     assert_eq!(status, 200);

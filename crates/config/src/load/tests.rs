@@ -3,9 +3,16 @@
 use std::{
     path::PathBuf,
     sync::atomic::{AtomicUsize, Ordering},
+    time::Duration,
 };
 
 use super::*;
+use crate::{
+    choice::{JwtAlgorithm, LogFormat, UserLimitPolicy},
+    secret::Secret,
+    settings::SETTINGS,
+    tiers::TierQuotas,
+};
 
 /// A 32-byte secret, so no test trips the short-secret warning by accident.
 const SECRET: &str = "0123456789abcdef0123456789abcdef";
@@ -484,20 +491,47 @@ fn admin_listener_must_differ_from_main() {
     assert_eq!(config.admin_listen, Some(config.listen));
 }
 
+/// Loads `env` alone (no secret added) and checks the exact message of the refusal.
+#[track_caller]
+fn check_missing_key(env: &[(&str, &str)], expected: &str) {
+    let err = BaseConfig::load(Sources {
+        env: pairs(env),
+        ..Sources::default()
+    })
+    .unwrap_err();
+    let message = err.to_string();
+    assert_eq!(message, expected);
+    assert_eq!(
+        message.lines().count(),
+        1,
+        "the binary prints it as one line"
+    );
+}
+
 #[test]
-fn missing_public_key_is_refused_and_missing_secret_warned() {
-    let config = BaseConfig::load(Sources::default()).expect("defaults load without a secret");
-    assert_eq!(
-        config.warnings(),
-        [
-            "HERALD_JWT_SECRET (jwt_secret) is not set: HERALD_JWT_ALGORITHM (jwt_algorithm) is HS256, so every WebSocket token will be refused"
-        ]
-    );
-    let err = try_load(None, &[("HERALD_JWT_ALGORITHM", "rs256")], &[]).unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "missing HERALD_JWT_PUBLIC_KEY_FILE (jwt_public_key_file): HERALD_JWT_ALGORITHM (jwt_algorithm) is RS256, which verifies tokens with a PEM public key"
-    );
+fn hs256_without_a_secret_is_refused_with_the_fix() {
+    let expected = "missing HERALD_JWT_SECRET (jwt_secret): HERALD_JWT_ALGORITHM (jwt_algorithm) is HS256, which verifies tokens with a shared secret; set HERALD_JWT_SECRET to a random string of 32 bytes or more, or run `herald --dev` for a local try-out";
+    check_missing_key(&[], expected);
+    check_missing_key(&[("HERALD_JWT_ALGORITHM", "HS256")], expected);
+    // Empty text unsets the secret, so it is missing too.
+    check_missing_key(&[("HERALD_JWT_SECRET", "")], expected);
+    // A public key does not stand in for the secret.
+    check_missing_key(&[("HERALD_JWT_PUBLIC_KEY_FILE", "k.pem")], expected);
+}
+
+#[test]
+fn public_key_algorithms_without_the_key_file_are_refused_with_the_fix() {
+    for algorithm in ["RS256", "ES256"] {
+        check_missing_key(
+            &[
+                ("HERALD_JWT_ALGORITHM", algorithm),
+                ("HERALD_JWT_SECRET", SECRET),
+            ],
+            &format!(
+                "missing HERALD_JWT_PUBLIC_KEY_FILE (jwt_public_key_file): HERALD_JWT_ALGORITHM (jwt_algorithm) is {algorithm}, which verifies tokens with a PEM public key; set HERALD_JWT_PUBLIC_KEY_FILE to the key's path, or run `herald --dev` for a local try-out"
+            ),
+        );
+    }
 }
 
 #[test]
