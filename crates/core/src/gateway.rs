@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use herald_config::RuntimeConfig;
-use herald_monitoring::{MemoryStats, Stats, StatsSource};
+use herald_monitoring::{CheckResult, CheckStatus, HealthCheck, MemoryStats, Stats, StatsSource};
 use herald_protocol::{CloseCode, ErrorCode, ServerMessage, Topic};
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
@@ -366,5 +366,24 @@ impl Gateway {
 impl StatsSource for Gateway {
     fn stats(&self) -> Stats {
         Self::stats(self)
+    }
+}
+
+/// The gateway's part of `/health`: `draining` once shutdown began (not ready, nothing wrong),
+/// else `ok`, with its connections and their limit.
+impl HealthCheck for Gateway {
+    fn name(&self) -> &'static str {
+        "gateway"
+    }
+
+    fn check(&self) -> CheckResult {
+        let status = if self.is_shutting_down() {
+            CheckStatus::Draining
+        } else {
+            CheckStatus::Ok
+        };
+        CheckResult::new(status)
+            .with_value("connections", self.node.connections.len() as u64)
+            .with_value("maxConnections", self.node.settings.max_connections as u64)
     }
 }

@@ -1,9 +1,12 @@
-//! What every handler shares: the [`App`] (configuration, gateway, metrics, tasks) and the
-//! [`Role`] of the listener a request came in on.
+//! What every handler shares: the [`App`] (configuration, gateway, metrics, memory, health,
+//! tasks) and the [`Role`] of the listener a request came in on.
+
+use std::sync::Arc;
 
 use herald_config::BaseConfig;
 use herald_core::Gateway;
-use metrics_exporter_prometheus::PrometheusHandle;
+use herald_memory::MemoryMonitor;
+use herald_monitoring::{HealthChecker, MetricsReporter};
 use tokio_util::task::TaskTracker;
 
 /// Everything a request handler needs.
@@ -13,17 +16,13 @@ pub(crate) struct App {
     /// Connections, subscriptions and fan-out.
     pub(crate) gateway: Gateway,
     /// Renders `/metrics`.
-    pub(crate) metrics: PrometheusHandle,
+    pub(crate) metrics: MetricsReporter,
+    /// The process's memory, sampled by the housekeeping task.
+    pub(crate) memory: Arc<MemoryMonitor>,
+    /// The checks behind `/health*`.
+    pub(crate) health: HealthChecker,
     /// The WebSocket sessions and the fan-out worker, so shutdown can drain them.
     pub(crate) sessions: TaskTracker,
-}
-
-impl App {
-    /// Resident memory of this process in bytes (0 where unknown): the one place the service
-    /// reads memory, so that a `herald_memory::MemoryProbe` held here can replace the reading.
-    pub(crate) fn resident_memory_bytes(&self) -> u64 {
-        statm_resident_bytes()
-    }
 }
 
 /// Which routes a listener serves.
@@ -35,13 +34,4 @@ pub(crate) enum Role {
     Public,
     /// Metrics and health only.
     Admin,
-}
-
-/// Resident memory of this process in bytes, from `/proc/self/statm` (0 where unavailable).
-fn statm_resident_bytes() -> u64 {
-    const PAGE_SIZE: u64 = 4096;
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|statm| statm.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0, |pages| pages * PAGE_SIZE)
 }

@@ -2,13 +2,10 @@
 //! generates an HS256 secret and an API key at every start (from the operating system's
 //! CSPRNG), and prints them with a ready token and commands to paste.
 
-use std::{
-    fmt::Write as _,
-    net::SocketAddr,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{fmt::Write as _, net::SocketAddr, time::Duration};
 
 use herald_config::BaseConfig;
+use herald_utils::{Clock as _, SystemClock};
 use jsonwebtoken::{EncodingKey, Header};
 use serde_json::json;
 
@@ -56,7 +53,7 @@ impl DevMode {
 
     /// Prints the credentials and what to paste to stdout, for a server listening on `addr`.
     pub(crate) fn announce(&self, addr: SocketAddr) {
-        match self.banner(addr, SystemTime::now()) {
+        match self.banner(addr, SystemClock.unix_ms() / 1000) {
             Ok(banner) => {
                 #[allow(clippy::print_stdout)]
                 // Dev mode's output is for the person who started it.
@@ -68,13 +65,9 @@ impl DevMode {
         }
     }
 
-    /// The text [`announce`](Self::announce) prints, with a token issued at `now`.
-    fn banner(
-        &self,
-        addr: SocketAddr,
-        now: SystemTime,
-    ) -> Result<String, jsonwebtoken::errors::Error> {
-        let issued = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    /// The text [`announce`](Self::announce) prints, with a token issued at `issued` (seconds
+    /// since the Unix epoch).
+    fn banner(&self, addr: SocketAddr, issued: u64) -> Result<String, jsonwebtoken::errors::Error> {
         let claims = json!({
             "sub": SAMPLE_USER,
             "iat": issued,
@@ -214,7 +207,7 @@ mod tests {
     #[test]
     fn the_printed_token_is_accepted_for_a_day() {
         let dev = DevMode::generate().expect("random");
-        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let now = 1_700_000_000;
         let addr: SocketAddr = "127.0.0.1:8080".parse().expect("address");
         let banner = dev.banner(addr, now).expect("banner");
         let token = banner

@@ -1,19 +1,22 @@
 //! The composition root at run time: builds the gateway from its seams, binds the listeners,
 //! runs the housekeeping, and drains everything on SIGTERM or SIGINT.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use herald_config::{BaseConfig, RuntimeConfig};
 use herald_core::{
-    Gateway, GatewayParts, GatewaySettings, InMemoryHistoryStore, InMemoryPreferenceStore,
+    Gateway, GatewayParts, GatewaySettings, InMemoryBroker, InMemoryHistoryStore,
+    InMemoryPreferenceStore,
 };
+use herald_memory::{MemoryMonitor, SystemProbe, Thresholds};
+use herald_monitoring::{HealthChecker, MetricsReporter};
 use herald_utils::SystemClock;
-use metrics_exporter_prometheus::PrometheusBuilder;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     app::{App, Role},
+    checks::MemoryHealth,
     jwt::{JwtAuthenticator, JwtSettings},
     listener::{accept_loop, bind},
     signals::ShutdownSignals,
@@ -21,11 +24,10 @@ use crate::{
 
 /// How often the heartbeat and timeout sweep runs; token expiry is enforced within this.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
-/// Bucket bounds of every latency histogram, in seconds (10 us to 60 s).
-const LATENCY_BUCKETS_SECONDS: &[f64] = &[
-    0.000_01, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
-    0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-];
+/// Sweeps between two metrics upkeeps (`MetricsReporter::UPKEEP_INTERVAL`).
+const UPKEEP_TICKS: u64 = 20;
+/// Sweeps between two samples of the process's memory (one a second).
+const MEMORY_SAMPLE_TICKS: u64 = 4;
 /// Users whose preferences the in-memory store remembers.
 const PREFERENCE_USERS: usize = 100_000;
 
@@ -59,20 +61,19 @@ pub(crate) async fn run(
     // the server is up must drain it, not kill it with the default disposition.
     let signals = ShutdownSignals::install()?;
 
-    // Fixed buckets make every histogram a Prometheus histogram: recording is a bucket
-    // increment, where the default summaries keep samples that the upkeep then sorts (a
-    // stall every few seconds at tens of thousands of samples per second).
-    let metrics = PrometheusBuilder::new()
-        .set_buckets(LATENCY_BUCKETS_SECONDS)
-        .context("cannot configure the metrics buckets")?
-        .install_recorder()
-        .context("cannot install the metrics recorder")?;
-    let gateway = build_gateway(&config, jwt);
+    let metrics = MetricsReporter::install().context("cannot install the metrics recorder")?;
+    let memory = Arc::new(memory_monitor(&config)?);
+    let gateway = build_gateway(&config, jwt, Arc::clone(&memory));
+    let health = HealthChecker::new()
+        .required(gateway.clone())
+        .informational(MemoryHealth::new(Arc::clone(&memory)));
     let sessions = TaskTracker::new();
     let app = Arc::new(App {
         config,
         gateway,
         metrics,
+        memory,
+        health,
         sessions: sessions.clone(),
     });
     let shutdown = CancellationToken::new();
@@ -147,8 +148,29 @@ pub(crate) async fn run(
     Ok(())
 }
 
+/// The memory monitor: jemalloc's live allocations judged against the budget
+/// (`HERALD_MEMORY_LIMIT_BYTES`, else the cgroup's limit, else physical memory), the
+/// resident set beside them. A source this machine lacks is left out, and said so.
+fn memory_monitor(config: &BaseConfig) -> anyhow::Result<MemoryMonitor> {
+    let (probe, missing) = SystemProbe::detect(Path::new("/"), config.memory_limit_bytes);
+    for error in missing {
+        tracing::info!(%error, "memory source not used");
+    }
+    match probe.budget() {
+        Some(budget) => tracing::info!(
+            bytes = budget.bytes,
+            source = ?budget.source,
+            "memory budget"
+        ),
+        None => tracing::warn!("no memory budget known: memory levels stay normal"),
+    }
+    let thresholds = Thresholds::new(config.memory_high_percent, config.memory_critical_percent)
+        .context("HERALD_MEMORY_HIGH_PERCENT / HERALD_MEMORY_CRITICAL_PERCENT")?;
+    Ok(MemoryMonitor::new(Arc::new(probe), thresholds))
+}
+
 /// Builds the gateway and its seams from the configuration.
-fn build_gateway(config: &BaseConfig, jwt: JwtSettings) -> Gateway {
+fn build_gateway(config: &BaseConfig, jwt: JwtSettings, memory: Arc<MemoryMonitor>) -> Gateway {
     Gateway::new(GatewayParts {
         settings: GatewaySettings::from_config(config),
         runtime: Arc::new(RuntimeConfig::new(config)),
@@ -160,10 +182,13 @@ fn build_gateway(config: &BaseConfig, jwt: JwtSettings) -> Gateway {
             config.history_max_bytes,
         )),
         clock: Arc::new(SystemClock),
+        // One node: nothing to forward. A networked broker (Redis) plugs in here.
+        broker: Arc::new(InMemoryBroker::new()),
+        memory,
     })
 }
 
-/// The periodic work: the heartbeat/timeout sweep and the metrics upkeep.
+/// The periodic work: the heartbeat/timeout sweep, the memory sample and the metrics upkeep.
 async fn housekeeping(app: Arc<App>, shutdown: CancellationToken) {
     let mut interval = tokio::time::interval(SWEEP_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -178,7 +203,12 @@ async fn housekeeping(app: Arc<App>, shutdown: CancellationToken) {
             tracing::debug!(?report, "sweep");
         }
         ticks += 1;
-        if ticks.is_multiple_of(20) {
+        if ticks.is_multiple_of(MEMORY_SAMPLE_TICKS)
+            && let Some(transition) = app.memory.sample()
+        {
+            tracing::warn!(?transition, "memory level changed");
+        }
+        if ticks.is_multiple_of(UPKEEP_TICKS) {
             app.metrics.run_upkeep();
         }
     }

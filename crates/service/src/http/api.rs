@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 
 use herald_config::{ChangeReason, RuntimeConfigError, RuntimeKey};
 use herald_core::{
-    ConnectionId, ConnectionSummary, EventOutcome, GatewayError, Outcome, PublishOutcome, ThreadId,
-    UserId,
+    Broadcast, ConnectionId, ConnectionSend, ConnectionSummary, Delivered, EventSend, EventTarget,
+    GatewayError, Publication, ThreadId, UserId, UserSend,
 };
+use herald_memory::MemoryLevel;
 use herald_protocol::{
     BroadcastRequest, ConnectionSendRequest, DeliveredResponse, ErrorCode, EventRequest,
     EventResponse, ProtocolError, PublishBatchRequest, PublishBatchResponse, PublishBatchResult,
@@ -70,12 +71,12 @@ pub(super) fn broadcast(call: Call) -> Reply {
             .iter()
             .filter_map(|id| ConnectionId::parse(id))
             .collect();
-        let request = herald_core::Request::Broadcast {
+        let broadcast = Broadcast {
             data: body.data,
             priority: body.priority.unwrap_or_default(),
             exclude,
         };
-        delivered(call.app.gateway.submit(request).await)
+        delivered(call.app.gateway.broadcast(broadcast).await?)
     })
 }
 
@@ -83,13 +84,13 @@ pub(super) fn broadcast(call: Call) -> Reply {
 pub(super) fn user_send(call: Call) -> Reply {
     Box::pin(async move {
         let body: UserSendRequest = read_json(&call.app, call.request).await?;
-        let request = herald_core::Request::SendToUser {
+        let send = UserSend {
             user: UserId::new(&percent_decode(call.params.get("userId"))),
             thread: body.thread_id.as_deref().map(ThreadId::new),
             data: body.data,
             priority: body.priority.unwrap_or_default(),
         };
-        delivered(call.app.gateway.submit(request).await)
+        delivered(call.app.gateway.send_to_user(send).await?)
     })
 }
 
@@ -97,26 +98,25 @@ pub(super) fn user_send(call: Call) -> Reply {
 pub(super) fn user_event(call: Call) -> Reply {
     Box::pin(async move {
         let body: EventRequest = read_json(&call.app, call.request).await?;
-        let request = herald_core::Request::Event {
+        let event = EventSend {
             user: UserId::new(&percent_decode(call.params.get("userId"))),
             event: body.event,
             data: body.data,
-            thread: body.thread_id.as_deref().map(ThreadId::new),
-            run: body.run_id,
-            id: body.id,
+            target: EventTarget {
+                thread: body.thread_id.as_deref().map(ThreadId::new),
+                run: body.run_id,
+                id: body.id,
+            },
         };
-        match call.app.gateway.submit(request).await? {
-            Outcome::Event(outcome) => Ok(json_response(
-                StatusCode::OK,
-                &EventResponse {
-                    id: outcome.id,
-                    delivered: outcome.delivered as u64,
-                    pending: outcome.pending as u64,
-                },
-            )),
-            // An event request always yields an event outcome.
-            Outcome::Published(_) | Outcome::Delivered(_) => Err(GatewayError::ShuttingDown.into()),
-        }
+        let outcome = call.app.gateway.send_event(event).await?;
+        Ok(json_response(
+            StatusCode::OK,
+            &EventResponse {
+                id: outcome.id,
+                delivered: outcome.delivered as u64,
+                pending: outcome.pending as u64,
+            },
+        ))
     })
 }
 
@@ -125,17 +125,12 @@ pub(super) fn connection_send(call: Call) -> Reply {
     Box::pin(async move {
         let body: ConnectionSendRequest = read_json(&call.app, call.request).await?;
         let id = connection_id(call.params.get("id"))?;
-        let delivered = call
-            .app
-            .gateway
-            .send_to_connection(id, &body.data, body.priority.unwrap_or_default())
-            .map_err(not_found)?;
-        Ok(json_response(
-            StatusCode::OK,
-            &DeliveredResponse {
-                delivered: delivered as u64,
-            },
-        ))
+        let send = ConnectionSend {
+            connection: id,
+            data: body.data,
+            priority: body.priority.unwrap_or_default(),
+        };
+        delivered(call.app.gateway.send_to_connection(send).await?)
     })
 }
 
@@ -308,97 +303,40 @@ fn history_answer(call: &Call) -> Answer {
     Ok(json_response(StatusCode::OK, &page))
 }
 
-/// The answer of `GET /api/stats`.
+/// The answer of `GET /api/stats`: the gateway's [`herald_monitoring::Stats`] snapshot (the
+/// same counters `/metrics` exports) and the memory level.
 #[derive(Debug, Serialize)]
-struct Stats {
-    /// Live connections.
-    connections: usize,
-    /// Users with at least one authenticated connection.
-    users: usize,
-    /// Connection-topic subscriptions.
-    subscriptions: usize,
-    /// Known topics.
-    topics: usize,
-    /// Publications and deliveries since start.
-    messages: MessageStats,
-    /// Critical events.
-    events: EventStats,
-    /// Recent fan-out latency.
-    latency: LatencyStats,
-    /// The process's memory.
-    memory: MemoryStats,
-    /// The degradation level.
-    degradation: DegradationStats,
-}
-
-/// `messages` of `GET /api/stats`.
-#[derive(Debug, Serialize)]
-struct MessageStats {
-    /// Publications accepted.
-    published: u64,
-    /// Frames queued to connections.
-    delivered: u64,
-    /// Frames shed from full queues.
-    shed: u64,
-}
-
-/// `events` of `GET /api/stats`.
-#[derive(Debug, Serialize)]
-struct EventStats {
-    /// Events awaiting an acknowledgement, all users.
-    pending: usize,
-}
-
-/// `latency` of `GET /api/stats`, in microseconds.
-#[derive(Debug, Serialize)]
-struct LatencyStats {
-    /// Median publish-to-queued time.
-    #[serde(rename = "p50Us")]
-    p50_us: u64,
-    /// 99th percentile.
-    #[serde(rename = "p99Us")]
-    p99_us: u64,
-}
-
-/// `memory` of `GET /api/stats`.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct MemoryStats {
-    /// Resident set size in bytes.
-    rss_bytes: u64,
+struct StatsAnswer {
+    /// Every count.
+    #[serde(flatten)]
+    stats: herald_monitoring::Stats,
+    /// The memory level as last sampled.
+    degradation: Degradation,
 }
 
 /// `degradation` of `GET /api/stats`.
 #[derive(Debug, Serialize)]
-struct DegradationStats {
-    /// 0 (normal) to 2 (critical).
+struct Degradation {
+    /// 0 (normal), 1 (high) or 2 (critical): the memory level against the budget.
     level: u8,
+    /// The level's name: `normal`, `high` or `critical`.
+    name: &'static str,
 }
 
-/// `GET /api/stats`: counts, totals, latency and memory.
+/// `GET /api/stats`: counts, totals, latency, memory and the memory level.
 pub(super) fn stats(call: Call) -> Reply {
     let app = &call.app;
-    let stats = app.gateway.stats();
-    let (p50_us, p99_us) = app.gateway.fanout_latency_us();
-    let body = Stats {
-        connections: stats.connections,
-        users: stats.users,
-        subscriptions: stats.subscriptions,
-        topics: stats.topics,
-        messages: MessageStats {
-            published: stats.published,
-            delivered: stats.delivered,
-            shed: stats.shed,
+    let level = app.memory.latest().level;
+    let body = StatsAnswer {
+        stats: app.gateway.stats(),
+        degradation: Degradation {
+            level: match level {
+                MemoryLevel::Normal => 0,
+                MemoryLevel::High => 1,
+                MemoryLevel::Critical => 2,
+            },
+            name: level.as_str(),
         },
-        events: EventStats {
-            pending: stats.pending_events,
-        },
-        latency: LatencyStats { p50_us, p99_us },
-        memory: MemoryStats {
-            rss_bytes: app.resident_memory_bytes(),
-        },
-        // Nothing degrades yet: memory pressure levels come with the memory monitor.
-        degradation: DegradationStats { level: 0 },
     };
     ready(Ok(json_response(StatusCode::OK, &body)))
 }
@@ -439,33 +377,29 @@ pub(super) fn patch_runtime_config(call: Call) -> Reply {
 /// Queues one publication and waits until it is queued for every subscriber.
 async fn publish_one(app: &App, body: PublishRequest) -> Result<PublishResponse, GatewayError> {
     let topic = body.topic.clone();
-    let request = herald_core::Request::Publish {
-        topic: body.topic,
-        data: body.data,
-        priority: body.priority.unwrap_or_default(),
-        id: body.id,
-    };
-    match app.gateway.submit(request).await? {
-        Outcome::Published(outcome) => Ok(PublishResponse {
-            topic,
-            offset: outcome.offset,
-            epoch: outcome.epoch.to_string(),
-            deduplicated: outcome.deduplicated,
-        }),
-        // A publish request always yields a publish outcome.
-        Outcome::Delivered(_) | Outcome::Event(_) => Err(GatewayError::ShuttingDown),
-    }
+    let outcome = app
+        .gateway
+        .publish(Publication {
+            topic: body.topic,
+            data: body.data,
+            priority: body.priority.unwrap_or_default(),
+            id: body.id,
+        })
+        .await?;
+    Ok(PublishResponse {
+        topic,
+        offset: outcome.offset,
+        epoch: outcome.epoch.to_string(),
+        deduplicated: outcome.deduplicated,
+    })
 }
 
-/// `{delivered}` for a push, or the gateway's refusal.
-fn delivered(result: Result<Outcome, GatewayError>) -> Answer {
-    let (Outcome::Delivered(delivered)
-    | Outcome::Published(PublishOutcome { delivered, .. })
-    | Outcome::Event(EventOutcome { delivered, .. })) = result?;
+/// `{delivered}` for a push.
+fn delivered(delivered: Delivered) -> Answer {
     Ok(json_response(
         StatusCode::OK,
         &DeliveredResponse {
-            delivered: delivered as u64,
+            delivered: delivered.connections as u64,
         },
     ))
 }
