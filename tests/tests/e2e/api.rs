@@ -534,7 +534,10 @@ async fn stats_have_the_documented_shape_and_counts() -> anyhow::Result<()> {
     assert_eq!(stats["users"], 2);
     assert_eq!(stats["subscriptions"], 3);
     assert_eq!(stats["topics"], 2);
-    assert_eq!(keys(&stats["messages"]), ["delivered", "published", "shed"]);
+    // The contract's counts; more (e.g. `deduplicated`) may sit beside them.
+    for key in ["delivered", "published", "shed"] {
+        assert!(stats["messages"][key].is_u64(), "messages.{key} in {stats}");
+    }
     assert_eq!(stats["messages"]["published"], 1);
     assert_eq!(stats["messages"]["delivered"], 2);
     assert_eq!(stats["messages"]["shed"], 0);

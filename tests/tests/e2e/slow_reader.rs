@@ -154,3 +154,69 @@ async fn a_ping_read_while_a_large_frame_is_half_written_is_answered_after_the_f
     assert_eq!(pong["messageId"], "q");
     Ok(())
 }
+
+/// A slow reader whose queue is full of `low` publications behind a half-written frame sends
+/// two `ping`s: each `pong` (never shed) makes room by shedding a `low` frame, and
+/// `/api/stats` and `/metrics` both count exactly those two.
+#[tokio::test]
+async fn frames_shed_for_replies_are_counted_once_in_stats_and_metrics() -> anyhow::Result<()> {
+    const QUEUE: usize = 8;
+    let server = TestServer::start(&[
+        ("HERALD_MAX_HTTP_BODY_BYTES", "33554432"),
+        ("HERALD_MAX_QUEUE_BYTES", "67108864"),
+        ("HERALD_MAX_QUEUE_SIZE", "8"),
+        // No heartbeat `ping` may take a place in the queue during the test.
+        ("HERALD_HEARTBEAT_INTERVAL_MS", "3600000"),
+        ("HERALD_STALE_TIMEOUT_MS", "7200000"),
+    ])
+    .await?;
+    let mut slow = slow_reader(&server, "alice").await?;
+    publish_large(&server).await?;
+    // The large frame is in the writer's hands; these fill the queue behind it.
+    for n in 0..QUEUE {
+        let body = json!({"topic": "big", "data": n, "priority": "low"});
+        server.post("/api/publish", &body).await?;
+    }
+    assert_eq!(server.stats().await?["messages"]["shed"], 0);
+
+    for id in ["p1", "p2"] {
+        send_json(&mut slow, &json!({"type": "ping", "messageId": id})).await?;
+    }
+    let stats = server
+        .wait_for_stats(|stats| stats["messages"]["shed"] == 2)
+        .await
+        .context("two pongs should shed two low frames")?;
+    let (_, _, metrics) = server.request_text("GET", "/metrics", None).await?;
+    let exported: f64 = ["low", "normal", "high", "critical"]
+        .iter()
+        .filter_map(|p| {
+            herald_tests::metric(
+                &metrics,
+                &format!("herald_messages_shed_total{{priority=\"{p}\"}}"),
+            )
+        })
+        .sum();
+    assert_eq!(stats["messages"]["shed"], 2, "{stats}");
+    assert_eq!(exported, 2.0, "{metrics}");
+
+    // The client still gets the large frame, the six `low` frames left, then both pongs.
+    assert_large_publication(&next_json(&mut slow).await?);
+    let mut frames = Vec::new();
+    while frames.len() < QUEUE {
+        frames.extend(herald_tests::frames_in(
+            &next_json(&mut slow).await?.to_string(),
+        ));
+    }
+    let kinds: Vec<&str> = frames.iter().filter_map(|f| f["type"].as_str()).collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "message").count(),
+        QUEUE - 2,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "pong").count(),
+        2,
+        "{kinds:?}"
+    );
+    Ok(())
+}
