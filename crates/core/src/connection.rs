@@ -421,19 +421,12 @@ impl ConnectionManager {
         let Some(list) = users.get(user) else {
             return 0;
         };
-        list.iter()
-            .filter(|connection| {
-                connection
-                    .key()
-                    .is_some_and(|key| key.receives(user, thread))
-            })
-            .filter(|connection| {
-                connection
-                    .outbox()
-                    .offer(frame.clone(), priority, counters)
-                    .is_queued()
-            })
-            .count()
+        let receivers = list.iter().filter(|connection| {
+            connection
+                .key()
+                .is_some_and(|key| key.receives(user, thread))
+        });
+        offer_each(receivers, frame, priority, counters)
     }
 
     /// Offers `frame` at `priority` to every authenticated connection but those in `exclude`;
@@ -445,17 +438,11 @@ impl ConnectionManager {
         priority: Priority,
         counters: &Counters,
     ) -> usize {
-        self.by_id
-            .pin()
+        let by_id = self.by_id.pin();
+        let receivers = by_id
             .values()
-            .filter(|connection| connection.key().is_some() && !exclude.contains(&connection.id()))
-            .filter(|connection| {
-                connection
-                    .outbox()
-                    .offer(frame.clone(), priority, counters)
-                    .is_queued()
-            })
-            .count()
+            .filter(|connection| connection.key().is_some() && !exclude.contains(&connection.id()));
+        offer_each(receivers, frame, priority, counters)
     }
 
     /// Every connection (a snapshot).
@@ -484,6 +471,25 @@ impl ConnectionManager {
         // Each critical section leaves the map consistent, so poison is ignored.
         self.by_user.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Offers `frame` at `priority` to each of `connections`; returns how many queued it. The one
+/// delivery loop of the gateway (topics, users, everyone): each connection gets a clone of the
+/// same frame, a reference-count increment, and the outbox counts what it sheds.
+pub(crate) fn offer_each<'a>(
+    connections: impl Iterator<Item = &'a Arc<Connection>>,
+    frame: &Frame,
+    priority: Priority,
+    counters: &Counters,
+) -> usize {
+    connections
+        .filter(|connection| {
+            connection
+                .outbox()
+                .offer(frame.clone(), priority, counters)
+                .is_queued()
+        })
+        .count()
 }
 
 #[cfg(test)]

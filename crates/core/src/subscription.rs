@@ -16,7 +16,7 @@ use herald_protocol::{StreamPosition, Topic};
 use herald_utils::Priority;
 
 use crate::{
-    connection::Connection,
+    connection::{Connection, offer_each},
     counters::Counters,
     history::{HistoryEntry, HistoryStore},
     ids::ConnectionId,
@@ -416,13 +416,5 @@ fn offer_to_subscribers(
     priority: Priority,
     counters: &Counters,
 ) -> usize {
-    subscribers
-        .values()
-        .filter(|connection| {
-            connection
-                .outbox()
-                .offer(frame.clone(), priority, counters)
-                .is_queued()
-        })
-        .count()
+    offer_each(subscribers.values(), frame, priority, counters)
 }
