@@ -1,8 +1,8 @@
 //! Repository checks that are not cargo commands, as tests (rust-analyzer's `tidy.rs`): every
 //! Rust file opens with a `//!` line, and no crate's modules import each other in a loop.
 //!
-//! The loop check reads files as text, the way `shared/tools/modloops.py` does: a module is a
-//! top-level file or directory of a crate's `src` (files below a directory count as it), and
+//! The loop check reads files as text, the way the shared tools' `modloops.py` does: a module
+//! is a top-level file or directory of a crate's `src` (files below a directory count as it), and
 //! module A uses module B when A's code before its first `#[cfg(test)]` names `crate::B` or
 //! `super::B`, alone or in a `crate::{...}` group, or names an item that `lib.rs` re-exports
 //! from B. Comments are not imports. Test modules (`tests.rs`, `tests/`) are left out.

@@ -158,7 +158,7 @@ impl BaseConfig {
 }
 
 impl Default for BaseConfig {
-    /// The production defaults of PROTOCOL.md, unvalidated.
+    /// The production defaults (docs/configuration.md), unvalidated.
     fn default() -> Self {
         Self {
             profile: Profile::Production,

@@ -9,7 +9,7 @@ use std::{fmt, str::FromStr};
 /// Anything the file, the environment or the command line sets still wins over the profile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Profile {
-    /// Exactly the PROTOCOL.md defaults; the profile changes nothing.
+    /// Exactly the documented defaults (docs/configuration.md); the profile changes nothing.
     #[default]
     Production,
     /// Faster cleanup and lower per-user limits, for rehearsals:

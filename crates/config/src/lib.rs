@@ -1,6 +1,6 @@
 //! Herald's configuration: the immutable [`BaseConfig`] and the live-tunable [`RuntimeConfig`].
 //!
-//! [`BaseConfig`] holds every operator setting of PROTOCOL.md ("Operator settings"). It is built
+//! [`BaseConfig`] holds every operator setting (docs/configuration.md). It is built
 //! once at start-up by [`BaseConfig::load`] from layers, lowest to highest: built-in defaults,
 //! the [`Profile`], the TOML file, the `HERALD_*` environment and command-line overrides. Every
 //! value is validated there, so the rest of the gateway can trust it: a bad value is a

@@ -1,4 +1,4 @@
-//! Bodies of the HTTP API (server to server), per PROTOCOL.md's route table, and [`parse_body`].
+//! Bodies of the HTTP API (server to server), per docs/protocol.md's route table, and [`parse_body`].
 //!
 //! Requests are decoded with [`parse_body`], which turns every decoding failure into a
 //! `bad_request` carrying serde's message. Topics and identifiers are validated while decoding.

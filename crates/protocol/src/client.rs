@@ -31,7 +31,7 @@ pub struct ClientFrame {
     pub request: ClientRequest,
 }
 
-/// A client request, one variant per `type` of PROTOCOL.md.
+/// A client request, one variant per `type` of docs/protocol.md.
 #[derive(Debug, Clone)]
 pub enum ClientRequest {
     /// `auth`: authenticate, or refresh the token of an authenticated connection.

@@ -1,6 +1,6 @@
-//! WebSocket close codes of PROTOCOL.md, with their reasons and reconnect advice.
+//! WebSocket close codes of docs/protocol.md, with their reasons and reconnect advice.
 
-/// A close code the server sends, one per row of PROTOCOL.md's close code table.
+/// A close code the server sends, one per row of docs/protocol.md's close code table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CloseCode {
     /// 1001: the server is shutting down. Reconnect with backoff.
@@ -34,7 +34,7 @@ pub enum CloseCode {
 }
 
 impl CloseCode {
-    /// Every close code, in the order of PROTOCOL.md's table.
+    /// Every close code, in the order of docs/protocol.md's table.
     pub const ALL: [Self; 14] = [
         Self::GoingAway,
         Self::UnsupportedData,
@@ -98,7 +98,7 @@ impl CloseCode {
         }
     }
 
-    /// Whether PROTOCOL.md tells the client to reconnect (possibly later, with backoff or with
+    /// Whether docs/protocol.md tells the client to reconnect (possibly later, with backoff or with
     /// a new token). 4001 counts as no: the client must first get a new token.
     pub const fn should_reconnect(self) -> bool {
         match self {

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::request_kind::RequestKind;
 
-/// An error code of PROTOCOL.md, sent in `error` frames and HTTP error bodies.
+/// An error code of docs/protocol.md, sent in `error` frames and HTTP error bodies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
@@ -31,7 +31,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    /// Every code, in the order PROTOCOL.md lists them.
+    /// Every code, in the order docs/protocol.md lists them.
     pub const ALL: [Self; 9] = [
         Self::BadRequest,
         Self::Unauthorized,
@@ -61,7 +61,7 @@ impl ErrorCode {
 
     /// The HTTP status that carries this code at the handshake or on the HTTP API.
     ///
-    /// `limit_exceeded` is 429, as PROTOCOL.md's handshake rule for policy `reject` requires.
+    /// `limit_exceeded` is 429, as docs/protocol.md's handshake rule for policy `reject` requires.
     pub const fn http_status(self) -> u16 {
         match self {
             Self::BadRequest => 400,

@@ -23,7 +23,7 @@ pub enum EventName {
 }
 
 impl EventName {
-    /// Every event name, in the order PROTOCOL.md lists them.
+    /// Every event name, in the order docs/protocol.md lists them.
     pub const ALL: [Self; 6] = [
         Self::AgentStarted,
         Self::AgentThinking,

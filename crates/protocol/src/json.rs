@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 
 /// The deepest nesting of arrays and objects accepted in an inbound frame or HTTP body.
 ///
-/// This is an extension: PROTOCOL.md is silent on depth. It sits well below serde_json's
+/// This is an extension: docs/protocol.md is silent on depth. It sits well below serde_json's
 /// recursion limit (127 levels) so that every frame Herald relays, even wrapped in a `batch`
 /// (two more levels), can still be decoded by a standard serde_json consumer.
 pub const MAX_JSON_DEPTH: usize = 64;

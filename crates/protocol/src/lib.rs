@@ -1,5 +1,5 @@
 //! Herald's wire contract in types: client and server WebSocket frames, HTTP API bodies,
-//! error codes and close codes, as fixed by PROTOCOL.md.
+//! error codes and close codes, as fixed by docs/protocol.md.
 //!
 //! - [`parse_client_frame`] decodes a client text frame into a [`ClientFrame`], or a
 //!   [`ProtocolError`] that carries what the `error` reply must echo. It never panics.
@@ -7,7 +7,7 @@
 //!   once and [`encode_batch`] joins encoded frames into a `batch` without re-parsing.
 //! - The HTTP API bodies ([`PublishRequest`], [`EventRequest`], ...) are decoded with
 //!   [`parse_body`].
-//! - [`Topic`] and [`validate_id`] hold the limits on names that PROTOCOL.md leaves open;
+//! - [`Topic`] and [`validate_id`] hold the limits on names that docs/protocol.md leaves open;
 //!   they are Herald extensions, documented on each item.
 //!
 //! Payloads (`data` of publishes, pushes and events) stay raw JSON text

@@ -30,7 +30,7 @@ pub enum RequestKind {
 }
 
 impl RequestKind {
-    /// Every request kind, in the order of PROTOCOL.md's table.
+    /// Every request kind, in the order of docs/protocol.md's table.
     pub const ALL: [Self; 11] = [
         Self::Auth,
         Self::Subscribe,

@@ -12,9 +12,9 @@ use crate::{
     topic::Topic,
 };
 
-/// A frame the server sends, one variant per `type` of PROTOCOL.md.
+/// A frame the server sends, one variant per `type` of docs/protocol.md.
 ///
-/// Serializes to exactly the shapes of PROTOCOL.md: `type` first, camelCase field names,
+/// Serializes to exactly the shapes of docs/protocol.md: `type` first, camelCase field names,
 /// optional fields omitted when `None`. `data` of `message`, `push` and `event` is raw JSON
 /// text, relayed verbatim. Deserialize (for tests and Rust clients) needs serde_json, because
 /// the raw `data` fields do, and ignores unknown fields.

@@ -10,7 +10,7 @@ use crate::validate::{MAX_TOPIC_BYTES, ValidationError, check_len};
 ///
 /// A topic is 1 to [`MAX_TOPIC_BYTES`] bytes of UTF-8 with no control characters, no
 /// whitespace and no `*` (reserved for the patterns of the `topics` and `publish` claims).
-/// These rules are Herald extensions; PROTOCOL.md only calls topics strings.
+/// These rules are Herald extensions; docs/protocol.md only calls topics strings.
 ///
 /// Cloning copies a pointer, so fan-out code can hold one per subscription. `Hash`, `Eq` and
 /// `Ord` agree with `str`, and `Borrow<str>` lets maps keyed by `Topic` be queried with `&str`.

@@ -1,6 +1,6 @@
 //! Limits on identifiers and request sizes, and the error that reports a broken one.
 //!
-//! PROTOCOL.md does not bound these values; the limits here are Herald extensions that keep a
+//! docs/protocol.md does not bound these values; the limits here are Herald extensions that keep a
 //! single frame from pinning unbounded memory in dedupe caches, event stores and replies.
 
 /// The longest topic name, in UTF-8 bytes. Topics are also non-empty.
