@@ -22,6 +22,7 @@ mod level;
 mod monitor;
 mod probe;
 mod process;
+mod relief;
 mod system;
 
 #[cfg(feature = "jemalloc")]
@@ -34,5 +35,6 @@ pub use crate::{
     monitor::{MemoryMonitor, MemoryStatus},
     probe::{FakeProbe, MemoryProbe, MemoryReading},
     process::ProcessProbe,
+    relief::{Cleanup, CleanupReport, MemorySources, Relief, SourceSize},
     system::SystemProbe,
 };
