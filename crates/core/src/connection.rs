@@ -18,7 +18,15 @@ use crate::{
     counters::Counters,
     ids::{ConnectionId, IsolationKey, ThreadId, UserId},
     outbox::{Frame, Outbox},
+    sizes::compact,
 };
+
+/// Bytes the gateway's indexes hold for one connection, by estimate: the connection, its
+/// reference counts and its entries in the id and user indexes. Its `Session` and the
+/// transport's task are not included.
+pub(crate) const CONNECTION_BYTES: usize = std::mem::size_of::<Connection>()
+    + 2 * std::mem::size_of::<usize>()
+    + 2 * std::mem::size_of::<(ConnectionId, Arc<Connection>)>();
 
 /// Sentinel for "no deadline".
 pub(crate) const NO_DEADLINE: u64 = u64::MAX;
@@ -455,6 +463,53 @@ impl ConnectionManager {
         for connection in self.by_id.pin().values() {
             f(connection);
         }
+    }
+
+    /// Sheds every queued `low` and `normal` frame from every connection's outbox (counted as
+    /// shed, by priority); returns how many. A relief pass: one walk of the index.
+    pub(crate) fn shed_optional(&self, counters: &Counters) -> usize {
+        let mut shed = 0;
+        self.for_each(|connection| shed += connection.outbox().shed_optional(counters));
+        shed
+    }
+
+    /// Asks at most `count` connections, those idle longest (oldest last inbound frame, the
+    /// older connection first among equals), to close with `code`, through [`Outbox::close`];
+    /// connections already closing are passed over. Returns how many were asked.
+    pub(crate) fn close_idlest(&self, count: usize, code: CloseCode) -> usize {
+        if count == 0 {
+            return 0;
+        }
+        let mut open = Vec::new();
+        self.for_each(|connection| {
+            if connection.outbox().close_requested().is_none() {
+                open.push((
+                    connection.last_activity_ms(),
+                    connection.id(),
+                    Arc::clone(connection),
+                ));
+            }
+        });
+        open.sort_unstable_by_key(|(idle_since, id, _)| (*idle_since, *id));
+        open.iter()
+            .take(count)
+            .filter(|(_, _, connection)| connection.outbox().close(code))
+            .count()
+    }
+
+    /// Bytes queued in every connection's outbox. A frame shared by several queues counts once
+    /// per queue, so this is an upper bound of what the queues hold.
+    pub(crate) fn queued_bytes(&self) -> usize {
+        let mut bytes = 0;
+        self.for_each(|connection| bytes += connection.outbox().queued_bytes());
+        bytes
+    }
+
+    /// Gives back the spare capacity of the user index and of the promised places; returns the
+    /// estimated bytes freed.
+    pub(crate) fn compact(&self) -> usize {
+        let users = compact(&mut self.lock_users());
+        users + compact(&mut lock_reserved(&self.reserved))
     }
 
     /// Live connections (accepted and not yet cleaned up).

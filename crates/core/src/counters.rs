@@ -55,6 +55,8 @@ pub(crate) struct Counters {
     pub(crate) events_acknowledged: Counter,
     pub(crate) connections_opened: Counter,
     pub(crate) connections_closed: Counter,
+    /// Connections asked to close 1013 by memory relief (`close_idlest`).
+    pub(crate) degradation_closes: Counter,
     pub(crate) operations_rejected: Counter,
     pub(crate) history_dropped: Counter,
     pub(crate) broker_failures: Counter,
@@ -90,6 +92,7 @@ impl Counters {
         events.acknowledged = self.events_acknowledged.get();
         stats.connection_totals.opened = self.connections_opened.get();
         stats.connection_totals.closed = self.connections_closed.get();
+        stats.connection_totals.degradation_closes = self.degradation_closes.get();
         stats.operations.rejected = self.operations_rejected.get();
         stats.history.dropped = self.history_dropped.get();
         stats.broker.failures = self.broker_failures.get();

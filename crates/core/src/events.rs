@@ -26,6 +26,7 @@ use crate::{
     error::GatewayError,
     ids::{IsolationKey, ThreadId, UserId},
     outbox::Frame,
+    sizes::compact,
     time::duration_ms,
 };
 
@@ -275,6 +276,20 @@ impl PendingEvents {
             }
             !pending.is_empty()
         });
+    }
+
+    /// Bytes the pending events hold, by estimate: each event's frame and its entry.
+    pub(crate) fn bytes(&self) -> usize {
+        self.lock()
+            .values()
+            .flatten()
+            .map(|event| event.frame.len() + std::mem::size_of::<PendingEvent>())
+            .sum()
+    }
+
+    /// Gives back the spare capacity of the index by user; returns the estimated bytes freed.
+    pub(crate) fn compact(&self) -> usize {
+        compact(&mut self.lock())
     }
 
     /// Events awaiting an ack, all users.

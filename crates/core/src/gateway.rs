@@ -31,7 +31,7 @@ use crate::{
 /// the sweeper.
 #[derive(Clone)]
 pub struct Gateway {
-    node: Arc<Node>,
+    pub(crate) node: Arc<Node>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -46,7 +46,7 @@ impl std::fmt::Debug for Gateway {
 /// Why a connection was refused at the handshake.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
-    /// The server is full or shutting down (HTTP 503, `unavailable`).
+    /// The server is full, shutting down or under memory pressure (HTTP 503, `unavailable`).
     #[error("server unavailable: {0}")]
     Unavailable(&'static str),
     /// The token in the header or query was refused (HTTP 401, `unauthorized`).
@@ -127,13 +127,17 @@ impl Gateway {
         &self.node.runtime
     }
 
-    /// Checks a new connection at the handshake: capacity, the token when it came with the
+    /// Checks a new connection at the handshake: shutdown and memory pressure (see
+    /// [`Relief::refuse_connections`](herald_memory::Relief::refuse_connections)), capacity, the token when it came with the
     /// request (judged at the clock's wall-clock time), the thread option and (policy
     /// `reject`) the user's limit.
     pub fn admit(&self, token: Option<&str>, thread: Option<&str>) -> Result<Admission, Refusal> {
         let node = &self.node;
         if node.is_shutting_down() {
             return Err(Refusal::Unavailable("shutting down"));
+        }
+        if node.is_refusing() {
+            return Err(Refusal::Unavailable("memory pressure"));
         }
         let thread = match thread {
             Some(id) => {

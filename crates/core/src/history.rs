@@ -11,10 +11,15 @@ use std::{
     },
 };
 
+use herald_memory::CleanupReport;
 use herald_protocol::Topic;
 use herald_utils::CircularBuffer;
 
-use crate::{outbox::Frame, shard::shard_of};
+use crate::{
+    outbox::Frame,
+    shard::shard_of,
+    sizes::{compact, scaled},
+};
 
 /// One retained publication.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +60,18 @@ pub trait HistoryStore: Send + Sync + 'static {
 
     /// Bytes of retained frames.
     fn bytes(&self) -> usize;
+
+    /// Memory relief: keeps at most `fraction` (0.0 to 1.0) of the store's bounds now, the
+    /// newest publications first, and gives back spare capacity. Returns what was dropped (the
+    /// gateway counts the entries as `herald_history_dropped_total`). The bounds themselves
+    /// are unchanged: later publications are retained as before.
+    ///
+    /// The default trims nothing, which suits a store that keeps its history outside the
+    /// process.
+    fn trim(&self, fraction: f64) -> CleanupReport {
+        let _ = fraction;
+        CleanupReport::default()
+    }
 }
 
 /// History in process memory: the last `per_topic` publications of each topic, kept for
@@ -95,6 +112,56 @@ impl InMemoryHistoryStore {
     fn live(&self, entry: &HistoryEntry, now_ms: u64) -> bool {
         now_ms.saturating_sub(entry.published_ms) < self.ttl_ms
     }
+
+    /// Drops the `n` oldest entries of `buffer`; returns how many were dropped.
+    fn drop_oldest(&self, buffer: &mut CircularBuffer<HistoryEntry>, n: usize) -> usize {
+        if n == 0 {
+            return 0;
+        }
+        let freed: usize = buffer.iter().take(n).map(|e| e.frame.len()).sum();
+        self.bytes.fetch_sub(freed, Ordering::Relaxed);
+        let kept: Vec<HistoryEntry> = buffer.iter().skip(n).cloned().collect();
+        let dropped = buffer.len() - kept.len();
+        buffer.clear();
+        for entry in kept {
+            buffer.push(entry);
+        }
+        dropped
+    }
+
+    /// Drops whole histories of the least recently published topics while the store holds more
+    /// than `budget` bytes; returns the entries and bytes dropped.
+    fn shrink_to(&self, budget: usize) -> (usize, usize) {
+        let mut dropped = (0, 0);
+        if self.bytes() <= budget {
+            return dropped;
+        }
+        let mut newest: Vec<(u64, Topic)> = Vec::new();
+        for shard in &self.shards {
+            let map = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            newest.extend(map.iter().filter_map(|(topic, buffer)| {
+                Some((buffer.latest()?.published_ms, topic.clone()))
+            }));
+        }
+        newest.sort_unstable_by_key(|(published, _)| *published);
+        for (_, topic) in newest {
+            if self.bytes() <= budget {
+                break;
+            }
+            if let Some(buffer) = self.shard(&topic).remove(&topic) {
+                let freed: usize = buffer.iter().map(|e| e.frame.len()).sum();
+                self.bytes.fetch_sub(freed, Ordering::Relaxed);
+                dropped.0 += buffer.len();
+                dropped.1 += freed;
+            }
+        }
+        dropped
+    }
+}
+
+/// A size as a `u64` count (saturating; sizes fit on every supported target).
+fn count(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
 }
 
 impl HistoryStore for InMemoryHistoryStore {
@@ -167,40 +234,32 @@ impl HistoryStore for InMemoryHistoryStore {
                 // Entries are in publication order, so the expired ones are a prefix: most
                 // sweeps find none and touch nothing.
                 let expired = buffer.iter().take_while(|e| !self.live(e, now_ms)).count();
-                if expired > 0 {
-                    let freed: usize = buffer.iter().take(expired).map(|e| e.frame.len()).sum();
-                    self.bytes.fetch_sub(freed, Ordering::Relaxed);
-                    dropped += expired;
-                    let kept: Vec<HistoryEntry> = buffer.iter().skip(expired).cloned().collect();
-                    buffer.clear();
-                    for entry in kept {
-                        buffer.push(entry);
-                    }
-                }
+                dropped += self.drop_oldest(buffer, expired);
                 !buffer.is_empty()
             });
+            compact(&mut map);
         }
-        if self.bytes() > self.max_bytes {
-            let mut newest: Vec<(u64, Topic)> = Vec::new();
-            for shard in &self.shards {
-                let map = shard.lock().unwrap_or_else(PoisonError::into_inner);
-                newest.extend(map.iter().filter_map(|(topic, buffer)| {
-                    Some((buffer.latest()?.published_ms, topic.clone()))
-                }));
-            }
-            newest.sort_unstable_by_key(|(published, _)| *published);
-            for (_, topic) in newest {
-                if self.bytes() <= self.max_bytes {
-                    break;
-                }
-                if let Some(buffer) = self.shard(&topic).remove(&topic) {
-                    dropped += buffer.len();
-                    let freed: usize = buffer.iter().map(|e| e.frame.len()).sum();
-                    self.bytes.fetch_sub(freed, Ordering::Relaxed);
-                }
-            }
+        dropped + self.shrink_to(self.max_bytes).0
+    }
+
+    fn trim(&self, fraction: f64) -> CleanupReport {
+        let before = self.bytes();
+        let keep = scaled(self.per_topic, fraction);
+        let mut entries = 0;
+        for shard in &self.shards {
+            let mut map = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            map.retain(|_, buffer| {
+                let excess = buffer.len().saturating_sub(keep);
+                entries += self.drop_oldest(buffer, excess);
+                !buffer.is_empty()
+            });
+            compact(&mut map);
         }
-        dropped
+        let (over_budget, _) = self.shrink_to(scaled(self.max_bytes, fraction));
+        CleanupReport {
+            entries: count(entries + over_budget),
+            bytes: count(before.saturating_sub(self.bytes())),
+        }
     }
 
     fn bytes(&self) -> usize {

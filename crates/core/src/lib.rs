@@ -37,11 +37,13 @@ mod operations;
 mod outbox;
 mod parts;
 mod preferences;
+mod pressure;
 mod publish;
 mod push;
 mod rate;
 mod session;
 mod shard;
+mod sizes;
 mod subscription;
 mod sweep;
 #[cfg(test)]

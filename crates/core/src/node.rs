@@ -24,11 +24,22 @@ use crate::{
     operations::{Operation, OperationQueue},
     parts::{GatewayParts, GatewaySettings},
     preferences::PreferenceStore,
-    publish::Publisher,
+    publish::{DEDUPE_ENTRY_BYTES, Publisher},
     rate::RateLimiter,
-    subscription::SubscriptionManager,
+    subscription::{SubscriptionManager, TOPIC_BYTES},
     time::duration_ms,
 };
+
+/// What one pass of [`Node::maintain`] dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Maintenance {
+    /// Entries dropped: history entries, topics, dedupe ids, rate buckets.
+    pub(crate) entries: usize,
+    /// Bytes they and the maps' spare capacity held, by estimate.
+    pub(crate) bytes: usize,
+    /// Topics dropped after their retention.
+    pub(crate) topics_dropped: usize,
+}
 
 /// What a refused caller is told to wait before retrying, in milliseconds.
 const RETRY_AFTER_MS: u64 = 1000;
@@ -52,6 +63,8 @@ pub(crate) struct Node {
     broker: Arc<dyn Broker>,
     pub(crate) memory: Arc<dyn MemoryProbe>,
     shutting_down: AtomicBool,
+    /// Set by memory relief: new connections are refused while it is.
+    refusing: AtomicBool,
     /// Gateway time of the sweep's last index-wide clean-up (0: never).
     pub(crate) last_maintenance_ms: AtomicU64,
 }
@@ -87,6 +100,7 @@ impl Node {
             counters: Counters::default(),
             last_maintenance_ms: AtomicU64::new(0),
             shutting_down: AtomicBool::new(false),
+            refusing: AtomicBool::new(false),
             settings,
             runtime,
             authenticator,
@@ -120,6 +134,51 @@ impl Node {
     /// Marks the shutdown as begun; returns whether this call was the first.
     pub(crate) fn begin_shutdown(&self) -> bool {
         !self.shutting_down.swap(true, Ordering::AcqRel)
+    }
+
+    /// Whether memory relief asked to refuse new connections.
+    pub(crate) fn is_refusing(&self) -> bool {
+        self.refusing.load(Ordering::Acquire)
+    }
+
+    /// Starts or stops refusing new connections (memory relief).
+    pub(crate) fn set_refusing(&self, refuse: bool) {
+        self.refusing.store(refuse, Ordering::Release);
+    }
+
+    /// The index-wide clean-ups, once: dedupe ids past the window, history past its
+    /// time-to-live or over its byte budget, topics without subscribers past their retention,
+    /// full rate buckets, then the spare capacity of every map. The sweep runs it once a second
+    /// and the memory monitor's cleanup pass whenever it wants; both come here.
+    pub(crate) fn maintain(&self, now_ms: u64) -> Maintenance {
+        self.last_maintenance_ms
+            .store(now_ms.max(1), Ordering::Relaxed);
+        let history = self.topics.history_store();
+        let history_before = history.bytes();
+        let history_dropped = history.purge(now_ms);
+        self.counters.history_dropped.add(history_dropped);
+        let topics_dropped = self
+            .topics
+            .sweep_idle(now_ms, duration_ms(self.settings.topic_retention));
+        // Dropping a topic drops its history too, so the bytes are read after both.
+        let history_freed = history_before.saturating_sub(history.bytes());
+        let dedupe_dropped = self.publisher.purge_expired();
+        let (buckets_dropped, buckets_freed) = self.rate.forget_full(now_ms);
+        Maintenance {
+            entries: history_dropped + topics_dropped + dedupe_dropped + buckets_dropped,
+            bytes: history_freed
+                + topics_dropped * TOPIC_BYTES
+                + dedupe_dropped * DEDUPE_ENTRY_BYTES
+                + buckets_freed
+                + self.compact(),
+            topics_dropped,
+        }
+    }
+
+    /// Gives back the spare capacity of the connection, topic and event indexes; returns the
+    /// estimated bytes freed. (The history store and the rate buckets compact their own maps.)
+    pub(crate) fn compact(&self) -> usize {
+        self.connections.compact() + self.topics.compact() + self.events.compact()
     }
 
     /// Queues `operation` for the fan-out worker, or refuses it (counted) when the queue is

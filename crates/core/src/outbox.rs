@@ -242,6 +242,39 @@ impl Outbox {
         Poll::Pending
     }
 
+    /// Sheds every queued `low` and `normal` frame (memory relief), keeping the others in
+    /// their arrival order; counts each shed frame by its priority in `counters`, like any other
+    /// shed. Returns how many were shed. `high` and `critical` frames stay queued.
+    ///
+    /// Walks the queue under its lock: for a relief pass, not for the delivery path.
+    pub(crate) fn shed_optional(&self, counters: &Counters) -> usize {
+        let mut inner = self.lock();
+        let optional = inner.queue.len_of(Priority::Low) + inner.queue.len_of(Priority::Normal);
+        if optional == 0 {
+            return 0;
+        }
+        let mut kept = Vec::with_capacity(inner.queue.len() - optional);
+        while let Some((frame, priority)) = inner.queue.pop_oldest() {
+            if priority > Priority::Normal {
+                kept.push((frame, priority));
+            } else {
+                counters.shed(priority);
+            }
+        }
+        inner.queue.shrink_to_fit();
+        for (frame, priority) in kept {
+            let bytes = frame.len();
+            // These frames fitted with more beside them, so each fits again and sheds nothing.
+            let _fits = inner.queue.push(frame, priority, bytes);
+        }
+        optional
+    }
+
+    /// Bytes of the frames waiting to be written (what counts against `max_queue_bytes`).
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.lock().queue.bytes()
+    }
+
     /// Frames waiting to be written.
     pub fn len(&self) -> usize {
         self.lock().queue.len()

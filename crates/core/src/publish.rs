@@ -2,8 +2,11 @@
 //! offset and history (through the topic index), encoding once, and the fan-out latency.
 
 use std::{
-    sync::{Arc, Mutex, PoisonError},
-    time::Duration,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use herald_config::RuntimeConfig;
@@ -16,6 +19,7 @@ use crate::{
     broker::Envelope,
     counters::Counters,
     outbox::Frame,
+    sizes::scaled,
     subscription::{Published, SubscriptionManager},
 };
 
@@ -54,9 +58,20 @@ type DedupeKey = (Topic, Box<str>);
 /// `(topic, publish id)` to `(offset, epoch)`, with the dedupe window as time-to-live.
 type DedupeCache = LruCache<DedupeKey, (u64, Arc<str>), Arc<dyn Clock>>;
 
+/// Bytes one dedupe entry holds, by estimate: its key and value, its expiry, the cache's list
+/// links and hash slot, and 32 bytes of publish id on the heap.
+pub(crate) const DEDUPE_ENTRY_BYTES: usize = std::mem::size_of::<DedupeKey>()
+    + std::mem::size_of::<(u64, Arc<str>)>()
+    + std::mem::size_of::<Option<Instant>>()
+    + 3 * std::mem::size_of::<usize>()
+    + 32;
+
 /// What publishing keeps besides the topic index: the dedupe window and recent latencies.
 pub(crate) struct Publisher {
     dedupe: Mutex<DedupeCache>,
+    /// The most dedupe entries memory relief allows for the time being (`usize::MAX`: the
+    /// runtime's size applies).
+    dedupe_limit: AtomicUsize,
     /// Recent publish-to-queued (fan-out) durations in microseconds.
     latency_us: Mutex<CircularBuffer<f64>>,
     clock: Arc<dyn Clock>,
@@ -76,6 +91,7 @@ impl Publisher {
                 runtime.dedupe_cache_size(),
                 Arc::clone(&clock),
             )),
+            dedupe_limit: AtomicUsize::new(usize::MAX),
             latency_us: Mutex::new(CircularBuffer::new(LATENCY_SAMPLES)),
             clock,
         }
@@ -161,7 +177,7 @@ impl Publisher {
     ) -> Option<u64> {
         let window = runtime.dedupe_window();
         let mut cache = self.dedupe.lock().unwrap_or_else(PoisonError::into_inner);
-        let capacity = runtime.dedupe_cache_size();
+        let capacity = self.dedupe_capacity(runtime);
         if cache.capacity() != capacity {
             cache.resize(capacity);
         }
@@ -185,12 +201,47 @@ impl Publisher {
             .push(elapsed.as_secs_f64() * 1e6);
     }
 
-    /// Forgets publish ids past the dedupe window.
-    pub(crate) fn purge_expired(&self) {
+    /// The dedupe cache's capacity now: the runtime's size, capped while memory relief limits
+    /// it.
+    fn dedupe_capacity(&self, runtime: &RuntimeConfig) -> usize {
+        runtime
+            .dedupe_cache_size()
+            .min(self.dedupe_limit.load(Ordering::Relaxed))
+    }
+
+    /// Memory relief: caps the dedupe cache at `fraction` of the runtime's size until the next
+    /// call (1.0 lifts the cap), evicting the least recently used ids over it now; returns how
+    /// many were evicted. A smaller cache only shortens how far back duplicates are recognised.
+    pub(crate) fn limit_dedupe(&self, fraction: f64, runtime: &RuntimeConfig) -> usize {
+        let limit = if fraction.is_nan() || fraction >= 1.0 {
+            usize::MAX
+        } else {
+            scaled(runtime.dedupe_cache_size(), fraction)
+        };
+        self.dedupe_limit.store(limit, Ordering::Relaxed);
+        let mut cache = self.dedupe.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = cache.len();
+        let capacity = self.dedupe_capacity(runtime);
+        if cache.capacity() != capacity {
+            cache.resize(capacity);
+        }
+        before.saturating_sub(cache.len())
+    }
+
+    /// Forgets publish ids past the dedupe window; returns how many.
+    pub(crate) fn purge_expired(&self) -> usize {
         self.dedupe
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .purge_expired();
+            .purge_expired()
+    }
+
+    /// Publish ids remembered now (expired ones not yet purged included).
+    pub(crate) fn dedupe_len(&self) -> usize {
+        self.dedupe
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// Median and 99th percentile of recent fan-out latencies (publish accepted to queued for

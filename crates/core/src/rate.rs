@@ -7,7 +7,7 @@ use std::{
     sync::{Mutex, PoisonError},
 };
 
-use crate::ids::UserId;
+use crate::{ids::UserId, sizes::compact};
 
 /// Consecutive refusals after which a connection is closed 4008 (rate limit abused).
 pub(crate) const ABUSE_THRESHOLD: u32 = 10;
@@ -50,12 +50,19 @@ impl RateLimiter {
     }
 
     /// Forgets buckets that have refilled completely: they hold nothing a new one would not.
-    pub(crate) fn forget_full(&self, now_ms: u64) {
+    /// Then gives back the map's spare capacity. Returns the buckets forgotten and the
+    /// estimated bytes freed.
+    pub(crate) fn forget_full(&self, now_ms: u64) -> (usize, usize) {
         let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = buckets.len();
         buckets.retain(|_, bucket| {
             let elapsed = now_ms.saturating_sub(bucket.updated_ms) as f64;
             bucket.tokens + elapsed * bucket.capacity / 60_000.0 < bucket.capacity
         });
+        let forgotten = before - buckets.len();
+        // A user id is a short string on the heap besides its entry.
+        let entry = std::mem::size_of::<(UserId, Bucket)>() + 32;
+        (forgotten, forgotten * entry + compact(&mut buckets))
     }
 
     /// Users with a bucket.

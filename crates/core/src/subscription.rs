@@ -22,7 +22,20 @@ use crate::{
     ids::ConnectionId,
     outbox::Frame,
     shard::shard_of,
+    sizes::compact,
 };
+
+/// Bytes one known topic holds besides its history, by estimate: its shard entry, its state
+/// and its epoch (a short string).
+pub(crate) const TOPIC_BYTES: usize = std::mem::size_of::<(Topic, Arc<TopicState>)>()
+    + std::mem::size_of::<TopicState>()
+    + std::mem::size_of::<TopicInner>()
+    + 64;
+
+/// Bytes one subscription holds, by estimate: its entry in the topic's subscriber map and in
+/// the connection's topic set.
+pub(crate) const SUBSCRIPTION_BYTES: usize =
+    std::mem::size_of::<(ConnectionId, Arc<Connection>)>() + 1 + std::mem::size_of::<Topic>();
 
 const SHARDS: usize = 64;
 
@@ -302,6 +315,20 @@ impl SubscriptionManager {
         }
         self.topics.fetch_sub(dropped, Ordering::Relaxed);
         dropped
+    }
+
+    /// Gives back the spare capacity of the shards and of each topic's subscriber map; returns
+    /// the estimated bytes freed. Takes each shard's write lock once, then each topic's lock.
+    pub(crate) fn compact(&self) -> usize {
+        let mut freed = 0;
+        for shard in &self.shards {
+            let mut map = shard.write().unwrap_or_else(PoisonError::into_inner);
+            freed += compact(&mut map);
+            for state in map.values() {
+                freed += compact(&mut state.lock().subscribers);
+            }
+        }
+        freed
     }
 
     /// A topic's epoch and up to `limit` retained publications after `after`, oldest first;

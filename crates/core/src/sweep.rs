@@ -73,15 +73,7 @@ pub(crate) fn sweep(node: &Node) -> SweepReport {
     // plenty, and keeps them off the fan-out path the rest of the time.
     let last = node.last_maintenance_ms.load(Ordering::Relaxed);
     if now.saturating_sub(last) >= MAINTENANCE_INTERVAL_MS || last == 0 {
-        node.last_maintenance_ms
-            .store(now.max(1), Ordering::Relaxed);
-        let dropped = node.topics.history_store().purge(now);
-        node.counters.history_dropped.add(dropped);
-        node.rate.forget_full(now);
-        report.topics_dropped = node
-            .topics
-            .sweep_idle(now, duration_ms(node.settings.topic_retention));
-        node.publisher.purge_expired();
+        report.topics_dropped = node.maintain(now).topics_dropped;
     }
     report
 }

@@ -150,6 +150,10 @@ pub struct ConnectionTotals {
     /// Connections cleaned up, whatever the cause.
     /// Counter `herald_connections_closed_total`.
     pub closed: u64,
+    /// Connections asked to close with 1013 (try again later) to relieve memory pressure, the
+    /// idlest first; they are also among [`closed`](Self::closed) once cleaned up.
+    /// Counter `herald_degradation_closes_total`.
+    pub degradation_closes: u64,
 }
 
 /// Subscribes with `since`, since start; each field is one label value of
@@ -323,6 +327,11 @@ impl Stats {
                 Counter,
                 self.connection_totals.closed,
             ),
+            plain(
+                "herald_degradation_closes_total",
+                Counter,
+                self.connection_totals.degradation_closes,
+            ),
             labelled(
                 resumes,
                 ("recovered", "true"),
@@ -423,6 +432,7 @@ mod tests {
             connection_totals: ConnectionTotals {
                 opened: next(),
                 closed: next(),
+                degradation_closes: next(),
             },
             resumes: ResumeStats {
                 recovered: next(),
@@ -465,7 +475,7 @@ mod tests {
         let values: BTreeSet<u64> = samples.iter().map(|s| s.value).collect();
         // Every field but the derived `shed` total and the latency is exported once.
         assert_eq!(values.len(), samples.len(), "{samples:?}");
-        assert_eq!(samples.len(), 32);
+        assert_eq!(samples.len(), 33);
         for sample in &samples {
             assert!(sample.name.starts_with("herald_"), "{sample:?}");
             let total = sample.name.ends_with("_total");
