@@ -19,6 +19,7 @@ mod limits;
 mod operations;
 mod overflow;
 mod preferences;
+mod pressure;
 mod requests;
 mod seams;
 mod shutdown;
@@ -40,8 +41,8 @@ use serde_json::{Value, json, value::RawValue};
 
 use crate::{
     Broadcast, Broker, ConnectionId, ConnectionSend, Gateway, GatewayError, GatewayParts,
-    GatewaySettings, InMemoryBroker, InMemoryHistoryStore, InMemoryPreferenceStore, Publication,
-    PublishOutcome, Session, ThreadId, UserId, UserSend,
+    GatewaySettings, HistoryStore, InMemoryBroker, InMemoryHistoryStore, InMemoryPreferenceStore,
+    Publication, PublishOutcome, Session, ThreadId, UserId, UserSend,
     tests::fakes::{FakeAuthenticator, sign, token, token_with},
 };
 
@@ -90,6 +91,18 @@ impl Harness {
         broker: Arc<dyn Broker>,
     ) -> Self {
         let base = BaseConfig::default();
+        let history = InMemoryHistoryStore::new(base.history_size, 300_000, base.history_max_bytes);
+        Self::build_with(configure, clock, broker, Arc::new(history))
+    }
+
+    /// Like [`build`](Self::build), with `history` as the history store.
+    fn build_with(
+        configure: impl FnOnce(&mut GatewaySettings),
+        clock: ManualClock,
+        broker: Arc<dyn Broker>,
+        history: Arc<dyn HistoryStore>,
+    ) -> Self {
+        let base = BaseConfig::default();
         let mut settings = GatewaySettings::from_config(&base);
         configure(&mut settings);
         let tiers = base.tiers.iter().map(|(name, _)| name.to_owned()).collect();
@@ -98,11 +111,7 @@ impl Harness {
             runtime: Arc::new(RuntimeConfig::new(&base)),
             authenticator: Arc::new(FakeAuthenticator::new(tiers)),
             preferences: Arc::new(InMemoryPreferenceStore::new(1_000)),
-            history: Arc::new(InMemoryHistoryStore::new(
-                base.history_size,
-                300_000,
-                base.history_max_bytes,
-            )),
+            history,
             clock: Arc::new(clock.clone()),
             broker,
             memory: Arc::new(FakeProbe::new(MEMORY)),
