@@ -349,6 +349,50 @@ mod tests {
     }
 
     #[test]
+    fn trim_keeps_the_newest_fraction_of_each_bound() {
+        let store = InMemoryHistoryStore::new(10, 1_000_000, 40);
+        let old = Topic::new("old").expect("valid");
+        for offset in 1..=4 {
+            store.append(
+                &old,
+                HistoryEntry {
+                    offset,
+                    frame: Frame::from("x".repeat(4)),
+                    published_ms: offset,
+                },
+            );
+        }
+        for offset in 1..=6 {
+            store.append(
+                &topic(),
+                HistoryEntry {
+                    offset,
+                    frame: Frame::from("y".repeat(4)),
+                    published_ms: 10 + offset,
+                },
+            );
+        }
+        // Half of ten per topic keeps five of `t` and all of `old`: 36 bytes, over half of the
+        // 40-byte budget, so the least recently published topic goes too.
+        let report = store.trim(0.5);
+        assert_eq!(
+            report,
+            CleanupReport {
+                entries: 5,
+                bytes: 20
+            }
+        );
+        assert!(store.page(&old, 0, 10, 20).is_empty());
+        assert_eq!(
+            offsets(Some(store.page(&topic(), 0, 10, 20))),
+            Some(vec![2, 3, 4, 5, 6])
+        );
+        assert_eq!(store.bytes(), 20);
+        assert_eq!(store.trim(1.0), CleanupReport::default());
+        assert_eq!(store.trim(f64::NAN), CleanupReport::default());
+    }
+
+    #[test]
     fn paging_is_bounded_and_ordered() {
         let store = store_with(10, 1..=5);
         let page: Vec<u64> = store
