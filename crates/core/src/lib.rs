@@ -15,7 +15,12 @@
 //! through a [`Broker`] ([`InMemoryBroker`] within one process), history and preferences live
 //! in a [`HistoryStore`] and a [`PreferenceStore`], and memory readings come from a
 //! [`herald_memory::MemoryProbe`]. The gateway is a [`herald_monitoring::StatsSource`]: every
-//! count it keeps is in its [`Stats`](herald_monitoring::Stats).
+//! count it keeps is in its [`Stats`](herald_monitoring::Stats). Memory pressure acts on it
+//! through `herald-memory`'s [`Relief`](herald_memory::Relief) (trim history and the dedupe
+//! cache, refuse new connections, shed optional frames, close the idlest connections with 1013),
+//! [`MemorySources`](herald_memory::MemorySources) (each component's size) and
+//! [`Cleanup`](herald_memory::Cleanup) (the sweep's once-a-second clean-ups, on demand), all
+//! implemented for [`Gateway`].
 //!
 //! Architecture invariants: no sockets and no tokio runtime in here; no ambient time (only the
 //! clock); a connection is removed from every index by exactly one path (dropping its

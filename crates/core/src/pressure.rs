@@ -33,10 +33,13 @@ impl Relief for Gateway {
     /// While `refuse` is set, [`Gateway::admit`] refuses new connections with
     /// `Refusal::Unavailable("memory pressure")`; connections already open are untouched.
     fn refuse_connections(&self, refuse: bool) {
-        if refuse != self.node.is_refusing() {
-            tracing::warn!(refuse, "memory pressure: refusing new connections");
-        }
+        let was = self.node.is_refusing();
         self.node.set_refusing(refuse);
+        match (was, refuse) {
+            (false, true) => tracing::warn!("memory pressure: refusing new connections"),
+            (true, false) => tracing::info!("memory pressure eased: accepting new connections"),
+            _ => {}
+        }
     }
 
     /// Sheds every queued `low` and `normal` frame from every connection's queue, counted in
@@ -66,11 +69,18 @@ impl Relief for Gateway {
 /// Every component's own size estimate, from its counts; walks the outboxes and the pending
 /// events once, so it is for a once-a-second reading, not for the delivery path.
 impl MemorySources for Gateway {
-    /// `connections`: live connections × [`CONNECTION_BYTES`] and their `Session`;
-    /// `subscriptions`: subscriptions × [`SUBSCRIPTION_BYTES`]; `queues`: bytes queued in every
-    /// outbox (a frame shared by several queues counts in each); `history`: the history store's
-    /// bytes; `pending_events`: frames and entries of the pending critical events; `dedupe`:
-    /// remembered publish ids × [`DEDUPE_ENTRY_BYTES`].
+    /// By name, each an estimate from the component's own counts:
+    ///
+    /// - `connections`: live connections × (the `Connection`, its reference counts, its id
+    ///   and user index entries and its `Session`, by `size_of`);
+    /// - `subscriptions`: subscriptions × (an entry in the topic's subscriber map and in the
+    ///   connection's topic set);
+    /// - `queues`: bytes of frames queued in every outbox (a frame shared by several queues
+    ///   counts in each, so this is an upper bound);
+    /// - `history`: the history store's [`bytes`](crate::HistoryStore::bytes);
+    /// - `pending_events`: the pending critical events' frames and entries;
+    /// - `dedupe`: remembered publish ids × (key, value, expiry, list links and hash slot, and
+    ///   32 bytes of id).
     fn sizes(&self) -> Vec<SourceSize> {
         let node = &self.node;
         let size = |name, n: usize| SourceSize {
