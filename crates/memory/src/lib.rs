@@ -14,15 +14,18 @@
 
 mod budget;
 mod cgroup;
+mod degradation;
 mod error;
 mod files;
 #[cfg(feature = "jemalloc")]
 mod jemalloc;
+mod leak;
 mod level;
 mod monitor;
 mod probe;
 mod process;
 mod relief;
+mod sample;
 mod system;
 
 #[cfg(feature = "jemalloc")]
@@ -30,11 +33,14 @@ pub use crate::jemalloc::{JemallocProbe, JemallocStats};
 pub use crate::{
     budget::{Budget, BudgetSource},
     cgroup::{CgroupMemory, CgroupProbe},
+    degradation::{DegradationSettings, ProgressiveDegradation, ReliefAction, StepReport},
     error::ProbeError,
+    leak::{LeakDetector, LeakFinding, LeakSettings, LeakSeverity, SeverityScale, SourceGrowth},
     level::{LevelTracker, MemoryLevel, ThresholdError, Thresholds, Transition},
-    monitor::{MemoryMonitor, MemoryStatus},
+    monitor::{MemoryMonitor, MemoryStatus, MonitorSettings},
     probe::{FakeProbe, MemoryProbe, MemoryReading},
     process::ProcessProbe,
     relief::{Cleanup, CleanupReport, MemorySources, Relief, SourceSize},
+    sample::Sample,
     system::SystemProbe,
 };
