@@ -91,7 +91,9 @@ pub struct LeakSettings {
     /// Severity by growth in bytes per minute, used when no budget is known (default: low
     /// 256 KiB, medium 1 MiB, high 4 MiB, critical 16 MiB per minute).
     pub bytes_per_minute: SeverityScale,
-    /// Floors within this many bytes of each other count as flat (default 1 MiB) ...
+    /// Floors within this many bytes of each other count as flat (default 1 MiB) ..., and
+    /// floors that rose in each of the last cycles count as retained memory only when they
+    /// rose by more than this in all.
     pub floor_tolerance_bytes: u64,
     /// ... or within this many basis points of the budget, when that is more (default 100,
     /// 1 % of the budget).
@@ -264,7 +266,7 @@ impl LeakDetector {
         let budget = window.latest().and_then(|s| s.reading.limit_bytes);
         let slope = self.slope_bytes_per_minute(window);
         let floors_flat = self.floors_flat(window, floors, budget);
-        let (retained_bytes, retained_rate) = self.retained(floors, budget);
+        let (retained_bytes, retained_rate) = self.retained(floors);
 
         let slope_severity = slope.map_or(LeakSeverity::None, |rate| {
             let severity = self.settings.grade(rate, budget);
@@ -333,7 +335,7 @@ impl LeakDetector {
     /// The bytes the last [`retention_cycles`](LeakSettings::retention_cycles) cleanups failed
     /// to give back, and that as bytes per minute, when every one of their floors rose and the
     /// rise exceeds the tolerance; `(0, None)` otherwise.
-    fn retained(&self, floors: &CircularBuffer<Sample>, budget: Option<u64>) -> (u64, Option<f64>) {
+    fn retained(&self, floors: &CircularBuffer<Sample>) -> (u64, Option<f64>) {
         let cycles = self.settings.retention_cycles.max(1);
         if floors.len() < cycles + 1 {
             return (0, None);
@@ -345,7 +347,9 @@ impl LeakDetector {
         let (first, newest) = (last[0], last[cycles]);
         let retained =
             newest.reading.used_bytes - first.reading.used_bytes.min(newest.reading.used_bytes);
-        if !each_rose || retained <= self.settings.floor_tolerance(budget) {
+        // Only the absolute tolerance here: rises in every cycle are already unlike noise, and
+        // the rate, graded like the slope, says whether they matter.
+        if !each_rose || retained <= self.settings.floor_tolerance_bytes {
             return (0, None);
         }
         let minutes = newest.seconds_since(first.at) / 60.0;
@@ -415,5 +419,254 @@ fn hint(name: &str) -> &'static str {
         }
         "dedupe" => "lower dedupe_cache_size or dedupe_window_ms",
         _ => "check its bounds and its expiry",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        sync::{Arc, Mutex, PoisonError},
+        time::Duration,
+    };
+
+    use herald_utils::ManualClock;
+
+    use crate::{
+        leak::{LeakFinding, LeakSeverity},
+        level::Thresholds,
+        monitor::{MemoryMonitor, MonitorSettings},
+        probe::{FakeProbe, MemoryReading},
+        relief::{CleanupReport, MemorySources, SourceSize},
+    };
+
+    const MIB: u64 = 1024 * 1024;
+    const GIB: u64 = 1024 * MIB;
+
+    /// Component sizes a test sets.
+    #[derive(Clone, Default)]
+    struct FakeSources(Arc<Mutex<Vec<SourceSize>>>);
+
+    impl FakeSources {
+        fn set(&self, sizes: &[(&'static str, u64)]) {
+            *self.0.lock().unwrap_or_else(PoisonError::into_inner) = sizes
+                .iter()
+                .map(|&(name, bytes)| SourceSize { name, bytes })
+                .collect();
+        }
+    }
+
+    impl MemorySources for FakeSources {
+        fn sizes(&self) -> Vec<SourceSize> {
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+        }
+    }
+
+    /// A monitor over a fake probe on a manual clock, with the default window (600 samples).
+    struct Run {
+        probe: FakeProbe,
+        clock: ManualClock,
+        monitor: MemoryMonitor,
+        sources: FakeSources,
+        budget: Option<u64>,
+    }
+
+    impl Run {
+        fn new(budget: Option<u64>, first_used: u64) -> Self {
+            let probe = FakeProbe::new(reading(first_used, budget));
+            let clock = ManualClock::at_unix_ms(1_700_000_000_000);
+            let monitor = MemoryMonitor::with_clock(
+                Arc::new(probe.clone()),
+                Thresholds::new(85, 95).expect("valid"),
+                Arc::new(clock.clone()),
+                MonitorSettings::default(),
+            );
+            Self {
+                probe,
+                clock,
+                monitor,
+                sources: FakeSources::default(),
+                budget,
+            }
+        }
+
+        /// `after` later, "used" is `used`: one sample and one leak check.
+        fn tick(&self, after: Duration, used: u64) -> LeakFinding {
+            self.clock.advance(after);
+            self.probe.set(reading(used, self.budget));
+            self.monitor.sample();
+            self.monitor.check_leaks(&self.sources)
+        }
+
+        /// A cleanup pass brought "used" down to `used` (after one more second).
+        fn cleanup(&self, used: u64) {
+            self.clock.advance(Duration::from_secs(1));
+            self.probe.set(reading(used, self.budget));
+            self.monitor.after_cleanup(CleanupReport::default());
+        }
+    }
+
+    fn reading(used_bytes: u64, limit_bytes: Option<u64>) -> MemoryReading {
+        MemoryReading {
+            used_bytes,
+            resident_bytes: used_bytes,
+            allocated_bytes: Some(used_bytes),
+            limit_bytes,
+        }
+    }
+
+    /// Grows "used" by `mib_per_minute` from 200 MiB, one sample a second for ten minutes.
+    #[track_caller]
+    fn check_steady(budget: Option<u64>, mib_per_minute: u64, expected: LeakSeverity) {
+        let run = Run::new(budget, 200 * MIB);
+        let mut finding = None;
+        for second in 1..=600 {
+            let used = 200 * MIB + mib_per_minute * MIB * second / 60;
+            finding = Some(run.tick(Duration::from_secs(1), used));
+        }
+        let finding = finding.expect("ticked");
+        assert_eq!(finding.severity, expected, "{finding:?}");
+        let slope = finding.growth_bytes_per_minute.expect("a full window");
+        let wanted = (mib_per_minute * MIB) as f64;
+        assert!(
+            (slope - wanted).abs() < wanted * 0.01 + 1.0,
+            "{slope} vs {wanted}"
+        );
+    }
+
+    #[test]
+    fn a_strong_steady_slope_is_high() {
+        // 5 MiB/min is 29 % of a 1 GiB budget per hour.
+        check_steady(Some(GIB), 5, LeakSeverity::High);
+    }
+
+    #[test]
+    fn a_slope_that_exhausts_the_budget_within_the_hour_is_critical() {
+        check_steady(Some(GIB), 20, LeakSeverity::Critical);
+    }
+
+    #[test]
+    fn a_moderate_slope_is_medium() {
+        // 2 MiB/min is 11.7 % of the budget per hour.
+        check_steady(Some(GIB), 2, LeakSeverity::Medium);
+    }
+
+    #[test]
+    fn a_slow_slope_is_low() {
+        // 1 MiB/min is 5.9 % of a 1 GiB budget per hour... against 4 GiB, 1.5 %: none.
+        check_steady(Some(GIB), 1, LeakSeverity::Low);
+        check_steady(Some(4 * GIB), 1, LeakSeverity::None);
+    }
+
+    #[test]
+    fn flat_memory_is_no_leak() {
+        check_steady(Some(GIB), 0, LeakSeverity::None);
+    }
+
+    #[test]
+    fn without_a_budget_the_slope_is_graded_in_bytes_per_minute() {
+        check_steady(None, 5, LeakSeverity::High);
+        check_steady(None, 1, LeakSeverity::Medium);
+    }
+
+    #[test]
+    fn a_short_window_tells_nothing_yet() {
+        let run = Run::new(Some(GIB), 200 * MIB);
+        let mut finding = None;
+        for second in 1..=30 {
+            finding = Some(run.tick(Duration::from_secs(1), 200 * MIB + second * 10 * MIB));
+        }
+        let finding = finding.expect("ticked");
+        assert_eq!(finding.growth_bytes_per_minute, None);
+        assert_eq!(finding.severity, LeakSeverity::None);
+    }
+
+    #[test]
+    fn the_slope_follows_sample_times_not_indexes() {
+        // Samples 1 s and 5 s apart alternately, "used" growing 1 MiB per minute of time: a
+        // slope per index would be wrong by a factor of three.
+        let run = Run::new(Some(GIB), 0);
+        let mut elapsed = 0;
+        let mut finding = None;
+        for i in 0..200 {
+            let step = if i % 2 == 0 { 1 } else { 5 };
+            elapsed += step;
+            finding = Some(run.tick(Duration::from_secs(step), MIB * elapsed / 60));
+        }
+        let slope = finding
+            .and_then(|f| f.growth_bytes_per_minute)
+            .expect("enough samples");
+        assert!((slope - MIB as f64).abs() < 0.01 * MIB as f64, "{slope}");
+    }
+
+    /// Ten one-minute cycles: bursts of 2 MiB/s for 30 s on top of a floor, then cleanup
+    /// brings "used" back to the floor, which rises by `floor_rise` each cycle.
+    fn sawtooth(floor_rise: u64) -> LeakFinding {
+        let run = Run::new(Some(GIB), 300 * MIB);
+        let mut finding = None;
+        for cycle in 0..10 {
+            let floor = 300 * MIB + cycle * floor_rise;
+            for second in 1..=59 {
+                let burst = 2 * MIB * second.min(30);
+                finding = Some(run.tick(Duration::from_secs(1), floor + burst));
+            }
+            run.cleanup(floor + floor_rise);
+        }
+        finding.expect("ticked")
+    }
+
+    #[test]
+    fn a_sawtooth_of_freed_bursts_is_not_a_leak() {
+        let finding = sawtooth(0);
+        assert!(finding.severity <= LeakSeverity::Low, "{finding:?}");
+        assert!(finding.floors_flat);
+        assert_eq!(finding.retained_bytes, 0);
+    }
+
+    #[test]
+    fn floors_that_keep_rising_are_retained_memory() {
+        // 3 MiB kept per one-minute cycle: 17.6 % of the budget per hour.
+        let finding = sawtooth(3 * MIB);
+        assert_eq!(finding.retained_bytes, 9 * MIB, "{finding:?}");
+        assert!(!finding.floors_flat);
+        assert_eq!(finding.severity, LeakSeverity::Medium, "{finding:?}");
+    }
+
+    #[test]
+    fn a_leaking_source_is_named_with_severity_high() {
+        let run = Run::new(Some(GIB), 300 * MIB);
+        let mut finding = None;
+        for second in 0..=600 {
+            // `history` leaks 5 MiB a minute; `queues` goes up and down; `connections` stays.
+            let history = 10 * MIB + 5 * MIB * second / 60;
+            let queues = if second % 20 < 10 { 8 * MIB } else { 2 * MIB };
+            run.sources.set(&[
+                ("connections", 50 * MIB),
+                ("queues", queues),
+                ("history", history),
+            ]);
+            finding = Some(run.tick(Duration::from_secs(1), 240 * MIB + queues + history));
+        }
+        let finding = finding.expect("ticked");
+        assert_eq!(finding.severity, LeakSeverity::High, "{finding:?}");
+        let source = finding.source.expect("a source grew");
+        assert_eq!(source.name, "history");
+        assert_eq!(source.grown_bytes(), 50 * MIB);
+        assert!(
+            finding.recommendation.contains("history"),
+            "{}",
+            finding.recommendation
+        );
+        assert_eq!(run.monitor.latest_leak(), Some(finding));
+    }
+
+    #[test]
+    fn no_growth_recommends_nothing() {
+        let quiet = Run::new(Some(GIB), MIB).tick(Duration::from_secs(1), MIB);
+        assert_eq!(quiet.severity, LeakSeverity::None);
+        assert!(quiet.source.is_none());
+        assert!(quiet.recommendation.contains("nothing to do"));
     }
 }
