@@ -383,3 +383,316 @@ impl ProgressiveDegradation {
         self.since_unix_ms = self.clock.unix_ms();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        sync::{Arc, Mutex, PoisonError},
+        time::Duration,
+    };
+
+    use herald_config::{BaseConfig, ChangeReason, RuntimeConfig, RuntimeKey};
+    use herald_utils::ManualClock;
+
+    use crate::{
+        degradation::{DegradationSettings, ProgressiveDegradation, ReliefAction, StepReport},
+        level::{
+            MemoryLevel::{self, Critical, High, Normal},
+            Thresholds,
+        },
+        monitor::MemoryStatus,
+        probe::MemoryReading,
+        relief::Relief,
+    };
+
+    /// One call made on the relief.
+    #[derive(Debug, Clone, PartialEq)]
+    enum Call {
+        Trim(f64),
+        Refuse(bool),
+        Shed,
+        Close(usize),
+    }
+
+    /// A relief that records its calls and answers fixed amounts.
+    #[derive(Default)]
+    struct RecordingRelief(Mutex<Vec<Call>>);
+
+    impl RecordingRelief {
+        fn record(&self, call: Call) {
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(call);
+        }
+
+        /// The calls since the last `take`.
+        fn take(&self) -> Vec<Call> {
+            std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
+        }
+    }
+
+    impl Relief for RecordingRelief {
+        fn trim(&self, fraction: f64) -> u64 {
+            self.record(Call::Trim(fraction));
+            1_000
+        }
+
+        fn refuse_connections(&self, refuse: bool) {
+            self.record(Call::Refuse(refuse));
+        }
+
+        fn shed_optional(&self) -> u64 {
+            self.record(Call::Shed);
+            7
+        }
+
+        fn close_idlest(&self, count: usize) -> usize {
+            self.record(Call::Close(count));
+            count.min(3)
+        }
+    }
+
+    const BUDGET: u64 = 1_000;
+    const START_UNIX_MS: u64 = 1_700_000_000_000;
+
+    struct Run {
+        relief: Arc<RecordingRelief>,
+        runtime: Arc<RuntimeConfig>,
+        clock: ManualClock,
+        degradation: ProgressiveDegradation,
+    }
+
+    impl Run {
+        /// Degradation at 85 % and 95 %, with the default settings, the batch delay at
+        /// `batch_delay_ms`.
+        fn new(batch_delay_ms: u64) -> Self {
+            let relief = Arc::new(RecordingRelief::default());
+            let runtime = Arc::new(RuntimeConfig::new(&BaseConfig::default()));
+            runtime
+                .set(
+                    RuntimeKey::MessageBatchDelayMs,
+                    batch_delay_ms,
+                    ChangeReason::Operator,
+                )
+                .expect("in range");
+            let clock = ManualClock::at_unix_ms(START_UNIX_MS);
+            let degradation = ProgressiveDegradation::new(
+                Arc::clone(&relief) as Arc<dyn Relief>,
+                Arc::clone(&runtime),
+                Arc::new(clock.clone()),
+                Thresholds::new(85, 95).expect("valid"),
+                DegradationSettings::default(),
+            );
+            Self {
+                relief,
+                runtime,
+                clock,
+                degradation,
+            }
+        }
+
+        /// `after` later, the monitor says `level` at `used` of 1000 bytes.
+        fn step(&mut self, after: Duration, level: MemoryLevel, used: u64) -> StepReport {
+            self.clock.advance(after);
+            self.degradation.step(MemoryStatus {
+                reading: MemoryReading {
+                    used_bytes: used,
+                    limit_bytes: Some(BUDGET),
+                    ..MemoryReading::default()
+                },
+                level,
+            })
+        }
+
+        fn batch_delay(&self) -> u64 {
+            self.runtime.get(RuntimeKey::MessageBatchDelayMs)
+        }
+    }
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn rising_to_high_trims_raises_the_batch_delay_and_asks_for_cleanup() {
+        let mut run = Run::new(2);
+        let report = run.step(SECOND, High, 870);
+        assert_eq!(report.level, High);
+        assert_eq!(report.since_unix_ms, START_UNIX_MS + 1_000);
+        assert!(report.cleanup_now);
+        assert_eq!(
+            report.actions,
+            [
+                ReliefAction::Trimmed {
+                    fraction: 0.5,
+                    freed_bytes: 1_000
+                },
+                ReliefAction::BatchDelayRaised {
+                    from_ms: 2,
+                    to_ms: 10
+                },
+            ]
+        );
+        assert_eq!(run.relief.take(), [Call::Trim(0.5)]);
+        assert_eq!(run.batch_delay(), 10);
+        assert!(run.degradation.cleanup_due_sooner());
+        assert_eq!(
+            run.degradation.cleanup_interval(Duration::from_secs(60)),
+            Duration::from_secs(15)
+        );
+
+        // Staying high does nothing more.
+        let report = run.step(SECOND, High, 880);
+        assert!(report.is_quiet() && !report.cleanup_now, "{report:?}");
+        assert_eq!(run.relief.take(), []);
+    }
+
+    #[test]
+    fn rising_to_critical_refuses_sheds_and_closes_on_each_step_above_the_threshold() {
+        let mut run = Run::new(0);
+        run.step(SECOND, High, 870);
+        run.relief.take();
+
+        let report = run.step(SECOND, Critical, 960);
+        assert_eq!(report.level, Critical);
+        assert_eq!(report.since_unix_ms, START_UNIX_MS + 2_000);
+        assert!(report.cleanup_now);
+        assert_eq!(
+            run.relief.take(),
+            [Call::Refuse(true), Call::Shed, Call::Close(50)]
+        );
+        assert!(report.actions.contains(&ReliefAction::ClosedIdlest {
+            asked: 50,
+            closed: 3
+        }));
+
+        // Still above 95 %: shed and close again, without refusing twice.
+        run.step(SECOND, Critical, 955);
+        assert_eq!(run.relief.take(), [Call::Shed, Call::Close(50)]);
+        // Critical but under the threshold (the hysteresis band): nothing more.
+        let report = run.step(SECOND, Critical, 920);
+        assert!(report.is_quiet(), "{report:?}");
+        assert_eq!(run.relief.take(), []);
+        assert_eq!(run.degradation.since_unix_ms(), START_UNIX_MS + 2_000);
+    }
+
+    #[test]
+    fn a_jump_from_normal_to_critical_does_both_levels() {
+        let mut run = Run::new(0);
+        let report = run.step(SECOND, Critical, 990);
+        assert_eq!(
+            report.transition.map(|t| (t.from, t.to)),
+            Some((Normal, Critical))
+        );
+        assert_eq!(
+            run.relief.take(),
+            [
+                Call::Trim(0.5),
+                Call::Refuse(true),
+                Call::Shed,
+                Call::Close(50)
+            ]
+        );
+        assert_eq!(run.batch_delay(), 10);
+    }
+
+    #[test]
+    fn no_level_is_left_within_the_dwell_time() {
+        let mut run = Run::new(0);
+        run.step(SECOND, Critical, 990);
+        run.relief.take();
+        // Usage falls at once, and flaps: the level holds for 30 s from entry.
+        let report = run.step(SECOND, Normal, 100);
+        assert_eq!(report.level, Critical);
+        assert_eq!(report.held_for, Some(Duration::from_secs(29)));
+        run.step(SECOND * 10, High, 870);
+        run.step(SECOND * 10, Normal, 100);
+        let report = run.step(SECOND * 8, Normal, 100);
+        assert_eq!(report.level, Critical);
+        assert_eq!(report.held_for, Some(SECOND));
+        assert_eq!(run.relief.take(), []);
+        assert_eq!(run.batch_delay(), 10);
+
+        // 30 s after entry it may fall, and straight to normal.
+        let report = run.step(SECOND, Normal, 100);
+        assert_eq!(report.level, Normal);
+        assert_eq!(
+            report.transition.map(|t| (t.from, t.to)),
+            Some((Critical, Normal))
+        );
+        assert_eq!(run.relief.take(), [Call::Refuse(false)]);
+    }
+
+    #[test]
+    fn recovery_lifts_the_refusal_and_restores_the_batch_delay() {
+        let mut run = Run::new(3);
+        run.step(SECOND, Critical, 990);
+        run.relief.take();
+        assert_eq!(run.batch_delay(), 10);
+
+        // Down to high after the dwell: the refusal is lifted, the batch delay stays.
+        let report = run.step(SECOND * 30, High, 870);
+        assert_eq!(report.level, High);
+        assert_eq!(report.actions, [ReliefAction::RefuseConnections(false)]);
+        assert_eq!(run.relief.take(), [Call::Refuse(false)]);
+        assert_eq!(run.batch_delay(), 10);
+
+        // Down to normal, another dwell later: the batch delay is back.
+        assert_eq!(run.step(SECOND * 29, Normal, 100).level, High);
+        let report = run.step(SECOND, Normal, 100);
+        assert_eq!(report.level, Normal);
+        assert_eq!(
+            report.actions,
+            [ReliefAction::BatchDelayRestored { to_ms: 3 }]
+        );
+        assert_eq!(run.batch_delay(), 3);
+        assert!(!run.degradation.cleanup_due_sooner());
+        assert_eq!(
+            run.degradation.cleanup_interval(Duration::from_secs(60)),
+            Duration::from_secs(60)
+        );
+        assert_eq!(run.relief.take(), []);
+    }
+
+    #[test]
+    fn an_operators_batch_delay_survives_recovery() {
+        let mut run = Run::new(0);
+        run.step(SECOND, High, 870);
+        run.runtime
+            .set(RuntimeKey::MessageBatchDelayMs, 25, ChangeReason::Operator)
+            .expect("in range");
+        let report = run.step(SECOND * 30, Normal, 100);
+        assert_eq!(
+            report.actions,
+            [ReliefAction::BatchDelayLeft { current_ms: 25 }]
+        );
+        assert_eq!(run.batch_delay(), 25);
+    }
+
+    #[test]
+    fn a_batch_delay_already_high_enough_is_left_alone() {
+        let mut run = Run::new(40);
+        let report = run.step(SECOND, High, 870);
+        assert!(
+            !report
+                .actions
+                .iter()
+                .any(|a| matches!(a, ReliefAction::BatchDelayRaised { .. }))
+        );
+        run.step(SECOND * 30, Normal, 100);
+        assert_eq!(run.batch_delay(), 40);
+    }
+
+    #[test]
+    fn the_sped_up_cleanup_interval_is_never_under_a_second() {
+        let mut run = Run::new(0);
+        run.step(SECOND, High, 870);
+        assert_eq!(
+            run.degradation.cleanup_interval(Duration::from_secs(2)),
+            SECOND
+        );
+        assert_eq!(
+            run.degradation.cleanup_interval(Duration::from_millis(500)),
+            Duration::from_millis(500)
+        );
+    }
+}

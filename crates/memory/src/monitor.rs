@@ -232,10 +232,15 @@ impl MemoryProbe for MemoryMonitor {
 mod tests {
     use std::sync::Arc;
 
+    use std::time::Duration;
+
+    use herald_utils::ManualClock;
+
     use crate::{
         level::{MemoryLevel, Thresholds, Transition},
-        monitor::{MemoryMonitor, MemoryStatus},
+        monitor::{MemoryMonitor, MemoryStatus, MonitorSettings},
         probe::{FakeProbe, MemoryReading},
+        relief::CleanupReport,
     };
 
     fn reading(used_bytes: u64, limit_bytes: Option<u64>) -> MemoryReading {
@@ -297,5 +302,69 @@ mod tests {
                 level: MemoryLevel::Critical,
             }
         );
+    }
+
+    fn clocked(probe: &FakeProbe, clock: &ManualClock, window_capacity: usize) -> MemoryMonitor {
+        MemoryMonitor::with_clock(
+            Arc::new(probe.clone()),
+            Thresholds::new(85, 95).expect("valid"),
+            Arc::new(clock.clone()),
+            MonitorSettings {
+                window_capacity,
+                ..MonitorSettings::default()
+            },
+        )
+    }
+
+    #[test]
+    fn the_window_keeps_the_last_samples_timed_on_the_clock() {
+        let probe = FakeProbe::new(reading(0, Some(100)));
+        let clock = ManualClock::at_unix_ms(5_000);
+        let monitor = clocked(&probe, &clock, 3);
+        for used in 1..=4 {
+            clock.advance(Duration::from_secs(1));
+            probe.set(reading(used, Some(100)));
+            monitor.sample();
+        }
+        let window = monitor.window();
+        let kept: Vec<(u64, u64)> = window
+            .iter()
+            .map(|s| (s.unix_ms, s.reading.used_bytes))
+            .collect();
+        assert_eq!(kept, [(7_000, 2), (8_000, 3), (9_000, 4)]);
+        assert_eq!(window[2].at - window[0].at, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn after_cleanup_samples_again_and_keeps_the_report() {
+        let probe = FakeProbe::new(reading(90, Some(100)));
+        let clock = ManualClock::new();
+        let monitor = clocked(&probe, &clock, 10);
+        assert_eq!(monitor.last_cleanup(), None);
+        probe.set(reading(50, Some(100)));
+        let report = CleanupReport {
+            entries: 3,
+            bytes: 40,
+        };
+        assert_eq!(
+            monitor.after_cleanup(report),
+            Some(Transition {
+                from: MemoryLevel::High,
+                to: MemoryLevel::Normal,
+            })
+        );
+        assert_eq!(monitor.last_cleanup(), Some(report));
+        assert_eq!(monitor.latest().reading.used_bytes, 50);
+        assert_eq!(monitor.window().len(), 2);
+    }
+
+    #[test]
+    fn the_status_tells_the_pressure() {
+        let probe = FakeProbe::new(reading(873, Some(1_000)));
+        let status = monitor(&probe).latest();
+        assert_eq!(status.pressure_percent(), Some(87.3));
+        assert_eq!(status.pressure_bp(), Some(8_730));
+        probe.set(reading(873, None));
+        assert_eq!(monitor(&probe).latest().pressure_percent(), None);
     }
 }
