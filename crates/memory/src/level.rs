@@ -24,6 +24,16 @@ impl MemoryLevel {
             Self::Critical => "critical",
         }
     }
+
+    /// The level as a degradation step: 0 (normal), 1 (high) or 2 (critical), as in
+    /// `/api/stats` and `ChangeReason::Degradation`.
+    pub fn number(self) -> u8 {
+        match self {
+            Self::Normal => 0,
+            Self::High => 1,
+            Self::Critical => 2,
+        }
+    }
 }
 
 impl fmt::Display for MemoryLevel {
@@ -75,8 +85,9 @@ impl Thresholds {
         })
     }
 
-    /// The usage (in basis points) at or above which `level` is entered.
-    fn enter_bp(self, level: MemoryLevel) -> u64 {
+    /// The usage, in basis points (hundredths of a percent) of the budget, at or above which
+    /// `level` is entered; 0 for [`MemoryLevel::Normal`].
+    pub fn enter_bp(self, level: MemoryLevel) -> u64 {
         match level {
             MemoryLevel::Normal => 0,
             MemoryLevel::High => self.high_bp,
@@ -125,14 +136,15 @@ impl LevelTracker {
         self.level
     }
 
+    /// The thresholds this tracker judges against.
+    pub fn thresholds(&self) -> Thresholds {
+        self.thresholds
+    }
+
     /// Judges `used_bytes` against `budget_bytes` and moves the level; answers the change, if
     /// any. A zero budget tells nothing, and leaves the level as it is.
     pub fn observe(&mut self, used_bytes: u64, budget_bytes: u64) -> Option<Transition> {
-        if budget_bytes == 0 {
-            return None;
-        }
-        let usage_bp = u128::from(used_bytes) * 10_000 / u128::from(budget_bytes);
-        let usage_bp = u64::try_from(usage_bp).unwrap_or(u64::MAX);
+        let usage_bp = usage_bp(used_bytes, budget_bytes)?;
         let next = self.next_level(usage_bp);
         let from = std::mem::replace(&mut self.level, next);
         (from != next).then_some(Transition { from, to: next })
@@ -148,6 +160,16 @@ impl LevelTracker {
             })
             .unwrap_or(MemoryLevel::Normal)
     }
+}
+
+/// `used_bytes` as basis points (hundredths of a percent) of `budget_bytes`, rounded down and
+/// saturating; `None` for a zero budget, which tells nothing.
+pub(crate) fn usage_bp(used_bytes: u64, budget_bytes: u64) -> Option<u64> {
+    if budget_bytes == 0 {
+        return None;
+    }
+    let usage_bp = u128::from(used_bytes) * 10_000 / u128::from(budget_bytes);
+    Some(u64::try_from(usage_bp).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

@@ -2,6 +2,8 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::level::usage_bp;
+
 /// One reading of the process's memory, in bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MemoryReading {
@@ -14,6 +16,22 @@ pub struct MemoryReading {
     pub allocated_bytes: Option<u64>,
     /// The budget `used_bytes` is judged against, where known.
     pub limit_bytes: Option<u64>,
+}
+
+impl MemoryReading {
+    /// `used_bytes` as basis points (hundredths of a percent) of `limit_bytes`, rounded down:
+    /// 8_550 is 85.5 %; above 10_000 when over the budget. `None` when no budget is known (or
+    /// it is zero).
+    pub fn pressure_bp(&self) -> Option<u64> {
+        usage_bp(self.used_bytes, self.limit_bytes?)
+    }
+
+    /// `used_bytes` as a percent of `limit_bytes`, with one decimal (rounded down): the
+    /// `memory.pressurePercent` of `/api/stats`. `None` when no budget is known.
+    pub fn pressure_percent(&self) -> Option<f64> {
+        // Tenths of a percent, then one division, so 85.5 prints as 85.5 and not 85.499999.
+        self.pressure_bp().map(|bp| (bp / 10) as f64 / 10.0)
+    }
 }
 
 /// Where memory readings come from.
@@ -70,5 +88,29 @@ mod tests {
         };
         clone.set(reading);
         assert_eq!(probe.read(), reading);
+    }
+
+    #[track_caller]
+    fn check_pressure(used_bytes: u64, limit_bytes: Option<u64>, expected: Option<f64>) {
+        let reading = MemoryReading {
+            used_bytes,
+            limit_bytes,
+            ..MemoryReading::default()
+        };
+        assert_eq!(reading.pressure_percent(), expected);
+    }
+
+    #[test]
+    fn pressure_is_used_over_the_budget_with_one_decimal() {
+        check_pressure(855, Some(1_000), Some(85.5));
+        check_pressure(8_559, Some(10_000), Some(85.5));
+        check_pressure(0, Some(10), Some(0.0));
+        check_pressure(3, Some(2), Some(150.0));
+    }
+
+    #[test]
+    fn pressure_needs_a_budget() {
+        check_pressure(10, None, None);
+        check_pressure(10, Some(0), None);
     }
 }

@@ -43,6 +43,8 @@ pub trait Relief: Send + Sync {
     /// Level 2: while `true`, new WebSocket handshakes are refused (HTTP 503, `Retry-After`).
     fn refuse_connections(&self, refuse: bool);
     /// Level 2: sheds `low` and `normal` frames from every outbound queue; returns how many.
+    /// Never sheds critical frames (critical events, replies to the client): those are not
+    /// this crate's to give up.
     fn shed_optional(&self) -> u64;
     /// Level 2: closes at most `count` of the idlest connections with 1013 (try again later);
     /// returns how many were asked to close.
