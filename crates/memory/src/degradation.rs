@@ -153,7 +153,8 @@ struct BatchDelayChange {
 ///   ([`StepReport::cleanup_now`]) and sooner from then on ([`cleanup_interval`](Self::cleanup_interval)).
 /// - **Level 2 (critical)**: also [`Relief::refuse_connections`]`(true)` on entry, and on
 ///   entry and on each later step while usage is at or above the critical threshold
-///   [`Relief::shed_optional`] and [`Relief::close_idlest`]`(`[`close_per_step`](DegradationSettings::close_per_step)`)`.
+///   [`Relief::trim`] (history grows back while publications go on), [`Relief::shed_optional`]
+///   and [`Relief::close_idlest`]`(`[`close_per_step`](DegradationSettings::close_per_step)`)`.
 ///   Relief implementations must never shed or drop critical frames (critical events, replies):
 ///   those are not this crate's concern and are never among what it gives up.
 /// - **Falling below level 2**: `refuse_connections(false)`.
@@ -276,12 +277,15 @@ impl ProgressiveDegradation {
     ) {
         self.set_level(to, now);
         if from < MemoryLevel::High {
-            let fraction = self.settings.trim_fraction;
-            let freed_bytes = self.relief.trim(fraction);
-            actions.push(ReliefAction::Trimmed {
-                fraction,
-                freed_bytes,
-            });
+            // Level 2's relief trims too, on every step: trim here only when stopping at 1.
+            if to < MemoryLevel::Critical {
+                let fraction = self.settings.trim_fraction;
+                let freed_bytes = self.relief.trim(fraction);
+                actions.push(ReliefAction::Trimmed {
+                    fraction,
+                    freed_bytes,
+                });
+            }
             self.raise_batch_delay(to, actions);
         }
         if to == MemoryLevel::Critical {
@@ -307,8 +311,15 @@ impl ProgressiveDegradation {
         }
     }
 
-    /// The level-2 relief repeated on each step: shed optional frames, close the idlest.
+    /// The level-2 relief repeated on each step: trim again (what level 1 does, for history
+    /// that grew back), shed optional frames, close the idlest.
     fn critical_relief(&self, actions: &mut Vec<ReliefAction>) {
+        let fraction = self.settings.trim_fraction;
+        let freed_bytes = self.relief.trim(fraction);
+        actions.push(ReliefAction::Trimmed {
+            fraction,
+            freed_bytes,
+        });
         let frames = self.relief.shed_optional();
         actions.push(ReliefAction::ShedOptional { frames });
         let asked = self.settings.close_per_step;
@@ -558,16 +569,24 @@ mod tests {
         assert!(report.cleanup_now);
         assert_eq!(
             run.relief.take(),
-            [Call::Refuse(true), Call::Shed, Call::Close(50)]
+            [
+                Call::Refuse(true),
+                Call::Trim(0.5),
+                Call::Shed,
+                Call::Close(50)
+            ]
         );
         assert!(report.actions.contains(&ReliefAction::ClosedIdlest {
             asked: 50,
             closed: 3
         }));
 
-        // Still above 95 %: shed and close again, without refusing twice.
+        // Still above 95 %: trim, shed and close again, without refusing twice.
         run.step(SECOND, Critical, 955);
-        assert_eq!(run.relief.take(), [Call::Shed, Call::Close(50)]);
+        assert_eq!(
+            run.relief.take(),
+            [Call::Trim(0.5), Call::Shed, Call::Close(50)]
+        );
         // Critical but under the threshold (the hysteresis band): nothing more.
         let report = run.step(SECOND, Critical, 920);
         assert!(report.is_quiet(), "{report:?}");
@@ -586,8 +605,8 @@ mod tests {
         assert_eq!(
             run.relief.take(),
             [
-                Call::Trim(0.5),
                 Call::Refuse(true),
+                Call::Trim(0.5),
                 Call::Shed,
                 Call::Close(50)
             ]
