@@ -138,6 +138,10 @@ pub struct BaseConfig {
     /// `HERALD_MEMORY_CRITICAL_PERCENT` / `memory_critical_percent`: the critical level.
     /// Default 95, range 1 to 100.
     pub memory_critical_percent: u8,
+    /// `HERALD_MEMORY_LEVEL_HOLD_MS` / `memory_level_hold_ms`: the least time memory stays at
+    /// a degradation level before it may fall back, so the level does not flap.
+    /// Default 30 s, range 0 to 1 h.
+    pub memory_level_hold: Duration,
     /// `HERALD_TIERS` / `tiers`: the quota table, always containing `free`.
     pub tiers: TierQuotas,
     /// `HERALD_LOG` / `log`: the log filter, non-empty. Default `info`.
@@ -202,6 +206,7 @@ impl Default for BaseConfig {
             memory_limit_bytes: None,
             memory_high_percent: 85,
             memory_critical_percent: 95,
+            memory_level_hold: Duration::from_millis(30_000),
             tiers: TierQuotas::default(),
             log: "info".to_owned(),
             log_format: LogFormat::Text,

@@ -719,6 +719,18 @@ pub(crate) static SETTINGS: &[Setting] = &[
         render: |c| Some(c.memory_critical_percent.to_string()),
     },
     Setting {
+        key: "memory_level_hold_ms",
+        env: "HERALD_MEMORY_LEVEL_HOLD_MS",
+        doc: "least time at a memory degradation level before falling back to a lower one",
+        kind: int(0, 3_600_000, Unit::Millis),
+        secret: false,
+        apply: |s, c, v| {
+            c.memory_level_hold = s.millis(v)?;
+            Ok(())
+        },
+        render: |c| Some(millis(c.memory_level_hold)),
+    },
+    Setting {
         key: "tiers",
         env: "HERALD_TIERS",
         doc: "quota table by token `tier` claim; must contain `free`; replaces the whole default table",

@@ -328,6 +328,7 @@ impl Gateway {
                 used_bytes: memory.used_bytes,
                 allocated_bytes: memory.allocated_bytes,
                 limit_bytes: memory.limit_bytes,
+                pressure_percent: memory.pressure_percent(),
             },
             ..Stats::default()
         };

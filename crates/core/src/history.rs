@@ -61,8 +61,8 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// Bytes of retained frames.
     fn bytes(&self) -> usize;
 
-    /// Memory relief: keeps at most `fraction` (0.0 to 1.0) of the store's bounds now, the
-    /// newest publications first, and gives back spare capacity. Returns what was dropped (the
+    /// Memory relief: keeps at most `fraction` (0.0 to 1.0) of the store's bounds, and of what
+    /// it holds now, the newest publications first, and gives back spare capacity. Returns what was dropped (the
     /// gateway counts the entries as `herald_history_dropped_total`). The bounds themselves
     /// are unchanged: later publications are retained as before.
     ///
@@ -255,7 +255,10 @@ impl HistoryStore for InMemoryHistoryStore {
             });
             compact(&mut map);
         }
-        let (over_budget, _) = self.shrink_to(scaled(self.max_bytes, fraction));
+        // A fraction of what is held, not only of the bound: under a memory budget smaller than
+        // the history's own, trimming to half the bound could free nothing.
+        let target = scaled(self.max_bytes, fraction).min(scaled(before, fraction));
+        let (over_budget, _) = self.shrink_to(target);
         CleanupReport {
             entries: count(entries + over_budget),
             bytes: count(before.saturating_sub(self.bytes())),

@@ -141,6 +141,7 @@ mod tests {
                 used_bytes: 1024,
                 allocated_bytes: None,
                 limit_bytes: Some(8192),
+                pressure_percent: Some(12.5),
             },
             ..Stats::default()
         }

@@ -126,7 +126,7 @@ pub struct LatencyStats {
 }
 
 /// The process's memory, from the memory probe.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MemoryStats {
     /// Resident set size in bytes. Gauge `herald_memory_rss_bytes`.
@@ -138,6 +138,9 @@ pub struct MemoryStats {
     pub allocated_bytes: Option<u64>,
     /// The budget, where known. Gauge `herald_memory_limit_bytes` (absent when unknown).
     pub limit_bytes: Option<u64>,
+    /// `used_bytes` as a percent of `limit_bytes`, one decimal (absent when no budget is
+    /// known). Not a series of its own: `/metrics` has the used and limit gauges.
+    pub pressure_percent: Option<f64>,
 }
 
 /// Connections opened and closed, since start.
@@ -428,6 +431,7 @@ mod tests {
                 used_bytes: next(),
                 allocated_bytes: Some(next()),
                 limit_bytes: Some(next()),
+                pressure_percent: Some(12.5),
             },
             connection_totals: ConnectionTotals {
                 opened: next(),

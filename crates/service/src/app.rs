@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use herald_config::BaseConfig;
 use herald_core::Gateway;
-use herald_memory::MemoryMonitor;
 use herald_monitoring::{HealthChecker, MetricsReporter};
 use tokio_util::task::TaskTracker;
+
+use crate::pressure::Memory;
 
 /// Everything a request handler needs.
 pub(crate) struct App {
@@ -17,8 +18,8 @@ pub(crate) struct App {
     pub(crate) gateway: Gateway,
     /// Renders `/metrics`.
     pub(crate) metrics: MetricsReporter,
-    /// The process's memory, sampled by the housekeeping task.
-    pub(crate) memory: Arc<MemoryMonitor>,
+    /// The process's memory and the degradation acting on it, ticked by the housekeeping.
+    pub(crate) memory: Arc<Memory>,
     /// The checks behind `/health*`.
     pub(crate) health: HealthChecker,
     /// The WebSocket sessions and the fan-out worker, so shutdown can drain them.

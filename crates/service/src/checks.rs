@@ -2,19 +2,39 @@
 
 use std::sync::Arc;
 
-use herald_memory::{MemoryLevel, MemoryMonitor};
+use herald_memory::MemoryLevel;
 use herald_monitoring::{CheckResult, CheckStatus, HealthCheck};
 
-/// The memory level as last sampled: `ok` while normal, `degraded` when high, `failing` when
-/// critical, with the readings behind it.
+use crate::pressure::Memory;
+
+/// The memory degradation level: `ok` at level 0, `degraded` at level 1, `failing` at level 2
+/// (a required check, so readiness is 503 then), with the readings behind it.
 pub(crate) struct MemoryHealth {
-    monitor: Arc<MemoryMonitor>,
+    memory: Arc<Memory>,
 }
 
 impl MemoryHealth {
-    /// A check reading `monitor`'s last sample.
-    pub(crate) fn new(monitor: Arc<MemoryMonitor>) -> Self {
-        Self { monitor }
+    /// A check reading `memory`'s level and last sample.
+    pub(crate) fn new(memory: Arc<Memory>) -> Self {
+        Self { memory }
+    }
+}
+
+/// The check of a degradation `level` with the readings behind it.
+fn check(level: MemoryLevel, used: u64, resident: u64, limit: Option<u64>) -> CheckResult {
+    let status = match level {
+        MemoryLevel::Normal => CheckStatus::Ok,
+        MemoryLevel::High => CheckStatus::Degraded,
+        MemoryLevel::Critical => CheckStatus::Failing,
+    };
+    let result = CheckResult::new(status)
+        .with_message(format!("memory level {level}"))
+        .with_value("level", u64::from(level.number()))
+        .with_value("usedBytes", used)
+        .with_value("residentBytes", resident);
+    match limit {
+        Some(limit) => result.with_value("limitBytes", limit),
+        None => result,
     }
 }
 
@@ -24,55 +44,29 @@ impl HealthCheck for MemoryHealth {
     }
 
     fn check(&self) -> CheckResult {
-        let status = self.monitor.latest();
-        let check = match status.level {
-            MemoryLevel::Normal => CheckStatus::Ok,
-            MemoryLevel::High => CheckStatus::Degraded,
-            MemoryLevel::Critical => CheckStatus::Failing,
-        };
-        let reading = status.reading;
-        let result = CheckResult::new(check)
-            .with_message(format!("memory level {}", status.level))
-            .with_value("usedBytes", reading.used_bytes)
-            .with_value("residentBytes", reading.resident_bytes);
-        match reading.limit_bytes {
-            Some(limit) => result.with_value("limitBytes", limit),
-            None => result,
-        }
+        let reading = self.memory.status().reading;
+        check(
+            self.memory.degradation().level,
+            reading.used_bytes,
+            reading.resident_bytes,
+            reading.limit_bytes,
+        )
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use herald_memory::{FakeProbe, MemoryReading, Thresholds};
-
     use super::*;
-
-    fn health_at(used_bytes: u64) -> CheckResult {
-        let probe = FakeProbe::new(MemoryReading {
-            used_bytes,
-            resident_bytes: used_bytes * 2,
-            allocated_bytes: Some(used_bytes),
-            limit_bytes: Some(100),
-        });
-        let thresholds = Thresholds::new(85, 95).expect("85 < 95");
-        MemoryHealth::new(Arc::new(MemoryMonitor::new(Arc::new(probe), thresholds))).check()
-    }
 
     #[test]
     fn the_memory_check_follows_the_level() {
-        let json = |used| serde_json::to_string(&health_at(used)).expect("serializable");
-        assert!(json(10).starts_with(r#"{"status":"ok""#), "{}", json(10));
-        assert!(
-            json(90).starts_with(r#"{"status":"degraded""#),
-            "{}",
-            json(90)
-        );
-        assert!(
-            json(97).starts_with(r#"{"status":"failing""#),
-            "{}",
-            json(97)
-        );
-        assert!(json(97).contains(r#""limitBytes":100"#), "{}", json(97));
+        let json =
+            |level| serde_json::to_string(&check(level, 90, 180, Some(100))).expect("serializable");
+        assert!(json(MemoryLevel::Normal).starts_with(r#"{"status":"ok""#));
+        assert!(json(MemoryLevel::High).starts_with(r#"{"status":"degraded""#));
+        let critical = json(MemoryLevel::Critical);
+        assert!(critical.starts_with(r#"{"status":"failing""#), "{critical}");
+        assert!(critical.contains(r#""level":2"#), "{critical}");
+        assert!(critical.contains(r#""limitBytes":100"#), "{critical}");
     }
 }

@@ -16,6 +16,7 @@ mod http;
 mod jwt;
 mod listener;
 mod prefixed;
+mod pressure;
 mod respond;
 mod server;
 mod signals;

@@ -1,7 +1,7 @@
 //! The composition root at run time: builds the gateway from its seams, binds the listeners,
 //! runs the housekeeping, and drains everything on SIGTERM or SIGINT.
 
-use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use herald_config::{BaseConfig, RuntimeConfig};
@@ -9,7 +9,7 @@ use herald_core::{
     Gateway, GatewayParts, GatewaySettings, InMemoryBroker, InMemoryHistoryStore,
     InMemoryPreferenceStore,
 };
-use herald_memory::{MemoryMonitor, SystemProbe, Thresholds};
+use herald_memory::MemoryMonitor;
 use herald_monitoring::{HealthChecker, MetricsReporter};
 use herald_utils::SystemClock;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -19,6 +19,7 @@ use crate::{
     checks::MemoryHealth,
     jwt::{JwtAuthenticator, JwtSettings},
     listener::{accept_loop, bind},
+    pressure::{self, Memory},
     signals::ShutdownSignals,
 };
 
@@ -26,8 +27,8 @@ use crate::{
 const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 /// Sweeps between two metrics upkeeps (`MetricsReporter::UPKEEP_INTERVAL`).
 const UPKEEP_TICKS: u64 = 20;
-/// Sweeps between two samples of the process's memory (one a second).
-const MEMORY_SAMPLE_TICKS: u64 = 4;
+/// Sweeps between two memory ticks (`pressure::TICK`: sample, degrade, judge leaks, clean up).
+const MEMORY_TICKS: u64 = pressure::TICK.as_millis() as u64 / SWEEP_INTERVAL.as_millis() as u64;
 /// Users whose preferences the in-memory store remembers.
 const PREFERENCE_USERS: usize = 100_000;
 
@@ -62,11 +63,12 @@ pub(crate) async fn run(
     let signals = ShutdownSignals::install()?;
 
     let metrics = MetricsReporter::install().context("cannot install the metrics recorder")?;
-    let memory = Arc::new(memory_monitor(&config)?);
-    let gateway = build_gateway(&config, jwt, Arc::clone(&memory));
+    let monitor = pressure::monitor(&config)?;
+    let gateway = build_gateway(&config, jwt, Arc::clone(&monitor));
+    let memory = Arc::new(Memory::new(&config, monitor, &gateway));
     let health = HealthChecker::new()
         .required(gateway.clone())
-        .informational(MemoryHealth::new(Arc::clone(&memory)));
+        .required(MemoryHealth::new(Arc::clone(&memory)));
     let sessions = TaskTracker::new();
     let app = Arc::new(App {
         config,
@@ -148,27 +150,6 @@ pub(crate) async fn run(
     Ok(())
 }
 
-/// The memory monitor: jemalloc's live allocations judged against the budget
-/// (`HERALD_MEMORY_LIMIT_BYTES`, else the cgroup's limit, else physical memory), the
-/// resident set beside them. A source this machine lacks is left out, and said so.
-fn memory_monitor(config: &BaseConfig) -> anyhow::Result<MemoryMonitor> {
-    let (probe, missing) = SystemProbe::detect(Path::new("/"), config.memory_limit_bytes);
-    for error in missing {
-        tracing::info!(%error, "memory source not used");
-    }
-    match probe.budget() {
-        Some(budget) => tracing::info!(
-            bytes = budget.bytes,
-            source = ?budget.source,
-            "memory budget"
-        ),
-        None => tracing::warn!("no memory budget known: memory levels stay normal"),
-    }
-    let thresholds = Thresholds::new(config.memory_high_percent, config.memory_critical_percent)
-        .context("HERALD_MEMORY_HIGH_PERCENT / HERALD_MEMORY_CRITICAL_PERCENT")?;
-    Ok(MemoryMonitor::new(Arc::new(probe), thresholds))
-}
-
 /// Builds the gateway and its seams from the configuration.
 fn build_gateway(config: &BaseConfig, jwt: JwtSettings, memory: Arc<MemoryMonitor>) -> Gateway {
     Gateway::new(GatewayParts {
@@ -203,10 +184,8 @@ async fn housekeeping(app: Arc<App>, shutdown: CancellationToken) {
             tracing::debug!(?report, "sweep");
         }
         ticks += 1;
-        if ticks.is_multiple_of(MEMORY_SAMPLE_TICKS)
-            && let Some(transition) = app.memory.sample()
-        {
-            tracing::warn!(?transition, "memory level changed");
+        if ticks.is_multiple_of(MEMORY_TICKS) {
+            app.memory.tick(&app.gateway);
         }
         if ticks.is_multiple_of(UPKEEP_TICKS) {
             app.metrics.run_upkeep();

@@ -13,6 +13,7 @@ mod jwt_keys;
 mod lifecycle;
 mod limits;
 mod listeners;
+mod memory_pressure;
 mod pubsub;
 mod slow_reader;
 mod startup;

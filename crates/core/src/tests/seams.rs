@@ -118,6 +118,8 @@ fn a_gateway_built_from_fakes_serves_a_conversation_and_counts_every_step() {
         ),
         (MEMORY.resident_bytes, MEMORY.used_bytes, MEMORY.limit_bytes)
     );
+    // 40 MiB of a 512 MiB budget.
+    assert_eq!(stats.memory.pressure_percent, Some(7.8));
     let source: &dyn StatsSource = &harness.gateway;
     assert_eq!(source.stats(), stats);
     drop((alice, bob));
@@ -150,6 +152,7 @@ fn memory_in_the_stats_is_read_from_the_probe_each_time() {
         (memory.rss_bytes, memory.used_bytes, memory.limit_bytes),
         (9, 7, None)
     );
+    assert_eq!(memory.pressure_percent, None);
 }
 
 #[test]

@@ -9,7 +9,7 @@ use herald_core::{
     Broadcast, ConnectionId, ConnectionSend, ConnectionSummary, Delivered, EventSend, EventTarget,
     GatewayError, Publication, ThreadId, UserId, UserSend,
 };
-use herald_memory::MemoryLevel;
+use herald_memory::LeakSeverity;
 use herald_protocol::{
     BroadcastRequest, ConnectionSendRequest, DeliveredResponse, ErrorCode, EventRequest,
     EventResponse, ProtocolError, PublishBatchRequest, PublishBatchResponse, PublishBatchResult,
@@ -304,38 +304,73 @@ fn history_answer(call: &Call) -> Answer {
 }
 
 /// The answer of `GET /api/stats`: the gateway's [`herald_monitoring::Stats`] snapshot (the
-/// same counters `/metrics` exports) and the memory level.
+/// same counters `/metrics` exports), the degradation level and the leak detector's verdict.
 #[derive(Debug, Serialize)]
 struct StatsAnswer {
     /// Every count.
     #[serde(flatten)]
     stats: herald_monitoring::Stats,
-    /// The memory level as last sampled.
-    degradation: Degradation,
+    /// The memory degradation level.
+    degradation: DegradationAnswer,
+    /// The leak detector's last verdict.
+    leak: LeakAnswer,
 }
 
 /// `degradation` of `GET /api/stats`.
 #[derive(Debug, Serialize)]
-struct Degradation {
-    /// 0 (normal), 1 (high) or 2 (critical): the memory level against the budget.
+struct DegradationAnswer {
+    /// 0 (normal), 1 (high) or 2 (critical).
     level: u8,
     /// The level's name: `normal`, `high` or `critical`.
     name: &'static str,
+    /// When the level was entered, in milliseconds since the Unix epoch.
+    since: u64,
 }
 
-/// `GET /api/stats`: counts, totals, latency, memory and the memory level.
+/// `leak` of `GET /api/stats`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct LeakAnswer {
+    /// `none`, `low`, `medium`, `high` or `critical`.
+    severity: &'static str,
+    /// Growth of used memory over the monitor's window, in bytes per minute (least squares);
+    /// absent until the window spans a minute.
+    slope_bytes_per_minute: Option<i64>,
+    /// Memory that the last cleanup cycles did not give back.
+    retained_bytes: u64,
+    /// The component that grew most, if any grew.
+    source: Option<&'static str>,
+    /// What to do about it.
+    recommendation: Option<String>,
+}
+
+/// `GET /api/stats`: counts, totals, latency, memory, the degradation level and leaks.
 pub(super) fn stats(call: Call) -> Reply {
     let app = &call.app;
-    let level = app.memory.latest().level;
+    let degradation = app.memory.degradation();
+    let leak = app.memory.leak();
     let body = StatsAnswer {
         stats: app.gateway.stats(),
-        degradation: Degradation {
-            level: match level {
-                MemoryLevel::Normal => 0,
-                MemoryLevel::High => 1,
-                MemoryLevel::Critical => 2,
-            },
-            name: level.as_str(),
+        degradation: DegradationAnswer {
+            level: degradation.level.number(),
+            name: degradation.level.as_str(),
+            since: degradation.since_unix_ms,
+        },
+        leak: LeakAnswer {
+            severity: leak.as_ref().map_or("none", |l| l.severity.as_str()),
+            // Rounded to whole bytes; far inside i64.
+            slope_bytes_per_minute: leak
+                .as_ref()
+                .and_then(|l| l.growth_bytes_per_minute)
+                .map(|slope| slope.round() as i64),
+            retained_bytes: leak.as_ref().map_or(0, |l| l.retained_bytes),
+            source: leak
+                .as_ref()
+                .and_then(|l| l.source.as_ref())
+                .map(|s| s.name),
+            recommendation: leak
+                .filter(|l| l.severity > LeakSeverity::None)
+                .map(|l| l.recommendation),
         },
     };
     ready(Ok(json_response(StatusCode::OK, &body)))

@@ -1,0 +1,103 @@
+//! Memory pressure on the real binary: with a small `HERALD_MEMORY_LIMIT_BYTES`, history
+//! drives the degradation level up (1, then 2 with new handshakes refused), the level shows in
+//! stats, metrics and readiness, no critical event is lost, and the server recovers.
+
+use std::time::Duration;
+
+use herald_tests::{TIMEOUT, TestServer, WsClient, metric, try_upgrade};
+use serde_json::{Value, json};
+
+/// The memory budget: small, so that a few megabytes of history cross its thresholds (85 % and
+/// 95 % by default).
+const LIMIT: &str = "8388608";
+/// Bytes of each publication's data.
+const PAYLOAD: usize = 500 * 1024;
+
+async fn level(server: &TestServer) -> anyhow::Result<u64> {
+    let stats = server.stats().await?;
+    stats["degradation"]["level"]
+        .as_u64()
+        .ok_or_else(|| anyhow::anyhow!("no degradation level in {stats}"))
+}
+
+async fn publish_large(server: &TestServer, n: usize) -> anyhow::Result<Value> {
+    server
+        .publish(&format!("fill-{n}"), json!("x".repeat(PAYLOAD)))
+        .await
+}
+
+#[tokio::test]
+async fn history_over_the_budget_degrades_in_steps_and_recovers() -> anyhow::Result<()> {
+    let server = TestServer::start(&[
+        ("HERALD_MEMORY_LIMIT_BYTES", LIMIT),
+        // Recovery within the test: a level is held 2 s before falling.
+        ("HERALD_MEMORY_LEVEL_HOLD_MS", "2000"),
+    ])
+    .await?;
+    let (mut alice, _) = WsClient::connect_as(&server, "alice").await?;
+    server
+        .send_event(
+            "alice",
+            &json!({"event": "agent_started", "id": "run-1-start", "data": {"run": 1}}),
+        )
+        .await?;
+    let event = alice.recv_data().await?;
+    assert_eq!(event["id"], "run-1-start", "{event}");
+    assert_eq!(level(&server).await?, 0);
+
+    // A slow ramp, one publication (about 6 % of the budget) per memory sample (one a
+    // second): the level reaches 1 (high) first.
+    let mut n = 0;
+    loop {
+        anyhow::ensure!(n < 40, "level 1 was never reached");
+        publish_large(&server, n).await?;
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        match level(&server).await? {
+            0 => continue,
+            1 => break,
+            other => anyhow::bail!("jumped to level {other} on a slow ramp"),
+        }
+    }
+
+    // A burst, faster than the samples and past what trimming frees: level 2 (critical).
+    let burst = (n..n + 24).map(|n| publish_large(&server, n));
+    for published in futures_util::future::join_all(burst).await {
+        published?;
+    }
+    server
+        .wait_for_stats(|stats| stats["degradation"]["level"] == 2)
+        .await?;
+    let refused = try_upgrade(&server, "", &[]).await?;
+    assert_eq!(refused.status, 503, "{:?}", refused.body);
+    assert!(refused.header("retry-after").is_some());
+    let (_, _, metrics) = server.request_text("GET", "/metrics", None).await?;
+    assert_eq!(metric(&metrics, "herald_degradation_level"), Some(2.0));
+    let (ready, _, _) = server.request_text("GET", "/health/ready", None).await?;
+    assert_eq!(ready, 503);
+
+    // Trimming history at level 2 brings memory down; after the hold the level falls and
+    // handshakes succeed again.
+    let deadline = tokio::time::Instant::now() + 3 * TIMEOUT;
+    while level(&server).await? != 0 {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "never recovered: {}",
+            server.stats().await?
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stats = server.stats().await?;
+    assert!(stats["history"]["dropped"].as_u64() > Some(0), "{stats}");
+    let (ready, _, _) = server.request_text("GET", "/health/ready", None).await?;
+    assert_eq!(ready, 200);
+
+    // The unacknowledged critical event was not lost: whether alice's connection survived
+    // or was closed as one of the idlest (1013), a new one gets it again.
+    let (mut again, _) = WsClient::connect_as(&server, "alice").await?;
+    let event = again.recv_data().await?;
+    assert_eq!(event["type"], "event", "{event}");
+    assert_eq!(event["id"], "run-1-start");
+    assert_eq!(server.stats().await?["events"]["pending"], 1);
+    Ok(())
+}
