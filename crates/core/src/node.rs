@@ -225,6 +225,9 @@ impl Node {
     pub(crate) fn cleanup(&self, connection: &Connection) {
         self.topics.remove_all(connection);
         self.connections.remove(connection);
+        // What was still queued will never be written: free it now, not when the last
+        // reference to the connection goes.
+        connection.outbox().discard();
         self.counters.connections_closed.increment();
     }
 }

@@ -101,3 +101,47 @@ async fn history_over_the_budget_degrades_in_steps_and_recovers() -> anyhow::Res
     assert_eq!(server.stats().await?["events"]["pending"], 1);
     Ok(())
 }
+
+/// The seed's case: subscribers that stopped reading pile up a burst in their queues; once
+/// they are gone, the memory goes back to the system (jemalloc's background purging), not
+/// only back to the allocator.
+#[tokio::test]
+async fn a_bursts_memory_goes_back_to_the_system_once_freed() -> anyhow::Result<()> {
+    let server = TestServer::start(&[
+        ("HERALD_MAX_QUEUE_BYTES", "67108864"),
+        // Nothing kept for resume: only the queues hold the burst.
+        ("HERALD_HISTORY_SIZE", "0"),
+    ])
+    .await?;
+    let memory = |stats: &Value, key: &str| stats["memory"][key].as_u64().unwrap_or(0);
+    let before = server.stats().await?;
+    let mut slow = Vec::new();
+    for _ in 0..4 {
+        slow.push(herald_tests::slow_subscriber(&server, "burst").await?);
+    }
+    // 40 MiB of publications, queued (shared) for every slow subscriber.
+    for n in 0..160 {
+        let data = json!(format!("{n:08}{}", "x".repeat(256 * 1024)));
+        server.publish("burst", data).await?;
+    }
+    let held = server
+        .wait_for_stats(|stats| {
+            memory(stats, "allocatedBytes") > memory(&before, "allocatedBytes") + (32 << 20)
+        })
+        .await?;
+    drop(slow);
+    // Allocations go at once; the pages follow within jemalloc's decay time (1 s) plus the
+    // sampling interval (1 s).
+    let after = server
+        .wait_for_stats(|stats| {
+            memory(stats, "allocatedBytes") < memory(&before, "allocatedBytes") + (4 << 20)
+                && memory(stats, "rssBytes") < memory(&before, "rssBytes") + (16 << 20)
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}; while held: {held}"))?;
+    assert!(
+        memory(&held, "rssBytes") > memory(&after, "rssBytes") + (24 << 20),
+        "held {held}, after {after}"
+    );
+    Ok(())
+}

@@ -136,3 +136,20 @@ fn a_thousand_open_subscribe_drop_cycles_leave_nothing() {
     drop(steady);
     assert_stats_empty(&harness);
 }
+
+/// A closed connection's queue is freed by the cleanup itself, not when the last reference to
+/// the connection goes (the connection index frees entries lazily): a burst queued to a slow
+/// subscriber must not outlive it.
+#[test]
+fn a_closed_connections_queue_is_freed_at_once() {
+    let harness = Harness::new();
+    let mut slow = harness.connect("alice");
+    subscribe(&mut slow, "news");
+    for n in 0..5 {
+        harness.publish("news", &n.to_string(), Priority::Normal);
+    }
+    let connection = Arc::clone(slow.connection());
+    assert_eq!(connection.outbox().len(), 5);
+    drop(slow);
+    assert_eq!(connection.outbox().len(), 0);
+}
