@@ -145,3 +145,54 @@ async fn a_bursts_memory_goes_back_to_the_system_once_freed() -> anyhow::Result<
     );
     Ok(())
 }
+
+/// Connect, subscribe, close, many times over: what the connections allocated goes back, and
+/// the leak detector sees nothing. The first cycles are a warm-up (metric series and indexes
+/// created once), measured from after it.
+#[tokio::test]
+async fn connection_churn_leaves_no_allocations_behind() -> anyhow::Result<()> {
+    const CONCURRENCY: usize = 16;
+    let server = TestServer::start(&[]).await?;
+    let cycles = |count: usize| {
+        let server = &server;
+        async move {
+            let lanes = (0..CONCURRENCY).map(|lane| async move {
+                for n in (lane..count).step_by(CONCURRENCY) {
+                    let (mut client, _) = WsClient::connect_as(server, &format!("u{n}")).await?;
+                    client.subscribe(&format!("topic-{}", n % 50)).await?;
+                    client.close().await?;
+                }
+                anyhow::Ok(())
+            });
+            for lane in futures_util::future::join_all(lanes).await {
+                lane?;
+            }
+            anyhow::Ok(())
+        }
+    };
+    let allocated = |stats: &Value| stats["memory"]["allocatedBytes"].as_u64().unwrap_or(0);
+    // Memory is sampled once a second: wait for a sample taken after `opened` cycles.
+    let settled = |opened: u64| {
+        let server = &server;
+        async move {
+            server
+                .wait_for_stats(|stats| stats["connectionTotals"]["closed"] == opened)
+                .await?;
+            tokio::time::sleep(Duration::from_millis(2_100)).await;
+            server.stats().await
+        }
+    };
+    cycles(1_000).await?;
+    let start = settled(1_000).await?;
+    cycles(10_000).await?;
+    let end = settled(11_000).await?;
+    assert!(
+        allocated(&end) <= allocated(&start) + allocated(&start) / 100,
+        "allocations grew from {} to {} bytes over 10,000 cycles",
+        allocated(&start),
+        allocated(&end)
+    );
+    assert_eq!(end["leak"]["severity"], "none", "{}", end["leak"]);
+    assert_eq!(end["connections"], 0);
+    Ok(())
+}
