@@ -100,6 +100,9 @@ pub enum ReliefAction {
         /// Frames shed.
         frames: u64,
     },
+    /// [`Relief::trim`]`(1.0)` on the way back to level 0: the caps trimming set (the dedupe
+    /// cache's size) are lifted.
+    CapsLifted,
     /// [`Relief::close_idlest`] asked for `asked` and closed `closed`.
     ClosedIdlest {
         /// Connections asked for.
@@ -158,7 +161,8 @@ struct BatchDelayChange {
 ///   Relief implementations must never shed or drop critical frames (critical events, replies):
 ///   those are not this crate's concern and are never among what it gives up.
 /// - **Falling below level 2**: `refuse_connections(false)`.
-/// - **Back to level 0**: `message_batch_delay_ms` back to its value before degradation
+/// - **Back to level 0**: [`Relief::trim`]`(1.0)`, which lifts the caps trimming set, and
+///   `message_batch_delay_ms` back to its value before degradation
 ///   (`{ level: 0 }`), unless it no longer holds the value degradation set: someone (an
 ///   operator, through `PATCH /api/config/runtime`) changed it meanwhile, and their value is
 ///   left in place.
@@ -308,6 +312,8 @@ impl ProgressiveDegradation {
         }
         if to == MemoryLevel::Normal {
             self.restore_batch_delay(actions);
+            self.relief.trim(1.0);
+            actions.push(ReliefAction::CapsLifted);
         }
     }
 
@@ -638,7 +644,7 @@ mod tests {
             report.transition.map(|t| (t.from, t.to)),
             Some((Critical, Normal))
         );
-        assert_eq!(run.relief.take(), [Call::Refuse(false)]);
+        assert_eq!(run.relief.take(), [Call::Refuse(false), Call::Trim(1.0)]);
     }
 
     #[test]
@@ -661,7 +667,10 @@ mod tests {
         assert_eq!(report.level, Normal);
         assert_eq!(
             report.actions,
-            [ReliefAction::BatchDelayRestored { to_ms: 3 }]
+            [
+                ReliefAction::BatchDelayRestored { to_ms: 3 },
+                ReliefAction::CapsLifted
+            ]
         );
         assert_eq!(run.batch_delay(), 3);
         assert!(!run.degradation.cleanup_due_sooner());
@@ -669,7 +678,7 @@ mod tests {
             run.degradation.cleanup_interval(Duration::from_secs(60)),
             Duration::from_secs(60)
         );
-        assert_eq!(run.relief.take(), []);
+        assert_eq!(run.relief.take(), [Call::Trim(1.0)]);
     }
 
     #[test]
@@ -682,7 +691,10 @@ mod tests {
         let report = run.step(SECOND * 30, Normal, 100);
         assert_eq!(
             report.actions,
-            [ReliefAction::BatchDelayLeft { current_ms: 25 }]
+            [
+                ReliefAction::BatchDelayLeft { current_ms: 25 },
+                ReliefAction::CapsLifted
+            ]
         );
         assert_eq!(run.batch_delay(), 25);
     }

@@ -38,7 +38,8 @@ pub trait Cleanup: Send + Sync {
 /// among it.
 pub trait Relief: Send + Sync {
     /// Level 1 and up: trims history and caches to what the pressure allows (`fraction` of
-    /// their bounds, from 0.0 to 1.0); returns the estimated bytes freed.
+    /// their bounds, from 0.0 to 1.0); returns the estimated bytes freed. A cap it sets (a
+    /// cache's size) lasts until the next call: `trim(1.0)`, on recovery, lifts it.
     fn trim(&self, fraction: f64) -> u64;
     /// Level 2: while `true`, new WebSocket handshakes are refused (HTTP 503, `Retry-After`).
     fn refuse_connections(&self, refuse: bool);

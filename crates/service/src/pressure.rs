@@ -190,6 +190,7 @@ fn describe(actions: &[ReliefAction]) -> String {
             ReliefAction::RefuseConnections(true) => "refusing new connections".to_owned(),
             ReliefAction::RefuseConnections(false) => "accepting connections again".to_owned(),
             ReliefAction::ShedOptional { frames } => format!("shed {frames} frames"),
+            ReliefAction::CapsLifted => "cache caps lifted".to_owned(),
             ReliefAction::ClosedIdlest { asked, closed } => {
                 format!("closed {closed} of {asked} idlest")
             }
