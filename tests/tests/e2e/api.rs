@@ -892,5 +892,18 @@ async fn health_answers_ready_live_and_detail() -> anyhow::Result<()> {
     let (status, _, body) = server.request("GET", "/health", None, false).await?;
     assert_eq!(status, 200, "{body}");
     assert!(body["components"].is_object(), "{body}");
+    // Every check's figures are for the operator: the API key is needed.
+    let (status, _, body) = server
+        .request("GET", "/health/detailed", None, false)
+        .await?;
+    assert_eq!(status, 401, "{body}");
+    let (status, _, body) = server
+        .request("GET", "/health/detailed", None, true)
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "ok", "{body}");
+    assert_eq!(body["checks"]["gateway"]["status"], "ok", "{body}");
+    assert_eq!(body["checks"]["memory"]["level"], 0, "{body}");
+    assert!(body["checks"]["memory"]["usedBytes"].is_u64(), "{body}");
     Ok(())
 }

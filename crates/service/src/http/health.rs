@@ -2,9 +2,12 @@
 //! `/metrics`. They need no API key; put them on the admin listener to keep them private.
 
 use bytes::Bytes;
-use herald_monitoring::MetricsReporter;
+use std::collections::BTreeMap;
+
+use herald_monitoring::{CheckResult, MetricsReporter, OverallStatus};
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
+use serde::Serialize;
 
 use super::routes::{Call, Reply, ready};
 use crate::respond::json_response;
@@ -34,6 +37,26 @@ pub(super) fn readiness(call: Call) -> Reply {
 pub(super) fn health(call: Call) -> Reply {
     let report = call.app.health.report();
     ready(Ok(json_response(status(report.is_ready()), &report)))
+}
+
+/// The answer of `GET /health/detailed`: the overall status and every check by name.
+#[derive(Serialize)]
+struct Detailed<'a> {
+    /// The worst of the checks.
+    status: OverallStatus,
+    /// Every check's status, message and figures.
+    checks: &'a BTreeMap<&'static str, CheckResult>,
+}
+
+/// `GET /health/detailed` (API key): every check with its status, message and figures; 200
+/// when ready, else 503.
+pub(super) fn detailed(call: Call) -> Reply {
+    let report = call.app.health.report();
+    let body = Detailed {
+        status: report.status,
+        checks: &report.components,
+    };
+    ready(Ok(json_response(status(report.is_ready()), &body)))
 }
 
 /// `GET /metrics`: Prometheus text, the gateway's [`Stats`](herald_monitoring::Stats) snapshot

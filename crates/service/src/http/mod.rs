@@ -26,7 +26,11 @@ use crate::{
     ws,
 };
 
-/// Every route, by method and path pattern. Paths under `/api/` also need the API key.
+/// The one route outside `/api/` that needs the API key: every check's figures.
+const DETAILED_HEALTH: &str = "/health/detailed";
+
+/// Every route, by method and path pattern. Paths under `/api/` and [`DETAILED_HEALTH`] also
+/// need the API key.
 #[rustfmt::skip] // A table reads best one row per line.
 const ROUTES: &[Route] = &[
     Route::main(Method::GET, "/ws", upgrade),
@@ -46,6 +50,7 @@ const ROUTES: &[Route] = &[
     Route::admin(Method::GET, "/health/live", health::live),
     Route::admin(Method::GET, "/health/ready", health::readiness),
     Route::admin(Method::GET, "/health", health::health),
+    Route::admin(Method::GET, DETAILED_HEALTH, health::detailed),
     Route::admin(Method::GET, "/metrics", health::metrics),
 ];
 
@@ -56,11 +61,11 @@ pub(crate) async fn handle(
     request: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     let path = request.uri().path();
-    let needs_key = routes::segments(path).next() == Some("api");
-    if needs_key
-        && Listener::Main.served_by(role)
-        && let Err(error) = check_api_key(app, request.headers())
-    {
+    let needs_key = match routes::segments(path).next() {
+        Some("api") => Listener::Main.served_by(role),
+        _ => path == DETAILED_HEALTH,
+    };
+    if needs_key && let Err(error) = check_api_key(app, request.headers()) {
         return refuse(app, request, error);
     }
     let Some((route, params)) = routes::find(ROUTES, role, request.method(), path) else {
