@@ -124,25 +124,23 @@ async fn a_bursts_memory_goes_back_to_the_system_once_freed() -> anyhow::Result<
         let data = json!(format!("{n:08}{}", "x".repeat(256 * 1024)));
         server.publish("burst", data).await?;
     }
+    // Held: allocated and resident (the pages touched).
     let held = server
         .wait_for_stats(|stats| {
             memory(stats, "allocatedBytes") > memory(&before, "allocatedBytes") + (32 << 20)
+                && memory(stats, "rssBytes") > memory(&before, "rssBytes") + (20 << 20)
         })
         .await?;
     drop(slow);
     // Allocations go at once; the pages follow within jemalloc's decay time (1 s) plus the
     // sampling interval (1 s).
-    let after = server
+    server
         .wait_for_stats(|stats| {
             memory(stats, "allocatedBytes") < memory(&before, "allocatedBytes") + (4 << 20)
                 && memory(stats, "rssBytes") < memory(&before, "rssBytes") + (16 << 20)
         })
         .await
-        .map_err(|e| anyhow::anyhow!("{e}; while held: {held}"))?;
-    assert!(
-        memory(&held, "rssBytes") > memory(&after, "rssBytes") + (24 << 20),
-        "held {held}, after {after}"
-    );
+        .map_err(|e| anyhow::anyhow!("{e}; before: {before}; while held: {held}"))?;
     Ok(())
 }
 
