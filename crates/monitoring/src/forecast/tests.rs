@@ -205,10 +205,30 @@ fn at(start: Instant, nanos: u64) -> Instant {
         .unwrap_or(start)
 }
 
+/// Steps between samples: mostly forward by up to a minute, sometimes huge, zero or backwards.
+fn step() -> impl Strategy<Value = i64> {
+    prop_oneof![
+        6 => 0i64..60_000_000_000,
+        1 => any::<i64>(),
+        1 => Just(0i64),
+        1 => -10_000_000_000i64..0,
+    ]
+}
+
+/// Values: mostly small, sometimes anything, including `u64::MAX` and 0.
+fn value() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        4 => 0u64..100_000,
+        1 => any::<u64>(),
+        1 => Just(u64::MAX),
+        1 => Just(0u64),
+    ]
+}
+
 proptest! {
     #[test]
     fn forecast_is_never_negative_or_nan(
-        samples in prop::collection::vec((any::<u64>(), any::<u64>(), any::<u64>()), 0..60),
+        samples in prop::collection::vec((step(), value(), value()), 0..80),
         horizon_nanos in any::<u64>(),
         capacity in 0usize..200,
         window_secs in 0u64..100_000,
@@ -222,8 +242,11 @@ proptest! {
         };
         let start = ManualClock::new().now();
         let mut forecaster = Forecaster::new(settings);
-        for &(nanos, connections, total) in &samples {
-            forecaster.observe(at(start, nanos), connections, total);
+        // Offsets from `start`, kept non-negative since an `Instant` cannot go before it.
+        let mut offset = 0u64;
+        for &(step, connections, total) in &samples {
+            offset = offset.saturating_add_signed(step);
+            forecaster.observe(at(start, offset), connections, total);
             for horizon in [Duration::ZERO, Duration::from_nanos(horizon_nanos), Duration::MAX] {
                 if let Some(forecast) = forecaster.forecast(horizon) {
                     let rate = forecast.deliveries_per_second_in;
