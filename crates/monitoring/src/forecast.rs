@@ -103,7 +103,6 @@ pub struct Forecast15 {
     #[serde(rename = "deliveriesPerSecondIn15Min")]
     pub deliveries_per_second_in_15_min: f64,
     /// From 0 to 1, as [`Forecast::confidence`].
-    #[serde(rename = "confidence")]
     pub confidence: f64,
 }
 

@@ -1,6 +1,6 @@
 //! Statistics, metrics and health for Herald: the one snapshot of counts that `/api/stats` and
 //! `/metrics` both read, the [`StatsSource`] seam that fills it, the [`MetricsReporter`] that
-//! renders `/metrics`, and the [`HealthChecker`] behind `/health`, `/health/live` and
+//! renders `/metrics`, the [`HealthChecker`] behind `/health`, `/health/live` and
 //! `/health/ready`, and the capacity [`Forecaster`] that projects connections and deliveries
 //! 15 minutes ahead.
 //!
