@@ -1,9 +1,11 @@
 //! Statistics, metrics and health for Herald: the one snapshot of counts that `/api/stats` and
 //! `/metrics` both read, the [`StatsSource`] seam that fills it, the [`MetricsReporter`] that
-//! renders `/metrics`, and the [`HealthChecker`] behind `/health`, `/health/live` and
-//! `/health/ready`.
+//! renders `/metrics`, the [`HealthChecker`] behind `/health`, `/health/live` and
+//! `/health/ready`, and the capacity [`Forecaster`] that projects connections and deliveries
+//! 15 minutes ahead.
 //!
-//! It depends on no other Herald crate: `herald-core` implements [`StatsSource`] and
+//! Of the Herald crates it depends only on `herald-utils` (the forecaster's
+//! [`CircularBuffer`](herald_utils::CircularBuffer)): `herald-core` implements [`StatsSource`] and
 //! [`HealthCheck`] for its gateway, and the service wires them up. `/api/stats` is the
 //! [`Stats`] snapshot as JSON; `/metrics` is the same snapshot through [`Stats::samples`].
 //!
@@ -11,12 +13,16 @@
 //! `is_ready` verdict, and the service maps them onto status codes.
 
 mod check;
+mod forecast;
 mod health;
 mod reporter;
 mod stats;
 
 pub use crate::{
     check::{CheckResult, CheckStatus, HealthCheck},
+    forecast::{
+        Crossing, FORECAST_HORIZON, Forecast, Forecast15, ForecastSettings, Forecaster, Trend,
+    },
     health::{
         HealthChecker, HealthReport, LiveResponse, OverallStatus, ReadyResponse, ReadyStatus,
     },
