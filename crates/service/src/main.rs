@@ -8,6 +8,7 @@
 //! `conn`, which serves them with `ws` or `http`; `app` and `respond` are shared by all.
 
 mod app;
+mod capacity;
 mod checks;
 mod cli;
 mod conn;

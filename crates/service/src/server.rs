@@ -16,6 +16,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     app::{App, Role},
+    capacity::{self, Capacity},
     checks::MemoryHealth,
     jwt::{JwtAuthenticator, JwtSettings},
     listener::{accept_loop, bind},
@@ -27,6 +28,8 @@ use crate::{
 const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 /// Sweeps between two metrics upkeeps (`MetricsReporter::UPKEEP_INTERVAL`).
 const UPKEEP_TICKS: u64 = 20;
+/// Sweeps between two capacity-forecast samples (`capacity::TICK`).
+const CAPACITY_TICKS: u64 = capacity::TICK.as_millis() as u64 / SWEEP_INTERVAL.as_millis() as u64;
 /// Sweeps between two memory ticks (`pressure::TICK`: sample, degrade, judge leaks, clean up).
 const MEMORY_TICKS: u64 = pressure::TICK.as_millis() as u64 / SWEEP_INTERVAL.as_millis() as u64;
 /// Users whose preferences the in-memory store remembers.
@@ -70,11 +73,13 @@ pub(crate) async fn run(
         .required(gateway.clone())
         .required(MemoryHealth::new(Arc::clone(&memory)));
     let sessions = TaskTracker::new();
+    let config_max_connections = config.max_connections;
     let app = Arc::new(App {
         config,
         gateway,
         metrics,
         memory,
+        capacity: Capacity::new(config_max_connections),
         health,
         sessions: sessions.clone(),
     });
@@ -186,6 +191,9 @@ async fn housekeeping(app: Arc<App>, shutdown: CancellationToken) {
         ticks += 1;
         if ticks.is_multiple_of(MEMORY_TICKS) {
             app.memory.tick(&app.gateway);
+        }
+        if ticks.is_multiple_of(CAPACITY_TICKS) {
+            app.capacity.tick(&app.gateway);
         }
         if ticks.is_multiple_of(UPKEEP_TICKS) {
             app.metrics.run_upkeep();

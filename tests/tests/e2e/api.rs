@@ -521,6 +521,8 @@ async fn stats_have_the_documented_shape_and_counts() -> anyhow::Result<()> {
     for key in [
         "connections",
         "degradation",
+        "forecast",
+        "leak",
         "latency",
         "memory",
         "messages",

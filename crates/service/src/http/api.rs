@@ -314,6 +314,9 @@ struct StatsAnswer {
     degradation: DegradationAnswer,
     /// The leak detector's last verdict.
     leak: LeakAnswer,
+    /// Connections and deliveries per second 15 minutes ahead; `null` until the window holds
+    /// a few samples (5 s apart).
+    forecast: Option<herald_monitoring::Forecast15>,
 }
 
 /// `degradation` of `GET /api/stats`.
@@ -372,6 +375,7 @@ pub(super) fn stats(call: Call) -> Reply {
                 .filter(|l| l.severity > LeakSeverity::None)
                 .map(|l| l.recommendation),
         },
+        forecast: app.capacity.forecast(),
     };
     ready(Ok(json_response(StatusCode::OK, &body)))
 }
