@@ -519,14 +519,6 @@ impl Session {
                 |position: &TopicPosition, replay: Option<Vec<HistoryEntry>>| {
                     // `recovered` tells a resuming client that the replay below closes its gap.
                     let recovered = since.is_some() && replay.is_some();
-                    tracing::debug!(
-                        connection_id = %self.connection.id(),
-                        topic = %topic,
-                        offset = position.last_offset,
-                        resumed = since.is_some(),
-                        recovered,
-                        "subscribed"
-                    );
                     if since.is_some() {
                         let resumes = if recovered {
                             &node.counters.resumes_recovered
@@ -551,9 +543,21 @@ impl Session {
                             &node.counters,
                         );
                     }
-                    result
+                    (result, position.last_offset, recovered)
                 },
             )
+            // Logged once the topic's lock is released.
+            .map(|(result, offset, recovered)| {
+                tracing::debug!(
+                    connection_id = %self.connection.id(),
+                    topic = %topic,
+                    offset,
+                    resumed = since.is_some(),
+                    recovered,
+                    "subscribed"
+                );
+                result
+            })
             .map_err(|SubscribeError::LimitReached { limit }| {
                 ProtocolError::new(
                     ErrorCode::LimitExceeded,
