@@ -37,6 +37,11 @@ pub struct Session {
     principal: Option<Principal>,
     /// Client writes refused in a row by the rate limit (4008 at the abuse threshold).
     refusals: u32,
+    /// WebSocket messages the client sent (text, binary, ping, pong and close), as counted by
+    /// the transport; logged with `closed`.
+    frames_in: u32,
+    /// Frames the transport took from the outbox to write; logged with `closed`.
+    frames_out: u32,
     _slot: Slot,
 }
 
@@ -83,11 +88,14 @@ impl Session {
             connection.outbox().close(CloseCode::GoingAway);
         }
         node.counters.connections_opened.increment();
+        tracing::info!(connection_id = %connection.id(), "connected");
         let mut session = Self {
             node,
             connection,
             principal: None,
             refusals: 0,
+            frames_in: 0,
+            frames_out: 0,
             _slot: slot,
         };
         if let Some(principal) = principal {
@@ -104,6 +112,34 @@ impl Session {
     /// Whether the connection has authenticated.
     pub fn is_authenticated(&self) -> bool {
         self.principal.is_some()
+    }
+
+    /// Counts one WebSocket message from the client (any kind); the transport calls this.
+    pub fn count_frame_in(&mut self) {
+        self.frames_in = self.frames_in.saturating_add(1);
+    }
+
+    /// Counts `frames` taken from the outbox to be written; the transport calls this.
+    pub fn count_frames_out(&mut self, frames: usize) {
+        let frames = u32::try_from(frames).unwrap_or(u32::MAX);
+        self.frames_out = self.frames_out.saturating_add(frames);
+    }
+
+    /// WebSocket messages the client sent, as counted with [`Session::count_frame_in`].
+    pub fn frames_in(&self) -> u32 {
+        self.frames_in
+    }
+
+    /// Frames written to the client, as counted with [`Session::count_frames_out`].
+    pub fn frames_out(&self) -> u32 {
+        self.frames_out
+    }
+
+    /// How long the connection has been open, in milliseconds (the gateway's wall clock).
+    pub fn duration_ms(&self) -> u64 {
+        self.node
+            .unix_ms()
+            .saturating_sub(self.connection.connected_at_unix_ms())
     }
 
     /// Records inbound activity (any frame, including WebSocket pings and pongs).
@@ -159,6 +195,7 @@ impl Session {
             }
             ClientRequest::Unsubscribe { topic } => {
                 let unsubscribed = self.node.topics.unsubscribe(&self.connection, &topic);
+                self.log_unsubscribed(&topic, unsubscribed);
                 self.ack(
                     message_id,
                     json!({"topic": topic, "unsubscribed": unsubscribed}),
@@ -179,6 +216,7 @@ impl Session {
                     .iter()
                     .map(|topic| {
                         let unsubscribed = self.node.topics.unsubscribe(&self.connection, topic);
+                        self.log_unsubscribed(topic, unsubscribed);
                         json!({"topic": topic, "unsubscribed": unsubscribed})
                     })
                     .collect();
@@ -272,6 +310,15 @@ impl Session {
             Err(wait_ms) => {
                 self.refusals += 1;
                 self.node.counters.rate_limited.increment();
+                tracing::info!(
+                    connection_id = %self.connection.id(),
+                    user = %principal.user,
+                    tier = %principal.tier,
+                    retry_after_ms = wait_ms,
+                    messages_per_minute = per_minute,
+                    refusals = self.refusals,
+                    "rate limited"
+                );
                 self.reply(ServerMessage::Error {
                     message_id: message_id.map(str::to_owned),
                     error: ErrorDetail {
@@ -388,6 +435,12 @@ impl Session {
             refuse(self, message_id, exceeded);
             return;
         }
+        tracing::info!(
+            connection_id = %self.connection.id(),
+            user = %principal.user,
+            tier = %principal.tier,
+            "authenticated"
+        );
         self.principal = Some(principal);
     }
 
@@ -490,9 +543,21 @@ impl Session {
                             &node.counters,
                         );
                     }
-                    result
+                    (result, position.last_offset, recovered)
                 },
             )
+            // Logged once the topic's lock is released.
+            .map(|(result, offset, recovered)| {
+                tracing::debug!(
+                    connection_id = %self.connection.id(),
+                    topic = %topic,
+                    offset,
+                    resumed = since.is_some(),
+                    recovered,
+                    "subscribed"
+                );
+                result
+            })
             .map_err(|SubscribeError::LimitReached { limit }| {
                 ProtocolError::new(
                     ErrorCode::LimitExceeded,
@@ -526,6 +591,15 @@ impl Session {
             }
         }
         self.ack(message_id, updated);
+    }
+
+    fn log_unsubscribed(&self, topic: &Topic, unsubscribed: bool) {
+        tracing::debug!(
+            connection_id = %self.connection.id(),
+            topic = %topic,
+            unsubscribed,
+            "unsubscribed"
+        );
     }
 
     fn ack(&self, message_id: Option<String>, data: Value) {

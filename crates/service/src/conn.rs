@@ -240,11 +240,13 @@ mod tests {
 
     /// An idle WebSocket costs its task (the driver's state, in the accepting task on the direct
     /// path), its `Connection` and its read buffer, and little else (`cargo xtask bench
-    /// --scenario idle`). Measured when written: 752 bytes; a captured value stored twice (an
+    /// --scenario idle`). Measured when written: 752 bytes, 760 with the session's frame counters
+    /// for the `closed` log; a captured value stored twice (an
     /// `async fn`'s parameters, or a value moved out of a capture) costs hundreds more.
     #[test]
     fn an_idle_connections_task_stays_small() {
         let size = future_size(serve as fn(_, _, _, _) -> _);
+        eprintln!("the connection task is {size} bytes");
         assert!(size <= 800, "the connection task is {size} bytes");
     }
 

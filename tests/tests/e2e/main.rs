@@ -11,6 +11,7 @@ mod handshake;
 mod hostile;
 mod jwt_keys;
 mod lifecycle;
+mod lifecycle_logs;
 mod limits;
 mod listeners;
 mod memory_pressure;

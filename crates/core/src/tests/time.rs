@@ -228,3 +228,20 @@ fn token_expiry_and_wire_timestamps_follow_the_clocks_wall_time_not_the_systems(
         Some(crate::Refusal::Unauthorized(crate::AuthError::Expired))
     );
 }
+
+/// What the transport logs with `closed`: the connection's age on the gateway's clock and the
+/// frames it counted each way.
+#[test]
+fn a_session_reports_its_age_and_the_frames_counted() {
+    let harness = Harness::new();
+    let mut session = harness.connect("alice");
+    harness.advance(1_500);
+    session.count_frame_in();
+    session.count_frame_in();
+    session.count_frames_out(3);
+    session.count_frames_out(usize::MAX);
+    assert_eq!(session.duration_ms(), 1_500);
+    assert_eq!(session.frames_in(), 2);
+    // Saturates rather than wraps.
+    assert_eq!(session.frames_out(), u32::MAX);
+}

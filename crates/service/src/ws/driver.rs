@@ -45,6 +45,7 @@ pub(crate) fn drive(app: Arc<App>, ws: Ws, mut session: Session) -> impl Future<
     async move {
         let mut fill = FillDelay::default();
         let end = poll_fn(|cx| poll_connection(cx, &app, &mut wire, &mut session, &mut fill)).await;
+        log_closed(&session, end);
         // The one cleanup path: every index forgets the connection before the (bounded) goodbye.
         drop(session);
         drop(fill);
@@ -65,8 +66,8 @@ enum End {
     Close(CloseCode),
     /// The server closes with a code of RFC 6455's own (1007, 1009 ...).
     Protocol(WsCloseCode),
-    /// The client sent a close frame (tungstenite queued the reply).
-    PeerClosed,
+    /// The client sent a close frame (tungstenite queued the reply), with its code if any.
+    PeerClosed(Option<u16>),
     /// The socket failed or ended without a close handshake.
     Dropped,
 }
@@ -86,16 +87,22 @@ fn poll_connection(
     let mut read_budget_spent = true;
     for _ in 0..READ_BUDGET {
         match wire.poll_read(cx) {
-            Poll::Ready(Some(Ok(message))) => match message {
-                Message::Text(text) => session.on_text(text.as_str()),
-                Message::Binary(_) => {
-                    return Poll::Ready(End::Close(CloseCode::UnsupportedData));
+            Poll::Ready(Some(Ok(message))) => {
+                session.count_frame_in();
+                match message {
+                    Message::Text(text) => session.on_text(text.as_str()),
+                    Message::Binary(_) => {
+                        return Poll::Ready(End::Close(CloseCode::UnsupportedData));
+                    }
+                    // A ping's pong is tungstenite's to write, in turn (`Wire`).
+                    Message::Ping(_) | Message::Pong(_) => session.touch(),
+                    Message::Close(frame) => {
+                        let code = frame.map(|frame| u16::from(frame.code));
+                        return Poll::Ready(End::PeerClosed(code));
+                    }
+                    Message::Frame(_) => {}
                 }
-                // A ping's pong is tungstenite's to write, in turn (`Wire`).
-                Message::Ping(_) | Message::Pong(_) => session.touch(),
-                Message::Close(_) => return Poll::Ready(End::PeerClosed),
-                Message::Frame(_) => {}
-            },
+            }
             Poll::Ready(Some(Err(error))) => return Poll::Ready(end_for(&error)),
             Poll::Ready(None) => return Poll::Ready(End::Dropped),
             Poll::Pending => {
@@ -156,16 +163,33 @@ enum Drained {
     End(End),
 }
 
-/// Takes up to [`WRITE_BUDGET`] batches from the outbox into the writer.
+/// Takes up to [`WRITE_BUDGET`] batches from the outbox into the writer, and counts the
+/// frames taken.
 fn drain(
+    cx: &mut Context<'_>,
+    app: &App,
+    wire: &mut Wire<TcpStream>,
+    session: &mut Session,
+    fill: &mut FillDelay,
+) -> Drained {
+    let mut taken = 0;
+    let drained = drain_counted(cx, app, wire, session, fill, &mut taken);
+    session.count_frames_out(taken);
+    drained
+}
+
+/// [`drain`], adding the frames taken from the outbox to `taken`.
+fn drain_counted(
     cx: &mut Context<'_>,
     app: &App,
     wire: &mut Wire<TcpStream>,
     session: &Session,
     fill: &mut FillDelay,
+    taken: &mut usize,
 ) -> Drained {
     let batch = app.gateway.runtime().message_batch_size();
-    let outbox = session.connection().outbox();
+    let connection = session.connection();
+    let outbox = connection.outbox();
     for _ in 0..WRITE_BUDGET {
         if fill.waiting(cx, app, session, batch) {
             return Drained::Staged {
@@ -174,10 +198,20 @@ fn drain(
         }
         let writer = wire.writer();
         match outbox.poll_drain(cx, batch, writer.drained()) {
-            Poll::Ready(None) => writer.stage(session.connection().batching()),
+            Poll::Ready(None) => {
+                *taken += writer.drained().len();
+                writer.stage(connection.batching());
+            }
             // A slow consumer's queue is the problem: close without the rest.
             Poll::Ready(Some(CloseCode::SlowConsumer)) => {
-                tracing::debug!(connection = %session.connection().id(), "slow consumer closed");
+                let settings = app.gateway.settings();
+                tracing::warn!(
+                    connection_id = %connection.id(),
+                    queued_frames = outbox.len(),
+                    max_queue_size = settings.max_queue_size,
+                    max_queue_bytes = settings.max_queue_bytes,
+                    "slow consumer closed"
+                );
                 return Drained::End(End::Close(CloseCode::SlowConsumer));
             }
             // Everything queued before the close request is out of the queue: close once
@@ -257,16 +291,11 @@ async fn goodbye(mut ws: Ws, end: End, unfinished: Vec<Bytes>) {
             while let Some(Ok(_)) = ws.next().await {}
         }
         End::Protocol(code) => {
-            let reason = match code {
-                WsCloseCode::Size => "message larger than the payload limit",
-                WsCloseCode::Invalid => "invalid UTF-8",
-                _ => "protocol error",
-            };
-            let reason = Utf8Bytes::from_static(reason);
+            let reason = Utf8Bytes::from_static(protocol_reason(code));
             let _ = ws.close(Some(CloseFrame { code, reason })).await;
             while let Some(Ok(_)) = ws.next().await {}
         }
-        End::PeerClosed => {
+        End::PeerClosed(_) => {
             // Corked, the reply to the peer's close frame waits in the socket until the close
             // that follows, and both leave as one segment: a packet less per connection, and
             // on loopback a packet is most of what a closing connection costs.
@@ -276,6 +305,38 @@ async fn goodbye(mut ws: Ws, end: End, unfinished: Vec<Bytes>) {
         }
         End::Dropped => {}
     }
+}
+
+/// The reason sent with a close of RFC 6455's own codes.
+fn protocol_reason(code: WsCloseCode) -> &'static str {
+    match code {
+        WsCloseCode::Size => "message larger than the payload limit",
+        WsCloseCode::Invalid => "invalid UTF-8",
+        _ => "protocol error",
+    }
+}
+
+/// Logs `closed` with how the connection ended, how long it lived and the frames each way.
+/// A close the client began is logged with its code (1005 when its frame had none); one
+/// without a close handshake with 1006, as RFC 6455 reports them. The client's close reason
+/// is its own text and is not logged.
+fn log_closed(session: &Session, end: End) {
+    let (code, reason, by) = match end {
+        End::Close(code) => (code.code(), code.reason(), "server"),
+        End::Protocol(code) => (u16::from(code), protocol_reason(code), "server"),
+        End::PeerClosed(code) => (code.unwrap_or(1005), "closed by the client", "client"),
+        End::Dropped => (1006, "dropped without a close handshake", "client"),
+    };
+    tracing::info!(
+        connection_id = %session.connection().id(),
+        code,
+        reason,
+        closed_by = by,
+        duration_ms = session.duration_ms(),
+        frames_in = session.frames_in(),
+        frames_out = session.frames_out(),
+        "closed"
+    );
 }
 
 /// How a tungstenite error ends the connection.

@@ -62,7 +62,7 @@ pub(crate) fn answer_direct(
     let accepted = handshake(app, request.uri(), request.headers()).map_err(encode_response)?;
     drop(request);
     let mut greeting = encode_response(accepted.switching_protocols());
-    let session = app.gateway.open(accepted.admission);
+    let mut session = app.gateway.open(accepted.admission);
     let mut first = Vec::with_capacity(1);
     // `open` queued `connected`; taking it needs no waker, the driver registers its own.
     let _ = session.connection().outbox().poll_drain(
@@ -70,6 +70,7 @@ pub(crate) fn answer_direct(
         1,
         &mut first,
     );
+    session.count_frames_out(first.len());
     for frame in first {
         greeting.extend_from_slice(Chunk::text_header(frame.len()).as_bytes());
         greeting.extend_from_slice(frame.as_bytes());
