@@ -27,6 +27,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use herald_config::{BaseConfig, LogFormat};
+use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
 
 use crate::{cli::Cli, dev::DevMode, jwt::JwtSettings};
@@ -91,10 +92,14 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    if let Err(error) = init_logging(&config) {
-        eprintln!("herald: configuration error: {error}");
-        return ExitCode::from(EXIT_CONFIG);
-    }
+    // Held until `main` returns: dropping it flushes the log lines still queued.
+    let _log_writer = match init_logging(&config) {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("herald: configuration error: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
@@ -135,17 +140,25 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 }
 
 /// Logs to stderr, filtered by `HERALD_LOG`, as text or one JSON object per line.
-fn init_logging(config: &BaseConfig) -> Result<(), String> {
+///
+/// Lines are written to stderr by a background thread, so a connection's lifecycle events
+/// cost the task that logs them no system call; the returned guard flushes what is still
+/// queued when it is dropped. When the queue is full (a burst of lines faster than stderr
+/// takes them), the logging task waits rather than losing lines.
+fn init_logging(config: &BaseConfig) -> Result<WorkerGuard, String> {
     let filter = EnvFilter::try_new(&config.log)
         .map_err(|e| format!("invalid value {:?} for HERALD_LOG (log): {e}", config.log))?;
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match config.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
-    Ok(())
+    Ok(guard)
 }
 
 #[cfg(test)]
