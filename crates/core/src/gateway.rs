@@ -375,20 +375,31 @@ impl StatsSource for Gateway {
 }
 
 /// The gateway's part of `/health`: `draining` once shutdown began (not ready, nothing wrong),
-/// else `ok`, with its connections and their limit.
+/// `degraded` while the operation queue is nine tenths full, else `ok`, with its connections,
+/// their limit and the queue's depth.
 impl HealthCheck for Gateway {
     fn name(&self) -> &'static str {
         "gateway"
     }
 
     fn check(&self) -> CheckResult {
-        let status = if self.is_shutting_down() {
-            CheckStatus::Draining
+        let settings = &self.node.settings;
+        let queued = self.node.operations.len();
+        // Nine tenths full: publishers are about to get 429s.
+        let backlogged =
+            queued.saturating_mul(10) >= settings.operation_queue_size.saturating_mul(9);
+        let result = if self.is_shutting_down() {
+            CheckResult::new(CheckStatus::Draining)
+        } else if backlogged {
+            CheckResult::new(CheckStatus::Degraded)
+                .with_message("the operation queue is nearly full: fan-out cannot keep up")
         } else {
-            CheckStatus::Ok
+            CheckResult::new(CheckStatus::Ok)
         };
-        CheckResult::new(status)
+        result
             .with_value("connections", self.node.connections.len() as u64)
-            .with_value("maxConnections", self.node.settings.max_connections as u64)
+            .with_value("maxConnections", settings.max_connections as u64)
+            .with_value("operationsQueued", queued as u64)
+            .with_value("operationQueueSize", settings.operation_queue_size as u64)
     }
 }

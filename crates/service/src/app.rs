@@ -8,7 +8,7 @@ use herald_core::Gateway;
 use herald_monitoring::{HealthChecker, MetricsReporter};
 use tokio_util::task::TaskTracker;
 
-use crate::{capacity::Capacity, pressure::Memory};
+use crate::{capacity::Capacity, checks::EventLoopLag, pressure::Memory};
 
 /// Everything a request handler needs.
 pub(crate) struct App {
@@ -20,6 +20,8 @@ pub(crate) struct App {
     pub(crate) metrics: MetricsReporter,
     /// The process's memory and the degradation acting on it, ticked by the housekeeping.
     pub(crate) memory: Arc<Memory>,
+    /// How late timers run, measured by the housekeeping's tick.
+    pub(crate) lag: Arc<EventLoopLag>,
     /// The capacity forecast, fed by the housekeeping.
     pub(crate) capacity: Capacity,
     /// The checks behind `/health*`.

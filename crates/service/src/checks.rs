@@ -1,6 +1,12 @@
 //! The service's own health checks: what the process knows that no other crate does.
 
-use std::sync::Arc;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use herald_memory::MemoryLevel;
 use herald_monitoring::{CheckResult, CheckStatus, HealthCheck};
@@ -54,9 +60,74 @@ impl HealthCheck for MemoryHealth {
     }
 }
 
+/// How late the runtime runs a timer: the housekeeping task's tick, measured against the
+/// time it was due. A late tick means the worker threads are saturated (or blocked), and
+/// every connection waits as long.
+#[derive(Debug, Default)]
+pub(crate) struct EventLoopLag {
+    /// The last lag, in microseconds.
+    micros: AtomicU64,
+}
+
+impl EventLoopLag {
+    /// Lag from this level on makes the check `degraded`.
+    const DEGRADED: Duration = Duration::from_millis(100);
+    /// Lag from this level on makes the check `failing`.
+    const FAILING: Duration = Duration::from_secs(1);
+
+    /// Records a tick that ran `lag` after it was due.
+    pub(crate) fn record(&self, lag: Duration) {
+        let micros = u64::try_from(lag.as_micros()).unwrap_or(u64::MAX);
+        self.micros.store(micros, Ordering::Relaxed);
+        // Lags are far below 2^53 microseconds: exact as f64.
+        metrics::gauge!("herald_event_loop_lag_seconds").set(micros as f64 / 1e6);
+    }
+
+    fn last(&self) -> Duration {
+        Duration::from_micros(self.micros.load(Ordering::Relaxed))
+    }
+}
+
+impl HealthCheck for EventLoopLag {
+    fn name(&self) -> &'static str {
+        "event_loop"
+    }
+
+    fn check(&self) -> CheckResult {
+        let lag = self.last();
+        let status = if lag >= Self::FAILING {
+            CheckStatus::Failing
+        } else if lag >= Self::DEGRADED {
+            CheckStatus::Degraded
+        } else {
+            CheckStatus::Ok
+        };
+        CheckResult::new(status)
+            .with_message(format!("timers run {} ms late", lag.as_millis()))
+            .with_value(
+                "lagMicros",
+                u64::try_from(lag.as_micros()).unwrap_or(u64::MAX),
+            )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_event_loop_check_follows_the_lag() {
+        let lag = Arc::new(EventLoopLag::default());
+        let status = |lag: &Arc<EventLoopLag>| {
+            serde_json::to_value(lag.check()).expect("serializable")["status"].clone()
+        };
+        assert_eq!(status(&lag), "ok");
+        lag.record(Duration::from_millis(150));
+        assert_eq!(status(&lag), "degraded");
+        lag.record(Duration::from_secs(2));
+        assert_eq!(status(&lag), "failing");
+        assert_eq!(lag.check().values.get("lagMicros"), Some(&2_000_000));
+    }
 
     #[test]
     fn the_memory_check_follows_the_level() {

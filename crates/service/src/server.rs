@@ -17,7 +17,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     app::{App, Role},
     capacity::{self, Capacity},
-    checks::MemoryHealth,
+    checks::{EventLoopLag, MemoryHealth},
     jwt::{JwtAuthenticator, JwtSettings},
     listener::{accept_loop, bind},
     pressure::{self, Memory},
@@ -69,9 +69,11 @@ pub(crate) async fn run(
     let monitor = pressure::monitor(&config)?;
     let gateway = build_gateway(&config, jwt, Arc::clone(&monitor));
     let memory = Arc::new(Memory::new(&config, monitor, &gateway));
+    let lag = Arc::new(EventLoopLag::default());
     let health = HealthChecker::new()
         .required(gateway.clone())
-        .required(MemoryHealth::new(Arc::clone(&memory)));
+        .required(MemoryHealth::new(Arc::clone(&memory)))
+        .informational(Arc::clone(&lag));
     let sessions = TaskTracker::new();
     let config_max_connections = config.max_connections;
     let app = Arc::new(App {
@@ -79,6 +81,7 @@ pub(crate) async fn run(
         gateway,
         metrics,
         memory,
+        lag,
         capacity: Capacity::new(config_max_connections),
         health,
         sessions: sessions.clone(),
@@ -180,10 +183,12 @@ async fn housekeeping(app: Arc<App>, shutdown: CancellationToken) {
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks: u64 = 0;
     loop {
-        tokio::select! {
+        let due = tokio::select! {
             () = shutdown.cancelled() => return,
-            _ = interval.tick() => {}
-        }
+            due = interval.tick() => due,
+        };
+        app.lag
+            .record(tokio::time::Instant::now().saturating_duration_since(due));
         let report = app.gateway.sweep();
         if report != herald_core::SweepReport::default() {
             tracing::debug!(?report, "sweep");

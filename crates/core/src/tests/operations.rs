@@ -1,5 +1,7 @@
 //! The operation queue between client publishes and fan-out.
 
+use herald_monitoring::{CheckStatus, HealthCheck};
+
 use super::*;
 
 #[test]
@@ -66,7 +68,11 @@ fn api_operations_wait_in_the_bounded_queue_highest_priority_first() {
     assert!(matches!(refused, Err(GatewayError::Overloaded { .. })));
     let stats = harness.stats();
     assert_eq!((stats.operations.queued, stats.operations.rejected), (3, 1));
+    // A full queue shows in the gateway's health check, and goes with it.
+    let health = |gateway: &Gateway| HealthCheck::check(gateway).status;
+    assert_eq!(health(gateway), CheckStatus::Degraded);
     run_operations(gateway);
+    assert_eq!(health(gateway), CheckStatus::Ok);
     assert!(matches!(low.as_mut().poll(&mut cx), Poll::Ready(Ok(outcome)) if outcome.offset == 1));
     assert!(
         matches!(push.as_mut().poll(&mut cx), Poll::Ready(Ok(delivered)) if delivered.connections == 1)
