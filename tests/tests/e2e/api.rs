@@ -906,6 +906,8 @@ async fn health_answers_ready_live_and_detail() -> anyhow::Result<()> {
     assert_eq!(body["status"], "ok", "{body}");
     assert_eq!(body["checks"]["gateway"]["status"], "ok", "{body}");
     assert_eq!(body["checks"]["memory"]["level"], 0, "{body}");
+    assert_eq!(body["checks"]["gateway"]["operationsQueued"], 0, "{body}");
+    assert!(body["checks"]["event_loop"]["lagMicros"].is_u64(), "{body}");
     assert!(body["checks"]["memory"]["usedBytes"].is_u64(), "{body}");
     Ok(())
 }
