@@ -24,6 +24,46 @@ fn every_rust_file_opens_with_a_doc_line() {
 }
 
 #[test]
+fn every_metric_the_dashboard_uses_is_documented() {
+    let root = crate::project_root();
+    let read = |path: &str| {
+        std::fs::read_to_string(root.join(path))
+            .unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
+    };
+    let documented = read("docs/operations.md");
+    let missing: Vec<String> = metric_names(&read("docs/monitoring/grafana-dashboard.json"))
+        .into_iter()
+        .filter(|name| !documented.contains(&format!("`{name}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the Grafana dashboard uses metrics that docs/operations.md does not list: {missing:?}"
+    );
+}
+
+/// The `herald_*` metric names in `text`, without a histogram's `_bucket` suffix.
+fn metric_names(text: &str) -> Vec<String> {
+    let mut names: Vec<String> = text
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("herald_"))
+        .map(|word| word.strip_suffix("_bucket").unwrap_or(word).to_owned())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+#[test]
+fn metric_names_are_found_in_expressions() {
+    assert_eq!(
+        metric_names(
+            r#"{"expr": "rate(herald_a_total[1m]) / herald_b_seconds_bucket", "x": "herald"}"#
+        ),
+        ["herald_a_total", "herald_b_seconds"]
+    );
+}
+
+#[test]
 fn no_crate_has_an_import_loop() {
     let findings = import_loops(&crate::project_root());
     assert!(
