@@ -10,17 +10,7 @@ use super::*;
 fn check_conversation(script: &[&str], expected: &Value, close: Option<u16>) {
     let harness = Harness::new();
     let mut session = harness.anonymous();
-    for frame in script {
-        session.on_text(&expand(frame));
-        run_operations(&harness.gateway);
-    }
-    let got = frames(&session);
-    assert!(
-        matches(&Value::Array(got.clone()), expected),
-        "script {script:?}\n     got: {}\nexpected: {expected}",
-        Value::Array(got)
-    );
-    assert_eq!(close_code(&session), close, "close code after {script:?}");
+    play(&harness, &mut session, script, expected, close);
 }
 
 fn unauthorized(message_id: &str) -> Value {

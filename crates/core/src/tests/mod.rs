@@ -415,3 +415,27 @@ fn assert_stats_empty(harness: &Harness) {
     );
     assert_eq!(harness.gateway.connections(None), Vec::new());
 }
+
+/// Feeds `script` (frames with placeholders, see `expand`) to `session`, running the
+/// operation queue after each, then compares every frame the session was sent with
+/// `expected`, and its close request with `close`.
+#[track_caller]
+fn play(
+    harness: &Harness,
+    session: &mut Session,
+    script: &[&str],
+    expected: &Value,
+    close: Option<u16>,
+) {
+    for frame in script {
+        session.on_text(&expand(frame));
+        run_operations(&harness.gateway);
+    }
+    let got = frames(session);
+    assert!(
+        matches(&Value::Array(got.clone()), expected),
+        "script {script:?}\n     got: {}\nexpected: {expected}",
+        Value::Array(got)
+    );
+    assert_eq!(close_code(session), close, "close code after {script:?}");
+}

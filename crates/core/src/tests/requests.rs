@@ -9,17 +9,7 @@ fn check_requests(token: &str, script: &[&str], expected: &Value) {
     let harness = Harness::new();
     let mut session = harness.open(Some(&expand(token)), None);
     assert_frames(&frames(&session), &json!([{"type": "connected"}]));
-    for frame in script {
-        session.on_text(&expand(frame));
-        run_operations(&harness.gateway);
-    }
-    let got = frames(&session);
-    assert!(
-        matches(&Value::Array(got.clone()), expected),
-        "script {script:?}\n     got: {}\nexpected: {expected}",
-        Value::Array(got)
-    );
-    assert_eq!(close_code(&session), None, "close code after {script:?}");
+    play(&harness, &mut session, script, expected, None);
 }
 
 /// Every request type, each with `messageId` `m`, and the type of the one reply it must get.

@@ -309,6 +309,37 @@ mod tests {
         }
     }
 
+    /// A writer given `payloads` whose socket (taking `per_call` bytes per write) stopped
+    /// taking bytes at `stop_at` of the stream; with the frames as tungstenite encodes them.
+    fn stopped_inside(
+        payloads: &[Vec<u8>],
+        per_call: Vec<usize>,
+        stop_at: f64,
+    ) -> (Writer, Trickle, Vec<Vec<u8>>) {
+        let mut writer = Writer::default();
+        let mut frames = Vec::new();
+        for payload in payloads {
+            writer.push_frame(Bytes::from(payload.clone()));
+            frames.push(reference(payload));
+        }
+        let total: usize = frames.iter().map(Vec::len).sum();
+        // Truncation is the point: somewhere inside the stream.
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
+        let budget = (total as f64 * stop_at) as usize;
+        let mut socket = Trickle {
+            out: Vec::new(),
+            per_call,
+            calls: 0,
+            budget,
+        };
+        let _ = writer.poll_write_out(&mut Context::from_waker(Waker::noop()), &mut socket);
+        (writer, socket, frames)
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -336,19 +367,7 @@ mod tests {
             per_call in proptest::collection::vec(1_usize..4_000, 1..8),
             stop_at in 0.0_f64..1.0,
         ) {
-            let mut writer = Writer::default();
-            let mut frames = Vec::new();
-            for payload in &payloads {
-                writer.push_frame(Bytes::from(payload.clone()));
-                frames.push(reference(payload));
-            }
-            let total: usize = frames.iter().map(Vec::len).sum();
-            // Truncation is the point: somewhere inside the stream.
-            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
-            let budget = (total as f64 * stop_at) as usize;
-            let mut socket = Trickle { out: Vec::new(), per_call, calls: 0, budget };
-            let mut cx = Context::from_waker(Waker::noop());
-            let _ = writer.poll_write_out(&mut cx, &mut socket);
+            let (mut writer, socket, frames) = stopped_inside(&payloads, per_call, stop_at);
             let mut on_wire = socket.out;
             for rest in writer.take_unfinished_frame() {
                 on_wire.extend_from_slice(&rest);
@@ -371,19 +390,8 @@ mod tests {
             per_call in proptest::collection::vec(1_usize..4_000, 1..8),
             stop_at in 0.0_f64..1.0,
         ) {
-            let mut writer = Writer::default();
-            let mut frames = Vec::new();
-            for payload in &payloads {
-                writer.push_frame(Bytes::from(payload.clone()));
-                frames.push(reference(payload));
-            }
-            let total: usize = frames.iter().map(Vec::len).sum();
-            // Truncation is the point: somewhere inside the stream.
-            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
-            let budget = (total as f64 * stop_at) as usize;
-            let mut socket = Trickle { out: Vec::new(), per_call, calls: 0, budget };
+            let (mut writer, mut socket, frames) = stopped_inside(&payloads, per_call, stop_at);
             let mut cx = Context::from_waker(Waker::noop());
-            let _ = writer.poll_write_out(&mut cx, &mut socket);
             socket.budget = usize::MAX;
             prop_assert!(writer.poll_finish_frame(&mut cx, &mut socket).is_ready());
             prop_assert!(writer.at_frame_boundary());
