@@ -244,8 +244,8 @@ impl Publisher {
             .len()
     }
 
-    /// Median and 99th percentile of recent fan-out latencies (publish accepted to queued for
-    /// every subscriber), in microseconds; zeros before the first publication.
+    /// Percentiles of recent fan-out latencies (publish accepted to queued for every
+    /// subscriber), in microseconds; zeros before the first publication.
     pub(crate) fn latency(&self) -> LatencyStats {
         let samples = self
             .latency_us
@@ -255,7 +255,10 @@ impl Publisher {
         let at = |p: f64| samples.percentile(p).map_or(0, |v| v.round() as u64);
         LatencyStats {
             p50_us: at(50.0),
+            p90_us: at(90.0),
             p99_us: at(99.0),
+            p999_us: at(99.9),
+            samples: samples.len() as u64,
         }
     }
 }

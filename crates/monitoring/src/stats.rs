@@ -120,9 +120,17 @@ pub struct LatencyStats {
     /// Median, in microseconds (0 before the first publication).
     #[serde(rename = "p50Us")]
     pub p50_us: u64,
+    /// 90th percentile, in microseconds (0 before the first publication).
+    #[serde(rename = "p90Us")]
+    pub p90_us: u64,
     /// 99th percentile, in microseconds (0 before the first publication).
     #[serde(rename = "p99Us")]
     pub p99_us: u64,
+    /// 99.9th percentile, in microseconds (0 before the first publication).
+    #[serde(rename = "p999Us")]
+    pub p999_us: u64,
+    /// Publications the percentiles are taken over: the most recent, at most 1,024.
+    pub samples: u64,
 }
 
 /// The process's memory, from the memory probe.
@@ -466,7 +474,7 @@ mod tests {
             "\"delivered\":0",
             "\"shed\":0",
             "\"events\":{\"pending\":0",
-            "\"latency\":{\"p50Us\":0,\"p99Us\":0}",
+            "\"latency\":{\"p50Us\":0,\"p90Us\":0,\"p99Us\":0,\"p999Us\":0,\"samples\":0}",
             "\"memory\":{\"rssBytes\":0",
         ] {
             assert!(json.contains(key), "{key} missing from {json}");

@@ -543,7 +543,11 @@ async fn stats_have_the_documented_shape_and_counts() -> anyhow::Result<()> {
     assert_eq!(stats["messages"]["published"], 1);
     assert_eq!(stats["messages"]["delivered"], 2);
     assert_eq!(stats["messages"]["shed"], 0);
-    assert_eq!(keys(&stats["latency"]), ["p50Us", "p99Us"]);
+    assert_eq!(
+        keys(&stats["latency"]),
+        ["p50Us", "p90Us", "p999Us", "p99Us", "samples"]
+    );
+    assert_eq!(stats["latency"]["samples"], 1);
     assert!(stats["latency"]["p50Us"].is_u64());
     assert!(stats["latency"]["p99Us"].is_u64());
     assert!(stats["memory"].is_object());
