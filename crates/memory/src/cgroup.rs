@@ -142,23 +142,14 @@ fn stat_field(text: &str, name: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use std::path::{Path, PathBuf};
-
     use proptest::prelude::*;
 
     use crate::{
         cgroup::{CgroupMemory, CgroupProbe, cgroup_v2_path, parse_memory_max, stat_field},
         error::ProbeError,
+        fixtures::{MIB, fixture},
         probe::{MemoryProbe, MemoryReading},
     };
-
-    const MIB: u64 = 1024 * 1024;
-
-    fn fixture(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures")
-            .join(name)
-    }
 
     #[track_caller]
     fn check(name: &str, expected: CgroupMemory) {

@@ -30,6 +30,8 @@ mod cgroup;
 mod degradation;
 mod error;
 mod files;
+#[cfg(test)]
+mod fixtures;
 #[cfg(feature = "jemalloc")]
 mod jemalloc;
 mod leak;

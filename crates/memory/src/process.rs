@@ -56,19 +56,14 @@ impl MemoryProbe for ProcessProbe {
 
 #[cfg(test)]
 mod tests {
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
 
     use crate::{
         error::ProbeError,
+        fixtures::fixture,
         probe::{MemoryProbe, MemoryReading},
         process::ProcessProbe,
     };
-
-    fn fixture(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures")
-            .join(name)
-    }
 
     #[test]
     fn reads_vm_rss_as_used_and_resident() {

@@ -97,21 +97,12 @@ fn found<T>(source: Result<T, ProbeError>, missing: &mut Vec<ProbeError>) -> Opt
 
 #[cfg(test)]
 mod tests {
-    use std::path::{Path, PathBuf};
-
     use crate::{
         budget::{Budget, BudgetSource},
+        fixtures::{MIB, fixture},
         probe::{MemoryProbe, MemoryReading},
         system::SystemProbe,
     };
-
-    const MIB: u64 = 1024 * 1024;
-
-    fn fixture(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures")
-            .join(name)
-    }
 
     /// Detects `fixture` and compares the reading, the budget's source and what is missing.
     #[track_caller]

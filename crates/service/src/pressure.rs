@@ -5,7 +5,10 @@
 
 use std::{
     path::Path,
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -25,6 +28,8 @@ pub(crate) struct Memory {
     monitor: Arc<MemoryMonitor>,
     degradation: Mutex<ProgressiveDegradation>,
     last_cleanup: Mutex<Instant>,
+    /// Ticks so far, for the leak check's own pace.
+    ticks: AtomicU64,
 }
 
 /// The degradation level and since when, for `/api/stats`.
@@ -54,6 +59,7 @@ impl Memory {
             monitor,
             degradation: Mutex::new(degradation),
             last_cleanup: Mutex::new(Instant::now()),
+            ticks: AtomicU64::new(0),
         }
     }
 
@@ -76,7 +82,8 @@ impl Memory {
         self.monitor.latest_leak()
     }
 
-    /// One second's work: sample, follow the level, judge leaks, and clean up when due.
+    /// One second's work: sample, follow the level, clean up when due, and every
+    /// [`LEAK_CHECK_TICKS`] judge leaks.
     pub(crate) fn tick(&self, gateway: &Gateway) {
         self.monitor.sample();
         let status = self.monitor.latest();
@@ -99,17 +106,12 @@ impl Memory {
                     pressure_percent = pressure, %actions, "memory relief");
             }
         }
-        let before = self.monitor.latest_leak().map(|leak| leak.severity);
-        let leak = self.monitor.check_leaks(gateway);
-        if leak.severity >= LeakSeverity::Medium && before != Some(leak.severity) {
-            tracing::warn!(
-                severity = leak.severity.as_str(),
-                growth_bytes_per_minute = leak.growth_bytes_per_minute,
-                retained_bytes = leak.retained_bytes,
-                source = leak.source.as_ref().map(|s| s.name),
-                recommendation = %leak.recommendation,
-                "memory keeps growing"
-            );
+        if self
+            .ticks
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(LEAK_CHECK_TICKS)
+        {
+            self.check_leaks(gateway);
         }
         let mut last_cleanup = self
             .last_cleanup
@@ -127,6 +129,23 @@ impl Memory {
         }
         drop(last_cleanup);
         metrics::gauge!("herald_degradation_level").set(f64::from(report.level.number()));
+    }
+
+    /// Shows the leak detector every component's size (a walk of every connection's queue)
+    /// and logs a verdict of `medium` or worse once per change.
+    fn check_leaks(&self, gateway: &Gateway) {
+        let before = self.monitor.latest_leak().map(|leak| leak.severity);
+        let leak = self.monitor.check_leaks(gateway);
+        if leak.severity >= LeakSeverity::Medium && before != Some(leak.severity) {
+            tracing::warn!(
+                severity = leak.severity.as_str(),
+                growth_bytes_per_minute = leak.growth_bytes_per_minute,
+                retained_bytes = leak.retained_bytes,
+                source = leak.source.as_ref().map(|s| s.name),
+                recommendation = %leak.recommendation,
+                "memory keeps growing"
+            );
+        }
         metrics::gauge!("herald_leak_severity").set(severity_number(leak.severity));
     }
 
@@ -198,6 +217,10 @@ fn describe(actions: &[ReliefAction]) -> String {
         .collect();
     parts.join(", ")
 }
+
+/// Ticks between two leak checks: the verdict is about minutes of samples, and showing the
+/// detector each component's size walks every connection's queue.
+const LEAK_CHECK_TICKS: u64 = 10;
 
 /// How long [`Memory::tick`] waits between two runs.
 pub(crate) const TICK: Duration = Duration::from_secs(1);
