@@ -288,15 +288,12 @@ impl Outbox {
     /// Drops every queued frame and the waiting task's waker, at once: a closed connection's
     /// queue must not keep publications alive until the last reference to the connection
     /// goes (the connection index frees its entries lazily, and a burst queued to slow
-    /// subscribers is megabytes). Returns how many frames were dropped.
-    pub(crate) fn discard(&self) -> usize {
+    /// subscribers is megabytes).
+    pub(crate) fn discard(&self) {
         let mut inner = self.lock();
         inner.waker = None;
-        let mut dropped = 0;
-        while inner.queue.pop_oldest().is_some() {
-            dropped += 1;
-        }
-        dropped
+        inner.queue.clear();
+        inner.queue.shrink_to_fit();
     }
 
     /// Takes every queued frame, oldest first (for tests and in-memory transports).
