@@ -2,10 +2,12 @@
 //! sessions, the typed operations of the HTTP API (each through the operation queue), the
 //! fan-out worker, the read-only queries, the stats, the sweep and the shutdown.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use herald_config::RuntimeConfig;
-use herald_monitoring::{CheckResult, CheckStatus, HealthCheck, MemoryStats, Stats, StatsSource};
+use herald_monitoring::{
+    CheckResult, CheckStatus, HealthCheck, LatencyHistogram, MemoryStats, Stats, StatsSource,
+};
 use herald_protocol::{CloseCode, ErrorCode, ServerMessage, Topic};
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
@@ -311,8 +313,21 @@ impl Gateway {
         Some(TopicHistory { epoch, messages })
     }
 
+    /// Records that a socket write carried a live publication's frame that the gateway
+    /// accepted at `accepted` ([`Frame::accepted`](crate::Frame::accepted)): the delivery
+    /// latency, measured on the gateway's clock. A transport calls it once per write, with the
+    /// earliest acceptance among the frames the write carried.
+    pub fn record_delivery(&self, accepted: Instant) {
+        self.node.record_delivery(accepted);
+    }
+
+    /// The delivery latency histogram, for `/metrics`.
+    pub fn latency(&self) -> &LatencyHistogram {
+        &self.node.latency
+    }
+
     /// Every count, now: the levels read from the indexes, the totals from the gateway's
-    /// counters, latency from recent publications and memory from the memory probe.
+    /// counters, the recent delivery latency and memory from the memory probe.
     pub fn stats(&self) -> Stats {
         let node = &self.node;
         let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
@@ -322,7 +337,7 @@ impl Gateway {
             users: count(node.connections.user_count()),
             subscriptions: count(node.topics.subscription_count()),
             topics: count(node.topics.topic_count()),
-            latency: node.publisher.latency(),
+            latency: node.latency.stats(),
             memory: MemoryStats {
                 rss_bytes: memory.resident_bytes,
                 used_bytes: memory.used_bytes,

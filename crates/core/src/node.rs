@@ -12,6 +12,7 @@ use std::{
 
 use herald_config::RuntimeConfig;
 use herald_memory::MemoryProbe;
+use herald_monitoring::LatencyHistogram;
 use herald_utils::{Clock, Priority};
 
 use crate::{
@@ -60,6 +61,8 @@ pub(crate) struct Node {
     pub(crate) rate: RateLimiter,
     pub(crate) operations: OperationQueue,
     pub(crate) counters: Counters,
+    /// Delivery latency: publication accepted to frame written, reported by the transport.
+    pub(crate) latency: LatencyHistogram,
     broker: Arc<dyn Broker>,
     pub(crate) memory: Arc<dyn MemoryProbe>,
     shutting_down: AtomicBool,
@@ -98,6 +101,7 @@ impl Node {
             rate: RateLimiter::default(),
             operations: OperationQueue::new(settings.operation_queue_size),
             counters: Counters::default(),
+            latency: LatencyHistogram::new(),
             last_maintenance_ms: AtomicU64::new(0),
             shutting_down: AtomicBool::new(false),
             refusing: AtomicBool::new(false),
@@ -113,6 +117,12 @@ impl Node {
         let weak: Weak<dyn Deliver> = Arc::downgrade(&node) as Weak<dyn Deliver>;
         node.broker.attach(LocalDelivery::new(weak));
         node
+    }
+
+    /// Records the delivery latency of a live publication accepted at `accepted`, now.
+    pub(crate) fn record_delivery(&self, accepted: Instant) {
+        self.latency
+            .record(self.clock.now().saturating_duration_since(accepted));
     }
 
     /// Milliseconds on the gateway clock since the gateway was built.
@@ -184,12 +194,14 @@ impl Node {
     /// Queues `operation` for the fan-out worker, or refuses it (counted) when the queue is
     /// full.
     pub(crate) fn enqueue(&self, operation: Operation) -> Result<(), GatewayError> {
-        self.operations.push(operation).map_err(|_| {
-            self.counters.operations_rejected.increment();
-            GatewayError::Overloaded {
-                retry_after_ms: RETRY_AFTER_MS,
-            }
-        })
+        self.operations
+            .push(operation, self.clock.now())
+            .map_err(|_| {
+                self.counters.operations_rejected.increment();
+                GatewayError::Overloaded {
+                    retry_after_ms: RETRY_AFTER_MS,
+                }
+            })
     }
 
     /// Hands an operation this node accepted and delivered to the broker, for the other nodes.

@@ -3,7 +3,10 @@
 //! goes first, and a full queue is a visible refusal (HTTP 429, `rate_limited`) instead of a
 //! silent loss. Each queued [`Operation`] carries its own typed reply.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::{
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    time::Instant,
+};
 
 use herald_utils::{Priority, PriorityQueue};
 use tokio::sync::{Notify, oneshot};
@@ -61,6 +64,16 @@ pub(crate) enum PublishReply {
     },
 }
 
+/// An operation as the queue holds it: with the instant the gateway accepted it, from which
+/// a publication's delivery latency is measured.
+#[derive(Debug)]
+pub(crate) struct Queued {
+    /// The operation.
+    pub(crate) operation: Operation,
+    /// When [`OperationQueue::push`] took it, on the gateway's clock.
+    pub(crate) accepted: Instant,
+}
+
 /// The operation queue refused an operation because it is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct QueueFull;
@@ -68,7 +81,7 @@ pub(crate) struct QueueFull;
 /// The bounded queue and the signal that wakes the fan-out worker.
 #[derive(Debug)]
 pub(crate) struct OperationQueue {
-    queue: Mutex<PriorityQueue<Operation>>,
+    queue: Mutex<PriorityQueue<Queued>>,
     capacity: usize,
     notify: Notify,
 }
@@ -83,16 +96,20 @@ impl OperationQueue {
         }
     }
 
-    /// Queues `operation`, or refuses it (dropping it, so a waiting caller sees its reply
-    /// channel closed) when the queue is full. Never sheds accepted work.
-    pub(crate) fn push(&self, operation: Operation) -> Result<(), QueueFull> {
+    /// Queues `operation`, accepted at `accepted`, or refuses it (dropping it, so a waiting
+    /// caller sees its reply channel closed) when the queue is full. Never sheds accepted work.
+    pub(crate) fn push(&self, operation: Operation, accepted: Instant) -> Result<(), QueueFull> {
         let mut queue = self.lock();
         if queue.len() >= self.capacity {
             return Err(QueueFull);
         }
         let priority = operation.priority();
         // Below capacity nothing is shed, and the byte budget is unbounded, so this succeeds.
-        if queue.push(operation, priority, 0).is_err() {
+        let queued = Queued {
+            operation,
+            accepted,
+        };
+        if queue.push(queued, priority, 0).is_err() {
             return Err(QueueFull);
         }
         drop(queue);
@@ -101,7 +118,7 @@ impl OperationQueue {
     }
 
     /// Moves up to `max` operations, highest priority first, into `out`.
-    pub(crate) fn pop_batch(&self, max: usize, out: &mut Vec<Operation>) {
+    pub(crate) fn pop_batch(&self, max: usize, out: &mut Vec<Queued>) {
         let mut queue = self.lock();
         while out.len() < max {
             let Some((operation, _)) = queue.pop() else {
@@ -127,7 +144,7 @@ impl OperationQueue {
         self.notify.notify_one();
     }
 
-    fn lock(&self) -> MutexGuard<'_, PriorityQueue<Operation>> {
+    fn lock(&self) -> MutexGuard<'_, PriorityQueue<Queued>> {
         // Each critical section leaves the queue consistent, so poison is ignored.
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -136,6 +153,7 @@ impl OperationQueue {
 #[cfg(test)]
 mod tests {
     use herald_protocol::Topic;
+    use herald_utils::{Clock, ManualClock};
     use serde_json::value::RawValue;
 
     use super::*;
@@ -153,8 +171,8 @@ mod tests {
         )
     }
 
-    fn topic_of(operation: &Operation) -> &str {
-        match operation {
+    fn topic_of(queued: &Queued) -> &str {
+        match &queued.operation {
             Operation::Publish(publication, _) => publication.topic.as_str(),
             _ => "",
         }
@@ -168,10 +186,16 @@ mod tests {
             (Priority::Critical, "critical"),
             (Priority::Normal, "normal"),
         ] {
-            assert_eq!(queue.push(publication(priority, name)), Ok(()));
+            assert_eq!(
+                queue.push(publication(priority, name), ManualClock::new().now()),
+                Ok(())
+            );
         }
         assert_eq!(
-            queue.push(publication(Priority::Critical, "refused")),
+            queue.push(
+                publication(Priority::Critical, "refused"),
+                ManualClock::new().now()
+            ),
             Err(QueueFull)
         );
         assert_eq!(queue.len(), 3);

@@ -5,6 +5,7 @@ use std::{
     fmt,
     sync::{Mutex, MutexGuard, PoisonError},
     task::{Context, Poll, Waker},
+    time::Instant,
 };
 
 use bytes::Bytes;
@@ -18,48 +19,90 @@ use crate::counters::Counters;
 /// A publication is encoded once and every subscriber's queue holds a clone of the same
 /// [`Frame`], which costs a reference-count increment, not a copy.
 ///
+/// A live publication's frame also carries the instant the gateway accepted the publication,
+/// so that the transport can report the delivery latency once the frame is written
+/// ([`Gateway::record_delivery`](crate::Gateway::record_delivery)); frames kept in history,
+/// replies and pushes carry none. Two frames are equal when their bytes are.
+///
 /// Invariant: the bytes are valid UTF-8, because a `Frame` can only be built from a `String`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Frame(Bytes);
+#[derive(Clone)]
+pub struct Frame {
+    bytes: Bytes,
+    accepted: Option<Instant>,
+}
 
 impl Frame {
     /// The frame's bytes (valid UTF-8 JSON).
     pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+        &self.bytes
     }
 
     /// The frame as text.
     pub fn as_str(&self) -> &str {
         // A `Frame` is only ever built from a `String`, so this validation cannot fail.
-        std::str::from_utf8(&self.0).expect("frame bytes are UTF-8 by construction")
+        std::str::from_utf8(&self.bytes).expect("frame bytes are UTF-8 by construction")
     }
 
     /// The shared bytes, for a transport to write (valid UTF-8 JSON).
     pub fn into_bytes(self) -> Bytes {
-        self.0
+        self.bytes
     }
 
     /// Length in bytes.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.bytes.len()
     }
 
     /// Whether the frame is empty (never true for an encoded message).
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.bytes.is_empty()
+    }
+
+    /// When the gateway accepted the publication this frame carries live; `None` for every
+    /// other frame.
+    pub fn accepted(&self) -> Option<Instant> {
+        self.accepted
+    }
+
+    /// The frame, marked as carrying a publication accepted at `accepted`.
+    pub(crate) fn stamped(self, accepted: Instant) -> Self {
+        Self {
+            accepted: Some(accepted),
+            ..self
+        }
+    }
+
+    /// The same bytes without the acceptance mark: what history keeps, so a replay is not
+    /// measured as a late delivery.
+    pub(crate) fn unstamped(&self) -> Self {
+        Self {
+            bytes: self.bytes.clone(),
+            accepted: None,
+        }
     }
 }
 
 impl From<String> for Frame {
     fn from(text: String) -> Self {
-        Self(Bytes::from(text))
+        Self {
+            bytes: Bytes::from(text),
+            accepted: None,
+        }
     }
 }
+
+impl PartialEq for Frame {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl Eq for Frame {}
 
 impl fmt::Debug for Frame {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("Frame")
-            .field(&String::from_utf8_lossy(&self.0))
+            .field(&String::from_utf8_lossy(&self.bytes))
             .finish()
     }
 }

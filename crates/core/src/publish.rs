@@ -1,18 +1,18 @@
 //! Publishing to a topic: the [`Publication`] request, dedupe by id within the window, the
-//! offset and history (through the topic index), encoding once, and the fan-out latency.
+//! offset and history (through the topic index), and encoding once, with the frame marked
+//! with the publication's acceptance for the delivery latency.
 
 use std::{
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicUsize, Ordering},
     },
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use herald_config::RuntimeConfig;
-use herald_monitoring::LatencyStats;
 use herald_protocol::{ServerMessage, Topic};
-use herald_utils::{CircularBuffer, Clock, LruCache, Priority};
+use herald_utils::{Clock, LruCache, Priority};
 use serde_json::value::RawValue;
 
 use crate::{
@@ -22,9 +22,6 @@ use crate::{
     sizes::scaled,
     subscription::{Published, SubscriptionManager},
 };
-
-/// Fan-out latency samples kept for the percentiles of the stats.
-const LATENCY_SAMPLES: usize = 1024;
 
 /// A publication to a topic, as the HTTP API (`POST /api/publish`) or a client `publish`
 /// requests it.
@@ -66,15 +63,12 @@ pub(crate) const DEDUPE_ENTRY_BYTES: usize = std::mem::size_of::<DedupeKey>()
     + 3 * std::mem::size_of::<usize>()
     + 32;
 
-/// What publishing keeps besides the topic index: the dedupe window and recent latencies.
+/// What publishing keeps besides the topic index: the dedupe window.
 pub(crate) struct Publisher {
     dedupe: Mutex<DedupeCache>,
     /// The most dedupe entries memory relief allows for the time being (`usize::MAX`: the
     /// runtime's size applies).
     dedupe_limit: AtomicUsize,
-    /// Recent publish-to-queued (fan-out) durations in microseconds.
-    latency_us: Mutex<CircularBuffer<f64>>,
-    clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -87,13 +81,8 @@ impl Publisher {
     /// A publisher with an empty dedupe cache of the runtime's size, aging on `clock`.
     pub(crate) fn new(runtime: &RuntimeConfig, clock: Arc<dyn Clock>) -> Self {
         Self {
-            dedupe: Mutex::new(LruCache::new(
-                runtime.dedupe_cache_size(),
-                Arc::clone(&clock),
-            )),
+            dedupe: Mutex::new(LruCache::new(runtime.dedupe_cache_size(), clock)),
             dedupe_limit: AtomicUsize::new(usize::MAX),
-            latency_us: Mutex::new(CircularBuffer::new(LATENCY_SAMPLES)),
-            clock,
         }
     }
 
@@ -103,6 +92,7 @@ impl Publisher {
     pub(crate) fn publish(
         &self,
         publication: Publication,
+        accepted: Instant,
         topics: &SubscriptionManager,
         runtime: &RuntimeConfig,
         now_ms: u64,
@@ -114,7 +104,6 @@ impl Publisher {
             priority,
             id,
         } = publication;
-        let started = self.clock.now();
         let dedupe = |next_offset: u64, epoch: &Arc<str>| {
             self.check_duplicate(runtime, &topic, id.as_deref()?, next_offset, epoch)
         };
@@ -125,7 +114,7 @@ impl Publisher {
                 offset,
                 epoch: epoch.to_string(),
             };
-            Frame::from(message.encode())
+            Frame::from(message.encode()).stamped(accepted)
         };
         match topics.publish(&topic, priority, now_ms, counters, dedupe, encode) {
             Published::Duplicate { offset, epoch } => {
@@ -145,7 +134,6 @@ impl Publisher {
                 delivered,
             } => {
                 counters.published.increment();
-                self.record_latency(self.clock.now().saturating_duration_since(started));
                 let outcome = PublishOutcome {
                     offset,
                     epoch: Arc::clone(&epoch),
@@ -193,14 +181,6 @@ impl Publisher {
         None
     }
 
-    fn record_latency(&self, elapsed: Duration) {
-        metrics::histogram!("herald_fanout_latency_seconds").record(elapsed.as_secs_f64());
-        self.latency_us
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(elapsed.as_secs_f64() * 1e6);
-    }
-
     /// The dedupe cache's capacity now: the runtime's size, capped while memory relief limits
     /// it.
     fn dedupe_capacity(&self, runtime: &RuntimeConfig) -> usize {
@@ -242,23 +222,5 @@ impl Publisher {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .len()
-    }
-
-    /// Percentiles of recent fan-out latencies (publish accepted to queued for every
-    /// subscriber), in microseconds; zeros before the first publication.
-    pub(crate) fn latency(&self) -> LatencyStats {
-        let samples = self
-            .latency_us
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        // Latencies are non-negative and far below u64::MAX microseconds, so `as` is exact enough.
-        let at = |p: f64| samples.percentile(p).map_or(0, |v| v.round() as u64);
-        LatencyStats {
-            p50_us: at(50.0),
-            p90_us: at(90.0),
-            p99_us: at(99.0),
-            p999_us: at(99.9),
-            samples: samples.len() as u64,
-        }
     }
 }

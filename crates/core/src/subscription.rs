@@ -248,7 +248,7 @@ impl SubscriptionManager {
                 topic,
                 HistoryEntry {
                     offset,
-                    frame: frame.clone(),
+                    frame: frame.unstamped(),
                     published_ms: now_ms,
                 },
             );

@@ -10,7 +10,7 @@ use crate::{
     broker::Envelope,
     error::GatewayError,
     node::Node,
-    operations::{Operation, PublishReply, Reply},
+    operations::{Operation, PublishReply, Queued, Reply},
     outbox::Frame,
     publish::PublishOutcome,
 };
@@ -30,8 +30,8 @@ pub(crate) async fn run(node: &Node) {
             node.operations.wait().await;
             continue;
         }
-        for operation in batch.drain(..) {
-            perform(node, operation);
+        for queued in batch.drain(..) {
+            perform(node, queued);
         }
         tokio::task::yield_now().await;
     }
@@ -39,9 +39,13 @@ pub(crate) async fn run(node: &Node) {
 
 /// Performs one operation and answers it. Every frame queued here for a publication, push or
 /// event is counted as delivered, once per operation.
-fn perform(node: &Node, operation: Operation) {
+fn perform(node: &Node, queued: Queued) {
     let connections = &node.connections;
     let counters = &node.counters;
+    let Queued {
+        operation,
+        accepted,
+    } = queued;
     match operation {
         Operation::Publish(publication, reply) => {
             let topic = publication.topic.clone();
@@ -50,6 +54,7 @@ fn perform(node: &Node, operation: Operation) {
             } else {
                 let (outcome, envelope) = node.publisher.publish(
                     publication,
+                    accepted,
                     &node.topics,
                     &node.runtime,
                     node.now_ms(),

@@ -15,6 +15,7 @@
 mod check;
 mod forecast;
 mod health;
+mod latency;
 mod reporter;
 mod stats;
 
@@ -26,6 +27,7 @@ pub use crate::{
     health::{
         HealthChecker, HealthReport, LiveResponse, OverallStatus, ReadyResponse, ReadyStatus,
     },
+    latency::{DELIVERY_LATENCY_METRIC, LatencyHistogram, RECENT_SAMPLES},
     reporter::{MetricsError, MetricsReporter},
     stats::{
         BrokerStats, ConnectionTotals, EventStats, HistoryStats, LatencyStats, MemoryStats,

@@ -6,7 +6,10 @@ use std::{sync::Arc, time::Duration};
 use metrics::{Key, Label, Level, Metadata, Recorder as _};
 use metrics_exporter_prometheus::{BuildError, PrometheusBuilder, PrometheusRecorder};
 
-use crate::stats::{MetricKind, Stats};
+use crate::{
+    latency::LatencyHistogram,
+    stats::{MetricKind, Stats},
+};
 
 /// Bucket bounds of every histogram, in seconds (10 us to 60 s); every histogram Herald
 /// records is a latency.
@@ -72,11 +75,12 @@ impl MetricsReporter {
         })
     }
 
-    /// Sets the [`Stats`] series from `stats`, then renders every metric as Prometheus text.
+    /// Sets the [`Stats`] series from `stats`, then renders every metric as Prometheus text,
+    /// the delivery `latency` histogram last.
     ///
     /// A reading that is unknown is left out until it is known. Counters only grow: a
     /// snapshot lower than one rendered before leaves the counter where it was.
-    pub fn render(&self, stats: &Stats) -> String {
+    pub fn render(&self, stats: &Stats, latency: &LatencyHistogram) -> String {
         for sample in stats.samples() {
             let key = match sample.label {
                 Some((name, value)) => Key::from_parts(sample.name, vec![Label::new(name, value)]),
@@ -94,7 +98,9 @@ impl MetricsReporter {
                     .absolute(sample.value),
             }
         }
-        self.recorder.handle().render()
+        let mut text = self.recorder.handle().render();
+        latency.write_prometheus(&mut text);
+        text
     }
 
     /// Drains histogram samples into their buckets and drops idle series; run it every
@@ -106,7 +112,10 @@ impl MetricsReporter {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use crate::{
+        latency::LatencyHistogram,
         reporter::MetricsReporter,
         stats::{EventStats, MemoryStats, MessageStats, ShedStats, Stats},
     };
@@ -150,7 +159,7 @@ mod tests {
     /// Renders `stats` on `reporter` and checks that every expected line is in the text.
     #[track_caller]
     fn check(reporter: &MetricsReporter, stats: &Stats, expected: &[&str]) {
-        let text = reporter.render(stats);
+        let text = reporter.render(stats, &LatencyHistogram::new());
         let lines: Vec<&str> = text.lines().collect();
         for line in expected {
             assert!(lines.contains(line), "{line:?} missing from:\n{text}");
@@ -195,7 +204,7 @@ mod tests {
     #[test]
     fn every_render_reads_the_new_snapshot() {
         let reporter = reporter();
-        reporter.render(&stats());
+        reporter.render(&stats(), &LatencyHistogram::new());
         let mut later = stats();
         later.connections = 1;
         later.messages.published = 9;
@@ -210,7 +219,7 @@ mod tests {
     fn an_unknown_limit_is_left_out() {
         let mut stats = stats();
         stats.memory.limit_bytes = None;
-        let text = reporter().render(&stats);
+        let text = reporter().render(&stats, &LatencyHistogram::new());
         assert!(!text.contains("herald_memory_limit_bytes"), "{text}");
     }
 
@@ -218,16 +227,29 @@ mod tests {
     fn histograms_use_the_latency_buckets() {
         let reporter = reporter();
         metrics::with_local_recorder(&*reporter.recorder, || {
-            metrics::histogram!("herald_fanout_latency_seconds").record(0.000_2);
+            metrics::histogram!("herald_event_ack_latency_seconds").record(0.000_2);
         });
         check(
             &reporter,
             &Stats::default(),
             &[
-                "herald_fanout_latency_seconds_bucket{le=\"0.0001\"} 0",
-                "herald_fanout_latency_seconds_bucket{le=\"0.00025\"} 1",
-                "herald_fanout_latency_seconds_count 1",
+                "herald_event_ack_latency_seconds_bucket{le=\"0.0001\"} 0",
+                "herald_event_ack_latency_seconds_bucket{le=\"0.00025\"} 1",
+                "herald_event_ack_latency_seconds_count 1",
             ],
+        );
+    }
+
+    #[test]
+    fn the_delivery_latency_histogram_is_rendered_with_the_rest() {
+        let latency = LatencyHistogram::new();
+        latency.record(Duration::from_micros(300));
+        let text = reporter().render(&stats(), &latency);
+        assert!(text.contains("herald_connections 3"), "{text}");
+        assert!(
+            text.lines()
+                .any(|l| l == "herald_delivery_latency_seconds_count 1"),
+            "{text}"
         );
     }
 }

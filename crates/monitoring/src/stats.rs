@@ -23,7 +23,7 @@ pub struct Stats {
     pub messages: MessageStats,
     /// Critical events.
     pub events: EventStats,
-    /// Fan-out latency.
+    /// Delivery latency (publication accepted to frame written).
     pub latency: LatencyStats,
     /// The process's memory.
     pub memory: MemoryStats,
@@ -111,10 +111,11 @@ pub struct EventStats {
     pub acknowledged: u64,
 }
 
-/// Recent fan-out latency: publish accepted to queued for every subscriber.
+/// Recent delivery latency: a publication accepted by the gateway to the socket write that
+/// carried its frame to a subscriber, from [`LatencyHistogram::stats`](crate::LatencyHistogram::stats).
 ///
 /// Not exported by [`Stats::samples`]: `/metrics` has the full histogram
-/// `herald_fanout_latency_seconds`, recorded where each publication is fanned out.
+/// `herald_delivery_latency_seconds`, rendered from the same [`LatencyHistogram`](crate::LatencyHistogram).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct LatencyStats {
     /// Median, in microseconds (0 before the first publication).
@@ -129,7 +130,8 @@ pub struct LatencyStats {
     /// 99.9th percentile, in microseconds (0 before the first publication).
     #[serde(rename = "p999Us")]
     pub p999_us: u64,
-    /// Publications the percentiles are taken over: the most recent, at most 1,024.
+    /// Deliveries the percentiles are taken over: the most recent socket writes that carried a
+    /// publication, at most [`RECENT_SAMPLES`](crate::RECENT_SAMPLES).
     pub samples: u64,
 }
 

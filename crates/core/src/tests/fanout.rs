@@ -274,3 +274,41 @@ fn user_send_to_a_user_without_connections_reaches_nobody() {
     assert_eq!(harness.send_to_user("zed", None, "1", Priority::Normal), 0);
     assert_eq!(frames(&alice), Vec::<Value>::new());
 }
+
+#[test]
+fn live_frames_carry_their_acceptance_for_the_delivery_latency_and_replays_do_not() {
+    use herald_utils::Clock as _;
+
+    let harness = Harness::new();
+    let mut alice = harness.connect("alice");
+    let epoch = subscribe(&mut alice, "chat:1")["epoch"].clone();
+    let accepted = harness.clock.now();
+    harness.publish("chat:1", "1", Priority::Normal);
+    let live = alice.connection().outbox().take_all();
+    let stamps: Vec<_> = live.iter().map(crate::Frame::accepted).collect();
+    assert_eq!(stamps, [Some(accepted)]);
+
+    // The transport reports the write 5 ms later.
+    harness.advance(5);
+    harness.gateway.record_delivery(accepted);
+    let latency = harness.stats().latency;
+    assert_eq!((latency.samples, latency.p50_us), (1, 5_000));
+    assert_eq!(harness.gateway.latency().count(), 1);
+
+    // A replay from history is not a late delivery: its frames carry no acceptance.
+    let mut bob = harness.connect("bob");
+    bob.on_text(&format!(
+        r#"{{"type":"subscribe","data":{{"topic":"chat:1","since":{{"offset":0,"epoch":{epoch}}}}}}}"#
+    ));
+    let replayed = bob.connection().outbox().take_all();
+    assert!(
+        replayed
+            .iter()
+            .any(|f| f.as_str().contains(r#""type":"message""#)),
+        "{replayed:?}"
+    );
+    assert!(
+        replayed.iter().all(|f| f.accepted().is_none()),
+        "{replayed:?}"
+    );
+}

@@ -63,7 +63,9 @@ pub(super) fn detailed(call: Call) -> Reply {
 /// included, so it reads the same counters as `/api/stats`.
 pub(super) fn metrics(call: Call) -> Reply {
     let app = &call.app;
-    let text = app.metrics.render(&app.gateway.stats());
+    let text = app
+        .metrics
+        .render(&app.gateway.stats(), app.gateway.latency());
     let mut response = Response::new(Full::new(Bytes::from(text)));
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -131,7 +131,12 @@ fn poll_connection(
         other => other,
     };
     match written {
-        Poll::Ready(Ok(())) => write_budget_spent |= resuming,
+        Poll::Ready(Ok(())) => {
+            write_budget_spent |= resuming;
+            if let Some(accepted) = wire.writer().take_written_acceptance() {
+                app.gateway.record_delivery(accepted);
+            }
+        }
         Poll::Ready(Err(error)) => return Poll::Ready(end_for(&error)),
         Poll::Pending => {
             // The socket is full, so the outbox is not drained meanwhile: be woken by a

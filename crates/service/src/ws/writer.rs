@@ -6,6 +6,7 @@ use std::{
     io::{self, IoSlice},
     pin::Pin,
     task::{Context, Poll, ready},
+    time::Instant,
 };
 
 use bytes::Bytes;
@@ -29,6 +30,9 @@ pub(super) struct Writer {
     out: VecDeque<Chunk>,
     /// Bytes of the front chunk already written.
     written: usize,
+    /// The earliest acceptance of a live publication among the staged frames, reported as
+    /// the delivery latency once they are all written.
+    accepted: Option<Instant>,
 }
 
 /// A piece of an encoded data frame.
@@ -100,6 +104,11 @@ impl Writer {
     /// Turns the drained frames into chunks: one `batch` frame when several wait and the
     /// client allows batching, else one frame per message.
     pub(super) fn stage(&mut self, batching: bool) {
+        let earliest = self.drained.iter().filter_map(Frame::accepted).min();
+        self.accepted = match (self.accepted, earliest) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         if batching && self.drained.len() > 1 {
             let batch = encode_batch(self.drained.iter().map(Frame::as_bytes));
             self.drained.clear();
@@ -115,6 +124,16 @@ impl Writer {
     pub(super) fn push_frame(&mut self, payload: Bytes) {
         self.out.push_back(Chunk::text_header(payload.len()));
         self.out.push_back(Chunk::Payload(payload));
+    }
+
+    /// Once everything staged is written: the earliest acceptance of a live publication among
+    /// the frames written since the last call, if any, for the delivery latency.
+    pub(super) fn take_written_acceptance(&mut self) -> Option<Instant> {
+        if self.out.is_empty() {
+            self.accepted.take()
+        } else {
+            None
+        }
     }
 
     /// Hands the staging buffers back once everything is written, so an idle connection holds
