@@ -303,7 +303,9 @@
     }
     const ctx = canvas.getContext('2d');
     ctx.clearRect(0, 0, width, height);
-    const top = Math.max(1, ...lines.flatMap((l) => l.points)) * 1.1;
+    const peak = Math.max(0, ...lines.flatMap((l) => l.points));
+    canvas.dataset.peak = String(peak); // the highest value in view, for tools and tests
+    const top = Math.max(1, peak) * 1.1;
     const pad = 4 * ratio;
     const x = (i) => pad + (width - 2 * pad) * (i / (POINTS - 1));
     const y = (v) => height - pad - (height - 2 * pad) * (v / top);
@@ -317,7 +319,7 @@
     ctx.fillStyle = colour('--muted');
     ctx.font = `${11 * ratio}px system-ui, sans-serif`;
     ctx.textBaseline = 'top';
-    ctx.fillText(format(top / 1.1), pad, pad);
+    ctx.fillText(format(peak), pad, pad);
 
     for (const line of lines) {
       const points = line.points;
