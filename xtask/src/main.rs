@@ -7,6 +7,7 @@
 
 #![allow(clippy::print_stdout)] // A task runner reports to its terminal.
 
+mod apt;
 mod bench;
 #[cfg(test)]
 mod tidy;
@@ -18,6 +19,9 @@ use std::{
 };
 
 type Result<T = (), E = String> = std::result::Result<T, E>;
+
+/// The browser the dashboard's end-to-end tests drive (`herald_tests::CHROMIUM`).
+const CHROMIUM: &str = "/usr/bin/chromium";
 
 const USAGE: &str = "\
 usage: cargo xtask <task>
@@ -66,6 +70,11 @@ fn ci() -> Result {
         ],
         &[],
     )?;
+    // The dashboard's end-to-end tests drive a headless Chromium; they fail without one.
+    if !Path::new(CHROMIUM).is_file() {
+        println!("xtask: {CHROMIUM} is missing; installing Debian's chromium");
+        apt::install(&["chromium"])?;
+    }
     // The end-to-end tests start the release-free debug binary; build it first so the tests never
     // race its compilation.
     cargo(
