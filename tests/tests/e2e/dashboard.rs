@@ -2,14 +2,15 @@
 //! traffic, shows nothing without a valid key, and its stream is keyed, bounded in time by
 //! shutdown, and served on the admin listener when there is one.
 
-use std::time::Duration;
+use std::{path::PathBuf, process::Stdio, time::Duration};
 
+use anyhow::Context as _;
 use herald_tests::{
-    API_KEY, Browser, Problem, TIMEOUT, TestServer, WsClient, raw_exchange, read_until_closed,
-    read_until_contains,
+    API_KEY, Browser, Problem, SECRET, TIMEOUT, TestServer, WsClient, raw_exchange,
+    read_until_closed, read_until_contains,
 };
 use serde_json::{Value, json};
-use tokio::{io::AsyncWriteExt as _, net::TcpStream};
+use tokio::{io::AsyncWriteExt as _, net::TcpStream, process::Command, task::JoinSet};
 
 /// Subscribers the traffic test opens.
 const CLIENTS: usize = 4;
@@ -254,4 +255,112 @@ async fn with_an_admin_listener_the_dashboard_lives_there() -> anyhow::Result<()
     let (answer, _) = raw_exchange(&server, &head).await?;
     assert_eq!(answer.status, 404, "not on the public listener: {answer:?}");
     Ok(())
+}
+
+/// The dashboard's screenshot in docs/operations.md is this test's, under `herald-bench` load:
+/// `cargo xtask dashboard-screenshot` runs it with `HERALD_BENCH_BIN` (the load generator to
+/// run; without it the test makes its own, smaller load) and `HERALD_DASHBOARD_SCREENSHOT`
+/// (where to write the PNG).
+#[tokio::test]
+async fn under_load_the_dashboard_renders_a_small_screenshot() -> anyhow::Result<()> {
+    let bench = std::env::var_os("HERALD_BENCH_BIN").map(PathBuf::from);
+    let server = TestServer::start(&[
+        // As `cargo xtask bench` starts Herald: per-user limits stay out of the way.
+        ("HERALD_MAX_CONNECTIONS", "100000"),
+        ("HERALD_TIERS", "free:10000:1000000"),
+    ])
+    .await?;
+    let browser = Browser::launch().await?;
+    browser
+        .navigate(&format!("http://{}/dashboard?key={API_KEY}", server.addr))
+        .await?;
+    browser
+        .wait_for(&value_of("connections"), &json!("0"))
+        .await?;
+
+    // Dropped at the end of the test: every reader and the generator stop.
+    let mut load = JoinSet::new();
+    let connections = match &bench {
+        Some(bench) => {
+            let mut generator = bench_load(bench, &server)?;
+            load.spawn(async move {
+                let _ = generator.wait().await;
+            });
+            BENCH_CONNECTIONS
+        }
+        None => {
+            for i in 0..OWN_CONNECTIONS {
+                let (mut client, _) = WsClient::connect_as(&server, &format!("load-{i}")).await?;
+                client.subscribe("load:1").await?;
+                load.spawn(async move { while client.recv().await.is_ok() {} });
+            }
+            OWN_CONNECTIONS
+        }
+    };
+    let png = tokio::select! {
+        png = capture_under_load(&browser, connections) => png?,
+        stopped = publish_until_stopped(&server), if bench.is_none() => {
+            stopped?;
+            anyhow::bail!("the publisher stopped")
+        }
+    };
+    drop(load);
+
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    assert!(png.len() < 300_000, "the screenshot is {} bytes", png.len());
+    assert_no_problems(&browser.problems(), |_| false);
+    if let Some(path) = std::env::var_os("HERALD_DASHBOARD_SCREENSHOT") {
+        std::fs::write(&path, &png).with_context(|| format!("cannot write {path:?}"))?;
+    }
+    Ok(())
+}
+
+/// Connections `herald-bench` opens for the screenshot.
+const BENCH_CONNECTIONS: usize = 500;
+/// Connections the test's own load opens.
+const OWN_CONNECTIONS: usize = 20;
+
+/// Waits until the page shows `connections` and deliveries flowing, lets the charts take a
+/// few seconds of shape, and takes the screenshot.
+async fn capture_under_load(browser: &Browser, connections: usize) -> anyhow::Result<Vec<u8>> {
+    browser
+        .wait_for(
+            &format!("Number({}) >= {connections}", value_of("connections")),
+            &json!(true),
+        )
+        .await?;
+    browser
+        .wait_for(
+            &format!("Number({}) > 0", value_of("deliveries-rate")),
+            &json!(true),
+        )
+        .await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    browser.screenshot().await
+}
+
+/// `herald-bench p2p` against `server` for a minute (killed when dropped): a connection per
+/// topic, 5,000 publications a second in all.
+fn bench_load(bench: &PathBuf, server: &TestServer) -> anyhow::Result<tokio::process::Child> {
+    Command::new(bench)
+        .args(["--addr", &server.addr.to_string()])
+        .args(["--api-key", API_KEY, "--jwt-secret", SECRET])
+        .args(["p2p", "--connections", &BENCH_CONNECTIONS.to_string()])
+        .args(["--rate", "5000", "--duration-secs", "60"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {}", bench.display()))
+}
+
+/// Publishes batches of ten to the own load's topic every 20 ms; returns only on an error.
+async fn publish_until_stopped(server: &TestServer) -> anyhow::Result<()> {
+    let messages: Vec<Value> = (0..10)
+        .map(|n| json!({"topic": "load:1", "data": {"n": n}}))
+        .collect();
+    loop {
+        server.publish_batch(&messages).await?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
