@@ -280,6 +280,8 @@ async fn under_load_the_dashboard_renders_a_small_screenshot() -> anyhow::Result
 
     // Dropped at the end of the test: every reader and the generator stop.
     let mut load = JoinSet::new();
+    // The picture for the docs waits for the charts to fill half their minute.
+    let settle = Duration::from_secs(if bench.is_some() { 30 } else { 3 });
     let connections = match &bench {
         Some(bench) => {
             let mut generator = bench_load(bench, &server)?;
@@ -298,7 +300,7 @@ async fn under_load_the_dashboard_renders_a_small_screenshot() -> anyhow::Result
         }
     };
     let png = tokio::select! {
-        png = capture_under_load(&browser, connections) => png?,
+        png = capture_under_load(&browser, connections, settle) => png?,
         stopped = publish_until_stopped(&server), if bench.is_none() => {
             stopped?;
             anyhow::bail!("the publisher stopped")
@@ -320,9 +322,13 @@ const BENCH_CONNECTIONS: usize = 500;
 /// Connections the test's own load opens.
 const OWN_CONNECTIONS: usize = 20;
 
-/// Waits until the page shows `connections` and deliveries flowing, lets the charts take a
-/// few seconds of shape, and takes the screenshot.
-async fn capture_under_load(browser: &Browser, connections: usize) -> anyhow::Result<Vec<u8>> {
+/// Waits until the page shows `connections` and deliveries flowing, lets the charts take
+/// shape for `settle`, and takes the screenshot.
+async fn capture_under_load(
+    browser: &Browser,
+    connections: usize,
+    settle: Duration,
+) -> anyhow::Result<Vec<u8>> {
     browser
         .wait_for(
             &format!("Number({}) >= {connections}", value_of("connections")),
@@ -335,7 +341,7 @@ async fn capture_under_load(browser: &Browser, connections: usize) -> anyhow::Re
             &json!(true),
         )
         .await?;
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(settle).await;
     browser.screenshot().await
 }
 

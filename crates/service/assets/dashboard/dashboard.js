@@ -9,7 +9,7 @@
 (() => {
   const KEY_ITEM = 'herald.dashboard.key';
   const STREAM = 'dashboard/stream';
-  const POINTS = 120; // two minutes of one-second snapshots
+  const POINTS = 60; // a minute of one-second snapshots
   const RETRY_MS = 2000;
 
   const $ = (id) => document.getElementById(id);
@@ -244,7 +244,8 @@
     tone(bar, s.degradation.level >= 2 ? 'bad' : s.degradation.level === 1 ? 'warn' : null);
 
     const levelTone = ['ok', 'warn', 'bad'][s.degradation.level] || 'bad';
-    show('degradation', `${s.degradation.level} ${s.degradation.name}`, s.degradation.level);
+    show('degradation', s.degradation.name, s.degradation.level);
+    show('degradation-level', String(s.degradation.level), s.degradation.level);
     tone($('degradation'), levelTone);
     show('leak', s.leak.severity, s.leak.severity);
     const slope = s.leak.slopeBytesPerMinute;
