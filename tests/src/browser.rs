@@ -169,14 +169,22 @@ impl Browser {
         Ok(answer["result"]["value"].clone())
     }
 
-    /// Waits until `expression` evaluates to `expected`; fails after [`TIMEOUT`] with the last
-    /// value it had and the page's problems.
+    /// Waits until `expression` evaluates to `expected`; fails at once when the page throws an
+    /// uncaught exception, else after [`TIMEOUT`] with the last value it had and the page's
+    /// problems.
     pub async fn wait_for(&self, expression: &str, expected: &Value) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + TIMEOUT;
         loop {
             let value = self.evaluate(expression).await?;
             if value == *expected {
                 return Ok(());
+            }
+            let problems = self.problems();
+            if let Some(thrown) = problems.iter().find(|p| p.source == "exception") {
+                bail!(
+                    "the page threw while waiting for `{expression}`: {}",
+                    thrown.text
+                );
             }
             if tokio::time::Instant::now() > deadline {
                 bail!(

@@ -155,7 +155,9 @@
       buffered += value;
       let end = buffered.indexOf('\n\n');
       while (end >= 0) {
-        event(buffered.slice(0, end));
+        // A bug in rendering is reported as the uncaught error it is, not taken for a broken
+        // stream (which would only be retried).
+        try { event(buffered.slice(0, end)); } catch (error) { reportError(error); }
         buffered = buffered.slice(end + 2);
         end = buffered.indexOf('\n\n');
       }
