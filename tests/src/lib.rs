@@ -8,7 +8,9 @@
 //! - `client.rs`: [`WsClient`] and what a test reads off a WebSocket.
 //! - `raw.rs`: hand-written HTTP over TCP ([`raw_exchange`], [`try_upgrade`]).
 //! - `tokens.rs`: [`token`], [`sign`], [`refused_tokens`] and the wall clock.
+//! - `browser.rs`: [`Browser`], a headless Chromium driven over the DevTools protocol.
 
+mod browser;
 mod client;
 mod raw;
 mod server;
@@ -17,6 +19,7 @@ mod tokens;
 use std::time::Duration;
 
 pub use crate::{
+    browser::{Browser, CHROMIUM, Problem},
     client::{
         Ended, WsClient, assert_error, connection_id, frames_in, read_until_ended, slow_subscriber,
     },

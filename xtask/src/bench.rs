@@ -605,26 +605,7 @@ fn prepare_nchan(smoke: bool) -> Option<Nchan> {
         return None;
     }
     println!("xtask: installing nginx-light and libnginx-mod-nchan");
-    let install = || {
-        Command::new("apt-get")
-            .args([
-                "install",
-                "-y",
-                "--no-install-recommends",
-                "nginx-light",
-                "libnginx-mod-nchan",
-            ])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    // A fresh machine may have no package lists yet: update once and try again.
-    let installed = install()
-        || (Command::new("apt-get")
-            .arg("update")
-            .status()
-            .is_ok_and(|s| s.success())
-            && install());
+    let installed = crate::apt::install(&["nginx-light", "libnginx-mod-nchan"]).is_ok();
     match (installed, find_nchan()) {
         (true, Some(nchan)) => Some(nchan),
         _ => {

@@ -7,6 +7,7 @@
 
 #![allow(clippy::print_stdout)] // A task runner reports to its terminal.
 
+mod apt;
 mod bench;
 #[cfg(test)]
 mod tidy;
@@ -19,6 +20,9 @@ use std::{
 
 type Result<T = (), E = String> = std::result::Result<T, E>;
 
+/// The browser the dashboard's end-to-end tests drive (`herald_tests::CHROMIUM`).
+const CHROMIUM: &str = "/usr/bin/chromium";
+
 const USAGE: &str = "\
 usage: cargo xtask <task>
 
@@ -26,6 +30,9 @@ tasks:
   ci      everything CI checks: fmt, clippy, tests, rustdoc, cargo-deny, bench --smoke
   bench   load benchmarks of Herald (and nginx + nchan): fanout, p2p, idle, churn, curve;
           `cargo xtask bench --help` for the options
+  dashboard-screenshot
+          docs/images/dashboard.png: the dashboard in headless Chromium while herald-bench
+          loads a release build of Herald
 ";
 
 fn main() -> ExitCode {
@@ -33,6 +40,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("bench") => bench::bench(&args[1..]),
+        Some("dashboard-screenshot") => dashboard_screenshot(),
         Some("help" | "--help" | "-h") | None => {
             print!("{USAGE}");
             Ok(())
@@ -66,6 +74,11 @@ fn ci() -> Result {
         ],
         &[],
     )?;
+    // The dashboard's end-to-end tests drive a headless Chromium; they fail without one.
+    if !Path::new(CHROMIUM).is_file() {
+        println!("xtask: {CHROMIUM} is missing; installing Debian's chromium");
+        apt::install(&["chromium"])?;
+    }
     // The end-to-end tests start the release-free debug binary; build it first so the tests never
     // race its compilation.
     cargo(
@@ -112,6 +125,59 @@ fn ci() -> Result {
     // Last, because it is the slowest: nothing published may be lost, duplicated or reordered.
     bench::bench(&["--smoke".to_owned()])?;
     println!("xtask: ci passed");
+    Ok(())
+}
+
+/// Writes docs/images/dashboard.png: the dashboard's end-to-end screenshot test, run against
+/// a release build of Herald under `herald-bench p2p` load (500 connections, 5,000
+/// publications a second).
+fn dashboard_screenshot() -> Result {
+    let root = project_root();
+    env::set_current_dir(&root).map_err(|e| format!("cannot enter {}: {e}", root.display()))?;
+    if !Path::new(CHROMIUM).is_file() {
+        apt::install(&["chromium"])?;
+    }
+    cargo(
+        &[
+            "build",
+            "--release",
+            "--locked",
+            "--package",
+            "herald-service",
+            "--package",
+            "herald-bench",
+            "--bin",
+            "herald",
+            "--bin",
+            "herald-bench",
+        ],
+        &[],
+    )?;
+    let release = env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| root.join("target"), PathBuf::from)
+        .join("release");
+    let herald = release.join("herald");
+    let bench = release.join("herald-bench");
+    let picture = root.join("docs/images/dashboard.png");
+    cargo(
+        &[
+            "test",
+            "--locked",
+            "--package",
+            "herald-tests",
+            "--test",
+            "e2e",
+            "--",
+            "--exact",
+            "dashboard::under_load_the_dashboard_renders_a_small_screenshot",
+        ],
+        &[
+            ("HERALD_BIN", &herald.to_string_lossy()),
+            ("HERALD_BENCH_BIN", &bench.to_string_lossy()),
+            ("HERALD_DASHBOARD_SCREENSHOT", &picture.to_string_lossy()),
+        ],
+    )?;
+    println!("xtask: wrote {}", picture.display());
     Ok(())
 }
 

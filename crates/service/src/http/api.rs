@@ -20,12 +20,13 @@ use serde::Serialize;
 use serde_json::{Value, value::RawValue};
 
 use super::{
+    answer::json,
     body::read_json,
     routes::{Answer, Call, Reply, ready},
 };
 use crate::{
     app::App,
-    respond::{ApiError, json_response, percent_decode, query_param},
+    respond::{ApiError, percent_decode, query_param},
 };
 
 /// `POST /api/publish`: `{topic, data, priority?, id?}` to `{topic, offset, epoch,
@@ -34,7 +35,7 @@ pub(super) fn publish(call: Call) -> Reply {
     Box::pin(async move {
         let body: PublishRequest = read_json(&call.app, call.request).await?;
         let answer = publish_one(&call.app, body).await?;
-        Ok(json_response(StatusCode::OK, &answer))
+        Ok(json(StatusCode::OK, &answer))
     })
 }
 
@@ -55,10 +56,7 @@ pub(super) fn publish_batch(call: Call) -> Reply {
             }
         });
         let results = futures_util::future::join_all(pending).await;
-        Ok(json_response(
-            StatusCode::OK,
-            &PublishBatchResponse { results },
-        ))
+        Ok(json(StatusCode::OK, &PublishBatchResponse { results }))
     })
 }
 
@@ -109,7 +107,7 @@ pub(super) fn user_event(call: Call) -> Reply {
             },
         };
         let outcome = call.app.gateway.send_event(event).await?;
-        Ok(json_response(
+        Ok(json(
             StatusCode::OK,
             &EventResponse {
                 id: outcome.id,
@@ -153,7 +151,7 @@ pub(super) fn disconnect(call: Call) -> Reply {
 fn disconnect_answer(call: &Call) -> Answer {
     let id = connection_id(call.params.get("id"))?;
     call.app.gateway.disconnect(id).map_err(not_found)?;
-    Ok(json_response(
+    Ok(json(
         StatusCode::OK,
         &Disconnected {
             connection_id: id.to_string(),
@@ -208,7 +206,7 @@ pub(super) fn connections(call: Call) -> Reply {
     let body = ConnectionList {
         connections: list.iter().map(ConnectionEntry::from).collect(),
     };
-    ready(Ok(json_response(StatusCode::OK, &body)))
+    ready(Ok(json(StatusCode::OK, &body)))
 }
 
 /// The answer of `GET /api/topics/{topic}`.
@@ -240,7 +238,7 @@ fn topic_answer(call: &Call) -> Answer {
         epoch: info.map(|i| i.position.epoch.to_string()),
         topic,
     };
-    Ok(json_response(StatusCode::OK, &body))
+    Ok(json(StatusCode::OK, &body))
 }
 
 /// The answer of `GET /api/topics/{topic}/history`.
@@ -300,13 +298,14 @@ fn history_answer(call: &Call) -> Answer {
             })
             .collect(),
     };
-    Ok(json_response(StatusCode::OK, &page))
+    Ok(json(StatusCode::OK, &page))
 }
 
 /// The answer of `GET /api/stats`: the gateway's [`herald_monitoring::Stats`] snapshot (the
 /// same counters `/metrics` exports), the degradation level and the leak detector's verdict.
+/// The dashboard's stream sends the same object every second.
 #[derive(Debug, Serialize)]
-struct StatsAnswer {
+pub(super) struct StatsAnswer {
     /// Every count.
     #[serde(flatten)]
     stats: herald_monitoring::Stats,
@@ -349,10 +348,14 @@ struct LeakAnswer {
 
 /// `GET /api/stats`: counts, totals, latency, memory, the degradation level and leaks.
 pub(super) fn stats(call: Call) -> Reply {
-    let app = &call.app;
+    ready(Ok(json(StatusCode::OK, &stats_answer(&call.app))))
+}
+
+/// The body of `GET /api/stats`, read now.
+pub(super) fn stats_answer(app: &App) -> StatsAnswer {
     let degradation = app.memory.degradation();
     let leak = app.memory.leak();
-    let body = StatsAnswer {
+    StatsAnswer {
         stats: app.gateway.stats(),
         degradation: DegradationAnswer {
             level: degradation.level.number(),
@@ -376,13 +379,12 @@ pub(super) fn stats(call: Call) -> Reply {
                 .map(|l| l.recommendation),
         },
         forecast: app.capacity.forecast(),
-    };
-    ready(Ok(json_response(StatusCode::OK, &body)))
+    }
 }
 
 /// `GET /api/config/runtime`: the live-tunable settings.
 pub(super) fn runtime_config(call: Call) -> Reply {
-    ready(Ok(json_response(
+    ready(Ok(json(
         StatusCode::OK,
         &call.app.gateway.runtime().snapshot(),
     )))
@@ -409,7 +411,7 @@ pub(super) fn patch_runtime_config(call: Call) -> Reply {
         runtime
             .apply(&changes, ChangeReason::Operator)
             .map_err(bad_request)?;
-        Ok(json_response(StatusCode::OK, &runtime.snapshot()))
+        Ok(json(StatusCode::OK, &runtime.snapshot()))
     })
 }
 
@@ -435,7 +437,7 @@ async fn publish_one(app: &App, body: PublishRequest) -> Result<PublishResponse,
 
 /// `{delivered}` for a push.
 fn delivered(delivered: Delivered) -> Answer {
-    Ok(json_response(
+    Ok(json(
         StatusCode::OK,
         &DeliveredResponse {
             delivered: delivered.connections as u64,

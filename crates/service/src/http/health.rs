@@ -9,8 +9,10 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 use serde::Serialize;
 
-use super::routes::{Call, Reply, ready};
-use crate::respond::json_response;
+use super::{
+    answer::{Body, json},
+    routes::{Call, Reply, ready},
+};
 
 /// 200 when ready, else 503.
 fn status(is_ready: bool) -> StatusCode {
@@ -23,20 +25,20 @@ fn status(is_ready: bool) -> StatusCode {
 
 /// `GET /health/live`: the process answers (`{"status":"ok"}`).
 pub(super) fn live(call: Call) -> Reply {
-    ready(Ok(json_response(StatusCode::OK, &call.app.health.live())))
+    ready(Ok(json(StatusCode::OK, &call.app.health.live())))
 }
 
 /// `GET /health/ready`: 200 `{"status":"ready"}` until shutdown begins or a required check
 /// fails, then 503 with `shutting_down` or `not_ready` and the failing checks.
 pub(super) fn readiness(call: Call) -> Reply {
     let answer = call.app.health.ready();
-    ready(Ok(json_response(status(answer.is_ready()), &answer)))
+    ready(Ok(json(status(answer.is_ready()), &answer)))
 }
 
 /// `GET /health`: readiness with every check's status, values and message.
 pub(super) fn health(call: Call) -> Reply {
     let report = call.app.health.report();
-    ready(Ok(json_response(status(report.is_ready()), &report)))
+    ready(Ok(json(status(report.is_ready()), &report)))
 }
 
 /// The answer of `GET /health/detailed`: the overall status and every check by name.
@@ -56,7 +58,7 @@ pub(super) fn detailed(call: Call) -> Reply {
         status: report.status,
         checks: &report.components,
     };
-    ready(Ok(json_response(status(report.is_ready()), &body)))
+    ready(Ok(json(status(report.is_ready()), &body)))
 }
 
 /// `GET /metrics`: Prometheus text, the gateway's [`Stats`](herald_monitoring::Stats) snapshot
@@ -66,7 +68,7 @@ pub(super) fn metrics(call: Call) -> Reply {
     let text = app
         .metrics
         .render(&app.gateway.stats(), app.gateway.latency());
-    let mut response = Response::new(Full::new(Bytes::from(text)));
+    let mut response = Response::new(Body::from(Full::new(Bytes::from(text))));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(MetricsReporter::CONTENT_TYPE),

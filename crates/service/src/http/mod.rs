@@ -1,36 +1,43 @@
 //! The HTTP side of the listener: the route table, the API-key check of `/api/*`, and the
-//! routes of the contract (API, health, metrics, and the WebSocket upgrade that hyper parsed).
+//! routes of the contract (API, health, metrics, the dashboard, and the WebSocket upgrade that
+//! hyper parsed).
 //!
 //! Every error is `{"error": {code, message}}` with a fitting status (`respond::ApiError`);
 //! malformed input is never a 500. A request refused before its body is read gets its answer
 //! with `Connection: close` while the rest of the body is discarded (`linger`).
 
+mod answer;
 mod api;
 mod body;
+mod dashboard;
+mod events;
 mod health;
 mod linger;
 mod routes;
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use herald_protocol::ErrorCode;
 use http::{HeaderMap, Method, Request, Response};
-use http_body_util::Full;
 use hyper::body::Incoming;
 
-use self::routes::{Call, Listener, Reply, Route, ready};
+use self::{
+    answer::{Body, refusal},
+    routes::{Call, Listener, Reply, Route, ready},
+};
 use crate::{
     app::{App, Role},
     respond::{ApiError, bearer_token},
     ws,
 };
 
-/// The one route outside `/api/` that needs the API key: every check's figures.
+/// The route outside `/api/` that needs the API key for every check's figures.
 const DETAILED_HEALTH: &str = "/health/detailed";
+/// The route outside `/api/` that needs the API key for the dashboard's figures.
+const DASHBOARD_STREAM: &str = "/dashboard/stream";
 
-/// Every route, by method and path pattern. Paths under `/api/` and [`DETAILED_HEALTH`] also
-/// need the API key.
+/// Every route, by method and path pattern. Paths under `/api/`, [`DETAILED_HEALTH`] and
+/// [`DASHBOARD_STREAM`] also need the API key.
 #[rustfmt::skip] // A table reads best one row per line.
 const ROUTES: &[Route] = &[
     Route::main(Method::GET, "/ws", upgrade),
@@ -52,6 +59,10 @@ const ROUTES: &[Route] = &[
     Route::admin(Method::GET, "/health", health::health),
     Route::admin(Method::GET, DETAILED_HEALTH, health::detailed),
     Route::admin(Method::GET, "/metrics", health::metrics),
+    Route::admin(Method::GET, "/dashboard", dashboard::page),
+    Route::admin(Method::GET, "/dashboard/dashboard.css", dashboard::style),
+    Route::admin(Method::GET, "/dashboard/dashboard.js", dashboard::script),
+    Route::admin(Method::GET, DASHBOARD_STREAM, dashboard::stream),
 ];
 
 /// Answers one request that hyper parsed, on a listener of `role`.
@@ -59,11 +70,11 @@ pub(crate) async fn handle(
     app: &Arc<App>,
     role: Role,
     request: Request<Incoming>,
-) -> Response<Full<Bytes>> {
+) -> Response<Body> {
     let path = request.uri().path();
     let needs_key = match routes::segments(path).next() {
         Some("api") => Listener::Main.served_by(role),
-        _ => path == DETAILED_HEALTH,
+        _ => path == DETAILED_HEALTH || path == DASHBOARD_STREAM,
     };
     if needs_key && let Err(error) = check_api_key(app, request.headers()) {
         return refuse(app, request, error);
@@ -80,20 +91,18 @@ pub(crate) async fn handle(
         request,
         params,
     };
-    (route.handler)(call)
-        .await
-        .unwrap_or_else(ApiError::into_response)
+    (route.handler)(call).await.unwrap_or_else(refusal)
 }
 
 /// `GET /ws` after other requests on a keep-alive connection (the first request of a
 /// connection is answered by `conn` directly).
 fn upgrade(call: Call) -> Reply {
-    ready(Ok(ws::upgrade(&call.app, call.request)))
+    ready(Ok(ws::upgrade(&call.app, call.request).map(Body::from)))
 }
 
 /// Answers `error` to a request whose body is not read: a body still arriving is discarded
 /// while the answer goes out, and the connection closes after it.
-fn refuse(app: &App, request: Request<Incoming>, error: ApiError) -> Response<Full<Bytes>> {
+fn refuse(app: &App, request: Request<Incoming>, error: ApiError) -> Response<Body> {
     let (parts, body) = request.into_parts();
     let max = app.config.max_http_body_bytes;
     let error = if linger::discard(body, &parts.headers, linger::Progress::Unread, max) {
@@ -101,10 +110,10 @@ fn refuse(app: &App, request: Request<Incoming>, error: ApiError) -> Response<Fu
     } else {
         error
     };
-    error.into_response()
+    refusal(error)
 }
 
-/// Checks the `Authorization: Bearer <key>` of an `/api/*` request.
+/// Checks the `Authorization: Bearer <key>` of a request that needs the API key.
 fn check_api_key(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
     let unauthorized = |message: &str| ApiError::new(ErrorCode::Unauthorized, message);
     if app.config.api_keys.is_empty() {

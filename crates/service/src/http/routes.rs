@@ -3,18 +3,17 @@
 
 use std::{future::Future, pin::Pin, sync::Arc};
 
-use bytes::Bytes;
 use http::{Method, Request, Response};
-use http_body_util::Full;
 use hyper::body::Incoming;
 
+use super::answer::Body;
 use crate::{
     app::{App, Role},
     respond::ApiError,
 };
 
 /// What a handler answers: a response, or an error that becomes the contract's error body.
-pub(super) type Answer = Result<Response<Full<Bytes>>, ApiError>;
+pub(super) type Answer = Result<Response<Body>, ApiError>;
 
 /// The future a handler returns. Boxed so that the table can hold plain function pointers.
 pub(super) type Reply = Pin<Box<dyn Future<Output = Answer> + Send>>;
