@@ -730,6 +730,7 @@ fn default_config_prints_every_default() {
         "jwt_public_key_file",
         "jwt_issuer",
         "jwt_audience",
+        "echo_path",
         "memory_limit_bytes",
     ];
     for setting in SETTINGS {
@@ -743,6 +744,18 @@ fn default_config_prints_every_default() {
     assert_eq!(table["max_payload_bytes"].as_integer(), Some(102_400));
     assert_eq!(table["user_limit_policy"].as_str(), Some("evict_oldest"));
     assert_eq!(table["jwt_algorithm"].as_str(), Some("HS256"));
+}
+
+#[test]
+fn the_echo_path_is_unset_by_default_and_checked_when_set() {
+    assert_eq!(load(None, &[], &[]).echo_path, None);
+    let config = load(None, &[("HERALD_ECHO_PATH", "/echo")], &[]);
+    assert_eq!(config.echo_path.as_deref(), Some("/echo"));
+    check_env_error(
+        &[("HERALD_ECHO_PATH", "/ws")],
+        "invalid value \"/ws\" for HERALD_ECHO_PATH (echo_path): expected an absolute path \
+         other than /ws, of letters, digits and /-._~",
+    );
 }
 
 #[test]
