@@ -8,6 +8,7 @@
 #![allow(clippy::print_stdout)] // A task runner reports to its terminal.
 
 mod bench;
+mod schemathesis;
 #[cfg(test)]
 mod tidy;
 
@@ -23,7 +24,10 @@ const USAGE: &str = "\
 usage: cargo xtask <task>
 
 tasks:
-  ci      everything CI checks: fmt, clippy, tests, rustdoc, cargo-deny, bench --smoke
+  ci      everything CI checks: fmt, clippy, tests, schemathesis, rustdoc, cargo-deny,
+          bench --smoke
+  schemathesis
+          the HTTP API against docs/openapi.yaml, on target/debug/herald (built first)
   bench   load benchmarks of Herald (and nginx + nchan): fanout, p2p, idle, churn, curve;
           `cargo xtask bench --help` for the options
 ";
@@ -33,6 +37,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("bench") => bench::bench(&args[1..]),
+        Some("schemathesis") => schemathesis::schemathesis(&project_root()),
         Some("help" | "--help" | "-h") | None => {
             print!("{USAGE}");
             Ok(())
@@ -95,6 +100,8 @@ fn ci() -> Result {
     } else {
         cargo(&["test", "--workspace", "--locked"], &[])?;
     }
+    // The HTTP API against its contract, on the binary built above.
+    schemathesis::schemathesis(&root)?;
     cargo(
         &["doc", "--workspace", "--no-deps", "--locked"],
         &[("RUSTDOCFLAGS", "-D warnings")],

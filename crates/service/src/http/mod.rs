@@ -9,6 +9,8 @@ mod api;
 mod body;
 mod health;
 mod linger;
+#[cfg(test)]
+mod openapi;
 mod routes;
 
 use std::sync::Arc;
