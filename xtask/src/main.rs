@@ -8,6 +8,7 @@
 #![allow(clippy::print_stdout)] // A task runner reports to its terminal.
 
 mod bench;
+mod fuzz;
 mod schemathesis;
 #[cfg(test)]
 mod tidy;
@@ -24,8 +25,10 @@ const USAGE: &str = "\
 usage: cargo xtask <task>
 
 tasks:
-  ci      everything CI checks: fmt, clippy, tests, schemathesis, rustdoc, cargo-deny,
-          bench --smoke
+  ci      everything CI checks: fmt, clippy, tests, schemathesis, a fuzz pass, rustdoc,
+          cargo-deny, bench --smoke
+  fuzz SECONDS
+          every fuzz target of fuzz/ for SECONDS each (installs cargo-fuzz 0.13.2)
   schemathesis
           the HTTP API against docs/openapi.yaml, on target/debug/herald (built first)
   bench   load benchmarks of Herald (and nginx + nchan): fanout, p2p, idle, churn, curve;
@@ -37,6 +40,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("bench") => bench::bench(&args[1..]),
+        Some("fuzz") => fuzz::fuzz_task(&args[1..]),
         Some("schemathesis") => schemathesis::schemathesis(&project_root()),
         Some("help" | "--help" | "-h") | None => {
             print!("{USAGE}");
@@ -102,6 +106,8 @@ fn ci() -> Result {
     }
     // The HTTP API against its contract, on the binary built above.
     schemathesis::schemathesis(&root)?;
+    // A short fuzz pass over every parser target; a crash fails CI.
+    fuzz::fuzz(&root, fuzz::CI_SECONDS)?;
     cargo(
         &["doc", "--workspace", "--no-deps", "--locked"],
         &[("RUSTDOCFLAGS", "-D warnings")],
