@@ -6,7 +6,8 @@
 //!
 //! - `server.rs`: [`TestServer`], [`run_herald`] and the HTTP API calls.
 //! - `client.rs`: [`WsClient`] and what a test reads off a WebSocket.
-//! - `raw.rs`: hand-written HTTP over TCP ([`raw_exchange`], [`try_upgrade`]).
+//! - `raw.rs`: hand-written HTTP and WebSocket frames over TCP ([`raw_exchange`],
+//!   [`try_upgrade`], [`client_frame`], [`read_server_frame`]).
 //! - `tokens.rs`: [`token`], [`sign`], [`refused_tokens`] and the wall clock.
 //! - `browser.rs`: [`Browser`], a headless Chromium driven over the DevTools protocol.
 
@@ -24,8 +25,9 @@ pub use crate::{
         Ended, WsClient, assert_error, connection_id, frames_in, read_until_ended, slow_subscriber,
     },
     raw::{
-        RawAnswer, SAMPLE_KEY, raw_exchange, read_head, read_until_closed, read_until_contains,
-        try_upgrade, upgrade_head,
+        RawAnswer, SAMPLE_KEY, ServerFrame, client_frame, raw_exchange, read_close_code, read_head,
+        read_server_frame, read_until_closed, read_until_contains, try_upgrade, upgrade_head,
+        upgrade_head_for,
     },
     server::{TestServer, herald_bin, metric, run_herald},
     tokens::{now_ms, now_secs, refused_tokens, sign, token},

@@ -1,5 +1,6 @@
-//! HTTP written and read by hand over TCP, for what a ready-made client would not send or would
-//! hide: upgrade requests with chosen headers, the exact response head, and whether and when
+//! HTTP and WebSocket frames written and read by hand over TCP, for what a ready-made client
+//! would not send or would hide: upgrade requests with chosen headers, the exact response head,
+//! frames that break RFC 6455 and the exact bytes of the server's frames, and whether and when
 //! the server closes the socket.
 
 use std::time::Duration;
@@ -125,8 +126,13 @@ pub async fn raw_exchange(
 
 /// A complete, valid upgrade request head for `GET /ws{query}` with `extra` headers.
 pub fn upgrade_head(server: &TestServer, query: &str, extra: &[(&str, &str)]) -> String {
+    upgrade_head_for(server, &format!("/ws{query}"), extra)
+}
+
+/// A complete, valid upgrade request head for `GET {target}` with `extra` headers.
+pub fn upgrade_head_for(server: &TestServer, target: &str, extra: &[(&str, &str)]) -> String {
     let mut head = format!(
-        "GET /ws{query} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        "GET {target} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {SAMPLE_KEY}\r\n",
         server.addr
     );
@@ -205,4 +211,115 @@ pub async fn read_until_closed<R: AsyncRead + Unpin>(
     .await
     .with_context(|| format!("the server kept the connection open for {limit:?}"))?;
     Ok(received)
+}
+
+/// The masking key of every frame [`client_frame`] writes.
+const MASK: [u8; 4] = [0x12, 0x34, 0x56, 0x78];
+
+/// A client frame as raw bytes: `first` is the whole first byte (FIN, RSV bits, opcode), the
+/// length in its shortest form, and the payload masked with a fixed key unless `masked` is
+/// false. Nothing is checked, so any violation of RFC 6455 can be written.
+pub fn client_frame(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mask_bit = if masked { 0x80 } else { 0 };
+    let mut out = vec![first];
+    match u16::try_from(payload.len()) {
+        Ok(n @ 0..=125) => out.extend_from_slice(&[mask_bit | n.to_be_bytes()[1]]),
+        Ok(n) => {
+            out.push(mask_bit | 126);
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+        Err(_) => {
+            out.push(mask_bit | 127);
+            out.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+        }
+    }
+    if masked {
+        out.extend_from_slice(&MASK);
+        out.extend(payload.iter().zip(MASK.iter().cycle()).map(|(b, m)| b ^ m));
+    } else {
+        out.extend_from_slice(payload);
+    }
+    out
+}
+
+/// One frame as the server wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerFrame {
+    /// The first byte: FIN, RSV bits and opcode.
+    pub first: u8,
+    /// The payload (server frames are never masked; a masked one fails the read).
+    pub payload: Vec<u8>,
+    /// The whole frame as it came off the wire, header included.
+    pub raw: Vec<u8>,
+}
+
+impl ServerFrame {
+    /// The opcode (the low four bits of the first byte).
+    pub fn opcode(&self) -> u8 {
+        self.first & 0x0f
+    }
+
+    /// Whether FIN is set.
+    pub fn fin(&self) -> bool {
+        self.first & 0x80 != 0
+    }
+
+    /// A close frame's code: 1005 when it has no payload, `None` when it is not a close frame.
+    pub fn close_code(&self) -> Option<u16> {
+        (self.opcode() == 0x8).then(|| match self.payload.as_slice() {
+            [high, low, ..] => u16::from_be_bytes([*high, *low]),
+            _ => 1005,
+        })
+    }
+}
+
+/// Reads exactly one server frame; `None` when the server ended the connection first (a close
+/// or a reset). Fails after [`TIMEOUT`] or on a masked server frame.
+pub async fn read_server_frame(stream: &mut TcpStream) -> anyhow::Result<Option<ServerFrame>> {
+    tokio::time::timeout(TIMEOUT, async {
+        let mut head = [0_u8; 2];
+        if stream.read_exact(&mut head).await.is_err() {
+            return Ok(None);
+        }
+        if head[1] & 0x80 != 0 {
+            bail!("a masked server frame: {head:?}");
+        }
+        let mut raw = head.to_vec();
+        let len = match head[1] & 0x7f {
+            126 => {
+                let mut bytes = [0_u8; 2];
+                stream.read_exact(&mut bytes).await?;
+                raw.extend_from_slice(&bytes);
+                u64::from(u16::from_be_bytes(bytes))
+            }
+            127 => {
+                let mut bytes = [0_u8; 8];
+                stream.read_exact(&mut bytes).await?;
+                raw.extend_from_slice(&bytes);
+                u64::from_be_bytes(bytes)
+            }
+            n => u64::from(n),
+        };
+        let mut payload = vec![0_u8; usize::try_from(len)?];
+        stream.read_exact(&mut payload).await?;
+        raw.extend_from_slice(&payload);
+        Ok(Some(ServerFrame {
+            first: head[0],
+            payload,
+            raw,
+        }))
+    })
+    .await
+    .context("no server frame within the timeout")?
+}
+
+/// Reads server frames, skipping data frames, until a close frame (its code, 1005 without one)
+/// or the end of the connection (`None`).
+pub async fn read_close_code(stream: &mut TcpStream) -> anyhow::Result<Option<u16>> {
+    while let Some(frame) = read_server_frame(stream).await? {
+        if let Some(code) = frame.close_code() {
+            return Ok(Some(code));
+        }
+    }
+    Ok(None)
 }

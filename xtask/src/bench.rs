@@ -518,7 +518,7 @@ http {{
 }
 
 /// Waits (at most 20 s) until the server accepts TCP connections.
-fn wait_until_listening(child: &mut Child, addr: SocketAddr, log: &Path) -> Result {
+pub(crate) fn wait_until_listening(child: &mut Child, addr: SocketAddr, log: &Path) -> Result {
     for _ in 0..200 {
         if let Ok(Some(status)) = child.try_wait() {
             return Err(format!(
@@ -538,7 +538,7 @@ fn wait_until_listening(child: &mut Child, addr: SocketAddr, log: &Path) -> Resu
 }
 
 /// SIGTERM, up to 10 s to exit, then SIGKILL.
-fn stop(child: &mut Child) {
+pub(crate) fn stop(child: &mut Child) {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
@@ -553,7 +553,7 @@ fn stop(child: &mut Child) {
 }
 
 /// A port that was free a moment ago.
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())

@@ -9,6 +9,8 @@
 
 mod apt;
 mod bench;
+mod fuzz;
+mod schemathesis;
 #[cfg(test)]
 mod tidy;
 
@@ -27,7 +29,12 @@ const USAGE: &str = "\
 usage: cargo xtask <task>
 
 tasks:
-  ci      everything CI checks: fmt, clippy, tests, rustdoc, cargo-deny, bench --smoke
+  ci      everything CI checks: fmt, clippy, tests, schemathesis, a fuzz pass, rustdoc,
+          cargo-deny, bench --smoke
+  fuzz SECONDS
+          every fuzz target of fuzz/ for SECONDS each (installs cargo-fuzz 0.13.2)
+  schemathesis
+          the HTTP API against docs/openapi.yaml, on target/debug/herald (built first)
   bench   load benchmarks of Herald (and nginx + nchan): fanout, p2p, idle, churn, curve;
           `cargo xtask bench --help` for the options
   dashboard-screenshot
@@ -41,6 +48,8 @@ fn main() -> ExitCode {
         Some("ci") => ci(),
         Some("bench") => bench::bench(&args[1..]),
         Some("dashboard-screenshot") => dashboard_screenshot(),
+        Some("fuzz") => fuzz::fuzz_task(&args[1..]),
+        Some("schemathesis") => schemathesis::schemathesis(&project_root()),
         Some("help" | "--help" | "-h") | None => {
             print!("{USAGE}");
             Ok(())
@@ -108,6 +117,10 @@ fn ci() -> Result {
     } else {
         cargo(&["test", "--workspace", "--locked"], &[])?;
     }
+    // The HTTP API against its contract, on the binary built above.
+    schemathesis::schemathesis(&root)?;
+    // A short fuzz pass over every parser target; a crash fails CI.
+    fuzz::fuzz(&root, fuzz::CI_SECONDS)?;
     cargo(
         &["doc", "--workspace", "--no-deps", "--locked"],
         &[("RUSTDOCFLAGS", "-D warnings")],

@@ -66,6 +66,10 @@ pub struct BaseConfig {
     /// `HERALD_MAX_PAYLOAD_BYTES` / `max_payload_bytes`: largest inbound WebSocket message.
     /// Default 102400, range 1 to 64 MiB.
     pub max_payload_bytes: usize,
+    /// `HERALD_ECHO_PATH` / `echo_path`: the path of the WebSocket echo endpoint for conformance
+    /// suites, which needs no token. `None` (the default) serves none. Always absolute, plain
+    /// (letters, digits, `/-._~`) and other than `/ws`.
+    pub echo_path: Option<String>,
     /// `HERALD_MAX_HTTP_BODY_BYTES` / `max_http_body_bytes`: largest HTTP API body.
     /// Default 1 MiB, range 1 to 64 MiB.
     pub max_http_body_bytes: usize,
@@ -182,6 +186,7 @@ impl Default for BaseConfig {
             heartbeat_interval: Duration::from_millis(30_000),
             stale_timeout: Duration::from_millis(60_000),
             max_payload_bytes: 102_400,
+            echo_path: None,
             max_http_body_bytes: 1_048_576,
             max_connections: 100_000,
             max_connections_per_user: 25,

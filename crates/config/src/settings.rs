@@ -431,6 +431,20 @@ pub(crate) static SETTINGS: &[Setting] = &[
         render: |c| Some(c.max_payload_bytes.to_string()),
     },
     Setting {
+        key: "echo_path",
+        env: "HERALD_ECHO_PATH",
+        doc: "path of a WebSocket echo endpoint for conformance suites (Autobahn): no token, text and binary messages echoed; unset serves none",
+        kind: Kind::Other(
+            "absolute path other than `/ws` (letters, digits, `/-._~`); empty for none",
+        ),
+        secret: false,
+        apply: |_, c, v| {
+            c.echo_path = optional_text(v)?.map(echo_path).transpose()?;
+            Ok(())
+        },
+        render: |c| c.echo_path.as_deref().map(toml_string),
+    },
+    Setting {
         key: "max_http_body_bytes",
         env: "HERALD_MAX_HTTP_BODY_BYTES",
         doc: "largest HTTP API request body; more is a 413",
@@ -826,6 +840,18 @@ fn socket_addr(raw: &Raw<'_>) -> Result<SocketAddr, String> {
     })
 }
 
+/// An echo endpoint's path: absolute, plain (no query, no escapes) and not the WebSocket's own.
+fn echo_path(path: &str) -> Result<String, String> {
+    let plain = path
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/-._~".contains(&b));
+    if path.starts_with('/') && plain && path != "/ws" {
+        Ok(path.to_owned())
+    } else {
+        Err("expected an absolute path other than /ws, of letters, digits and /-._~".to_owned())
+    }
+}
+
 /// A list: comma-separated text (spaces around items ignored, empty items dropped), or a TOML
 /// array of strings, or a TOML string as a list of one (an empty string is an empty list).
 fn list<T>(raw: &Raw<'_>, item: impl Fn(&str) -> Result<T, String>) -> Result<Vec<T>, String> {
@@ -1064,6 +1090,24 @@ mod tests {
             "",
         ] {
             check_origin(bad, None);
+        }
+    }
+
+    #[test]
+    fn echo_paths_are_plain_absolute_paths_other_than_the_websockets() {
+        for good in ["/echo", "/", "/conformance/echo-1", "/a.b_c~d"] {
+            assert_eq!(echo_path(good).as_deref(), Ok(good));
+        }
+        for bad in [
+            "echo",
+            "/ws",
+            "/echo?x=1",
+            "/echo#x",
+            "/e%20cho",
+            "/e cho",
+            "/ü",
+        ] {
+            assert!(echo_path(bad).is_err(), "{bad}");
         }
     }
 

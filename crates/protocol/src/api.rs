@@ -402,4 +402,52 @@ mod tests {
             assert_eq!(err.code, ErrorCode::BadRequest);
         }
     }
+
+    /// Parses `bytes` as every request body type; each gives a value or a typed error.
+    fn parse_every_body(bytes: &[u8]) -> Vec<Option<ProtocolError>> {
+        vec![
+            parse_body::<PublishRequest>(bytes).err(),
+            parse_body::<PublishBatchRequest>(bytes).err(),
+            parse_body::<BroadcastRequest>(bytes).err(),
+            parse_body::<EventRequest>(bytes).err(),
+            parse_body::<UserSendRequest>(bytes).err(),
+            parse_body::<ConnectionSendRequest>(bytes).err(),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever the bytes, every body type is a value or a `bad_request`, never a panic.
+        #[test]
+        fn every_body_type_parses_or_is_a_bad_request(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+        ) {
+            for error in parse_every_body(&bytes).into_iter().flatten() {
+                proptest::prop_assert_eq!(error.code, ErrorCode::BadRequest);
+            }
+        }
+
+        /// JSON objects with the bodies' field names and arbitrary values: the same.
+        #[test]
+        fn json_objects_with_body_fields_parse_or_are_a_bad_request(
+            fields in proptest::collection::vec(
+                (
+                    proptest::sample::select(&[
+                        "topic", "data", "priority", "id", "messages", "exclude", "event",
+                        "threadId", "runId",
+                    ][..]),
+                    crate::testing::json_value(),
+                ),
+                0..6,
+            ),
+        ) {
+            let object: serde_json::Map<String, serde_json::Value> = fields
+                .into_iter()
+                .map(|(name, value)| (name.to_owned(), value))
+                .collect();
+            let text = serde_json::Value::Object(object).to_string();
+            for error in parse_every_body(text.as_bytes()).into_iter().flatten() {
+                proptest::prop_assert_eq!(error.code, ErrorCode::BadRequest);
+            }
+        }
+    }
 }

@@ -74,8 +74,9 @@ async fn open(
     } else {
         // Closed, failed or too slow before a whole request head: nothing to answer, as
         // hyper's own header timeout would not answer either.
+        let echo = app.config.echo_path.as_deref();
         let Ok(read) =
-            tokio::time::timeout(app.config.handshake_timeout, read_first(&mut stream)).await
+            tokio::time::timeout(app.config.handshake_timeout, read_first(&mut stream, echo)).await
         else {
             metrics::counter!("herald_handshake_timeouts_total").increment(1);
             return None;
@@ -83,7 +84,18 @@ async fn open(
         read.ok()?
     };
     let (request, leftover) = match first {
-        First::Upgrade { request, leftover } => (request, leftover),
+        First::Upgrade {
+            request,
+            leftover,
+            echo: true,
+        } => {
+            // Boxed, like HTTP: the echo endpoint's state stays out of `/ws`'s task.
+            Box::pin(ws::serve_echo(Arc::clone(app), stream, request, leftover)).await;
+            return None;
+        }
+        First::Upgrade {
+            request, leftover, ..
+        } => (request, leftover),
         // Boxed: an HTTP connection's state is large.
         First::Http(read) => {
             let http = serve_http(Arc::clone(app), role, Prefixed::new(read, stream), stop);
@@ -108,17 +120,20 @@ async fn open(
 /// What the connection's first request turned out to be.
 #[allow(clippy::large_enum_variant)] // Lives once per connection, briefly; a box would cost more.
 enum First {
-    /// A complete `GET /ws` head, parsed, and what the client sent after it.
+    /// A complete `GET /ws` (or `GET` of the echo path) head, parsed, and what the client sent
+    /// after it.
     Upgrade {
         request: Request<()>,
         leftover: Vec<u8>,
+        /// For the echo endpoint.
+        echo: bool,
     },
     /// Anything else, with the bytes read so far: hyper serves it.
     Http(Vec<u8>),
 }
 
 /// Reads until the first request head is complete or is known not to be a WebSocket handshake.
-async fn read_first(stream: &mut TcpStream) -> io::Result<First> {
+async fn read_first(stream: &mut TcpStream, echo: Option<&str>) -> io::Result<First> {
     let mut read = Vec::with_capacity(FIRST_READ_BYTES);
     loop {
         if read.len() >= MAX_DIRECT_HEAD_BYTES {
@@ -128,10 +143,18 @@ async fn read_first(stream: &mut TcpStream) -> io::Result<First> {
         if stream.read_buf(&mut read).await? == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        match parse_first(&read) {
-            Parsed::Upgrade { request, head_len } => {
+        match parse_first(&read, echo) {
+            Parsed::Upgrade {
+                request,
+                head_len,
+                echo,
+            } => {
                 let leftover = read.split_off(head_len);
-                return Ok(First::Upgrade { request, leftover });
+                return Ok(First::Upgrade {
+                    request,
+                    leftover,
+                    echo,
+                });
             }
             Parsed::Http => return Ok(First::Http(read)),
             Parsed::Partial => {}
@@ -146,27 +169,29 @@ enum Parsed {
     Upgrade {
         request: Request<()>,
         head_len: usize,
+        echo: bool,
     },
     Http,
     Partial,
 }
 
 /// Decides, as early as the bytes allow, whether the head is a WebSocket handshake to answer
-/// here. Anything unusual (a body, HTTP/1.0, too many headers, a malformed head) is hyper's,
-/// which answers it as it answers any request.
-fn parse_first(bytes: &[u8]) -> Parsed {
-    const START: &[u8] = b"GET /ws";
-    let known = bytes.len().min(START.len());
-    if bytes[..known] != START[..known] {
+/// here: to `/ws`, or to the echo path when one is configured. Anything unusual (a body,
+/// HTTP/1.0, too many headers, a malformed head) is hyper's, which answers it as it answers any
+/// request.
+fn parse_first(bytes: &[u8], echo: Option<&str>) -> Parsed {
+    if !starts_as_get(bytes, "/ws") && !echo.is_some_and(|echo| starts_as_get(bytes, echo)) {
         return Parsed::Http;
     }
+    let is_upgrade_path =
+        |target: &str| is_websocket_path(target) || echo.is_some_and(|e| path_of(target) == e);
     let mut headers = [httparse::EMPTY_HEADER; MAX_DIRECT_HEADERS];
     let mut head = httparse::Request::new(&mut headers);
     let head_len = match head.parse(bytes) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => {
             return match head.path {
-                Some(path) if !is_websocket_path(path) => Parsed::Http,
+                Some(path) if !is_upgrade_path(path) => Parsed::Http,
                 _ => Parsed::Partial,
             };
         }
@@ -175,9 +200,10 @@ fn parse_first(bytes: &[u8]) -> Parsed {
     let (Some("GET"), Some(path), Some(1)) = (head.method, head.path, head.version) else {
         return Parsed::Http;
     };
-    if !is_websocket_path(path) {
+    if !is_upgrade_path(path) {
         return Parsed::Http;
     }
+    let echo = !is_websocket_path(path);
     let mut builder = Request::builder()
         .method(Method::GET)
         .uri(path)
@@ -191,15 +217,33 @@ fn parse_first(bytes: &[u8]) -> Parsed {
         builder = builder.header(header.name, header.value);
     }
     match builder.body(()) {
-        Ok(request) => Parsed::Upgrade { request, head_len },
+        Ok(request) => Parsed::Upgrade {
+            request,
+            head_len,
+            echo,
+        },
         // A header hyper would refuse too: let it answer.
         Err(_) => Parsed::Http,
     }
 }
 
+/// Whether the bytes read so far may begin `GET {path}`.
+fn starts_as_get(bytes: &[u8], path: &str) -> bool {
+    let start = b"GET ".iter().chain(path.as_bytes());
+    bytes
+        .iter()
+        .zip(start)
+        .all(|(read, expected)| read == expected)
+}
+
 /// `/ws`, with or without a query.
 fn is_websocket_path(target: &str) -> bool {
-    target.split_once('?').map_or(target, |(path, _)| path) == "/ws"
+    path_of(target) == "/ws"
+}
+
+/// A request target's path: what precedes the query.
+fn path_of(target: &str) -> &str {
+    target.split_once('?').map_or(target, |(path, _)| path)
 }
 
 /// Serves HTTP/1.1 on the connection until it closes or `stop` asks for a graceful end.
@@ -256,8 +300,11 @@ mod tests {
 
     #[test]
     fn a_complete_handshake_is_answered_directly() {
-        let Parsed::Upgrade { request, head_len } = parse_first(HANDSHAKE) else {
-            panic!("not an upgrade: {:?}", parse_first(HANDSHAKE))
+        let Parsed::Upgrade {
+            request, head_len, ..
+        } = parse_first(HANDSHAKE, None)
+        else {
+            panic!("not an upgrade: {:?}", parse_first(HANDSHAKE, None))
         };
         assert_eq!(head_len, HANDSHAKE.len());
         assert_eq!(request.uri().query(), Some("token=abc"));
@@ -274,7 +321,7 @@ mod tests {
     fn bytes_after_the_head_are_not_part_of_it() {
         let mut bytes = HANDSHAKE.to_vec();
         bytes.extend_from_slice(b"\x81\x80");
-        let Parsed::Upgrade { head_len, .. } = parse_first(&bytes) else {
+        let Parsed::Upgrade { head_len, .. } = parse_first(&bytes, None) else {
             panic!("not an upgrade")
         };
         assert_eq!(head_len, HANDSHAKE.len());
@@ -284,7 +331,7 @@ mod tests {
     fn an_incomplete_handshake_waits_for_more() {
         for len in [1, 3, 8, 20, HANDSHAKE.len() - 1] {
             assert!(
-                matches!(parse_first(&HANDSHAKE[..len]), Parsed::Partial),
+                matches!(parse_first(&HANDSHAKE[..len], None), Parsed::Partial),
                 "{len}"
             );
         }
@@ -303,7 +350,7 @@ mod tests {
             b"\x16\x03\x01 not http at all",
         ] {
             assert!(
-                matches!(parse_first(head), Parsed::Http),
+                matches!(parse_first(head, None), Parsed::Http),
                 "{:?}",
                 String::from_utf8_lossy(head)
             );
@@ -317,6 +364,28 @@ mod tests {
             head.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
         }
         head.extend_from_slice(b"\r\n");
-        assert!(matches!(parse_first(&head), Parsed::Http));
+        assert!(matches!(parse_first(&head, None), Parsed::Http));
+    }
+
+    #[test]
+    fn the_echo_path_is_answered_directly_only_when_configured() {
+        let head = b"GET /echo HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\r\n";
+        assert!(matches!(parse_first(head, None), Parsed::Http));
+        assert!(matches!(
+            parse_first(head, Some("/echo")),
+            Parsed::Upgrade { echo: true, .. }
+        ));
+        assert!(matches!(
+            parse_first(&head[..8], Some("/echo")),
+            Parsed::Partial
+        ));
+        assert!(matches!(
+            parse_first(b"GET /echoes HTTP/1.1\r\n", Some("/echo")),
+            Parsed::Http
+        ));
+        assert!(matches!(
+            parse_first(HANDSHAKE, Some("/echo")),
+            Parsed::Upgrade { echo: false, .. }
+        ));
     }
 }

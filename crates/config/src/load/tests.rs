@@ -730,6 +730,7 @@ fn default_config_prints_every_default() {
         "jwt_public_key_file",
         "jwt_issuer",
         "jwt_audience",
+        "echo_path",
         "memory_limit_bytes",
     ];
     for setting in SETTINGS {
@@ -746,6 +747,18 @@ fn default_config_prints_every_default() {
 }
 
 #[test]
+fn the_echo_path_is_unset_by_default_and_checked_when_set() {
+    assert_eq!(load(None, &[], &[]).echo_path, None);
+    let config = load(None, &[("HERALD_ECHO_PATH", "/echo")], &[]);
+    assert_eq!(config.echo_path.as_deref(), Some("/echo"));
+    check_env_error(
+        &[("HERALD_ECHO_PATH", "/ws")],
+        "invalid value \"/ws\" for HERALD_ECHO_PATH (echo_path): expected an absolute path \
+         other than /ws, of letters, digits and /-._~",
+    );
+}
+
+#[test]
 fn sources_debug_hides_values() {
     let sources = Sources {
         env: pairs(&[("HERALD_JWT_SECRET", "hunter2")]),
@@ -755,4 +768,49 @@ fn sources_debug_hides_values() {
     let shown = format!("{sources:?}");
     assert!(shown.contains("HERALD_JWT_SECRET"));
     assert!(!shown.contains("hunter"));
+}
+
+mod never_panics {
+    //! Every input reaches a configuration or a `ConfigError`.
+
+    use proptest::prelude::*;
+
+    use super::{SETTINGS, try_load};
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Any text for any setting, from the environment: a configuration or a `ConfigError`,
+        /// never a panic.
+        #[test]
+        fn any_setting_with_any_text_loads_or_is_an_error(
+            index in 0..SETTINGS.len(),
+            text in any::<String>(),
+        ) {
+            let _ = try_load(None, &[(SETTINGS[index].env, text.as_str())], &[]);
+            let _ = try_load(None, &[], &[(SETTINGS[index].key, text.as_str())]);
+        }
+
+        /// Any text as the TOML file: the same.
+        #[test]
+        fn any_file_loads_or_is_an_error(text in any::<String>()) {
+            let _ = try_load(Some(&text), &[], &[]);
+        }
+
+        /// TOML files that set real keys to arbitrary TOML values: the same.
+        #[test]
+        fn real_keys_with_any_toml_value_load_or_are_an_error(
+            index in 0..SETTINGS.len(),
+            value in prop_oneof![
+                any::<i64>().prop_map(|n| n.to_string()),
+                any::<String>().prop_map(|s| toml::Value::String(s).to_string()),
+                any::<bool>().prop_map(|b| b.to_string()),
+                any::<f64>().prop_map(|f| toml::Value::Float(f).to_string()),
+                Just("[1, \"a\"]".to_owned()),
+                Just("{ a = 1 }".to_owned()),
+            ],
+        ) {
+            let _ = try_load(Some(&format!("{} = {value}\n", SETTINGS[index].key)), &[], &[]);
+        }
+    }
 }

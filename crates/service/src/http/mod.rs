@@ -13,6 +13,8 @@ mod dashboard;
 mod events;
 mod health;
 mod linger;
+#[cfg(test)]
+mod openapi;
 mod routes;
 
 use std::sync::Arc;
@@ -65,6 +67,14 @@ const ROUTES: &[Route] = &[
     Route::admin(Method::GET, DASHBOARD_STREAM, dashboard::stream),
 ];
 
+/// Whether a request for `path` must carry an API key where its route is served: the API,
+/// [`DETAILED_HEALTH`] and [`DASHBOARD_STREAM`].
+fn keyed(path: &str) -> bool {
+    routes::segments(path).next() == Some("api")
+        || path == DETAILED_HEALTH
+        || path == DASHBOARD_STREAM
+}
+
 /// Answers one request that hyper parsed, on a listener of `role`.
 pub(crate) async fn handle(
     app: &Arc<App>,
@@ -73,8 +83,9 @@ pub(crate) async fn handle(
 ) -> Response<Body> {
     let path = request.uri().path();
     let needs_key = match routes::segments(path).next() {
+        // The admin listener does not serve the API: a 404 there, key or not.
         Some("api") => Listener::Main.served_by(role),
-        _ => path == DETAILED_HEALTH || path == DASHBOARD_STREAM,
+        _ => keyed(path),
     };
     if needs_key && let Err(error) = check_api_key(app, request.headers()) {
         return refuse(app, request, error);

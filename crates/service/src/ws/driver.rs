@@ -26,9 +26,9 @@ use crate::{
 };
 
 /// How long a closing connection may take to finish the close handshake.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Inbound frames handled per poll before yielding to other tasks.
-const READ_BUDGET: usize = 32;
+pub(super) const READ_BUDGET: usize = 32;
 /// Outbound batches written per poll before yielding to other tasks.
 const WRITE_BUDGET: usize = 4;
 
@@ -61,7 +61,7 @@ pub(crate) fn drive(app: Arc<App>, ws: Ws, mut session: Session) -> impl Future<
 
 /// How a connection's driving loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum End {
+pub(super) enum End {
     /// The server closes with this code.
     Close(CloseCode),
     /// The server closes with a code of RFC 6455's own (1007, 1009 ...).
@@ -280,7 +280,7 @@ impl FillDelay {
 
 /// The close handshake for how the connection ended, after the rest of a frame that was
 /// half-written when it ended (a close frame must not land inside it).
-async fn goodbye(mut ws: Ws, end: End, unfinished: Vec<Bytes>) {
+pub(super) async fn goodbye(mut ws: Ws, end: End, unfinished: Vec<Bytes>) {
     for bytes in unfinished {
         if ws.get_mut().write_all(&bytes).await.is_err() {
             return;
@@ -345,7 +345,7 @@ fn log_closed(session: &Session, end: End) {
 }
 
 /// How a tungstenite error ends the connection.
-fn end_for(error: &tungstenite::Error) -> End {
+pub(super) fn end_for(error: &tungstenite::Error) -> End {
     match error {
         tungstenite::Error::Capacity(_) => End::Protocol(WsCloseCode::Size),
         tungstenite::Error::Utf8(_) => End::Protocol(WsCloseCode::Invalid),

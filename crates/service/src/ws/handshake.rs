@@ -78,6 +78,18 @@ pub(crate) fn answer_direct(
     Ok((greeting, session))
 }
 
+/// Answers a handshake to the echo endpoint (`echo_path`, for conformance suites), parsed by
+/// `conn` like a direct `GET /ws`: only the upgrade's own checks (version, key), no origin
+/// check, no token and no admission, because the echo endpoint reaches nothing of the gateway.
+/// Returns the 101 to write, or the HTTP refusal after which the connection closes.
+pub(crate) fn answer_echo(request: &Request<()>) -> Result<Vec<u8>, Vec<u8>> {
+    let key = validate_handshake(request.headers()).map_err(encode_response)?;
+    Ok(encode_response(switching_protocols(
+        &derive_accept_key(key.as_bytes()),
+        false,
+    )))
+}
+
 /// Answers a `GET /ws` that hyper parsed (one that followed other requests on a keep-alive
 /// connection): checks the handshake, admits the connection and upgrades it.
 pub(crate) fn upgrade(app: &Arc<App>, mut request: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -174,22 +186,27 @@ fn check_handshake(
 impl Accepted {
     /// The 101 that completes the handshake.
     fn switching_protocols(&self) -> Response<Full<Bytes>> {
-        let mut response = Response::new(Full::new(Bytes::new()));
-        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        let headers = response.headers_mut();
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        if let Ok(accept) = HeaderValue::from_str(&self.accept_key) {
-            headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
-        }
-        if self.subprotocol {
-            headers.insert(
-                header::SEC_WEBSOCKET_PROTOCOL,
-                HeaderValue::from_static(SUBPROTOCOL),
-            );
-        }
-        response
+        switching_protocols(&self.accept_key, self.subprotocol)
     }
+}
+
+/// A 101 with `Sec-WebSocket-Accept: accept_key`, echoing `herald.v1` when `subprotocol`.
+fn switching_protocols(accept_key: &str, subprotocol: bool) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(accept) = HeaderValue::from_str(accept_key) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    if subprotocol {
+        headers.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(SUBPROTOCOL),
+        );
+    }
+    response
 }
 
 /// A response as HTTP/1.1 bytes: a 101 as is, anything else with its body and

@@ -10,8 +10,11 @@
 //! - `wire`: the socket shared by tungstenite (reads, control replies) and the data-frame
 //!   writer, in turns, so that no control frame lands inside a data frame.
 //! - `writer`: data frames encoded and written with vectored writes.
+//! - `echo`: the echo endpoint for conformance suites (`echo_path`), on the same reader and
+//!   writer.
 
 mod driver;
+mod echo;
 mod handshake;
 mod wire;
 mod writer;
@@ -21,6 +24,7 @@ use tokio_tungstenite::WebSocketStream;
 
 pub(crate) use crate::ws::{
     driver::drive,
+    echo::serve_echo,
     handshake::{answer_direct, upgrade, websocket},
 };
 

@@ -52,8 +52,20 @@ impl Chunk {
     /// The header of a final text frame carrying `len` bytes (RFC 6455, 5.2).
     pub(super) fn text_header(len: usize) -> Self {
         const FIN_TEXT: u8 = 0x81;
+        Self::header(FIN_TEXT, len)
+    }
+
+    /// The header of a final binary frame carrying `len` bytes (the echo endpoint's).
+    pub(super) fn binary_header(len: usize) -> Self {
+        const FIN_BINARY: u8 = 0x82;
+        Self::header(FIN_BINARY, len)
+    }
+
+    /// A server frame's header: `first` (FIN, RSV and opcode bits), then the payload length in
+    /// the shortest of its three forms, unmasked.
+    fn header(first: u8, len: usize) -> Self {
         let mut bytes = [0; 10];
-        bytes[0] = FIN_TEXT;
+        bytes[0] = first;
         let header_len = if len < 126 {
             // Fits in 7 bits (checked), so the cast keeps it whole.
             bytes[1] = len as u8;
@@ -123,6 +135,12 @@ impl Writer {
     /// Stages one text frame carrying `payload`.
     pub(super) fn push_frame(&mut self, payload: Bytes) {
         self.out.push_back(Chunk::text_header(payload.len()));
+        self.out.push_back(Chunk::Payload(payload));
+    }
+
+    /// Stages one binary frame carrying `payload` (only the echo endpoint sends binary).
+    pub(super) fn push_binary_frame(&mut self, payload: Bytes) {
+        self.out.push_back(Chunk::binary_header(payload.len()));
         self.out.push_back(Chunk::Payload(payload));
     }
 
@@ -250,10 +268,15 @@ mod tests {
 
     use super::*;
 
-    /// A frame as tungstenite encodes it: the reference for the driver's own encoding.
+    /// A text frame as tungstenite encodes it: the reference for the driver's own encoding.
     fn reference(payload: &[u8]) -> Vec<u8> {
+        reference_of(payload, Data::Text)
+    }
+
+    /// A data frame of `opcode` as tungstenite encodes it.
+    fn reference_of(payload: &[u8], opcode: Data) -> Vec<u8> {
         let mut out = Vec::new();
-        WireFrame::message(payload.to_vec(), OpCode::Data(Data::Text), true)
+        WireFrame::message(payload.to_vec(), OpCode::Data(opcode), true)
             .format(&mut out)
             .unwrap_or_else(|e| panic!("formatting into a Vec failed: {e}"));
         out
@@ -325,7 +348,32 @@ mod tests {
             let mut ours = Chunk::text_header(len).as_bytes().to_vec();
             ours.extend_from_slice(&payload);
             assert_eq!(ours, reference(&payload), "length {len}");
+            let mut ours = Chunk::binary_header(len).as_bytes().to_vec();
+            ours.extend_from_slice(&payload);
+            assert_eq!(
+                ours,
+                reference_of(&payload, Data::Binary),
+                "binary, length {len}"
+            );
         }
+    }
+
+    #[test]
+    fn text_and_binary_frames_are_written_in_order_as_tungstenite_encodes_them() {
+        let mut writer = Writer::default();
+        writer.push_binary_frame(Bytes::from_static(b"\x00\xff"));
+        writer.push_frame(Bytes::from_static(b"text"));
+        let mut socket = Trickle {
+            out: Vec::new(),
+            per_call: vec![3],
+            calls: 0,
+            budget: usize::MAX,
+        };
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(writer.poll_write_out(&mut cx, &mut socket).is_ready());
+        let mut expected = reference_of(b"\x00\xff", Data::Binary);
+        expected.extend(reference(b"text"));
+        assert_eq!(socket.out, expected);
     }
 
     /// A writer given `payloads` whose socket (taking `per_call` bytes per write) stopped
