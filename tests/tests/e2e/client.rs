@@ -295,7 +295,11 @@ async fn a_token_that_expires_while_reconnecting_is_fetched_once_and_used() -> a
     assert!(seen.errors.is_empty(), "{:?}", seen.errors);
     // The expired token was never offered: no attempt was refused for it.
     assert!(!seen.closes.contains(&Some(4001)), "{:?}", seen.closes);
-    // The new connection works: it is subscribed again and receives.
+    // The new connection works: once it has subscribed again (the new epoch is a reset), it
+    // receives what is published.
+    seen.until(&mut events, TIMEOUT, |s| !s.resets.is_empty())
+        .await
+        .context("no resubscription")?;
     restarted.publish("news", json!("back")).await?;
     seen.until(&mut events, TIMEOUT, |s| {
         s.messages.iter().any(|(_, _, data)| data == "back")
