@@ -323,19 +323,48 @@ impl TestServer {
 
     /// Sends SIGTERM without waiting for the exit (see [`TestServer::wait_exit`]).
     pub async fn sigterm(&self) -> anyhow::Result<()> {
+        self.signal("-TERM").await
+    }
+
+    /// Kills the process with SIGKILL, as a crash would, without waiting for the exit: its
+    /// connections drop without a close frame and everything it held in memory is gone.
+    pub async fn sigkill(&self) -> anyhow::Result<()> {
+        self.signal("-KILL").await
+    }
+
+    /// Sends `signal` (`-TERM`, `-KILL`) to the process.
+    async fn signal(&self, signal: &str) -> anyhow::Result<()> {
         let pid = self
             .child
             .as_ref()
             .and_then(Child::id)
             .context("already stopped")?;
         let status = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
+            .args([signal, &pid.to_string()])
             .status()
             .await?;
         if !status.success() {
-            bail!("kill failed");
+            bail!("kill {signal} failed");
         }
         Ok(())
+    }
+
+    /// Starts another herald on `addr` (the port of a server that was stopped), like
+    /// [`TestServer::start`] with `env`; retries while the port is not free yet.
+    pub async fn start_at(addr: SocketAddr, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let listen = addr.to_string();
+        let mut env = env.to_vec();
+        env.push(("HERALD_LISTEN", &listen));
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            match Self::start(&env).await {
+                Ok(server) => return Ok(server),
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
     }
 
     /// Waits at most `limit` for the process to exit and returns its status.

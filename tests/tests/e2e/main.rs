@@ -4,6 +4,7 @@ mod api;
 mod auth_flow;
 mod basics;
 mod body_limit;
+mod client;
 mod conformance;
 mod dashboard;
 mod delivery;

@@ -1,0 +1,64 @@
+//! A Rust client for the Herald WebSocket gateway that keeps docs/protocol.md's promises for
+//! the application: it reconnects with exponential backoff and full jitter, resubscribes every
+//! topic with `since {offset, epoch}` so missed messages are replayed from history, drops
+//! repeats by offset, tells the application when a topic could not be recovered (another
+//! epoch, or history no longer holds the gap), hands each critical event to the application
+//! once and acknowledges it after the handler is done, refreshes the token before it expires,
+//! and notices a dead connection by its silence.
+//!
+//! - [`Client::connect`] starts a connection from a [`ClientConfig`] and a [`TokenProvider`];
+//!   the [`Client`] handle subscribes, publishes and reads or changes preferences, and
+//!   [`Events`] yields every [`ClientEvent`] in order: connection state changes
+//!   ([`ConnectionState`]), topic messages, critical events, pushes, resets, notices.
+//! - [`backend`] (feature `backend`) calls Herald's HTTP API from a Rust backend.
+//!
+//! ```no_run
+//! use herald_client::{Client, ClientConfig, ClientEvent, ConnectionState, TokenError};
+//!
+//! # async fn run() -> Result<(), herald_client::ClientError> {
+//! let config = ClientConfig::new("ws://127.0.0.1:8080/ws");
+//! let (client, mut events) = Client::connect(config, || async {
+//!     Ok::<_, TokenError>(std::env::var("HERALD_TOKEN").map_err(TokenError::new)?)
+//! });
+//! client.subscribe("chat:1").await?;
+//! while let Some(event) = events.recv().await {
+//!     match event {
+//!         ClientEvent::Message(message) => println!("{} #{}", message.topic, message.offset),
+//!         ClientEvent::Event(event) => println!("{}", event.name), // Acknowledged on drop.
+//!         ClientEvent::Reset(reset) => println!("refetch {}", reset.topic),
+//!         ClientEvent::State(ConnectionState::Closed { .. }) => break,
+//!         _ => {}
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! The client speaks `ws://` only: TLS (`wss://`) is not built in; put it behind a local TLS
+//! terminator or proxy. Time is read through `tokio::time`, so tests can run the client on a
+//! paused clock; the one wall-clock read compares a token's `exp` with now.
+
+mod backoff;
+mod book;
+mod client;
+mod config;
+mod driver;
+mod error;
+mod event;
+mod token;
+
+#[cfg(feature = "backend")]
+pub mod backend;
+
+#[cfg(test)]
+mod tests;
+
+pub use herald_protocol as protocol;
+
+pub use crate::{
+    backoff::Backoff,
+    client::{Client, Events},
+    config::{AckMode, ClientConfig},
+    error::ClientError,
+    event::{ClientEvent, ConnectionState, CriticalEvent, Push, TopicMessage, TopicReset},
+    token::{TokenError, TokenFuture, TokenProvider, token_expiry_ms},
+};

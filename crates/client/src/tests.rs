@@ -1,0 +1,180 @@
+//! The driver on tokio's paused clock, with connection attempts that fail without I/O: the
+//! reconnection schedule, the token fetches it makes, and closing while it waits.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::time::Instant;
+
+use crate::{
+    Backoff, Client, ClientConfig, ClientError, ClientEvent, ConnectionState, TokenError,
+    backoff::Jitter,
+    driver::{Dial, DialFuture},
+};
+
+/// A dial whose every attempt fails at once, as a refused TCP connection does.
+fn refusing_dial() -> Dial {
+    Arc::new(|_| -> DialFuture {
+        Box::pin(async {
+            Err(tokio_tungstenite::tungstenite::Error::Io(
+                std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+            ))
+        })
+    })
+}
+
+/// A token provider that counts its calls and hands out a token valid for an hour.
+fn counting_provider(calls: Arc<AtomicU32>) -> Arc<dyn crate::TokenProvider> {
+    Arc::new(move || {
+        calls.fetch_add(1, Ordering::SeqCst);
+        async { Ok::<_, TokenError>(token_expiring_in(3_600)) }
+    })
+}
+
+/// An unsigned JWT-shaped token whose `exp` is `seconds` from now (wall clock).
+fn token_expiring_in(seconds: u64) -> String {
+    let exp = crate::token::unix_now_ms() / 1000 + seconds;
+    let payload = format!("{{\"sub\":\"u\",\"exp\":{exp}}}");
+    format!("e30.{}.sig", base64url(payload.as_bytes()))
+}
+
+/// Base64url without padding.
+fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0_u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+        }
+    }
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn reconnect_delays_follow_the_jittered_exponential_curve_up_to_the_max() {
+    let backoff = Backoff::default()
+        .initial(Duration::from_millis(100))
+        .max(Duration::from_millis(1_000))
+        .multiplier(2.0);
+    let calls = Arc::new(AtomicU32::new(0));
+    let config = ClientConfig::new("ws://127.0.0.1:9/ws").backoff(backoff);
+    let (driver, client, mut events) = Client::driver(
+        config,
+        counting_provider(Arc::clone(&calls)),
+        refusing_dial(),
+    );
+    tokio::spawn(driver.with_jitter(Jitter::seeded(42)).run());
+
+    let mut announced: Option<(u32, Duration, Instant)> = None;
+    let mut delays = Vec::new();
+    while delays.len() < 12 {
+        let Some(event) = events.recv().await else {
+            panic!("the client stopped");
+        };
+        match event {
+            ClientEvent::State(ConnectionState::Reconnecting { attempt, delay }) => {
+                assert_eq!(attempt as usize, delays.len() + 1);
+                assert!(delay <= backoff.bound(attempt), "{attempt}: {delay:?}");
+                announced = Some((attempt, delay, Instant::now()));
+            }
+            ClientEvent::State(ConnectionState::Connecting { attempt }) => {
+                if let Some((announced_attempt, delay, at)) = announced.take() {
+                    assert_eq!(attempt, announced_attempt);
+                    // On the paused clock the wait is the announced delay, rounded up to
+                    // the timer's millisecond.
+                    let waited = Instant::now() - at;
+                    assert!(
+                        waited >= delay && waited <= delay + Duration::from_millis(1),
+                        "announced {delay:?}, waited {waited:?}"
+                    );
+                    delays.push(delay);
+                }
+            }
+            _ => {}
+        }
+    }
+    // The curve doubles from 100 ms and stops at the max; the jitter spreads below it.
+    assert!(delays.iter().all(|d| *d <= Duration::from_millis(1_000)));
+    assert!(delays[4..].iter().any(|d| *d > Duration::from_millis(400)));
+    assert!(delays[..2].iter().all(|d| *d <= Duration::from_millis(200)));
+    // The token stays fresh, so it was fetched once for all those attempts.
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    client.close().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_while_disconnected_fail_fast_or_wait_and_close_ends_the_stream() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let config = ClientConfig::new("ws://127.0.0.1:9/ws")
+        .backoff(Backoff::default().initial(Duration::from_secs(60)));
+    let (driver, client, mut events) =
+        Client::driver(config, counting_provider(calls), refusing_dial());
+    tokio::spawn(driver.with_jitter(Jitter::seeded(1)).run());
+
+    assert_eq!(
+        client.publish("chat:1", &1).await,
+        Err(ClientError::NotConnected)
+    );
+    assert!(matches!(
+        client.subscribe("bad topic").await,
+        Err(ClientError::InvalidRequest(_))
+    ));
+    // A subscribe waits for the next connection; closing fails it.
+    let waiting = tokio::spawn({
+        let client = client.clone();
+        async move { client.subscribe("chat:1").await }
+    });
+    tokio::task::yield_now().await;
+    client.close().await;
+    assert_eq!(waiting.await.ok(), Some(Err(ClientError::Closed)));
+    let mut last = None;
+    while let Some(event) = events.recv().await {
+        last = Some(event);
+    }
+    assert!(matches!(
+        last,
+        Some(ClientEvent::State(ConnectionState::Closed {
+            code: Some(1000),
+            ..
+        }))
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_invalid_url_closes_the_client_without_retrying() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let config = ClientConfig::new("not a url");
+    let (client, mut events) = Client::connect(config, move || {
+        calls.fetch_add(1, Ordering::SeqCst);
+        async { Ok::<_, TokenError>("t".to_owned()) }
+    });
+    let mut states = Vec::new();
+    while let Some(event) = events.recv().await {
+        if let ClientEvent::State(state) = event {
+            states.push(state);
+        }
+    }
+    assert!(matches!(
+        states.first(),
+        Some(ConnectionState::Connecting { .. })
+    ));
+    assert!(matches!(
+        states.last(),
+        Some(ConnectionState::Closed { .. })
+    ));
+    assert!(
+        !states
+            .iter()
+            .any(|s| matches!(s, ConnectionState::Reconnecting { .. }))
+    );
+    drop(client);
+}
