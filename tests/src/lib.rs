@@ -8,10 +8,13 @@
 //! - `client.rs`: [`WsClient`] and what a test reads off a WebSocket.
 //! - `raw.rs`: hand-written HTTP over TCP ([`raw_exchange`], [`try_upgrade`]).
 //! - `tokens.rs`: [`token`], [`sign`], [`refused_tokens`] and the wall clock.
+//! - `tls.rs`: a test certificate authority, certificate files, and `wss://` and `https://`
+//!   clients that trust only it.
 
 mod client;
 mod raw;
 mod server;
+mod tls;
 mod tokens;
 
 use std::time::Duration;
@@ -25,6 +28,10 @@ pub use crate::{
         try_upgrade, upgrade_head,
     },
     server::{TestServer, herald_bin, metric, run_herald},
+    tls::{
+        Leaf, TestCa, TlsFiles, Wss, https_get, peer_leaf, tls_connect, wss_connect, wss_recv,
+        wss_send,
+    },
     tokens::{now_ms, now_secs, refused_tokens, sign, token},
 };
 

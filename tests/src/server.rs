@@ -323,13 +323,34 @@ impl TestServer {
 
     /// Sends SIGTERM without waiting for the exit (see [`TestServer::wait_exit`]).
     pub async fn sigterm(&self) -> anyhow::Result<()> {
+        self.signal("-TERM").await
+    }
+
+    /// Sends SIGHUP (reload the TLS certificates).
+    pub async fn sighup(&self) -> anyhow::Result<()> {
+        self.signal("-HUP").await
+    }
+
+    /// A TCP connection to the server from the loopback address `source` (any of 127/8), so a
+    /// test can be several clients by address.
+    pub async fn tcp_from(
+        &self,
+        source: std::net::Ipv4Addr,
+    ) -> anyhow::Result<tokio::net::TcpStream> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::from((source, 0)))?;
+        Ok(tokio::time::timeout(TIMEOUT, socket.connect(self.addr)).await??)
+    }
+
+    /// Sends `kill {flag}` to the process.
+    async fn signal(&self, flag: &str) -> anyhow::Result<()> {
         let pid = self
             .child
             .as_ref()
             .and_then(Child::id)
             .context("already stopped")?;
         let status = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
+            .args([flag, &pid.to_string()])
             .status()
             .await?;
         if !status.success() {
