@@ -10,11 +10,14 @@
 //!   [`try_upgrade`], [`client_frame`], [`read_server_frame`]).
 //! - `tokens.rs`: [`token`], [`sign`], [`refused_tokens`] and the wall clock.
 //! - `browser.rs`: [`Browser`], a headless Chromium driven over the DevTools protocol.
+//! - `tls.rs`: a test certificate authority, certificate files, and `wss://` and `https://`
+//!   clients that trust only it.
 
 mod browser;
 mod client;
 mod raw;
 mod server;
+mod tls;
 mod tokens;
 
 use std::time::Duration;
@@ -30,6 +33,10 @@ pub use crate::{
         upgrade_head_for,
     },
     server::{TestServer, herald_bin, metric, run_herald},
+    tls::{
+        Leaf, TestCa, TlsFiles, Wss, https_get, peer_leaf, tls_connect, wss_connect, wss_recv,
+        wss_send,
+    },
     tokens::{now_ms, now_secs, refused_tokens, sign, token},
 };
 

@@ -332,7 +332,23 @@ impl TestServer {
         self.signal("-KILL").await
     }
 
-    /// Sends `signal` (`-TERM`, `-KILL`) to the process.
+    /// Sends SIGHUP (reload the TLS certificates).
+    pub async fn sighup(&self) -> anyhow::Result<()> {
+        self.signal("-HUP").await
+    }
+
+    /// A TCP connection to the server from the loopback address `source` (any of 127/8), so a
+    /// test can be several clients by address.
+    pub async fn tcp_from(
+        &self,
+        source: std::net::Ipv4Addr,
+    ) -> anyhow::Result<tokio::net::TcpStream> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::from((source, 0)))?;
+        Ok(tokio::time::timeout(TIMEOUT, socket.connect(self.addr)).await??)
+    }
+
+    /// Sends `signal` (`-TERM`, `-KILL`, `-HUP`) to the process.
     async fn signal(&self, signal: &str) -> anyhow::Result<()> {
         let pid = self
             .child

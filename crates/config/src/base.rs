@@ -6,6 +6,7 @@ use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration}
 
 use crate::{
     choice::{JwtAlgorithm, LogFormat, Profile, UserLimitPolicy},
+    net::IpBlock,
     origin::Origin,
     secret::Secret,
     tiers::TierQuotas,
@@ -26,6 +27,42 @@ pub struct BaseConfig {
     /// `None` (the default) serves them on the main listener. Never equal to `listen` unless
     /// both use port 0.
     pub admin_listen: Option<SocketAddr>,
+    /// `HERALD_TLS_CERT_FILE` / `tls_cert_file`: PEM certificate chain of the main listener.
+    /// `None` (the default) serves plaintext. Set exactly when `tls_key_file` is (after
+    /// `load`). This crate does not read it; the service does, and again on SIGHUP.
+    pub tls_cert_file: Option<PathBuf>,
+    /// `HERALD_TLS_KEY_FILE` / `tls_key_file`: PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// `HERALD_ADMIN_TLS_CERT_FILE` / `admin_tls_cert_file`: PEM certificate chain of the admin
+    /// listener. Set only with `admin_listen`, and exactly when `admin_tls_key_file` is.
+    pub admin_tls_cert_file: Option<PathBuf>,
+    /// `HERALD_ADMIN_TLS_KEY_FILE` / `admin_tls_key_file`: PEM private key of
+    /// `admin_tls_cert_file`.
+    pub admin_tls_key_file: Option<PathBuf>,
+    /// `HERALD_TCP_KEEPALIVE_IDLE_MS` / `tcp_keepalive_idle_ms`: idle time before TCP keepalive
+    /// probes start on an accepted socket; zero turns keepalive off. Default 30 s.
+    pub tcp_keepalive_idle: Duration,
+    /// `HERALD_TCP_KEEPALIVE_INTERVAL_MS` / `tcp_keepalive_interval_ms`: time between
+    /// unanswered probes. Default 10 s, range 1 s to 10 min.
+    pub tcp_keepalive_interval: Duration,
+    /// `HERALD_TCP_KEEPALIVE_PROBES` / `tcp_keepalive_probes`: unanswered probes before the
+    /// kernel drops the connection. Default 3, range 1 to 100.
+    pub tcp_keepalive_probes: u32,
+    /// `HERALD_TCP_USER_TIMEOUT_MS` / `tcp_user_timeout_ms`: `TCP_USER_TIMEOUT` of accepted
+    /// sockets; zero leaves the kernel's default. Default 20 s.
+    pub tcp_user_timeout: Duration,
+    /// `HERALD_MAX_CONNECTIONS_PER_IP` / `max_connections_per_ip`: open connections per client
+    /// address; zero (the default) means no limit.
+    pub max_connections_per_ip: u32,
+    /// `HERALD_CONNECTION_RATE_PER_IP` / `connection_rate_per_ip`: new connections per second
+    /// per client address, in bursts of as many; zero (the default) means no limit.
+    pub connection_rate_per_ip: u32,
+    /// `HERALD_TRUSTED_PROXIES` / `trusted_proxies`: peers whose `X-Forwarded-For` names the
+    /// client address for the per-address limits. Default empty.
+    pub trusted_proxies: Vec<IpBlock>,
+    /// `HERALD_API_PUBLISH_RATE_PER_KEY` / `api_publish_rate_per_key`: messages per second one
+    /// API key may publish, in bursts of as many; zero (the default) means no limit.
+    pub api_publish_rate_per_key: u32,
     /// `HERALD_JWT_SECRET` / `jwt_secret`: the HS256 secret. Always set when the algorithm is
     /// HS256 (after `load`).
     pub jwt_secret: Option<Secret>,
@@ -172,6 +209,18 @@ impl Default for BaseConfig {
             profile: Profile::Production,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_listen: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            admin_tls_cert_file: None,
+            admin_tls_key_file: None,
+            tcp_keepalive_idle: Duration::from_millis(30_000),
+            tcp_keepalive_interval: Duration::from_millis(10_000),
+            tcp_keepalive_probes: 3,
+            tcp_user_timeout: Duration::from_millis(20_000),
+            max_connections_per_ip: 0,
+            connection_rate_per_ip: 0,
+            trusted_proxies: Vec::new(),
+            api_publish_rate_per_key: 0,
             jwt_secret: None,
             jwt_algorithm: JwtAlgorithm::Hs256,
             jwt_public_key_file: None,

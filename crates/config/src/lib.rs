@@ -19,6 +19,7 @@ mod base;
 mod choice;
 mod error;
 mod load;
+mod net;
 mod origin;
 mod print;
 mod runtime;
@@ -31,6 +32,7 @@ pub use crate::{
     choice::{ChoiceError, JwtAlgorithm, LogFormat, Profile, UserLimitPolicy},
     error::ConfigError,
     load::Sources,
+    net::IpBlock,
     origin::Origin,
     print::settings_reference_markdown,
     runtime::{ChangeReason, RuntimeConfig, RuntimeConfigError, RuntimeKey, RuntimeSnapshot},

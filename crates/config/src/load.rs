@@ -185,6 +185,41 @@ impl BaseConfig {
                 format!("{:?}", self.listen.to_string()),
             ));
         }
+        let pairs = [
+            (
+                ("tls_cert_file", self.tls_cert_file.is_some()),
+                ("tls_key_file", self.tls_key_file.is_some()),
+            ),
+            (
+                ("admin_tls_cert_file", self.admin_tls_cert_file.is_some()),
+                ("admin_tls_key_file", self.admin_tls_key_file.is_some()),
+            ),
+        ];
+        for (cert, key) in pairs {
+            if cert.1 != key.1 {
+                let (missing, present) = if cert.1 {
+                    (key.0, cert.0)
+                } else {
+                    (cert.0, key.0)
+                };
+                let env = |key: &str| settings::by_key(key).map_or("", |s| s.env);
+                return Err(ConfigError::Missing {
+                    env: env(missing),
+                    key: missing,
+                    reason: format!(
+                        "{} ({present}) is set, and TLS needs both the certificate chain and its private key",
+                        env(present)
+                    ),
+                });
+            }
+        }
+        if self.admin_tls_cert_file.is_some() && self.admin_listen.is_none() {
+            return Err(ConfigError::Missing {
+                env: "HERALD_ADMIN_LISTEN",
+                key: "admin_listen",
+                reason: "HERALD_ADMIN_TLS_CERT_FILE (admin_tls_cert_file) is set, but there is no admin listener to serve TLS on".to_owned(),
+            });
+        }
         // Without its key the server could verify no token and would turn every client away:
         // refusing to start says so at once, where the operator is looking.
         let algorithm = self.jwt_algorithm;

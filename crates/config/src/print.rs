@@ -50,8 +50,12 @@ impl BaseConfig {
             .iter()
             .map(|(name, quota)| {
                 format!(
-                    "[tiers.{name}]\nmax_connections = {}\nmessages_per_minute = {}\n",
-                    quota.max_connections, quota.messages_per_minute
+                    "[tiers.{name}]\nmax_connections = {}\nmessages_per_minute = {}\n\
+                     max_subscriptions = {}\nmax_publish_bytes = {}\n",
+                    quota.max_connections,
+                    quota.messages_per_minute,
+                    quota.max_subscriptions,
+                    quota.max_publish_bytes
                 )
             })
             .collect();

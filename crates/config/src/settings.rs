@@ -9,6 +9,7 @@ use std::{fmt::Write as _, net::SocketAddr, path::PathBuf, str::FromStr, time::D
 use crate::{
     base::BaseConfig,
     choice::ChoiceError,
+    net::IpBlock,
     runtime::RuntimeKey,
     secret::Secret,
     tiers::{TierQuotas, parse_digits},
@@ -253,6 +254,153 @@ pub(crate) static SETTINGS: &[Setting] = &[
             Ok(())
         },
         render: |c| c.admin_listen.map(|a| toml_string(&a.to_string())),
+    },
+    Setting {
+        key: "tls_cert_file",
+        env: "HERALD_TLS_CERT_FILE",
+        doc: "PEM certificate chain (leaf first) for TLS on the main listener; reread on SIGHUP; needs `tls_key_file`",
+        kind: Kind::Other("file path; empty for plaintext"),
+        secret: false,
+        apply: |_, c, v| {
+            c.tls_cert_file = optional_path(v)?;
+            Ok(())
+        },
+        render: |c| c.tls_cert_file.as_deref().map(path_string),
+    },
+    Setting {
+        key: "tls_key_file",
+        env: "HERALD_TLS_KEY_FILE",
+        doc: "PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert_file`; reread on SIGHUP",
+        kind: Kind::Other("file path; empty for plaintext"),
+        secret: false,
+        apply: |_, c, v| {
+            c.tls_key_file = optional_path(v)?;
+            Ok(())
+        },
+        render: |c| c.tls_key_file.as_deref().map(path_string),
+    },
+    Setting {
+        key: "admin_tls_cert_file",
+        env: "HERALD_ADMIN_TLS_CERT_FILE",
+        doc: "PEM certificate chain for TLS on the admin listener; reread on SIGHUP; needs `admin_listen` and `admin_tls_key_file`",
+        kind: Kind::Other("file path; empty for plaintext"),
+        secret: false,
+        apply: |_, c, v| {
+            c.admin_tls_cert_file = optional_path(v)?;
+            Ok(())
+        },
+        render: |c| c.admin_tls_cert_file.as_deref().map(path_string),
+    },
+    Setting {
+        key: "admin_tls_key_file",
+        env: "HERALD_ADMIN_TLS_KEY_FILE",
+        doc: "PEM private key of `admin_tls_cert_file`; reread on SIGHUP",
+        kind: Kind::Other("file path; empty for plaintext"),
+        secret: false,
+        apply: |_, c, v| {
+            c.admin_tls_key_file = optional_path(v)?;
+            Ok(())
+        },
+        render: |c| c.admin_tls_key_file.as_deref().map(path_string),
+    },
+    Setting {
+        key: "tcp_keepalive_idle_ms",
+        env: "HERALD_TCP_KEEPALIVE_IDLE_MS",
+        doc: "idle time before the kernel probes a silent connection (TCP keepalive); 0 turns keepalive off",
+        kind: int(0, 7_200_000, Unit::Millis),
+        secret: false,
+        apply: |s, c, v| {
+            c.tcp_keepalive_idle = s.millis(v)?;
+            Ok(())
+        },
+        render: |c| Some(millis(c.tcp_keepalive_idle)),
+    },
+    Setting {
+        key: "tcp_keepalive_interval_ms",
+        env: "HERALD_TCP_KEEPALIVE_INTERVAL_MS",
+        doc: "time between unanswered keepalive probes",
+        kind: int(1_000, 600_000, Unit::Millis),
+        secret: false,
+        apply: |s, c, v| {
+            c.tcp_keepalive_interval = s.millis(v)?;
+            Ok(())
+        },
+        render: |c| Some(millis(c.tcp_keepalive_interval)),
+    },
+    Setting {
+        key: "tcp_keepalive_probes",
+        env: "HERALD_TCP_KEEPALIVE_PROBES",
+        doc: "unanswered keepalive probes after which the kernel drops the connection",
+        kind: int(1, 100, Unit::Count),
+        secret: false,
+        apply: |s, c, v| {
+            c.tcp_keepalive_probes = s.int(v)?;
+            Ok(())
+        },
+        render: |c| Some(c.tcp_keepalive_probes.to_string()),
+    },
+    Setting {
+        key: "tcp_user_timeout_ms",
+        env: "HERALD_TCP_USER_TIMEOUT_MS",
+        doc: "TCP_USER_TIMEOUT: sent data left unacknowledged this long drops the connection; 0 leaves the kernel's default (minutes)",
+        kind: int(0, 3_600_000, Unit::Millis),
+        secret: false,
+        apply: |s, c, v| {
+            c.tcp_user_timeout = s.millis(v)?;
+            Ok(())
+        },
+        render: |c| Some(millis(c.tcp_user_timeout)),
+    },
+    Setting {
+        key: "max_connections_per_ip",
+        env: "HERALD_MAX_CONNECTIONS_PER_IP",
+        doc: "open connections one client address may hold; more are closed at accept; 0 means no limit",
+        kind: int(0, 10_000_000, Unit::Count),
+        secret: false,
+        apply: |s, c, v| {
+            c.max_connections_per_ip = s.int(v)?;
+            Ok(())
+        },
+        render: |c| Some(c.max_connections_per_ip.to_string()),
+    },
+    Setting {
+        key: "connection_rate_per_ip",
+        env: "HERALD_CONNECTION_RATE_PER_IP",
+        doc: "new connections per second one client address may open (bursts of as many); more are closed at accept; 0 means no limit",
+        kind: int(0, 1_000_000, Unit::Count),
+        secret: false,
+        apply: |s, c, v| {
+            c.connection_rate_per_ip = s.int(v)?;
+            Ok(())
+        },
+        render: |c| Some(c.connection_rate_per_ip.to_string()),
+    },
+    Setting {
+        key: "trusted_proxies",
+        env: "HERALD_TRUSTED_PROXIES",
+        doc: "proxies whose `X-Forwarded-For` names the client for the per-address limits; others' is ignored",
+        kind: Kind::Other("list of IP addresses or CIDR blocks (`10.0.0.0/8`, `::1`)"),
+        secret: false,
+        apply: |_, c, v| {
+            c.trusted_proxies = list(v, |item| item.parse::<IpBlock>())?;
+            Ok(())
+        },
+        render: |c| {
+            let blocks: Vec<String> = c.trusted_proxies.iter().map(IpBlock::to_string).collect();
+            Some(toml_array(blocks.iter().map(String::as_str)))
+        },
+    },
+    Setting {
+        key: "api_publish_rate_per_key",
+        env: "HERALD_API_PUBLISH_RATE_PER_KEY",
+        doc: "messages per second one API key may publish (`/api/publish`, each item of `/api/publish/batch`; bursts of as many); more is a 429; 0 means no limit",
+        kind: int(0, 10_000_000, Unit::Count),
+        secret: false,
+        apply: |s, c, v| {
+            c.api_publish_rate_per_key = s.int(v)?;
+            Ok(())
+        },
+        render: |c| Some(c.api_publish_rate_per_key.to_string()),
     },
     Setting {
         key: "jwt_secret",
@@ -749,8 +897,10 @@ pub(crate) static SETTINGS: &[Setting] = &[
         env: "HERALD_TIERS",
         doc: "quota table by token `tier` claim; must contain `free`; replaces the whole default table",
         kind: Kind::Other(
-            "env `name:max_connections:messages_per_minute,...`; TOML `[tiers.NAME]` tables; \
-             max_connections 1 to 10000, messages_per_minute 1 to 1000000",
+            "env `name:max_connections:messages_per_minute[:max_subscriptions:max_publish_bytes],...`; \
+             TOML `[tiers.NAME]` tables; max_connections 1 to 10000, messages_per_minute 1 to 1000000, \
+             max_subscriptions 1 to 1000000, max_publish_bytes 1 to 67108864 (the last two optional: \
+             left out, only the global caps apply)",
         ),
         secret: false,
         apply: |_, c, v| {
@@ -766,8 +916,12 @@ pub(crate) static SETTINGS: &[Setting] = &[
                 .iter()
                 .map(|(name, q)| {
                     format!(
-                        "{name} = {{ max_connections = {}, messages_per_minute = {} }}",
-                        q.max_connections, q.messages_per_minute
+                        "{name} = {{ max_connections = {}, messages_per_minute = {}, \
+                         max_subscriptions = {}, max_publish_bytes = {} }}",
+                        q.max_connections,
+                        q.messages_per_minute,
+                        q.max_subscriptions,
+                        q.max_publish_bytes
                     )
                 })
                 .collect();
@@ -811,6 +965,16 @@ fn is_empty_text(raw: &Raw<'_>) -> bool {
         Raw::Toml(toml::Value::String(text)) => text.trim().is_empty(),
         Raw::Toml(_) => false,
     }
+}
+
+/// An optional file path: empty text means unset.
+fn optional_path(raw: &Raw<'_>) -> Result<Option<PathBuf>, String> {
+    Ok(optional_text(raw)?.map(PathBuf::from))
+}
+
+/// A path as a TOML string.
+fn path_string(path: &std::path::Path) -> String {
+    toml_string(&path.to_string_lossy())
 }
 
 /// A string value.

@@ -38,6 +38,10 @@ pub struct GatewaySettings {
     pub tier_connections: HashMap<String, usize>,
     /// Client writes (`publish`, `update_preferences`) per minute per tier.
     pub tier_messages_per_minute: HashMap<String, u32>,
+    /// Subscriptions per connection per tier (capped by `max_subscriptions_per_connection`).
+    pub tier_subscriptions: HashMap<String, usize>,
+    /// The largest client `publish` payload per tier, in bytes of its JSON text.
+    pub tier_publish_bytes: HashMap<String, usize>,
     /// How long a topic without subscribers keeps its offsets after its last publication.
     pub topic_retention: Duration,
     /// Publications and sends accepted but not yet fanned out.
@@ -75,6 +79,16 @@ impl GatewaySettings {
                 .tiers
                 .iter()
                 .map(|(name, quota)| (name.to_owned(), quota.messages_per_minute))
+                .collect(),
+            tier_subscriptions: config
+                .tiers
+                .iter()
+                .map(|(name, quota)| (name.to_owned(), quota.max_subscriptions as usize))
+                .collect(),
+            tier_publish_bytes: config
+                .tiers
+                .iter()
+                .map(|(name, quota)| (name.to_owned(), quota.max_publish_bytes as usize))
                 .collect(),
             topic_retention: config.history_ttl,
             operation_queue_size: config.operation_queue_size,

@@ -230,6 +230,16 @@ impl Session {
                     self.reply_error(message_id, ErrorCode::Forbidden, message);
                     return;
                 }
+                let max = tier_quota(&self.node.settings.tier_publish_bytes, &principal);
+                if data.get().len() > max {
+                    let message = format!(
+                        "tier `{}` may publish at most {max} bytes of data; this is {}",
+                        principal.tier,
+                        data.get().len()
+                    );
+                    self.reply_error(message_id, ErrorCode::PayloadTooLarge, message);
+                    return;
+                }
                 self.on_publish(topic, data, id, message_id);
             }
             ClientRequest::Ping => self.reply(ServerMessage::Pong {
@@ -508,7 +518,8 @@ impl Session {
             ));
         }
         let node = &self.node;
-        let limit = node.settings.max_subscriptions_per_connection;
+        let limit = tier_quota(&node.settings.tier_subscriptions, principal)
+            .min(node.settings.max_subscriptions_per_connection);
         node.topics
             .subscribe(
                 &self.connection,
@@ -561,7 +572,10 @@ impl Session {
             .map_err(|SubscribeError::LimitReached { limit }| {
                 ProtocolError::new(
                     ErrorCode::LimitExceeded,
-                    format!("subscription limit of {limit} per connection reached"),
+                    format!(
+                        "subscription limit of {limit} per connection reached (tier `{}`)",
+                        principal.tier
+                    ),
                 )
             })
     }
@@ -621,6 +635,12 @@ impl Session {
             &self.node.counters,
         );
     }
+}
+
+/// The principal's tier's value in a per-tier table; a tier the table lacks (only possible
+/// with settings built by hand) has no tier limit, the global one applies.
+fn tier_quota(table: &std::collections::HashMap<String, usize>, principal: &Principal) -> usize {
+    table.get(&*principal.tier).copied().unwrap_or(usize::MAX)
 }
 
 /// Batching is on unless the preferences say `"batching": false`.

@@ -9,6 +9,11 @@
 //! connection's driver runs in the accepting task on the bare `TcpStream`. The handshake's rules
 //! are one function for both paths (`ws::handshake`); hyper still answers an upgrade that
 //! follows other requests on a keep-alive connection (a proxy's pooled upstream connection).
+//!
+//! Everything here is generic over the socket (`prefixed::Socket`): a TLS connection, once its
+//! TLS handshake is done (`serve_tls`), takes the same path as a plaintext one. The TLS
+//! handshake and the first request head share one deadline, `handshake_timeout`, so a client
+//! that trickles either costs its socket for that long and no more.
 
 use std::{convert::Infallible, future::Future, io, sync::Arc};
 
@@ -18,14 +23,17 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,
+    time::Instant,
 };
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use herald_core::Session;
 
 use crate::{
+    abuse::Client,
     app::{App, Role},
-    prefixed::Prefixed,
+    prefixed::{Prefixed, Socket},
     ws,
 };
 
@@ -37,7 +45,8 @@ const MAX_DIRECT_HEAD_BYTES: usize = 16 * 1024;
 /// Headers parsed here; a request with more is left to hyper.
 const MAX_DIRECT_HEADERS: usize = 32;
 
-/// Serves one accepted connection until it closes.
+/// Serves one accepted plaintext connection until it closes; `client` is how it counts against
+/// the per-address limits, held until then.
 ///
 /// Not an `async fn`, whose arguments would be stored twice in the future (rust-lang/rust
 /// #62958): a direct WebSocket connection lives in this future, and an idle one should cost
@@ -47,12 +56,16 @@ pub(crate) fn serve(
     app: Arc<App>,
     role: Role,
     stream: TcpStream,
+    mut client: Client,
     stop: CancellationToken,
 ) -> impl Future<Output = ()> {
     async move {
+        let deadline = Instant::now() + app.config.handshake_timeout;
         // Boxed: the handshake's state (about 1.2 KB) is freed once the driver runs, rather
         // than sized into the connection's task for its whole life.
-        let Some((ws, session)) = Box::pin(open(&app, role, stream, stop)).await else {
+        let Some((ws, session)) =
+            Box::pin(open(&app, role, stream, deadline, &mut client, stop)).await
+        else {
             return;
         };
         let sessions = app.sessions.clone();
@@ -60,14 +73,55 @@ pub(crate) fn serve(
     }
 }
 
-/// Reads the first request and either completes a WebSocket handshake (returning the open
-/// connection) or serves HTTP on the connection until it closes (returning `None`).
-async fn open(
+/// Serves one accepted connection of a TLS listener: the TLS handshake with `acceptor`, then
+/// the same as [`serve`].
+#[allow(clippy::manual_async_fn)] // As `serve`.
+pub(crate) fn serve_tls(
+    app: Arc<App>,
+    role: Role,
+    stream: TcpStream,
+    acceptor: TlsAcceptor,
+    mut client: Client,
+    stop: CancellationToken,
+) -> impl Future<Output = ()> {
+    async move {
+        let deadline = Instant::now() + app.config.handshake_timeout;
+        let accepting = tokio::time::timeout_at(deadline, acceptor.accept(stream));
+        let stream = match Box::pin(accepting).await {
+            Ok(Ok(stream)) => Box::new(stream),
+            Ok(Err(error)) => {
+                // A scanner, a plaintext client or a client that distrusts the certificate.
+                tracing::debug!(%error, "TLS handshake failed");
+                metrics::counter!("herald_tls_handshake_failures_total").increment(1);
+                return;
+            }
+            Err(_) => {
+                metrics::counter!("herald_handshake_timeouts_total").increment(1);
+                return;
+            }
+        };
+        let Some((ws, session)) =
+            Box::pin(open(&app, role, stream, deadline, &mut client, stop)).await
+        else {
+            return;
+        };
+        let sessions = app.sessions.clone();
+        sessions.track_future(ws::drive(app, ws, session)).await;
+    }
+}
+
+/// Reads the first request (by `deadline`) and either completes a WebSocket handshake
+/// (returning the open connection) or serves HTTP on the connection until it closes
+/// (returning `None`). A trusted proxy's WebSocket handshake is counted against the client it
+/// names first ([`Client::resolve`]).
+async fn open<S: Socket>(
     app: &Arc<App>,
     role: Role,
-    mut stream: TcpStream,
+    mut stream: S,
+    deadline: Instant,
+    client: &mut Client,
     stop: CancellationToken,
-) -> Option<(ws::Ws, Session)> {
+) -> Option<(ws::Ws<S>, Session)> {
     let first = if role == Role::Admin {
         // The admin listener has no WebSocket route.
         First::Http(Vec::new())
@@ -75,8 +129,7 @@ async fn open(
         // Closed, failed or too slow before a whole request head: nothing to answer, as
         // hyper's own header timeout would not answer either.
         let echo = app.config.echo_path.as_deref();
-        let Ok(read) =
-            tokio::time::timeout(app.config.handshake_timeout, read_first(&mut stream, echo)).await
+        let Ok(read) = tokio::time::timeout_at(deadline, read_first(&mut stream, echo)).await
         else {
             metrics::counter!("herald_handshake_timeouts_total").increment(1);
             return None;
@@ -98,11 +151,18 @@ async fn open(
         } => (request, leftover),
         // Boxed: an HTTP connection's state is large.
         First::Http(read) => {
-            let http = serve_http(Arc::clone(app), role, Prefixed::new(read, stream), stop);
+            let stream = Prefixed::new(read, stream);
+            let http = serve_http(Arc::clone(app), role, stream, client, stop);
             Box::pin(http).await;
             return None;
         }
     };
+    if client.resolve(request.headers()).is_err() {
+        if stream.write_all(OVER_ADDRESS_LIMIT).await.is_ok() {
+            let _ = stream.shutdown().await;
+        }
+        return None;
+    }
     let (greeting, session) = match ws::answer_direct(app, request) {
         Ok(upgrade) => upgrade,
         Err(refusal) => {
@@ -114,8 +174,15 @@ async fn open(
     };
     // On failure, dropping the session is the connection's cleanup.
     stream.write_all(&greeting).await.ok()?;
+    stream.flush().await.ok()?;
     Some((ws::websocket(app, stream, leftover).await, session))
 }
+
+/// The answer to a trusted proxy's handshake for a client over a per-address limit.
+const OVER_ADDRESS_LIMIT: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\n\
+    content-type: application/json\r\nretry-after: 1\r\ncontent-length: 91\r\n\
+    connection: close\r\n\r\n\
+    {\"error\":{\"code\":\"rate_limited\",\"message\":\"too many connections from this client address\"}}";
 
 /// What the connection's first request turned out to be.
 #[allow(clippy::large_enum_variant)] // Lives once per connection, briefly; a box would cost more.
@@ -133,7 +200,7 @@ enum First {
 }
 
 /// Reads until the first request head is complete or is known not to be a WebSocket handshake.
-async fn read_first(stream: &mut TcpStream, echo: Option<&str>) -> io::Result<First> {
+async fn read_first<S: Socket>(stream: &mut S, echo: Option<&str>) -> io::Result<First> {
     let mut read = Vec::with_capacity(FIRST_READ_BYTES);
     loop {
         if read.len() >= MAX_DIRECT_HEAD_BYTES {
@@ -247,12 +314,20 @@ fn path_of(target: &str) -> &str {
 }
 
 /// Serves HTTP/1.1 on the connection until it closes or `stop` asks for a graceful end.
-async fn serve_http(app: Arc<App>, role: Role, stream: Prefixed, stop: CancellationToken) {
+async fn serve_http<S: Socket>(
+    app: Arc<App>,
+    role: Role,
+    stream: Prefixed<S>,
+    client: &Client,
+    stop: CancellationToken,
+) {
     let peer = stream.peer_addr().ok();
     let header_timeout = app.config.handshake_timeout;
+    let shield = Arc::clone(client.shield());
     let service = service_fn(move |request| {
         let app = Arc::clone(&app);
-        async move { Ok::<_, Infallible>(crate::http::handle(&app, role, request).await) }
+        let shield = Arc::clone(&shield);
+        async move { Ok::<_, Infallible>(crate::http::handle(&app, role, &shield, request).await) }
     });
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -278,18 +353,19 @@ mod tests {
     use super::*;
 
     /// The size of the future a function returns, without calling it.
-    fn future_size<A, B, C, D, F>(_: fn(A, B, C, D) -> F) -> usize {
+    fn future_size<A, B, C, D, E, F>(_: fn(A, B, C, D, E) -> F) -> usize {
         std::mem::size_of::<F>()
     }
 
     /// An idle WebSocket costs its task (the driver's state, in the accepting task on the direct
     /// path), its `Connection` and its read buffer, and little else (`cargo xtask bench
     /// --scenario idle`). Measured when written: 752 bytes, 760 with the session's frame counters
-    /// for the `closed` log; a captured value stored twice (an
+    /// for the `closed` log, 792 with the connection's standing with the per-address limits
+    /// (`abuse::Client`); a captured value stored twice (an
     /// `async fn`'s parameters, or a value moved out of a capture) costs hundreds more.
     #[test]
     fn an_idle_connections_task_stays_small() {
-        let size = future_size(serve as fn(_, _, _, _) -> _);
+        let size = future_size(serve as fn(_, _, _, _, _) -> _);
         eprintln!("the connection task is {size} bytes");
         assert!(size <= 800, "the connection task is {size} bytes");
     }
@@ -297,6 +373,18 @@ mod tests {
     const HANDSHAKE: &[u8] = b"GET /ws?token=abc HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\
         Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+    #[test]
+    fn the_over_limit_answer_is_well_formed() {
+        let text = std::str::from_utf8(OVER_ADDRESS_LIMIT).expect("ASCII");
+        let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{head}"
+        );
+        let json: serde_json::Value = serde_json::from_str(body).expect("JSON");
+        assert_eq!(json["error"]["code"], "rate_limited");
+    }
 
     #[test]
     fn a_complete_handshake_is_answered_directly() {

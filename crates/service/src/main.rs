@@ -4,9 +4,11 @@
 //! This is the composition root. It is the only crate that reads environment variables, picks
 //! the implementations of core's seams (clock, authenticator, stores) and knows about hyper and
 //! tungstenite. Its modules depend on each other without loops: `main` uses `cli`, `dev` and
-//! `server`; `server` wires `jwt`, `listener` and `signals`; `listener` hands connections to
-//! `conn`, which serves them with `ws` or `http`; `app` and `respond` are shared by all.
+//! `server`; `server` wires `jwt`, `tls`, `abuse`, `listener` and `signals`; `listener` hands
+//! connections to `conn`, which serves them with `ws` or `http`; `app` and `respond` are
+//! shared by all.
 
+mod abuse;
 mod app;
 mod capacity;
 mod checks;
@@ -21,6 +23,7 @@ mod pressure;
 mod respond;
 mod server;
 mod signals;
+mod tls;
 mod ws;
 
 use std::process::ExitCode;
@@ -30,7 +33,12 @@ use herald_config::{BaseConfig, LogFormat};
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
 
-use crate::{cli::Cli, dev::DevMode, jwt::JwtSettings};
+use crate::{
+    cli::Cli,
+    dev::DevMode,
+    jwt::JwtSettings,
+    tls::{Tls, TlsFiles},
+};
 
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -85,6 +93,15 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // So are the TLS certificates and keys: a missing file or a key that is not the
+    // certificate's refuses to start, naming the setting.
+    let tls = match load_tls(&config) {
+        Ok(tls) => tls,
+        Err(error) => {
+            eprintln!("herald: configuration error: {}", error_chain(&error));
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     if cli.print_config {
         #[allow(clippy::print_stdout)] // `--print-config` prints the config: that is its job.
         {
@@ -118,13 +135,21 @@ fn main() -> ExitCode {
             dev.announce(addr);
         }
     };
-    match runtime.block_on(server::run(config, jwt, announce)) {
+    match runtime.block_on(server::run(config, jwt, tls, announce)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The TLS of the main and the admin listener, where configured.
+fn load_tls(config: &BaseConfig) -> Result<server::ListenerTls, tls::TlsError> {
+    Ok(server::ListenerTls {
+        main: TlsFiles::main(config).map(Tls::load).transpose()?,
+        admin: TlsFiles::admin(config).map(Tls::load).transpose()?,
+    })
 }
 
 /// `error` and its sources, joined with `: ` on one line.

@@ -1,7 +1,10 @@
-//! [`Prefixed`]: a socket whose first bytes were already read, replayed before the socket's own.
+//! The sockets a connection is served on: [`Socket`], a plain TCP stream or TLS over one, and
+//! [`Prefixed`], a socket whose first bytes were already read, replayed before the socket's
+//! own.
 
 use std::{
     io,
+    net::SocketAddr,
     pin::Pin,
     task::{Context, Poll},
 };
@@ -11,15 +14,37 @@ use tokio::{
     net::TcpStream,
 };
 
-/// A socket whose first bytes were already read: reads return those bytes before the socket's.
-pub(crate) struct Prefixed {
-    prefix: Vec<u8>,
-    consumed: usize,
-    stream: TcpStream,
+/// TLS over TCP, boxed: the TLS state is large and an idle connection's task holds its socket.
+pub(crate) type TlsSocket = Box<tokio_rustls::server::TlsStream<TcpStream>>;
+
+/// A socket a connection is served on; the whole connection code is generic over it, so the
+/// plaintext path stays a bare `TcpStream` with no dispatch.
+pub(crate) trait Socket: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The TCP socket underneath, for its address and options.
+    fn tcp(&self) -> &TcpStream;
 }
 
-impl Prefixed {
-    pub(crate) fn new(prefix: Vec<u8>, stream: TcpStream) -> Self {
+impl Socket for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Socket for TlsSocket {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
+/// A socket whose first bytes were already read: reads return those bytes before the socket's.
+pub(crate) struct Prefixed<S> {
+    prefix: Vec<u8>,
+    consumed: usize,
+    stream: S,
+}
+
+impl<S: Socket> Prefixed<S> {
+    pub(crate) fn new(prefix: Vec<u8>, stream: S) -> Self {
         Self {
             prefix,
             consumed: 0,
@@ -28,18 +53,18 @@ impl Prefixed {
     }
 
     /// The peer's address.
-    pub(crate) fn peer_addr(&self) -> io::Result<std::net::SocketAddr> {
-        self.stream.peer_addr()
+    pub(crate) fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.stream.tcp().peer_addr()
     }
 
     /// The socket and the bytes of the prefix not read yet.
-    pub(crate) fn into_parts(mut self) -> (TcpStream, Vec<u8>) {
+    pub(crate) fn into_parts(mut self) -> (S, Vec<u8>) {
         let unread = self.prefix.split_off(self.consumed);
         (self.stream, unread)
     }
 }
 
-impl AsyncRead for Prefixed {
+impl<S: Socket> AsyncRead for Prefixed<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -62,7 +87,7 @@ impl AsyncRead for Prefixed {
     }
 }
 
-impl AsyncWrite for Prefixed {
+impl<S: Socket> AsyncWrite for Prefixed<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -15,13 +15,15 @@ use herald_utils::SystemClock;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
+    abuse::Shield,
     app::{App, Role},
     capacity::{self, Capacity},
     checks::{EventLoopLag, MemoryHealth},
     jwt::{JwtAuthenticator, JwtSettings},
-    listener::{accept_loop, bind},
+    listener::{DeadPeers, Edge, accept_loop, bind},
     pressure::{self, Memory},
-    signals::ShutdownSignals,
+    signals::{ReloadSignal, ShutdownSignals},
+    tls::Tls,
 };
 
 /// How often the heartbeat and timeout sweep runs; token expiry is enforced within this.
@@ -34,10 +36,20 @@ const CAPACITY_TICKS: u64 = capacity::TICK.as_millis() as u64 / SWEEP_INTERVAL.a
 const MEMORY_TICKS: u64 = pressure::TICK.as_millis() as u64 / SWEEP_INTERVAL.as_millis() as u64;
 /// Users whose preferences the in-memory store remembers.
 const PREFERENCE_USERS: usize = 100_000;
+/// How often the per-address and per-key rate state is trimmed (`Shield::upkeep`).
+const SHIELD_UPKEEP_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The TLS of each listener, where configured (loaded, and checked, before the runtime starts).
+pub(crate) struct ListenerTls {
+    /// The main listener's.
+    pub(crate) main: Option<Tls>,
+    /// The admin listener's.
+    pub(crate) admin: Option<Tls>,
+}
 
 /// Runs the server until a shutdown signal, then drains within `shutdown_grace`. Tokens are
-/// verified with `jwt`; `on_listening` is called with the main listener's address once it
-/// accepts connections.
+/// verified with `jwt`, listeners with `tls` terminate TLS (reloaded on SIGHUP);
+/// `on_listening` is called with the main listener's address once it accepts connections.
 ///
 /// Draining: readiness turns false at once and new upgrades and publications are refused
 /// (503), while the listeners keep answering so probes see it; every WebSocket flushes its
@@ -46,11 +58,13 @@ const PREFERENCE_USERS: usize = 100_000;
 pub(crate) async fn run(
     config: BaseConfig,
     jwt: JwtSettings,
+    tls: ListenerTls,
     on_listening: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
-    let listener = bind(config.listen).context("HERALD_LISTEN (listen)")?;
+    let dead_peers = DeadPeers::from_config(&config);
+    let listener = bind(config.listen, &dead_peers).context("HERALD_LISTEN (listen)")?;
     let admin_listener = match config.admin_listen {
-        Some(addr) => Some(bind(addr).context("HERALD_ADMIN_LISTEN (admin_listen)")?),
+        Some(addr) => Some(bind(addr, &dead_peers).context("HERALD_ADMIN_LISTEN (admin_listen)")?),
         None => None,
     };
     let addr = listener
@@ -64,6 +78,7 @@ pub(crate) async fn run(
     // The handlers are installed before "listening" is announced: a SIGTERM sent as soon as
     // the server is up must drain it, not kill it with the default disposition.
     let signals = ShutdownSignals::install()?;
+    let reload = ReloadSignal::install()?;
 
     let metrics = MetricsReporter::install().context("cannot install the metrics recorder")?;
     let monitor = pressure::monitor(&config)?;
@@ -75,6 +90,7 @@ pub(crate) async fn run(
         .required(MemoryHealth::new(Arc::clone(&memory)))
         .informational(Arc::clone(&lag));
     let sessions = TaskTracker::new();
+    let shield = Arc::new(Shield::new(&config, Arc::new(SystemClock)));
     let config_max_connections = config.max_connections;
     let app = Arc::new(App {
         config,
@@ -88,6 +104,11 @@ pub(crate) async fn run(
     });
     let shutdown = CancellationToken::new();
     tokio::spawn(signals.wait(shutdown.clone()));
+    let main_tls = tls.main.map(Arc::new);
+    let admin_tls = tls.admin.map(Arc::new);
+    let reloadable = main_tls.iter().chain(&admin_tls).cloned().collect();
+    tokio::spawn(reload.run(reloadable, shutdown.clone()));
+    tokio::spawn(shield_upkeep(Arc::clone(&shield), shutdown.clone()));
     tokio::spawn(housekeeping(Arc::clone(&app), shutdown.clone()));
     let worker = app.gateway.clone();
     // The fan-out worker finishes the operations already accepted before the process exits.
@@ -96,7 +117,7 @@ pub(crate) async fn run(
     if let Some(admin_addr) = admin_addr {
         tracing::info!(addr = %admin_addr, "admin listening");
     }
-    tracing::info!(%addr, "listening");
+    tracing::info!(%addr, tls = main_tls.is_some(), "listening");
     if app.config.api_keys.is_empty() {
         tracing::warn!(
             "no API keys are configured (HERALD_API_KEYS): every /api/* request is refused with 401"
@@ -111,9 +132,16 @@ pub(crate) async fn run(
     } else {
         Role::All
     };
+    let edge = |role, tls| Edge {
+        role,
+        tls,
+        shield: Arc::clone(&shield),
+        #[cfg(not(target_os = "linux"))]
+        dead_peers,
+    };
     let mut listeners = vec![tokio::spawn(accept_loop(
         listener,
-        main_role,
+        edge(main_role, main_tls),
         Arc::clone(&app),
         stop_listening.clone(),
         http.clone(),
@@ -121,7 +149,7 @@ pub(crate) async fn run(
     if let Some(admin) = admin_listener {
         listeners.push(tokio::spawn(accept_loop(
             admin,
-            Role::Admin,
+            edge(Role::Admin, admin_tls),
             Arc::clone(&app),
             stop_listening.clone(),
             http.clone(),
@@ -175,6 +203,17 @@ fn build_gateway(config: &BaseConfig, jwt: JwtSettings, memory: Arc<MemoryMonito
         broker: Arc::new(InMemoryBroker::new()),
         memory,
     })
+}
+
+/// Trims the per-address and per-key rate state every [`SHIELD_UPKEEP_INTERVAL`].
+async fn shield_upkeep(shield: Arc<Shield>, shutdown: CancellationToken) {
+    let mut interval = tokio::time::interval(SHIELD_UPKEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = interval.tick() => shield.upkeep(),
+        }
+    }
 }
 
 /// The periodic work: the heartbeat/timeout sweep, the memory sample and the metrics upkeep.

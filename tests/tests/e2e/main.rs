@@ -1,5 +1,6 @@
 //! End-to-end tests: the real `herald` binary over real sockets. One binary, one module per area.
 
+mod abuse;
 mod api;
 mod auth_flow;
 mod basics;
@@ -19,6 +20,8 @@ mod limits;
 mod listeners;
 mod memory_pressure;
 mod pubsub;
+mod quotas;
 mod slow_reader;
 mod startup;
+mod tls;
 mod upgrade_paths;

@@ -717,7 +717,10 @@ fn printed_toml_says_where_each_value_came_from() {
     );
     assert!(printed.contains("# HERALD_LOG, from built-in default.\nlog = \"info\"\n"));
     assert!(printed.contains("# admin_listen is not set\n"));
-    assert!(printed.ends_with("[tiers.mid]\nmax_connections = 15\nmessages_per_minute = 200\n"));
+    assert!(printed.ends_with(
+        "[tiers.mid]\nmax_connections = 15\nmessages_per_minute = 200\n\
+         max_subscriptions = 500\nmax_publish_bytes = 65536\n"
+    ));
 }
 
 #[test]
@@ -726,6 +729,10 @@ fn default_config_prints_every_default() {
     let table: toml::Table = toml::from_str(&printed).unwrap();
     let unset = [
         "admin_listen",
+        "tls_cert_file",
+        "tls_key_file",
+        "admin_tls_cert_file",
+        "admin_tls_key_file",
         "jwt_secret",
         "jwt_public_key_file",
         "jwt_issuer",
@@ -813,4 +820,50 @@ mod never_panics {
             let _ = try_load(Some(&format!("{} = {value}\n", SETTINGS[index].key)), &[], &[]);
         }
     }
+}
+
+#[test]
+fn tls_needs_both_files_and_admin_tls_needs_the_admin_listener() {
+    check_env_error(
+        &[("HERALD_TLS_CERT_FILE", "cert.pem")],
+        "missing HERALD_TLS_KEY_FILE (tls_key_file): HERALD_TLS_CERT_FILE (tls_cert_file) is set, and TLS needs both the certificate chain and its private key",
+    );
+    check_env_error(
+        &[("HERALD_ADMIN_TLS_KEY_FILE", "key.pem")],
+        "missing HERALD_ADMIN_TLS_CERT_FILE (admin_tls_cert_file): HERALD_ADMIN_TLS_KEY_FILE (admin_tls_key_file) is set, and TLS needs both the certificate chain and its private key",
+    );
+    check_env_error(
+        &[
+            ("HERALD_ADMIN_TLS_CERT_FILE", "cert.pem"),
+            ("HERALD_ADMIN_TLS_KEY_FILE", "key.pem"),
+        ],
+        "missing HERALD_ADMIN_LISTEN (admin_listen): HERALD_ADMIN_TLS_CERT_FILE (admin_tls_cert_file) is set, but there is no admin listener to serve TLS on",
+    );
+    let config = load(
+        None,
+        &[
+            ("HERALD_TLS_CERT_FILE", "cert.pem"),
+            ("HERALD_TLS_KEY_FILE", "key.pem"),
+        ],
+        &[],
+    );
+    assert_eq!(config.tls_cert_file.as_deref(), Some(Path::new("cert.pem")));
+    assert_eq!(config.admin_tls_cert_file, None);
+}
+
+#[test]
+fn trusted_proxies_are_address_blocks() {
+    let config = load(None, &[("HERALD_TRUSTED_PROXIES", "10.0.0.0/8, ::1")], &[]);
+    let blocks: Vec<String> = config
+        .trusted_proxies
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(blocks, ["10.0.0.0/8", "::1"]);
+    let err = try_load(None, &[("HERALD_TRUSTED_PROXIES", "10.0.0.0/40")], &[]).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("HERALD_TRUSTED_PROXIES (trusted_proxies)"),
+        "{err}"
+    );
 }

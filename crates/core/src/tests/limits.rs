@@ -133,3 +133,68 @@ fn server_full_refuses_unavailable_until_a_slot_comes_back() {
     drop((second, third));
     assert!(harness.gateway.admit(None, None).is_ok());
 }
+
+#[test]
+fn the_tier_caps_subscriptions_below_the_global_limit() {
+    let harness = Harness::with(|s| {
+        s.tier_subscriptions.insert("free".to_owned(), 2);
+        s.tier_subscriptions.insert("early".to_owned(), 3);
+    });
+    let mut free = harness.connect("alice");
+    subscribe(&mut free, "chat:1");
+    subscribe(&mut free, "chat:2");
+    free.on_text(r#"{"type":"subscribe","messageId":"s3","data":{"topic":"chat:3"}}"#);
+    assert_frames(
+        &frames(&free),
+        &json!([{"type": "error", "messageId": "s3", "error": {
+            "code": "limit_exceeded",
+            "message": "subscription limit of 2 per connection reached (tier `free`)"
+        }}]),
+    );
+    // Another tier has its own quota, and the global limit still caps every tier.
+    let early = token_with("bob", &json!({"tier": "early"}));
+    let mut bob = harness.open(Some(&early), None);
+    frames(&bob);
+    for topic in ["chat:1", "chat:2", "chat:3"] {
+        subscribe(&mut bob, topic);
+    }
+    let capped = Harness::with(|s| {
+        s.tier_subscriptions.insert("free".to_owned(), 5);
+        s.max_subscriptions_per_connection = 1;
+    });
+    let mut carol = capped.connect("carol");
+    subscribe(&mut carol, "chat:1");
+    carol.on_text(r#"{"type":"subscribe","messageId":"s2","data":{"topic":"chat:2"}}"#);
+    assert_frames(
+        &frames(&carol),
+        &json!([{"type": "error", "messageId": "s2", "error": {"code": "limit_exceeded"}}]),
+    );
+}
+
+#[test]
+fn the_tier_caps_the_size_of_a_client_publish() {
+    let harness = Harness::with(|s| {
+        s.tier_publish_bytes.insert("free".to_owned(), 10);
+    });
+    let mut alice = harness.connect("alice");
+    subscribe(&mut alice, "chat:1");
+    // Ten bytes of JSON text are allowed, eleven are not.
+    alice.on_text(
+        r#"{"type":"publish","messageId":"ok","data":{"topic":"chat:1","data":"12345678"}}"#,
+    );
+    alice.on_text(
+        r#"{"type":"publish","messageId":"big","data":{"topic":"chat:1","data":"123456789"}}"#,
+    );
+    run_operations(&harness.gateway);
+    assert_frames(
+        &frames(&alice),
+        &json!([
+            {"type": "error", "messageId": "big", "error": {
+                "code": "payload_too_large",
+                "message": "tier `free` may publish at most 10 bytes of data; this is 11"
+            }},
+            {"type": "message", "topic": "chat:1", "data": "12345678"},
+            {"type": "ack", "messageId": "ok"},
+        ]),
+    );
+}

@@ -20,7 +20,7 @@ mod routes;
 use std::sync::Arc;
 
 use herald_protocol::ErrorCode;
-use http::{HeaderMap, Method, Request, Response};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, header};
 use hyper::body::Incoming;
 
 use self::{
@@ -28,6 +28,7 @@ use self::{
     routes::{Call, Listener, Reply, Route, ready},
 };
 use crate::{
+    abuse::{Refusal, Shield},
     app::{App, Role},
     respond::{ApiError, bearer_token},
     ws,
@@ -75,10 +76,15 @@ fn keyed(path: &str) -> bool {
         || path == DASHBOARD_STREAM
 }
 
-/// Answers one request that hyper parsed, on a listener of `role`.
+/// Paths whose requests count against `api_publish_rate_per_key`.
+const PUBLISH_PATHS: [&str; 2] = ["/api/publish", "/api/publish/batch"];
+
+/// Answers one request that hyper parsed, on a listener of `role`; `shield` holds the publish
+/// rate of each API key.
 pub(crate) async fn handle(
     app: &Arc<App>,
     role: Role,
+    shield: &Shield,
     request: Request<Incoming>,
 ) -> Response<Body> {
     let path = request.uri().path();
@@ -87,8 +93,24 @@ pub(crate) async fn handle(
         Some("api") => Listener::Main.served_by(role),
         _ => keyed(path),
     };
-    if needs_key && let Err(error) = check_api_key(app, request.headers()) {
-        return refuse(app, request, error);
+    if needs_key {
+        let key = match check_api_key(app, request.headers()) {
+            Ok(key) => key,
+            Err(error) => return refuse(app, request, error),
+        };
+        // Before the body is read: a caller over its rate costs no parsing.
+        if request.method() == Method::POST
+            && PUBLISH_PATHS.contains(&path)
+            && let Err(Refusal::PublishRate(wait)) = shield.check_publish(key)
+        {
+            let message = "this API key is over its publish rate (HERALD_API_PUBLISH_RATE_PER_KEY)";
+            let mut response = refuse(app, request, ApiError::new(ErrorCode::RateLimited, message));
+            let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            return response;
+        }
     }
     let Some((route, params)) = routes::find(ROUTES, role, request.method(), path) else {
         let error = ApiError::new(
@@ -124,15 +146,18 @@ fn refuse(app: &App, request: Request<Incoming>, error: ApiError) -> Response<Bo
     refusal(error)
 }
 
-/// Checks the `Authorization: Bearer <key>` of a request that needs the API key.
-fn check_api_key(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
+/// Checks the `Authorization: Bearer <key>` of an `/api/*` request; the key's position in
+/// `api_keys` identifies it without copying it.
+fn check_api_key(app: &App, headers: &HeaderMap) -> Result<usize, ApiError> {
     let unauthorized = |message: &str| ApiError::new(ErrorCode::Unauthorized, message);
     if app.config.api_keys.is_empty() {
         return Err(unauthorized(NO_API_KEYS));
     }
     match bearer_token(headers) {
-        Some(key) if app.config.api_keys.iter().any(|k| k.matches(key)) => Ok(()),
-        Some(_) => Err(unauthorized("invalid API key")),
+        Some(key) => match app.config.api_keys.iter().position(|k| k.matches(key)) {
+            Some(index) => Ok(index),
+            None => Err(unauthorized("invalid API key")),
+        },
         None => Err(unauthorized(
             "missing API key: send Authorization: Bearer <key>",
         )),

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt as _, StreamExt as _};
 use herald_core::Session;
 use herald_protocol::CloseCode;
-use tokio::{io::AsyncWriteExt as _, net::TcpStream, time::Sleep};
+use tokio::{io::AsyncWriteExt as _, time::Sleep};
 use tokio_tungstenite::tungstenite::{
     self, Message, Utf8Bytes,
     protocol::{CloseFrame, frame::coding::CloseCode as WsCloseCode},
@@ -22,6 +22,7 @@ use tokio_tungstenite::tungstenite::{
 
 use crate::{
     app::App,
+    prefixed::Socket,
     ws::{Ws, wire::Wire},
 };
 
@@ -35,7 +36,11 @@ const WRITE_BUDGET: usize = 4;
 /// Drives one connection until it ends, then runs the cleanup (dropping the session) and the
 /// close handshake.
 #[allow(clippy::manual_async_fn)] // Deliberate: see the comment in the body.
-pub(crate) fn drive(app: Arc<App>, ws: Ws, mut session: Session) -> impl Future<Output = ()> {
+pub(crate) fn drive<S: Socket>(
+    app: Arc<App>,
+    ws: Ws<S>,
+    mut session: Session,
+) -> impl Future<Output = ()> {
     // Not an `async fn`: its parameters would be stored twice in the future (rust-lang/rust
     // #62958); an `async move` block uses the captured values in place. For the same reason
     // the wire is built here and captured, not built inside the block from a captured `ws`,
@@ -74,10 +79,10 @@ pub(super) enum End {
 
 /// One round of a connection's work: read client frames (at most [`READ_BUDGET`]), then drain
 /// the outbox (at most [`WRITE_BUDGET`] batches) and write. `Ready` when the connection ends.
-fn poll_connection(
+fn poll_connection<S: Socket>(
     cx: &mut Context<'_>,
     app: &App,
-    wire: &mut Wire<TcpStream>,
+    wire: &mut Wire<S>,
     session: &mut Session,
     fill: &mut FillDelay,
 ) -> Poll<End> {
@@ -170,10 +175,10 @@ enum Drained {
 
 /// Takes up to [`WRITE_BUDGET`] batches from the outbox into the writer, and counts the
 /// frames taken.
-fn drain(
+fn drain<S: Socket>(
     cx: &mut Context<'_>,
     app: &App,
-    wire: &mut Wire<TcpStream>,
+    wire: &mut Wire<S>,
     session: &mut Session,
     fill: &mut FillDelay,
 ) -> Drained {
@@ -184,10 +189,10 @@ fn drain(
 }
 
 /// [`drain`], adding the frames taken from the outbox to `taken`.
-fn drain_counted(
+fn drain_counted<S: Socket>(
     cx: &mut Context<'_>,
     app: &App,
-    wire: &mut Wire<TcpStream>,
+    wire: &mut Wire<S>,
     session: &Session,
     fill: &mut FillDelay,
     taken: &mut usize,
@@ -280,7 +285,7 @@ impl FillDelay {
 
 /// The close handshake for how the connection ended, after the rest of a frame that was
 /// half-written when it ended (a close frame must not land inside it).
-pub(super) async fn goodbye(mut ws: Ws, end: End, unfinished: Vec<Bytes>) {
+pub(super) async fn goodbye<S: Socket>(mut ws: Ws<S>, end: End, unfinished: Vec<Bytes>) {
     for bytes in unfinished {
         if ws.get_mut().write_all(&bytes).await.is_err() {
             return;
@@ -305,7 +310,7 @@ pub(super) async fn goodbye(mut ws: Ws, end: End, unfinished: Vec<Bytes>) {
             // that follows, and both leave as one segment: a packet less per connection, and
             // on loopback a packet is most of what a closing connection costs.
             #[cfg(target_os = "linux")]
-            let _ = socket2::SockRef::from(ws.get_ref()).set_tcp_cork(true);
+            let _ = socket2::SockRef::from(ws.get_ref().tcp()).set_tcp_cork(true);
             let _ = ws.flush().await;
         }
         End::Dropped => {}
@@ -327,7 +332,13 @@ fn protocol_reason(code: WsCloseCode) -> &'static str {
 /// is its own text and is not logged.
 fn log_closed(session: &Session, end: End) {
     let (code, reason, by) = match end {
-        End::Close(code) => (code.code(), code.reason(), "server"),
+        End::Close(code) => {
+            if code == CloseCode::RateLimited {
+                // The client kept breaking its limits.
+                metrics::counter!("herald_abuse_closes_total").increment(1);
+            }
+            (code.code(), code.reason(), "server")
+        }
         End::Protocol(code) => (u16::from(code), protocol_reason(code), "server"),
         End::PeerClosed(code) => (code.unwrap_or(1005), "closed by the client", "client"),
         End::Dropped => (1006, "dropped without a close handshake", "client"),

@@ -10,11 +10,12 @@ use std::{
 
 use bytes::Bytes;
 use http::Request;
-use tokio::{io::AsyncWriteExt as _, net::TcpStream};
+use tokio::io::AsyncWriteExt as _;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::{
     app::App,
+    prefixed::Socket,
     ws::{
         driver::{CLOSE_TIMEOUT, End, READ_BUDGET, end_for, goodbye},
         handshake::{answer_echo, websocket},
@@ -25,9 +26,9 @@ use crate::{
 /// Serves a handshake to `echo_path` that arrived as a connection's first request (parsed by
 /// `conn`; `leftover` is what the client sent after the head): answers it, then echoes until
 /// the connection ends, then closes as `/ws` does.
-pub(crate) async fn serve_echo(
+pub(crate) async fn serve_echo<S: Socket>(
     app: Arc<App>,
-    mut stream: TcpStream,
+    mut stream: S,
     request: Request<()>,
     leftover: Vec<u8>,
 ) {
@@ -54,7 +55,7 @@ pub(crate) async fn serve_echo(
 /// Echoes until the connection ends: writes what is staged, then reads one message and stages
 /// its echo. Nothing more is read while the socket does not take the echoes, so a client that
 /// does not read holds at most one message's echo here. `Ready` when the connection ends.
-fn poll_echo(cx: &mut Context<'_>, wire: &mut Wire<TcpStream>) -> Poll<End> {
+fn poll_echo<S: Socket>(cx: &mut Context<'_>, wire: &mut Wire<S>) -> Poll<End> {
     for _ in 0..READ_BUDGET {
         match wire.poll_write(cx) {
             Poll::Ready(Ok(())) => {}

@@ -25,7 +25,7 @@ use tokio_tungstenite::{
 
 use crate::{
     app::App,
-    prefixed::Prefixed,
+    prefixed::{Prefixed, Socket, TlsSocket},
     respond::{bearer_token, error_response, query_param},
     ws::{Ws, driver::drive, writer::Chunk},
 };
@@ -108,28 +108,41 @@ pub(crate) fn upgrade(app: &Arc<App>, mut request: Request<Incoming>) -> Respons
                 return;
             }
         };
-        // Every connection is served over `Prefixed` (see `conn`), so this cannot fail; the
-        // bare socket spares each read and write the `Upgraded` box's dynamic dispatch.
-        let Ok(parts) = upgraded.downcast::<TokioIo<Prefixed>>() else {
-            tracing::error!("upgraded connection of an unexpected type");
-            return;
+        // Every connection is served over `Prefixed` (see `conn`), on TCP or TLS, so one of
+        // these succeeds; the bare socket spares each read and write the `Upgraded` box's
+        // dynamic dispatch.
+        let upgraded = match upgraded.downcast::<TokioIo<Prefixed<TcpStream>>>() {
+            Ok(parts) => return run_upgraded(task_app, parts, accepted.admission).await,
+            Err(upgraded) => upgraded,
         };
-        let (stream, unread) = parts.io.into_inner().into_parts();
-        let mut leftover = parts.read_buf.to_vec();
-        leftover.extend_from_slice(&unread);
-        let ws = websocket(&task_app, stream, leftover).await;
-        let session = task_app.gateway.open(accepted.admission);
-        // The connection lives in a task of its own, spawned now: its future holds only the
-        // driver's state, not the upgrade's, which keeps an idle connection small.
-        let sessions = task_app.sessions.clone();
-        sessions.spawn(drive(task_app, ws, session));
+        match upgraded.downcast::<TokioIo<Prefixed<TlsSocket>>>() {
+            Ok(parts) => run_upgraded(task_app, parts, accepted.admission).await,
+            Err(_) => tracing::error!("upgraded connection of an unexpected type"),
+        }
     });
     response
 }
 
+/// Opens the session of a connection that hyper upgraded and spawns its driver.
+async fn run_upgraded<S: Socket>(
+    app: Arc<App>,
+    parts: hyper::upgrade::Parts<TokioIo<Prefixed<S>>>,
+    admission: Admission,
+) {
+    let (stream, unread) = parts.io.into_inner().into_parts();
+    let mut leftover = parts.read_buf.to_vec();
+    leftover.extend_from_slice(&unread);
+    let ws = websocket(&app, stream, leftover).await;
+    let session = app.gateway.open(admission);
+    // The connection lives in a task of its own, spawned now: its future holds only the
+    // driver's state, not the upgrade's, which keeps an idle connection small.
+    let sessions = app.sessions.clone();
+    sessions.spawn(drive(app, ws, session));
+}
+
 /// The WebSocket over a socket whose handshake is done; `leftover` is what the client sent
 /// after the request head.
-pub(crate) async fn websocket(app: &App, stream: TcpStream, leftover: Vec<u8>) -> Ws {
+pub(crate) async fn websocket<S: Socket>(app: &App, stream: S, leftover: Vec<u8>) -> Ws<S> {
     let config = ws_config(app.config.max_payload_bytes);
     WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(config)).await
 }

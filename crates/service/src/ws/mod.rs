@@ -19,7 +19,6 @@ mod handshake;
 mod wire;
 mod writer;
 
-use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 
 pub(crate) use crate::ws::{
@@ -28,5 +27,5 @@ pub(crate) use crate::ws::{
     handshake::{answer_direct, upgrade, websocket},
 };
 
-/// A WebSocket connection on its socket.
-pub(crate) type Ws = WebSocketStream<TcpStream>;
+/// A WebSocket connection on its socket (`prefixed::Socket`: TCP, or TLS over it).
+pub(crate) type Ws<S> = WebSocketStream<S>;

@@ -98,6 +98,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
     ) -> Poll<Result<(), tungstenite::Error>> {
         ready!(self.poll_control(cx))?;
         ready!(self.writer.poll_write_out(cx, self.ws.get_mut()))?;
+        // TLS may hold records it took but could not write yet; a bare socket holds nothing
+        // and returns at once.
+        ready!(Pin::new(self.ws.get_mut()).poll_flush(cx))?;
         Poll::Ready(Ok(()))
     }
 
