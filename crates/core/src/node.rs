@@ -16,7 +16,10 @@ use herald_utils::{Clock, Priority};
 
 use crate::{
     auth::{Authenticator, Principal},
-    broker::{Broker, Deliver, Envelope, LocalDelivery},
+    broker::{
+        Broker, Deliver, Envelope, LocalDelivery, SequencedDelivery, SequencedPublication,
+        Sequencer,
+    },
     connection::{Connection, ConnectionManager},
     counters::Counters,
     error::GatewayError,
@@ -61,6 +64,8 @@ pub(crate) struct Node {
     pub(crate) operations: OperationQueue,
     pub(crate) counters: Counters,
     broker: Arc<dyn Broker>,
+    /// The broker's sequencer, when the cluster numbers publications (asked once).
+    sequencer: Option<Arc<dyn Sequencer>>,
     pub(crate) memory: Arc<dyn MemoryProbe>,
     shutting_down: AtomicBool,
     /// Set by memory relief: new connections are refused while it is.
@@ -83,6 +88,7 @@ impl Node {
             memory,
         } = parts;
         let origin = clock.now();
+        let sequencer = broker.sequencer();
         // The start time makes epochs and generated event ids unique across restarts.
         let seed = clock.unix_ms();
         let node = Arc::new(Self {
@@ -108,11 +114,17 @@ impl Node {
             clock,
             origin,
             broker,
+            sequencer,
             memory,
         });
         let weak: Weak<dyn Deliver> = Arc::downgrade(&node) as Weak<dyn Deliver>;
         node.broker.attach(LocalDelivery::new(weak));
         node
+    }
+
+    /// The cluster's sequencer, when the broker numbers publications.
+    pub(crate) fn sequencer(&self) -> Option<&Arc<dyn Sequencer>> {
+        self.sequencer.as_ref()
     }
 
     /// Milliseconds on the gateway clock since the gateway was built.
@@ -271,5 +283,20 @@ impl Deliver for Node {
         };
         counters.delivered.add(delivered);
         delivered
+    }
+
+    /// Delivers a publication the cluster numbered, this node's own included.
+    fn deliver_sequenced(
+        &self,
+        publication: &SequencedPublication,
+        accept_gap: bool,
+    ) -> SequencedDelivery {
+        let outcome =
+            self.topics
+                .deliver_sequenced(publication, accept_gap, self.now_ms(), &self.counters);
+        if let SequencedDelivery::Delivered(delivered) = outcome {
+            self.counters.delivered.add(delivered);
+        }
+        outcome
     }
 }
