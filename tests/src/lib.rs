@@ -8,9 +8,12 @@
 //! - `client.rs`: [`WsClient`] and what a test reads off a WebSocket.
 //! - `raw.rs`: hand-written HTTP over TCP ([`raw_exchange`], [`try_upgrade`]).
 //! - `tokens.rs`: [`token`], [`sign`], [`refused_tokens`] and the wall clock.
+//! - `redis.rs`: [`RedisServer`], a real `redis-server` the test starts and faults, and
+//!   [`Cluster`], several nodes joined through it.
 
 mod client;
 mod raw;
+mod redis;
 mod server;
 mod tokens;
 
@@ -24,6 +27,7 @@ pub use crate::{
         RawAnswer, SAMPLE_KEY, raw_exchange, read_head, read_until_closed, read_until_contains,
         try_upgrade, upgrade_head,
     },
+    redis::{Cluster, RedisServer},
     server::{TestServer, herald_bin, metric, run_herald},
     tokens::{now_ms, now_secs, refused_tokens, sign, token},
 };

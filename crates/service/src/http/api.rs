@@ -165,6 +165,8 @@ fn disconnect_answer(call: &Call) -> Answer {
 /// The answer of `GET /api/connections`.
 #[derive(Debug, Serialize)]
 struct ConnectionList<'a> {
+    /// The node that answered: the list holds this node's connections only.
+    node: &'a str,
     /// Oldest first.
     connections: Vec<ConnectionEntry<'a>>,
 }
@@ -206,6 +208,7 @@ pub(super) fn connections(call: Call) -> Reply {
     let user = query_param(query, "userId").map(|u| UserId::new(&u));
     let list = call.app.gateway.connections(user.as_ref());
     let body = ConnectionList {
+        node: &call.app.node_id,
         connections: list.iter().map(ConnectionEntry::from).collect(),
     };
     ready(Ok(json_response(StatusCode::OK, &body)))
@@ -306,7 +309,9 @@ fn history_answer(call: &Call) -> Answer {
 /// The answer of `GET /api/stats`: the gateway's [`herald_monitoring::Stats`] snapshot (the
 /// same counters `/metrics` exports), the degradation level and the leak detector's verdict.
 #[derive(Debug, Serialize)]
-struct StatsAnswer {
+struct StatsAnswer<'a> {
+    /// The node that answered: every count is this node's own (docs/operations.md).
+    node: &'a str,
     /// Every count.
     #[serde(flatten)]
     stats: herald_monitoring::Stats,
@@ -353,6 +358,7 @@ pub(super) fn stats(call: Call) -> Reply {
     let degradation = app.memory.degradation();
     let leak = app.memory.leak();
     let body = StatsAnswer {
+        node: &app.node_id,
         stats: app.gateway.stats(),
         degradation: DegradationAnswer {
             level: degradation.level.number(),
