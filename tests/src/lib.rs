@@ -12,10 +12,13 @@
 //! - `browser.rs`: [`Browser`], a headless Chromium driven over the DevTools protocol.
 //! - `tls.rs`: a test certificate authority, certificate files, and `wss://` and `https://`
 //!   clients that trust only it.
+//! - `redis.rs`: [`RedisServer`], a real `redis-server` the test starts and faults, and
+//!   [`Cluster`], several nodes joined through it.
 
 mod browser;
 mod client;
 mod raw;
+mod redis;
 mod server;
 mod tls;
 mod tokens;
@@ -32,6 +35,7 @@ pub use crate::{
         read_server_frame, read_until_closed, read_until_contains, try_upgrade, upgrade_head,
         upgrade_head_for,
     },
+    redis::{Cluster, RedisServer},
     server::{TestServer, herald_bin, metric, run_herald},
     tls::{
         Leaf, TestCa, TlsFiles, Wss, https_get, peer_leaf, tls_connect, wss_connect, wss_recv,

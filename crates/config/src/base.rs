@@ -183,6 +183,23 @@ pub struct BaseConfig {
     /// a degradation level before it may fall back, so the level does not flap.
     /// Default 30 s, range 0 to 1 h.
     pub memory_level_hold: Duration,
+    /// `HERALD_REDIS_URL` / `redis_url`: the Redis that joins this node to a cluster
+    /// (`redis://[user:password@]host:port[/db]`). `None` (the default) runs one node alone,
+    /// entirely in memory. Secret: it may carry a password.
+    pub redis_url: Option<Secret>,
+    /// `HERALD_REDIS_KEY_PREFIX` / `redis_key_prefix`: the start of every Redis key and
+    /// channel, so several clusters can share one Redis. Default `herald:`; no whitespace,
+    /// `{` or `}`.
+    pub redis_key_prefix: String,
+    /// `HERALD_NODE_ID` / `node_id`: this node's name in the cluster, in `/api/stats`, logs and
+    /// on the bus. `None` (the default): the service makes one from the host and process.
+    pub node_id: Option<String>,
+    /// `HERALD_REDIS_COMMAND_TIMEOUT_MS` / `redis_command_timeout_ms`: how long a Redis command
+    /// may take before it counts as failed. Default 1 s, range 10 ms to 60 s.
+    pub redis_command_timeout: Duration,
+    /// `HERALD_REDIS_CONNECT_TIMEOUT_MS` / `redis_connect_timeout_ms`: how long connecting to
+    /// Redis may take. Default 2 s, range 10 ms to 60 s.
+    pub redis_connect_timeout: Duration,
     /// `HERALD_TIERS` / `tiers`: the quota table, always containing `free`.
     pub tiers: TierQuotas,
     /// `HERALD_LOG` / `log`: the log filter, non-empty. Default `info`.
@@ -261,6 +278,11 @@ impl Default for BaseConfig {
             memory_high_percent: 85,
             memory_critical_percent: 95,
             memory_level_hold: Duration::from_millis(30_000),
+            redis_url: None,
+            redis_key_prefix: "herald:".to_owned(),
+            node_id: None,
+            redis_command_timeout: Duration::from_millis(1_000),
+            redis_connect_timeout: Duration::from_millis(2_000),
             tiers: TierQuotas::default(),
             log: "info".to_owned(),
             log_format: LogFormat::Text,

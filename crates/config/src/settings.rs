@@ -893,6 +893,87 @@ pub(crate) static SETTINGS: &[Setting] = &[
         render: |c| Some(millis(c.memory_level_hold)),
     },
     Setting {
+        key: "redis_url",
+        env: "HERALD_REDIS_URL",
+        doc: "the Redis that joins this node to a cluster (shared offsets, history, dedupe, pushes); unset runs one node in memory",
+        kind: Kind::Other("`redis://[user:password@]host:port[/db]`; empty for none"),
+        secret: true,
+        apply: |_, c, v| {
+            let url = optional_text(v)?;
+            if let Some(url) = url
+                && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+            {
+                return Err("expected a redis:// URL".to_owned());
+            }
+            c.redis_url = url.map(Secret::new);
+            Ok(())
+        },
+        render: |c| c.redis_url.as_ref().map(|_| toml_string(Secret::REDACTED)),
+    },
+    Setting {
+        key: "redis_key_prefix",
+        env: "HERALD_REDIS_KEY_PREFIX",
+        doc: "start of every Redis key and channel Herald uses",
+        kind: Kind::Other("1 to 64 bytes without whitespace, `{` or `}`"),
+        secret: false,
+        apply: |_, c, v| {
+            let prefix = text(v)?;
+            if prefix.is_empty()
+                || prefix.len() > 64
+                || prefix
+                    .chars()
+                    .any(|ch| ch.is_whitespace() || ch.is_control() || ch == '{' || ch == '}')
+            {
+                return Err("expected 1 to 64 bytes without whitespace, `{` or `}`".to_owned());
+            }
+            prefix.clone_into(&mut c.redis_key_prefix);
+            Ok(())
+        },
+        render: |c| Some(toml_string(&c.redis_key_prefix)),
+    },
+    Setting {
+        key: "node_id",
+        env: "HERALD_NODE_ID",
+        doc: "this node's name in the cluster (`/api/stats`, logs, the bus); unset makes one from the host name and process id",
+        kind: Kind::Other("1 to 64 bytes without whitespace; empty for a generated one"),
+        secret: false,
+        apply: |_, c, v| {
+            let id = optional_text(v)?;
+            if let Some(id) = id
+                && (id.len() > 64 || id.chars().any(|ch| ch.is_whitespace() || ch.is_control()))
+            {
+                return Err("expected 1 to 64 bytes without whitespace".to_owned());
+            }
+            c.node_id = id.map(str::to_owned);
+            Ok(())
+        },
+        render: |c| c.node_id.as_deref().map(toml_string),
+    },
+    Setting {
+        key: "redis_command_timeout_ms",
+        env: "HERALD_REDIS_COMMAND_TIMEOUT_MS",
+        doc: "time a Redis command may take before it counts as failed",
+        kind: int(10, 60_000, Unit::Millis),
+        secret: false,
+        apply: |s, c, v| {
+            c.redis_command_timeout = s.millis(v)?;
+            Ok(())
+        },
+        render: |c| Some(millis(c.redis_command_timeout)),
+    },
+    Setting {
+        key: "redis_connect_timeout_ms",
+        env: "HERALD_REDIS_CONNECT_TIMEOUT_MS",
+        doc: "time connecting to Redis may take",
+        kind: int(10, 60_000, Unit::Millis),
+        secret: false,
+        apply: |s, c, v| {
+            c.redis_connect_timeout = s.millis(v)?;
+            Ok(())
+        },
+        render: |c| Some(millis(c.redis_connect_timeout)),
+    },
+    Setting {
         key: "tiers",
         env: "HERALD_TIERS",
         doc: "quota table by token `tier` claim; must contain `free`; replaces the whole default table",

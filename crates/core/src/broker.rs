@@ -5,8 +5,13 @@
 //! a critical event) performs it on its own connections first, inside the critical section that
 //! orders it, and then hands it to its broker as an [`Envelope`]. The broker carries the
 //! envelope to every *other* node, whose broker hands it to that node's [`LocalDelivery`].
-//! In a single process the embedded [`InMemoryBroker`] does this with direct calls; a
-//! networked broker (e.g. over Redis) implements the same trait outside `core`.
+//! In a single process the embedded [`InMemoryBroker`] does this with direct calls.
+//!
+//! A shared broker (e.g. over Redis, outside `core`) also offers a [`Sequencer`]: then the
+//! broker, not the node, is the authority on a topic's offsets, epoch and dedupe ids. The
+//! origin hands a publication to the sequencer instead of numbering it, and *every* node (the
+//! origin included) delivers the [`SequencedPublication`] it gets back from the broker through
+//! [`LocalDelivery::deliver_sequenced`], in offset order, which also feeds its local history.
 
 use std::{
     fmt,
@@ -14,6 +19,7 @@ use std::{
         Arc, Weak,
         atomic::{AtomicU64, Ordering},
     },
+    time::Duration,
 };
 
 use arc_swap::ArcSwap;
@@ -54,9 +60,17 @@ use crate::{
 ///
 /// Not carried: sends to one connection (connection ids are local to a node) and the
 /// broadcast's `exclude` list (it names connections of the origin node). Pending critical
-/// events, offsets, epochs, history and the dedupe window stay with the node that accepted
-/// the operation; sharing them between nodes needs shared `HistoryStore`s and an offset
-/// authority, which this trait does not provide.
+/// events stay with the node that accepted them.
+///
+/// # Shared sequencing
+///
+/// A broker that returns a [`Sequencer`] from [`sequencer`](Self::sequencer) takes over a
+/// topic's offsets, epoch and dedupe window for the whole cluster. The gateway then never
+/// numbers a publication itself and never hands an [`Envelope::Publication`] to
+/// [`publish`](Self::publish): it hands the publication to the sequencer, and the broker
+/// delivers the numbered result to every node, the origin included, through
+/// [`LocalDelivery::deliver_sequenced`]. A broker without one (the default) leaves all of that
+/// to each node, and the single-node path pays nothing for the option.
 pub trait Broker: Send + Sync + 'static {
     /// Connects this node: from now on the broker hands other nodes' envelopes to `local`.
     /// Attaching again replaces the previous handle.
@@ -64,6 +78,99 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Carries `envelope`, accepted and delivered by this node, to every other node.
     fn publish(&self, envelope: &Envelope) -> Result<(), BrokerError>;
+
+    /// The cluster-wide authority on offsets, epochs and dedupe ids, if this broker is one.
+    /// Asked once, when the gateway is built.
+    fn sequencer(&self) -> Option<Arc<dyn Sequencer>> {
+        None
+    }
+}
+
+/// Numbers publications for the whole cluster: dedupe by id, the topic's next offset and its
+/// epoch, the shared history, and the delivery of the result to every node.
+///
+/// # Contract
+///
+/// - [`sequence`](Self::sequence) must not block; it calls `reply` exactly once, from any
+///   task, with the publication's position (or the earlier one for a duplicate), or with an
+///   error when the publication was not accepted (then no node delivers it).
+/// - The gateway calls it from its fan-out worker, one call at a time; publications of one
+///   node must be numbered in the order they were handed over.
+/// - An accepted publication reaches every node's [`LocalDelivery::deliver_sequenced`] as a
+///   [`SequencedPublication`] whose frame is `frame_head`, the offset and the epoch (see
+///   [`complete_message_frame`]), in offset order per topic; a node that misses some (the bus
+///   is at-most-once) learns it from [`SequencedDelivery::Gap`] and fetches them first.
+pub trait Sequencer: Send + Sync + 'static {
+    /// Numbers `request` and answers through `reply`.
+    fn sequence(&self, request: SequenceRequest, reply: SequenceReply);
+}
+
+/// A publication handed to a [`Sequencer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SequenceRequest {
+    /// The topic.
+    pub topic: Topic,
+    /// Shedding priority at the subscribers' queues.
+    pub priority: Priority,
+    /// The publish id, for dedupe across the cluster.
+    pub id: Option<String>,
+    /// How long the id is remembered (the live dedupe window; zero: not at all).
+    pub dedupe_window: Duration,
+    /// The encoded `message` frame up to and including `"offset":`; the sequencer appends the
+    /// offset and the epoch ([`complete_message_frame`]).
+    pub frame_head: String,
+}
+
+/// Where a [`Sequencer`] put a publication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sequenced {
+    /// Its offset (the earlier publication's for a duplicate).
+    pub offset: u64,
+    /// The topic's epoch.
+    pub epoch: Arc<str>,
+    /// Whether the id was already published within the dedupe window.
+    pub deduplicated: bool,
+}
+
+/// How a [`Sequencer`] answers: called once, with the position or why it was not accepted.
+pub type SequenceReply = Box<dyn FnOnce(Result<Sequenced, BrokerError>) + Send>;
+
+/// A publication numbered by a [`Sequencer`], as every node delivers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SequencedPublication {
+    /// The topic.
+    pub topic: Topic,
+    /// Its offset in the topic's cluster-wide numbering.
+    pub offset: u64,
+    /// The topic's cluster-wide epoch.
+    pub epoch: Arc<str>,
+    /// Shedding priority at the subscribers' queues.
+    pub priority: Priority,
+    /// The complete `message` frame.
+    pub frame: Frame,
+}
+
+/// What [`LocalDelivery::deliver_sequenced`] did with a publication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SequencedDelivery {
+    /// Retained in this node's history and queued to this many of its connections.
+    Delivered(usize),
+    /// Already delivered here (its offset is not after the topic's last): dropped.
+    Stale,
+    /// Publications between the topic's last offset here and this one are missing; nothing
+    /// was done. Deliver offsets `last_offset + 1` up to this one's first, or deliver this one
+    /// with `accept_gap` when they are gone for good.
+    Gap {
+        /// The topic's last offset delivered here in this publication's epoch (0: none).
+        last_offset: u64,
+    },
+}
+
+/// The complete `message` frame from the head a [`SequenceRequest`] carries, its offset and
+/// its epoch. `epoch` must need no JSON escaping (sequencers make epochs of letters, digits
+/// and `-`).
+pub fn complete_message_frame(head: &str, offset: u64, epoch: &str) -> Frame {
+    Frame::from(format!("{head}{offset},\"epoch\":\"{epoch}\"}}"))
 }
 
 /// An operation accepted by one node, as it travels to the others.
@@ -155,6 +262,27 @@ impl LocalDelivery {
     pub fn deliver(&self, envelope: &Envelope) -> usize {
         self.node.upgrade().map_or(0, |node| node.deliver(envelope))
     }
+
+    /// Delivers a publication numbered by this node's [`Sequencer`] (this node's own
+    /// publications included): under the topic's lock, adopts its epoch when it changed,
+    /// retains it in the local history (so `since` resumes work from memory) and queues it to
+    /// the topic's subscribers, if it is the next offset of the topic here.
+    ///
+    /// A publication that is not the next one is reported as [`SequencedDelivery::Gap`] and
+    /// left alone, unless `accept_gap` says the missing ones are gone for good; then the
+    /// subscribers see the gap in the offsets, and resumes across it are refused.
+    /// Call it from one task, in the order the broker numbered the publications.
+    pub fn deliver_sequenced(
+        &self,
+        publication: &SequencedPublication,
+        accept_gap: bool,
+    ) -> SequencedDelivery {
+        self.node
+            .upgrade()
+            .map_or(SequencedDelivery::Delivered(0), |node| {
+                node.deliver_sequenced(publication, accept_gap)
+            })
+    }
 }
 
 /// What a [`LocalDelivery`] delivers to: the gateway's node, behind a trait so that this module
@@ -162,6 +290,13 @@ impl LocalDelivery {
 pub(crate) trait Deliver: Send + Sync {
     /// See [`LocalDelivery::deliver`].
     fn deliver(&self, envelope: &Envelope) -> usize;
+
+    /// See [`LocalDelivery::deliver_sequenced`].
+    fn deliver_sequenced(
+        &self,
+        publication: &SequencedPublication,
+        accept_gap: bool,
+    ) -> SequencedDelivery;
 }
 
 /// The in-process broker: connects the gateways of one process.
@@ -256,6 +391,14 @@ mod tests {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             seen.push(envelope.clone());
             seen.len()
+        }
+
+        fn deliver_sequenced(
+            &self,
+            _publication: &SequencedPublication,
+            _accept_gap: bool,
+        ) -> SequencedDelivery {
+            SequencedDelivery::Stale
         }
     }
 

@@ -15,6 +15,10 @@ pub enum GatewayError {
         /// The per-user limit.
         limit: usize,
     },
+    /// A shared component the operation needs (the cluster's broker) cannot take it now; the
+    /// text says why (HTTP 503 with Retry-After).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     /// The operation queue is full; retry after the given time (HTTP 429).
     #[error("server busy: operation queue full, retry in {retry_after_ms} ms")]
     Overloaded {

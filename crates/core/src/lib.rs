@@ -58,7 +58,11 @@ mod worker;
 
 pub use crate::{
     auth::{AuthError, Authenticator, Principal, TopicPattern},
-    broker::{Broker, BrokerError, Envelope, InMemoryBroker, LocalDelivery},
+    broker::{
+        Broker, BrokerError, Envelope, InMemoryBroker, LocalDelivery, SequenceReply,
+        SequenceRequest, Sequenced, SequencedDelivery, SequencedPublication, Sequencer,
+        complete_message_frame,
+    },
     connection::{Connection, LimitExceeded, LimitPolicy},
     emitter::Emitter,
     error::GatewayError,

@@ -17,7 +17,10 @@ use herald_utils::{Clock, Priority};
 
 use crate::{
     auth::{Authenticator, Principal},
-    broker::{Broker, Deliver, Envelope, LocalDelivery},
+    broker::{
+        Broker, Deliver, Envelope, LocalDelivery, SequencedDelivery, SequencedPublication,
+        Sequencer,
+    },
     connection::{Connection, ConnectionManager},
     counters::Counters,
     error::GatewayError,
@@ -64,6 +67,8 @@ pub(crate) struct Node {
     /// Delivery latency: publication accepted to frame written, reported by the transport.
     pub(crate) latency: LatencyHistogram,
     broker: Arc<dyn Broker>,
+    /// The broker's sequencer, when the cluster numbers publications (asked once).
+    sequencer: Option<Arc<dyn Sequencer>>,
     pub(crate) memory: Arc<dyn MemoryProbe>,
     shutting_down: AtomicBool,
     /// Set by memory relief: new connections are refused while it is.
@@ -86,6 +91,7 @@ impl Node {
             memory,
         } = parts;
         let origin = clock.now();
+        let sequencer = broker.sequencer();
         // The start time makes epochs and generated event ids unique across restarts.
         let seed = clock.unix_ms();
         let node = Arc::new(Self {
@@ -112,6 +118,7 @@ impl Node {
             clock,
             origin,
             broker,
+            sequencer,
             memory,
         });
         let weak: Weak<dyn Deliver> = Arc::downgrade(&node) as Weak<dyn Deliver>;
@@ -123,6 +130,11 @@ impl Node {
     pub(crate) fn record_delivery(&self, accepted: Instant) {
         self.latency
             .record(self.clock.now().saturating_duration_since(accepted));
+    }
+
+    /// The cluster's sequencer, when the broker numbers publications.
+    pub(crate) fn sequencer(&self) -> Option<&Arc<dyn Sequencer>> {
+        self.sequencer.as_ref()
     }
 
     /// Milliseconds on the gateway clock since the gateway was built.
@@ -283,5 +295,20 @@ impl Deliver for Node {
         };
         counters.delivered.add(delivered);
         delivered
+    }
+
+    /// Delivers a publication the cluster numbered, this node's own included.
+    fn deliver_sequenced(
+        &self,
+        publication: &SequencedPublication,
+        accept_gap: bool,
+    ) -> SequencedDelivery {
+        let outcome =
+            self.topics
+                .deliver_sequenced(publication, accept_gap, self.now_ms(), &self.counters);
+        if let SequencedDelivery::Delivered(delivered) = outcome {
+            self.counters.delivered.add(delivered);
+        }
+        outcome
     }
 }

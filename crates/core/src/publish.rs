@@ -16,12 +16,16 @@ use herald_utils::{Clock, LruCache, Priority};
 use serde_json::value::RawValue;
 
 use crate::{
-    broker::Envelope,
+    broker::{Envelope, SequenceRequest},
     counters::Counters,
     outbox::Frame,
     sizes::scaled,
     subscription::{Published, SubscriptionManager},
 };
+
+/// The end of a `message` frame encoded with offset 0 and an empty epoch: what
+/// [`message_frame_head`] cuts off.
+const PLACEHOLDER_TAIL: &str = "0,\"epoch\":\"\"}";
 
 /// A publication to a topic, as the HTTP API (`POST /api/publish`) or a client `publish`
 /// requests it.
@@ -152,6 +156,29 @@ impl Publisher {
         }
     }
 
+    /// The request a cluster's [`Sequencer`](crate::broker::Sequencer) numbers in place of
+    /// [`publish`](Self::publish): the frame encoded once, up to its offset, and the live
+    /// dedupe window.
+    pub(crate) fn sequence_request(
+        publication: Publication,
+        runtime: &RuntimeConfig,
+    ) -> SequenceRequest {
+        let Publication {
+            topic,
+            data,
+            priority,
+            id,
+        } = publication;
+        let frame_head = message_frame_head(&topic, data);
+        SequenceRequest {
+            topic,
+            priority,
+            id,
+            dedupe_window: runtime.dedupe_window(),
+            frame_head,
+        }
+    }
+
     /// The earlier offset when `(topic, id)` was published within the window in this epoch;
     /// otherwise remembers `next_offset` for it and returns `None`. Runs under the topic's
     /// lock, so two publications with the same id cannot both pass.
@@ -222,5 +249,48 @@ impl Publisher {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .len()
+    }
+}
+
+/// The `message` frame of `data` on `topic`, encoded once, up to and including `"offset":`;
+/// [`complete_message_frame`](crate::broker::complete_message_frame) appends offset and epoch.
+fn message_frame_head(topic: &Topic, data: Box<RawValue>) -> String {
+    let mut text = ServerMessage::Message {
+        topic: topic.clone(),
+        data,
+        offset: 0,
+        epoch: String::new(),
+    }
+    .encode();
+    // `offset` and `epoch` are the frame's last fields (the protocol's golden tests pin the
+    // field order), so the text ends with the placeholder's tail.
+    debug_assert!(text.ends_with(PLACEHOLDER_TAIL));
+    text.truncate(text.len().saturating_sub(PLACEHOLDER_TAIL.len()));
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::complete_message_frame;
+
+    #[test]
+    fn a_frame_head_completed_with_offset_and_epoch_is_the_encoded_message() {
+        let topic = Topic::new("chat:1").expect("valid topic");
+        let data = RawValue::from_string(r#"{"text":"hi \"there\"","n":[1,2]}"#.to_owned())
+            .expect("valid JSON");
+        let whole = ServerMessage::Message {
+            topic: topic.clone(),
+            data: data.clone(),
+            offset: 42,
+            epoch: "18c-7".to_owned(),
+        }
+        .encode();
+        let head = message_frame_head(&topic, data);
+        assert!(head.ends_with("\"offset\":"), "{head}");
+        assert_eq!(
+            complete_message_frame(&head, 42, "18c-7").as_str(),
+            whole.as_str()
+        );
     }
 }

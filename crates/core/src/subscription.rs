@@ -16,6 +16,7 @@ use herald_protocol::{StreamPosition, Topic};
 use herald_utils::Priority;
 
 use crate::{
+    broker::{SequencedDelivery, SequencedPublication},
     connection::{Connection, offer_each},
     counters::Counters,
     history::{HistoryEntry, HistoryStore},
@@ -92,11 +93,13 @@ pub struct TopicInfo {
 }
 
 struct TopicState {
-    epoch: Arc<str>,
     inner: Mutex<TopicInner>,
 }
 
 struct TopicInner {
+    /// The epoch of the topic's history: this node's own, or the sequencer's once a sequenced
+    /// publication arrived.
+    epoch: Arc<str>,
     last_offset: u64,
     /// Gateway-clock milliseconds of the last publication.
     last_publish_ms: u64,
@@ -183,11 +186,11 @@ impl SubscriptionManager {
             topics.insert(topic.clone());
             let position = TopicPosition {
                 last_offset: inner.last_offset,
-                epoch: Arc::clone(&state.epoch),
+                epoch: Arc::clone(&inner.epoch),
             };
             // A resume in the same epoch replays what history still holds after `since`.
             let replay = since
-                .filter(|since| *since.epoch == *state.epoch)
+                .filter(|since| *since.epoch == *inner.epoch)
                 .and_then(|since| {
                     self.history
                         .since(topic, since.offset, inner.last_offset, now_ms)
@@ -236,7 +239,7 @@ impl SubscriptionManager {
             if inner.removed {
                 continue;
             }
-            let epoch = Arc::clone(&state.epoch);
+            let epoch = Arc::clone(&inner.epoch);
             if let Some(offset) = dedupe(inner.last_offset + 1, &epoch) {
                 return Published::Duplicate { offset, epoch };
             }
@@ -282,6 +285,57 @@ impl SubscriptionManager {
         offer_to_subscribers(&inner.subscribers, frame, priority, counters)
     }
 
+    /// Delivers a publication numbered by the cluster's sequencer: when it is the topic's next
+    /// offset (in its epoch; a new epoch starts the topic afresh here, history included), it
+    /// becomes the topic's last, is retained in history and queued to every subscriber, all
+    /// under the topic's lock. See [`SequencedDelivery`] for the other outcomes.
+    pub(crate) fn deliver_sequenced(
+        &self,
+        publication: &SequencedPublication,
+        accept_gap: bool,
+        now_ms: u64,
+        counters: &Counters,
+    ) -> SequencedDelivery {
+        let SequencedPublication {
+            topic,
+            offset,
+            epoch,
+            priority,
+            frame,
+        } = publication;
+        loop {
+            let state = self.get_or_create(topic, now_ms);
+            let mut inner = state.lock();
+            if inner.removed {
+                continue;
+            }
+            let same_epoch = inner.epoch == *epoch;
+            let last_offset = if same_epoch { inner.last_offset } else { 0 };
+            if *offset <= last_offset {
+                return SequencedDelivery::Stale;
+            }
+            if *offset > last_offset + 1 && !accept_gap {
+                return SequencedDelivery::Gap { last_offset };
+            }
+            if !same_epoch {
+                self.history.remove(topic);
+                inner.epoch = Arc::clone(epoch);
+            }
+            inner.last_offset = *offset;
+            inner.last_publish_ms = now_ms;
+            self.history.append(
+                topic,
+                HistoryEntry {
+                    offset: *offset,
+                    frame: frame.clone(),
+                    published_ms: now_ms,
+                },
+            );
+            let delivered = offer_to_subscribers(&inner.subscribers, frame, *priority, counters);
+            return SequencedDelivery::Delivered(delivered);
+        }
+    }
+
     /// A topic's subscriber count and position, if the topic is known.
     pub(crate) fn topic(&self, topic: &Topic) -> Option<TopicInfo> {
         let state = self.lookup(topic)?;
@@ -290,7 +344,7 @@ impl SubscriptionManager {
             subscribers: inner.subscribers.len(),
             position: TopicPosition {
                 last_offset: inner.last_offset,
-                epoch: Arc::clone(&state.epoch),
+                epoch: Arc::clone(&inner.epoch),
             },
         })
     }
@@ -341,9 +395,9 @@ impl SubscriptionManager {
         now_ms: u64,
     ) -> Option<(Arc<str>, Vec<HistoryEntry>)> {
         let state = self.lookup(topic)?;
-        let _inner = state.lock();
+        let inner = state.lock();
         Some((
-            Arc::clone(&state.epoch),
+            Arc::clone(&inner.epoch),
             self.history.page(topic, after, limit, now_ms),
         ))
     }
@@ -413,8 +467,8 @@ impl SubscriptionManager {
         let state = map.entry(topic.clone()).or_insert_with(|| {
             self.topics.fetch_add(1, Ordering::Relaxed);
             Arc::new(TopicState {
-                epoch: self.new_epoch(),
                 inner: Mutex::new(TopicInner {
+                    epoch: self.new_epoch(),
                     last_offset: 0,
                     last_publish_ms: now_ms,
                     subscribers: HashMap::new(),

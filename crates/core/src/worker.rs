@@ -2,24 +2,26 @@
 //! performs each on this node's connections, hands it to the broker for the other nodes, and
 //! answers whoever waits for it.
 
+use std::sync::Arc;
+
 use herald_protocol::{ErrorCode, ServerMessage, Topic};
 use herald_utils::Priority;
 use serde_json::json;
 
 use crate::{
-    broker::Envelope,
+    broker::{BrokerError, Envelope, Sequenced},
     error::GatewayError,
     node::Node,
     operations::{Operation, PublishReply, Queued, Reply},
     outbox::Frame,
-    publish::PublishOutcome,
+    publish::{PublishOutcome, Publisher},
 };
 
 /// Operations the worker takes per turn before yielding to other tasks.
 const OPERATION_BATCH: usize = 64;
 
 /// Performs queued operations until shutdown has begun and the queue is empty.
-pub(crate) async fn run(node: &Node) {
+pub(crate) async fn run(node: &Arc<Node>) {
     let mut batch = Vec::with_capacity(OPERATION_BATCH);
     loop {
         node.operations.pop_batch(OPERATION_BATCH, &mut batch);
@@ -39,7 +41,7 @@ pub(crate) async fn run(node: &Node) {
 
 /// Performs one operation and answers it. Every frame queued here for a publication, push or
 /// event is counted as delivered, once per operation.
-fn perform(node: &Node, queued: Queued) {
+fn perform(node: &Arc<Node>, queued: Queued) {
     let connections = &node.connections;
     let counters = &node.counters;
     let Queued {
@@ -49,8 +51,24 @@ fn perform(node: &Node, queued: Queued) {
     match operation {
         Operation::Publish(publication, reply) => {
             let topic = publication.topic.clone();
-            let result = if node.is_shutting_down() {
-                Err(GatewayError::ShuttingDown)
+            if node.is_shutting_down() {
+                answer_publish(node, &topic, reply, Err(GatewayError::ShuttingDown));
+            } else if let Some(sequencer) = node.sequencer() {
+                // The cluster numbers it; every node, this one included, delivers it when the
+                // broker brings it back. The caller is answered with the cluster's position.
+                let request = Publisher::sequence_request(publication, &node.runtime);
+                let node = Arc::downgrade(node);
+                sequencer.sequence(
+                    request,
+                    Box::new(move |result| {
+                        // A gateway that went away drops the reply; its caller hears
+                        // "shutting down".
+                        if let Some(node) = node.upgrade() {
+                            let result = sequenced_outcome(&node, result);
+                            answer_publish(&node, &topic, reply, result);
+                        }
+                    }),
+                );
             } else {
                 let (outcome, envelope) = node.publisher.publish(
                     publication,
@@ -61,22 +79,7 @@ fn perform(node: &Node, queued: Queued) {
                     counters,
                 );
                 finish(node, envelope, outcome.delivered);
-                Ok(outcome)
-            };
-            match reply {
-                PublishReply::Caller(sender) => answer(sender, result),
-                PublishReply::Ack {
-                    connection,
-                    message_id,
-                } => {
-                    if let Some(reply) = publish_reply(&topic, message_id, result) {
-                        connection.outbox().offer(
-                            Frame::from(reply.encode()),
-                            Priority::Critical,
-                            counters,
-                        );
-                    }
-                }
+                answer_publish(node, &topic, reply, Ok(outcome));
             }
         }
         Operation::Broadcast(broadcast, sender) => {
@@ -105,6 +108,58 @@ fn perform(node: &Node, queued: Queued) {
                     outcome
                 });
             answer(sender, result);
+        }
+    }
+}
+
+/// The outcome of a publication the cluster's sequencer numbered, counted like a local one.
+/// Its deliveries are counted where each node delivers it, so `delivered` is 0 here.
+fn sequenced_outcome(
+    node: &Node,
+    result: Result<Sequenced, BrokerError>,
+) -> Result<PublishOutcome, GatewayError> {
+    match result {
+        Ok(sequenced) => {
+            if sequenced.deduplicated {
+                node.counters.deduplicated.increment();
+            } else {
+                node.counters.published.increment();
+            }
+            Ok(PublishOutcome {
+                offset: sequenced.offset,
+                epoch: sequenced.epoch,
+                deduplicated: sequenced.deduplicated,
+                delivered: 0,
+            })
+        }
+        Err(error) => {
+            node.counters.broker_failures.increment();
+            tracing::warn!(%error, "the broker did not sequence a publication");
+            Err(GatewayError::Unavailable(error.to_string()))
+        }
+    }
+}
+
+/// Answers a publication: the HTTP caller, or the publishing connection's `ack` or `error`.
+fn answer_publish(
+    node: &Node,
+    topic: &Topic,
+    reply: PublishReply,
+    result: Result<PublishOutcome, GatewayError>,
+) {
+    match reply {
+        PublishReply::Caller(sender) => answer(sender, result),
+        PublishReply::Ack {
+            connection,
+            message_id,
+        } => {
+            if let Some(reply) = publish_reply(topic, message_id, result) {
+                connection.outbox().offer(
+                    Frame::from(reply.encode()),
+                    Priority::Critical,
+                    &node.counters,
+                );
+            }
         }
     }
 }

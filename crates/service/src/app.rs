@@ -14,6 +14,8 @@ use crate::{capacity::Capacity, checks::EventLoopLag, pressure::Memory};
 pub(crate) struct App {
     /// The configuration the process started with.
     pub(crate) config: BaseConfig,
+    /// This node's name: `HERALD_NODE_ID`, else made from the host name and process id.
+    pub(crate) node_id: String,
     /// Connections, subscriptions and fan-out.
     pub(crate) gateway: Gateway,
     /// Renders `/metrics`.

@@ -93,6 +93,7 @@ impl From<GatewayError> for ApiError {
         let (code, retry_after_secs) = match &error {
             GatewayError::UnknownConnection(_) => (ErrorCode::NotFound, None),
             GatewayError::ShuttingDown => (ErrorCode::Unavailable, Some(RETRY_LATER_SECS)),
+            GatewayError::Unavailable(_) => (ErrorCode::Unavailable, Some(RETRY_LATER_SECS)),
             GatewayError::Overloaded { retry_after_ms } => (
                 ErrorCode::RateLimited,
                 Some(retry_after_ms.div_ceil(1000).max(1)),

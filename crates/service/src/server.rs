@@ -6,11 +6,12 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use herald_config::{BaseConfig, RuntimeConfig};
 use herald_core::{
-    Gateway, GatewayParts, GatewaySettings, InMemoryBroker, InMemoryHistoryStore,
+    Broker, Gateway, GatewayParts, GatewaySettings, InMemoryBroker, InMemoryHistoryStore,
     InMemoryPreferenceStore,
 };
 use herald_memory::MemoryMonitor;
 use herald_monitoring::{HealthChecker, MetricsReporter};
+use herald_redis::{RedisBroker, RedisSettings};
 use herald_utils::SystemClock;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -82,7 +83,9 @@ pub(crate) async fn run(
 
     let metrics = MetricsReporter::install().context("cannot install the metrics recorder")?;
     let monitor = pressure::monitor(&config)?;
-    let gateway = build_gateway(&config, jwt, Arc::clone(&monitor));
+    let node_id = node_id(&config);
+    let broker = build_broker(&config, &node_id).await?;
+    let gateway = build_gateway(&config, jwt, Arc::clone(&monitor), broker);
     let memory = Arc::new(Memory::new(&config, monitor, &gateway));
     let lag = Arc::new(EventLoopLag::default());
     let health = HealthChecker::new()
@@ -94,6 +97,7 @@ pub(crate) async fn run(
     let config_max_connections = config.max_connections;
     let app = Arc::new(App {
         config,
+        node_id,
         gateway,
         metrics,
         memory,
@@ -186,8 +190,52 @@ pub(crate) async fn run(
     Ok(())
 }
 
+/// This node's name: the configured one, else `<host name>-<process id>`.
+fn node_id(config: &BaseConfig) -> String {
+    if let Some(id) = &config.node_id {
+        return id.clone();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "herald".to_owned());
+    format!("{host}-{}", std::process::id())
+}
+
+/// The broker: over Redis when `HERALD_REDIS_URL` is set (many nodes as one), else the
+/// embedded one (one node, nothing to forward).
+async fn build_broker(config: &BaseConfig, node_id: &str) -> anyhow::Result<Arc<dyn Broker>> {
+    let Some(url) = &config.redis_url else {
+        return Ok(Arc::new(InMemoryBroker::new()));
+    };
+    let history_size = if config.history_ttl.is_zero() {
+        0
+    } else {
+        config.history_size
+    };
+    let broker = RedisBroker::connect(RedisSettings {
+        url: url.expose().to_owned(),
+        key_prefix: config.redis_key_prefix.clone(),
+        node_id: node_id.to_owned(),
+        command_timeout: config.redis_command_timeout,
+        connect_timeout: config.redis_connect_timeout,
+        history_size,
+        history_retention: config.history_ttl,
+    })
+    .await
+    .context("HERALD_REDIS_URL (redis_url): cannot join the cluster")?;
+    tracing::info!(node = node_id, "joined the cluster over redis");
+    Ok(Arc::new(broker))
+}
+
 /// Builds the gateway and its seams from the configuration.
-fn build_gateway(config: &BaseConfig, jwt: JwtSettings, memory: Arc<MemoryMonitor>) -> Gateway {
+fn build_gateway(
+    config: &BaseConfig,
+    jwt: JwtSettings,
+    memory: Arc<MemoryMonitor>,
+    broker: Arc<dyn Broker>,
+) -> Gateway {
     Gateway::new(GatewayParts {
         settings: GatewaySettings::from_config(config),
         runtime: Arc::new(RuntimeConfig::new(config)),
@@ -199,8 +247,7 @@ fn build_gateway(config: &BaseConfig, jwt: JwtSettings, memory: Arc<MemoryMonito
             config.history_max_bytes,
         )),
         clock: Arc::new(SystemClock),
-        // One node: nothing to forward. A networked broker (Redis) plugs in here.
-        broker: Arc::new(InMemoryBroker::new()),
+        broker,
         memory,
     })
 }

@@ -6,6 +6,7 @@ mod auth_flow;
 mod basics;
 mod body_limit;
 mod client;
+mod cluster;
 mod conformance;
 mod dashboard;
 mod delivery;

@@ -739,6 +739,8 @@ fn default_config_prints_every_default() {
         "jwt_audience",
         "echo_path",
         "memory_limit_bytes",
+        "redis_url",
+        "node_id",
     ];
     for setting in SETTINGS {
         assert_eq!(
@@ -865,5 +867,42 @@ fn trusted_proxies_are_address_blocks() {
         err.to_string()
             .contains("HERALD_TRUSTED_PROXIES (trusted_proxies)"),
         "{err}"
+    );
+}
+
+#[test]
+fn redis_settings_are_parsed_and_checked() {
+    let config = load(
+        None,
+        &[
+            ("HERALD_REDIS_URL", "redis://:pw@127.0.0.1:6379/0"),
+            ("HERALD_REDIS_KEY_PREFIX", "app1:"),
+            ("HERALD_NODE_ID", "node-a"),
+            ("HERALD_REDIS_COMMAND_TIMEOUT_MS", "250"),
+        ],
+        &[],
+    );
+    assert_eq!(
+        config.redis_url.as_ref().map(Secret::expose),
+        Some("redis://:pw@127.0.0.1:6379/0")
+    );
+    assert_eq!(config.redis_key_prefix, "app1:");
+    assert_eq!(config.node_id.as_deref(), Some("node-a"));
+    assert_eq!(config.redis_command_timeout, Duration::from_millis(250));
+    assert!(
+        !config.to_toml_redacted().contains(":pw@"),
+        "the URL may hold a password"
+    );
+    check_env_error(
+        &[("HERALD_REDIS_URL", "http://x")],
+        r#"invalid value "<redacted>" for HERALD_REDIS_URL (redis_url): expected a redis:// URL"#,
+    );
+    check_env_error(
+        &[("HERALD_REDIS_KEY_PREFIX", "a{b}")],
+        r#"invalid value "a{b}" for HERALD_REDIS_KEY_PREFIX (redis_key_prefix): expected 1 to 64 bytes without whitespace, `{` or `}`"#,
+    );
+    check_env_error(
+        &[("HERALD_NODE_ID", "a b")],
+        r#"invalid value "a b" for HERALD_NODE_ID (node_id): expected 1 to 64 bytes without whitespace"#,
     );
 }

@@ -1,17 +1,22 @@
-//! Test doubles for the gateway's seams: an authenticator of signed-looking test tokens and a
-//! broker that records what it is handed.
+//! Test doubles for the gateway's seams: an authenticator of signed-looking test tokens, a
+//! broker that records what it is handed, and a sequencing broker that numbers publications
+//! for several gateways as a shared store would.
 //!
 //! A test token is `<secret>.<claims JSON in hex>`: plain text that fits in a JSON string, and
 //! whose claims follow the JWT ones Herald reads (`sub`, `exp` in seconds, `tier`, `topics`,
 //! `publish`).
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex, PoisonError},
+};
 
 use serde_json::{Value, json};
 
 use crate::{
     AuthError, Authenticator, Broker, BrokerError, Envelope, LocalDelivery, Principal,
-    TopicPattern, UserId,
+    SequenceReply, SequenceRequest, Sequenced, SequencedDelivery, SequencedPublication, Sequencer,
+    TopicPattern, UserId, complete_message_frame,
 };
 
 /// The secret the fake authenticator accepts.
@@ -169,5 +174,182 @@ impl Broker for RecordingBroker {
             .unwrap_or_else(PoisonError::into_inner)
             .push(envelope.clone());
         Ok(())
+    }
+}
+
+/// A cluster's shared store, in memory: numbers publications (offsets, one epoch per topic,
+/// dedupe by id), keeps every one as the shared history, and carries them to the attached
+/// gateways when a test calls [`pump`](Self::pump), which is also where a test loses some.
+#[derive(Default)]
+pub(super) struct SequencingCluster {
+    state: Mutex<ClusterState>,
+}
+
+#[derive(Default)]
+struct ClusterState {
+    /// Per topic: every publication numbered so far, the shared history.
+    log: HashMap<String, Vec<SequencedPublication>>,
+    /// Per topic: the last offset given.
+    offsets: HashMap<String, u64>,
+    /// `(topic, id)` to the offset first given.
+    ids: HashMap<(String, String), u64>,
+    /// The attached gateways and what the bus still has to bring each.
+    nodes: Vec<(LocalDelivery, VecDeque<SequencedPublication>)>,
+    /// Publications refused while set (the store is down).
+    down: bool,
+}
+
+impl SequencingCluster {
+    /// A broker endpoint for one more gateway.
+    pub(super) fn endpoint(self: &Arc<Self>) -> Arc<dyn Broker> {
+        Arc::new(ClusterEndpoint {
+            cluster: Arc::clone(self),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ClusterState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Node `node`'s local delivery, to hand it publications directly.
+    pub(super) fn local(&self, node: usize) -> LocalDelivery {
+        self.lock().nodes[node].0.clone()
+    }
+
+    /// Makes the store refuse (or accept again) publications.
+    pub(super) fn set_down(&self, down: bool) {
+        self.lock().down = down;
+    }
+
+    /// Loses the next `n` messages the bus holds for node `node` (pub/sub is at-most-once).
+    pub(super) fn lose(&self, node: usize, n: usize) {
+        let mut state = self.lock();
+        let queue = &mut state.nodes[node].1;
+        for _ in 0..n {
+            queue.pop_front();
+        }
+    }
+
+    /// Brings every node what the bus holds for it, in order, fetching from the shared history
+    /// what a node reports missing, as a real broker's receiver does.
+    pub(super) fn pump(&self) {
+        let nodes: Vec<(LocalDelivery, Vec<SequencedPublication>)> = {
+            let mut state = self.lock();
+            state
+                .nodes
+                .iter_mut()
+                .map(|(local, queue)| (local.clone(), queue.drain(..).collect()))
+                .collect()
+        };
+        for (local, publications) in nodes {
+            for publication in publications {
+                self.deliver(&local, &publication);
+            }
+        }
+    }
+
+    fn deliver(&self, local: &LocalDelivery, publication: &SequencedPublication) {
+        let SequencedDelivery::Gap { last_offset } = local.deliver_sequenced(publication, false)
+        else {
+            return;
+        };
+        let missing: Vec<SequencedPublication> = self
+            .lock()
+            .log
+            .get(publication.topic.as_str())
+            .map(|log| {
+                log.iter()
+                    .filter(|p| p.offset > last_offset && p.offset < publication.offset)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (i, earlier) in missing.iter().enumerate() {
+            let first_is_late = i == 0 && earlier.offset != last_offset + 1;
+            local.deliver_sequenced(earlier, first_is_late);
+        }
+        local.deliver_sequenced(publication, true);
+    }
+
+    /// Forgets the shared history of a topic up to `offset` (trimmed by its size).
+    pub(super) fn trim(&self, topic: &str, offset: u64) {
+        if let Some(log) = self.lock().log.get_mut(topic) {
+            log.retain(|p| p.offset > offset);
+        }
+    }
+}
+
+/// One gateway's endpoint on a [`SequencingCluster`].
+struct ClusterEndpoint {
+    cluster: Arc<SequencingCluster>,
+}
+
+impl Broker for ClusterEndpoint {
+    fn attach(&self, local: LocalDelivery) {
+        self.cluster.lock().nodes.push((local, VecDeque::new()));
+    }
+
+    fn publish(&self, envelope: &Envelope) -> Result<(), BrokerError> {
+        // Pushes and events are not what these tests look at; publications never come here.
+        assert!(!matches!(envelope, Envelope::Publication { .. }));
+        Ok(())
+    }
+
+    fn sequencer(&self) -> Option<Arc<dyn Sequencer>> {
+        Some(Arc::new(Self {
+            cluster: Arc::clone(&self.cluster),
+        }))
+    }
+}
+
+impl Sequencer for ClusterEndpoint {
+    fn sequence(&self, request: SequenceRequest, reply: SequenceReply) {
+        let epoch: Arc<str> = Arc::from("shared-1");
+        let mut state = self.cluster.lock();
+        if state.down {
+            drop(state);
+            reply(Err(BrokerError::Unavailable("store down".to_owned())));
+            return;
+        }
+        let topic = request.topic.as_str().to_owned();
+        if let Some(id) = &request.id
+            && let Some(offset) = state.ids.get(&(topic.clone(), id.clone()))
+        {
+            let offset = *offset;
+            drop(state);
+            reply(Ok(Sequenced {
+                offset,
+                epoch,
+                deduplicated: true,
+            }));
+            return;
+        }
+        let last = state.offsets.entry(topic.clone()).or_default();
+        *last += 1;
+        let offset = *last;
+        let publication = SequencedPublication {
+            topic: request.topic.clone(),
+            offset,
+            epoch: Arc::clone(&epoch),
+            priority: request.priority,
+            frame: complete_message_frame(&request.frame_head, offset, &epoch),
+        };
+        state
+            .log
+            .entry(topic.clone())
+            .or_default()
+            .push(publication.clone());
+        if let Some(id) = request.id {
+            state.ids.insert((topic, id), offset);
+        }
+        for (_, queue) in &mut state.nodes {
+            queue.push_back(publication.clone());
+        }
+        drop(state);
+        reply(Ok(Sequenced {
+            offset,
+            epoch,
+            deduplicated: false,
+        }));
     }
 }

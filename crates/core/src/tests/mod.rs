@@ -10,6 +10,7 @@
 
 mod auth;
 mod cleanup;
+mod cluster;
 mod dedupe;
 mod events;
 mod fakes;

@@ -163,6 +163,8 @@ fn disconnect_answer(call: &Call) -> Answer {
 /// The answer of `GET /api/connections`.
 #[derive(Debug, Serialize)]
 struct ConnectionList<'a> {
+    /// The node that answered: the list holds this node's connections only.
+    node: &'a str,
     /// Oldest first.
     connections: Vec<ConnectionEntry<'a>>,
 }
@@ -204,6 +206,7 @@ pub(super) fn connections(call: Call) -> Reply {
     let user = query_param(query, "userId").map(|u| UserId::new(&u));
     let list = call.app.gateway.connections(user.as_ref());
     let body = ConnectionList {
+        node: &call.app.node_id,
         connections: list.iter().map(ConnectionEntry::from).collect(),
     };
     ready(Ok(json(StatusCode::OK, &body)))
@@ -305,7 +308,9 @@ fn history_answer(call: &Call) -> Answer {
 /// same counters `/metrics` exports), the degradation level and the leak detector's verdict.
 /// The dashboard's stream sends the same object every second.
 #[derive(Debug, Serialize)]
-pub(super) struct StatsAnswer {
+pub(super) struct StatsAnswer<'a> {
+    /// The node that answered: every count is this node's own (docs/operations.md).
+    node: &'a str,
     /// Every count.
     #[serde(flatten)]
     stats: herald_monitoring::Stats,
@@ -352,10 +357,11 @@ pub(super) fn stats(call: Call) -> Reply {
 }
 
 /// The body of `GET /api/stats`, read now.
-pub(super) fn stats_answer(app: &App) -> StatsAnswer {
+pub(super) fn stats_answer(app: &App) -> StatsAnswer<'_> {
     let degradation = app.memory.degradation();
     let leak = app.memory.leak();
     StatsAnswer {
+        node: &app.node_id,
         stats: app.gateway.stats(),
         degradation: DegradationAnswer {
             level: degradation.level.number(),

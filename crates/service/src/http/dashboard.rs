@@ -81,13 +81,13 @@ fn asset(text: &'static str, content_type: &'static str) -> Response<Body> {
 /// One event of the stream.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct Snapshot {
+struct Snapshot<'a> {
     /// Milliseconds since the stream opened, on the monotonic clock: the page divides counter
     /// deltas by its deltas to get rates.
     elapsed_ms: u64,
     /// The `/api/stats` body.
     #[serde(flatten)]
-    stats: StatsAnswer,
+    stats: StatsAnswer<'a>,
     /// The `/health` report: overall status and every check.
     health: HealthReport,
 }

@@ -1,0 +1,505 @@
+//! [`RedisBroker`]: core's [`Broker`] and [`Sequencer`] over one Redis, which makes several
+//! Herald nodes one system.
+//!
+//! Two connections per node: a command connection (the publish script, forwarded operations,
+//! history fetches), used by one task in the order the gateway handed work over, and a
+//! subscriber connection on the bus channel (RESP3 push messages, resubscribed automatically
+//! after a reconnect). The receiver task delivers what the bus brings in order; when a
+//! publication's offset shows that some were missed (pub/sub is at-most-once, e.g. during a
+//! reconnect), it fetches them from the topic's history stream first.
+
+use std::{
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use herald_core::{
+    Broker, BrokerError, Envelope, Frame, LocalDelivery, SequenceReply, SequenceRequest, Sequenced,
+    SequencedDelivery, SequencedPublication, Sequencer,
+};
+use herald_protocol::Topic;
+use redis::{
+    AsyncCommands as _, Client, IntoConnectionInfo as _, ProtocolVersion, PushInfo, PushKind,
+    RedisError, Script, Value,
+    aio::{ConnectionManager, ConnectionManagerConfig},
+};
+use tokio::sync::mpsc;
+
+use crate::{
+    script::{PublishArgs, publish_script},
+    wire::{BusMessage, Keys, decode, encode_envelope},
+};
+
+/// Work queued for the command task before callers are refused.
+const COMMAND_QUEUE: usize = 10_000;
+/// How often the subscriber connection is pinged, which also drives its reconnection.
+const KEEP_ALIVE: Duration = Duration::from_secs(1);
+
+/// How a node joins a cluster over Redis.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// `redis://[user:password@]host:port[/db]`; RESP3 is always used.
+    pub url: String,
+    /// The start of every key and channel.
+    pub key_prefix: String,
+    /// This node's id on the bus (operations it forwarded are not delivered back to it).
+    pub node_id: String,
+    /// How long one command may take before it counts as failed.
+    pub command_timeout: Duration,
+    /// How long connecting may take.
+    pub connect_timeout: Duration,
+    /// Publications kept per topic in the shared history (0: none).
+    pub history_size: usize,
+    /// How long a topic's offsets, epoch and history outlive its last publication.
+    pub history_retention: Duration,
+}
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisBrokerError {
+    /// The URL, the connection or the subscription failed.
+    #[error("redis: {0}")]
+    Redis(#[from] RedisError),
+    /// Connecting took longer than the connect timeout.
+    #[error("redis: no connection within {0:?}")]
+    ConnectTimeout(Duration),
+}
+
+/// Core's broker and sequencer over Redis. Cheap to clone; the tasks it spawned run until the
+/// runtime stops.
+#[derive(Clone)]
+pub struct RedisBroker {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for RedisBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBroker")
+            .field("node", &self.shared.settings.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the broker and its tasks share.
+struct Shared {
+    settings: RedisSettings,
+    keys: Keys,
+    commands: mpsc::Sender<Command>,
+    /// This node's delivery, once the gateway attached.
+    local: Mutex<Option<LocalDelivery>>,
+}
+
+impl Shared {
+    fn local(&self) -> Option<LocalDelivery> {
+        self.local
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// Work for the command task.
+enum Command {
+    /// Run the publish script and answer.
+    Sequence(SequenceRequest, SequenceReply),
+    /// Publish a forwarded operation on the bus.
+    Forward(Vec<u8>),
+}
+
+impl RedisBroker {
+    /// Connects to Redis, subscribes to the bus and starts the broker's tasks on the current
+    /// tokio runtime. Fails when Redis cannot be reached within the connect timeout.
+    pub async fn connect(settings: RedisSettings) -> Result<Self, RedisBrokerError> {
+        let info = settings.url.as_str().into_connection_info()?;
+        let redis_settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let client = Client::open(info.set_redis_settings(redis_settings))?;
+        let keys = Keys::new(&settings.key_prefix);
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(settings.connect_timeout))
+            .set_response_timeout(Some(settings.command_timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let (push_sender, pushes) = mpsc::unbounded_channel::<PushInfo>();
+        let subscriber_config = config
+            .clone()
+            .set_push_sender(push_sender)
+            .set_automatic_resubscription();
+        let connecting = async {
+            let commands = ConnectionManager::new_with_config(client.clone(), config).await?;
+            let mut subscriber =
+                ConnectionManager::new_with_config(client, subscriber_config).await?;
+            subscriber.subscribe(keys.bus()).await?;
+            Ok::<_, RedisError>((commands, subscriber))
+        };
+        // Two connections and a subscription, each bounded by the connect timeout.
+        let bound = settings.connect_timeout * 3;
+        let (connection, subscriber) = tokio::time::timeout(bound, connecting)
+            .await
+            .map_err(|_| RedisBrokerError::ConnectTimeout(bound))??;
+        let (commands, queue) = mpsc::channel(COMMAND_QUEUE);
+        let shared = Arc::new(Shared {
+            settings,
+            keys,
+            commands,
+            local: Mutex::new(None),
+        });
+        tokio::spawn(run_commands(
+            Arc::downgrade(&shared),
+            connection.clone(),
+            queue,
+        ));
+        tokio::spawn(receive(Arc::downgrade(&shared), connection, pushes));
+        tokio::spawn(keep_alive(Arc::downgrade(&shared), subscriber));
+        Ok(Self { shared })
+    }
+
+    /// This node's id on the bus.
+    pub fn node_id(&self) -> &str {
+        &self.shared.settings.node_id
+    }
+}
+
+impl Broker for RedisBroker {
+    fn attach(&self, local: LocalDelivery) {
+        *self
+            .shared
+            .local
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(local);
+    }
+
+    fn publish(&self, envelope: &Envelope) -> Result<(), BrokerError> {
+        let Some(message) = encode_envelope(&self.shared.settings.node_id, envelope) else {
+            // Publications go through the sequencer; the gateway never forwards one here.
+            return Ok(());
+        };
+        self.shared
+            .commands
+            .try_send(Command::Forward(message))
+            .map_err(|_| BrokerError::Unavailable("redis command queue full".to_owned()))
+    }
+
+    fn sequencer(&self) -> Option<Arc<dyn Sequencer>> {
+        Some(Arc::new(self.clone()))
+    }
+}
+
+impl Sequencer for RedisBroker {
+    fn sequence(&self, request: SequenceRequest, reply: SequenceReply) {
+        if let Err(refused) = self
+            .shared
+            .commands
+            .try_send(Command::Sequence(request, reply))
+        {
+            let (mpsc::error::TrySendError::Full(command)
+            | mpsc::error::TrySendError::Closed(command)) = refused;
+            if let Command::Sequence(_, reply) = command {
+                reply(Err(BrokerError::Unavailable(
+                    "redis command queue full".to_owned(),
+                )));
+            }
+        }
+    }
+}
+
+/// The command task: performs queued work one item at a time, in the order it was queued.
+async fn run_commands(
+    shared: std::sync::Weak<Shared>,
+    mut connection: ConnectionManager,
+    mut queue: mpsc::Receiver<Command>,
+) {
+    let script = publish_script();
+    while let Some(command) = queue.recv().await {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let timeout = shared.settings.command_timeout;
+        match command {
+            Command::Sequence(request, reply) => {
+                let result = bounded(
+                    timeout,
+                    sequence(&shared, &script, &mut connection, &request),
+                )
+                .await;
+                reply(result);
+            }
+            Command::Forward(message) => {
+                let channel = shared.keys.bus();
+                let sent = bounded(timeout, async {
+                    connection
+                        .publish::<_, _, ()>(channel, message)
+                        .await
+                        .map_err(unavailable)
+                })
+                .await;
+                if let Err(error) = sent {
+                    tracing::warn!(%error, "an operation did not reach the other nodes");
+                }
+            }
+        }
+    }
+}
+
+/// Runs the publish script for one request.
+async fn sequence(
+    shared: &Shared,
+    script: &Script,
+    connection: &mut ConnectionManager,
+    request: &SequenceRequest,
+) -> Result<Sequenced, BrokerError> {
+    let args = PublishArgs {
+        keys: &shared.keys,
+        request,
+        history_size: shared.settings.history_size,
+        retention: shared.settings.history_retention,
+    };
+    let (offset, epoch, deduplicated): (u64, String, u8) = args
+        .invocation(script)
+        .invoke_async(connection)
+        .await
+        .map_err(unavailable)?;
+    Ok(Sequenced {
+        offset,
+        epoch: Arc::from(epoch),
+        deduplicated: deduplicated == 1,
+    })
+}
+
+/// Runs `work` for at most `timeout`: a stopped Redis fails calls instead of hanging them.
+async fn bounded<T>(
+    timeout: Duration,
+    work: impl Future<Output = Result<T, BrokerError>>,
+) -> Result<T, BrokerError> {
+    tokio::time::timeout(timeout, work)
+        .await
+        .unwrap_or_else(|_| {
+            Err(BrokerError::Unavailable(format!(
+                "redis: no answer within {timeout:?}"
+            )))
+        })
+}
+
+fn unavailable(error: RedisError) -> BrokerError {
+    BrokerError::Unavailable(format!("redis: {error}"))
+}
+
+/// The receiver task: delivers the bus's messages in order, closing offset gaps from the
+/// shared history first.
+async fn receive(
+    shared: std::sync::Weak<Shared>,
+    mut connection: ConnectionManager,
+    mut pushes: mpsc::UnboundedReceiver<PushInfo>,
+) {
+    while let Some(push) = pushes.recv().await {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        match push.kind {
+            PushKind::Message => {}
+            PushKind::Disconnection => {
+                tracing::warn!(
+                    "redis: the bus connection dropped; reconnecting (missed publications are fetched from history when the next one shows the gap)"
+                );
+                continue;
+            }
+            _ => continue,
+        }
+        let Some(Value::BulkString(payload)) = push.data.get(1) else {
+            continue;
+        };
+        let Some(message) = decode(payload) else {
+            tracing::warn!("redis: a bus message Herald cannot read was ignored");
+            continue;
+        };
+        let Some(local) = shared.local() else {
+            continue;
+        };
+        match message {
+            BusMessage::Forwarded { node, envelope } => {
+                if node != shared.settings.node_id {
+                    local.deliver(&envelope);
+                }
+            }
+            BusMessage::Publication(publication) => {
+                deliver_in_order(&shared, &mut connection, &local, &publication).await;
+            }
+        }
+    }
+}
+
+/// Delivers a publication; when the node lacks the ones before it, fetches them from the
+/// topic's history stream and delivers them first. What the stream no longer holds (or cannot
+/// give now) stays a gap: subscribers see it in the offsets, and resumes across it are refused.
+async fn deliver_in_order(
+    shared: &Shared,
+    connection: &mut ConnectionManager,
+    local: &LocalDelivery,
+    publication: &SequencedPublication,
+) {
+    let SequencedDelivery::Gap { last_offset } = local.deliver_sequenced(publication, false) else {
+        return;
+    };
+    let fetched = bounded(
+        shared.settings.command_timeout,
+        fetch(
+            shared,
+            connection,
+            &publication.topic,
+            last_offset,
+            publication.offset,
+        ),
+    )
+    .await;
+    match fetched {
+        Ok(missing) => {
+            let mut expected = last_offset + 1;
+            for earlier in missing.iter().filter(|p| p.epoch == publication.epoch) {
+                local.deliver_sequenced(earlier, earlier.offset != expected);
+                expected = earlier.offset + 1;
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, topic = %publication.topic, "missed publications could not be fetched");
+        }
+    }
+    local.deliver_sequenced(publication, true);
+}
+
+/// The topic's retained publications after `after` and before `before`, oldest first.
+async fn fetch(
+    shared: &Shared,
+    connection: &mut ConnectionManager,
+    topic: &Topic,
+    after: u64,
+    before: u64,
+) -> Result<Vec<SequencedPublication>, BrokerError> {
+    if before <= after + 1 {
+        return Ok(Vec::new());
+    }
+    let entries: Value = redis::cmd("XRANGE")
+        .arg(shared.keys.history(topic))
+        .arg(format!("{}-0", after + 1))
+        .arg(format!("{}-0", before - 1))
+        .query_async(connection)
+        .await
+        .map_err(unavailable)?;
+    Ok(history_entries(topic, &entries))
+}
+
+/// Reads `XRANGE`'s answer: `[[id, [field, value, ...]], ...]`; entries that do not read as
+/// Herald's are skipped.
+fn history_entries(topic: &Topic, entries: &Value) -> Vec<SequencedPublication> {
+    let Value::Array(entries) = entries else {
+        return Vec::new();
+    };
+    entries
+        .iter()
+        .filter_map(|entry| {
+            let Value::Array(parts) = entry else {
+                return None;
+            };
+            let [id, fields] = parts.as_slice() else {
+                return None;
+            };
+            let offset = text(id)?.split_once('-')?.0.parse().ok()?;
+            let pairs: Vec<(&Value, &Value)> = match fields {
+                Value::Array(flat) => flat
+                    .chunks_exact(2)
+                    .map(|pair| (&pair[0], &pair[1]))
+                    .collect(),
+                Value::Map(map) => map.iter().map(|(k, v)| (k, v)).collect(),
+                _ => return None,
+            };
+            let field = |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| text(k) == Some(name))
+                    .and_then(|(_, v)| text(v))
+            };
+            Some(SequencedPublication {
+                topic: topic.clone(),
+                offset,
+                epoch: Arc::from(field("e")?),
+                priority: field("p")?.parse().ok()?,
+                frame: Frame::from(field("f")?.to_owned()),
+            })
+        })
+        .collect()
+}
+
+fn text(value: &Value) -> Option<&str> {
+    match value {
+        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok(),
+        Value::SimpleString(text) => Some(text),
+        _ => None,
+    }
+}
+
+/// Pings the subscriber connection every second: a dropped connection is noticed and
+/// re-established (and resubscribed) even when nothing is published.
+async fn keep_alive(shared: std::sync::Weak<Shared>, mut subscriber: ConnectionManager) {
+    let mut interval = tokio::time::interval(KEEP_ALIVE);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let timeout = shared.settings.command_timeout;
+        drop(shared);
+        let pinged = tokio::time::timeout(
+            timeout,
+            redis::cmd("PING").query_async::<()>(&mut subscriber),
+        )
+        .await;
+        if let Ok(Err(error)) = pinged {
+            tracing::debug!(%error, "redis: the bus connection did not answer a ping");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use herald_utils::Priority;
+
+    use super::*;
+
+    fn bulk(text: &str) -> Value {
+        Value::BulkString(text.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn history_entries_read_as_publications_and_foreign_ones_are_skipped() {
+        let topic = Topic::new("t").expect("valid");
+        let entry =
+            |id: &str, fields: Vec<Value>| Value::Array(vec![bulk(id), Value::Array(fields)]);
+        let answer = Value::Array(vec![
+            entry(
+                "3-0",
+                vec![
+                    bulk("e"),
+                    bulk("ab"),
+                    bulk("p"),
+                    bulk("high"),
+                    bulk("f"),
+                    bulk("{}"),
+                ],
+            ),
+            entry("4-0", vec![bulk("x"), bulk("y")]),
+            Value::Int(1),
+        ]);
+        assert_eq!(
+            history_entries(&topic, &answer),
+            vec![SequencedPublication {
+                topic: topic.clone(),
+                offset: 3,
+                epoch: Arc::from("ab"),
+                priority: Priority::High,
+                frame: Frame::from("{}".to_owned()),
+            }]
+        );
+    }
+}

@@ -1,0 +1,17 @@
+//! Herald over Redis: several nodes behind a load balancer as one system.
+//!
+//! [`RedisBroker`] implements core's [`Broker`](herald_core::Broker) and
+//! [`Sequencer`](herald_core::Sequencer): Redis numbers every publication (offsets, epochs and
+//! dedupe ids are the same on every node), keeps each topic's recent publications in a capped
+//! stream, and carries publications, broadcasts, user pushes and critical events to every node
+//! over one pub/sub channel. The key and channel layout is in `wire.rs` and
+//! docs/operations.md.
+//!
+//! Architecture invariant: this crate knows core's seams and Redis, nothing of sockets, HTTP or
+//! the environment; the service builds it from the configuration.
+
+mod broker;
+mod script;
+mod wire;
+
+pub use crate::broker::{RedisBroker, RedisBrokerError, RedisSettings};
