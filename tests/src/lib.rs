@@ -9,11 +9,13 @@
 //! - `raw.rs`: hand-written HTTP over TCP ([`raw_exchange`], [`try_upgrade`]).
 //! - `tokens.rs`: [`token`], [`sign`], [`refused_tokens`] and the wall clock.
 //! - `browser.rs`: [`Browser`], a headless Chromium driven over the DevTools protocol.
+//! - `static_site.rs`: [`StaticSite`], files served over HTTP for pages Herald does not serve.
 
 mod browser;
 mod client;
 mod raw;
 mod server;
+mod static_site;
 mod tokens;
 
 use std::time::Duration;
@@ -28,6 +30,7 @@ pub use crate::{
         try_upgrade, upgrade_head,
     },
     server::{TestServer, herald_bin, metric, run_herald},
+    static_site::StaticSite,
     tokens::{now_ms, now_secs, refused_tokens, sign, token},
 };
 

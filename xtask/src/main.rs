@@ -9,6 +9,7 @@
 
 mod apt;
 mod bench;
+mod js;
 #[cfg(test)]
 mod tidy;
 
@@ -27,7 +28,8 @@ const USAGE: &str = "\
 usage: cargo xtask <task>
 
 tasks:
-  ci      everything CI checks: fmt, clippy, tests, rustdoc, cargo-deny, bench --smoke
+  ci      everything CI checks: fmt, clippy, the browser client (npm), tests, rustdoc,
+          cargo-deny, bench --smoke
   bench   load benchmarks of Herald (and nginx + nchan): fanout, p2p, idle, churn, curve;
           `cargo xtask bench --help` for the options
   dashboard-screenshot
@@ -79,6 +81,8 @@ fn ci() -> Result {
         println!("xtask: {CHROMIUM} is missing; installing Debian's chromium");
         apt::install(&["chromium"])?;
     }
+    // The browser client's module, which its end-to-end test loads, and its unit tests.
+    js::build_and_test(&root)?;
     // The end-to-end tests start the release-free debug binary; build it first so the tests never
     // race its compilation.
     cargo(

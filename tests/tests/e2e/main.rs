@@ -4,6 +4,7 @@ mod api;
 mod auth_flow;
 mod basics;
 mod body_limit;
+mod browser_client;
 mod dashboard;
 mod delivery;
 mod dev_mode;
