@@ -14,12 +14,14 @@
 //!   clients that trust only it.
 //! - `redis.rs`: [`RedisServer`], a real `redis-server` the test starts and faults, and
 //!   [`Cluster`], several nodes joined through it.
+//! - `static_site.rs`: [`StaticSite`], files served over HTTP for pages Herald does not serve.
 
 mod browser;
 mod client;
 mod raw;
 mod redis;
 mod server;
+mod static_site;
 mod tls;
 mod tokens;
 
@@ -37,6 +39,7 @@ pub use crate::{
     },
     redis::{Cluster, RedisServer},
     server::{TestServer, herald_bin, metric, run_herald},
+    static_site::StaticSite,
     tls::{
         Leaf, TestCa, TlsFiles, Wss, https_get, peer_leaf, tls_connect, wss_connect, wss_recv,
         wss_send,

@@ -10,6 +10,7 @@
 mod apt;
 mod bench;
 mod fuzz;
+mod js;
 mod schemathesis;
 #[cfg(test)]
 mod tidy;
@@ -25,11 +26,14 @@ type Result<T = (), E = String> = std::result::Result<T, E>;
 /// The browser the dashboard's end-to-end tests drive (`herald_tests::CHROMIUM`).
 const CHROMIUM: &str = "/usr/bin/chromium";
 
+/// The Redis server the cluster's end-to-end tests start (`herald_tests::RedisServer`).
+const REDIS_SERVER: &str = "/usr/bin/redis-server";
+
 const USAGE: &str = "\
 usage: cargo xtask <task>
 
 tasks:
-  ci      everything CI checks: fmt, clippy, tests, schemathesis, a fuzz pass, rustdoc,
+  ci      everything CI checks: fmt, clippy, the browser client (npm), tests, schemathesis, a fuzz pass, rustdoc,
           cargo-deny, bench --smoke
   fuzz SECONDS
           every fuzz target of fuzz/ for SECONDS each (installs cargo-fuzz 0.13.2)
@@ -88,6 +92,13 @@ fn ci() -> Result {
         println!("xtask: {CHROMIUM} is missing; installing Debian's chromium");
         apt::install(&["chromium"])?;
     }
+    // The cluster's end-to-end tests start real Redis servers; they fail without one.
+    if !Path::new(REDIS_SERVER).is_file() {
+        println!("xtask: {REDIS_SERVER} is missing; installing Debian's redis-server");
+        apt::install(&["redis-server"])?;
+    }
+    // The browser client's module, which its end-to-end test loads, and its unit tests.
+    js::build_and_test(&root)?;
     // The end-to-end tests start the release-free debug binary; build it first so the tests never
     // race its compilation.
     cargo(

@@ -137,6 +137,12 @@ export interface HeraldClientOptions {
    * server's heartbeat interval plus 5 s.
    */
   staleTimeoutMs?: number;
+  /**
+   * Whether to reconnect after the server closed with `code`. Default: the protocol's close
+   * code table, so not after 1002, 1003, 1007, 1009, 4010 (closed by a backend) or 4029
+   * (replaced by a newer connection).
+   */
+  shouldReconnect?: (code: number) => boolean;
   /** Event ids remembered to drop repeats (default 10 000). */
   rememberedEvents?: number;
   /** The WebSocket constructor (default `globalThis.WebSocket`). */
@@ -156,8 +162,13 @@ export interface HeraldListeners {
   error: (error: HeraldError) => void;
 }
 
-/** Close codes after which reconnecting cannot help (docs/protocol.md, close codes). */
+/** Close codes after which the protocol says not to reconnect (docs/protocol.md, close codes). */
 const TERMINAL_CLOSE_CODES = new Set([1002, 1003, 1007, 1009, 4010, 4029]);
+
+/** The default reconnection policy: not after the protocol's terminal close codes. */
+export function reconnectsAfter(code: number): boolean {
+  return !TERMINAL_CLOSE_CODES.has(code);
+}
 /** Close codes that ask for a new token. */
 const TOKEN_CLOSE_CODES = new Set([4001, 4003]);
 
@@ -553,7 +564,8 @@ export class HeraldClient {
   private scheduleReconnect(code: number, reason: string): void {
     if (!this.wanted) return;
     if (TOKEN_CLOSE_CODES.has(code)) this.authFailures += 1;
-    if (TERMINAL_CLOSE_CODES.has(code) || this.authFailures >= 3) {
+    const reconnect = (this.options.shouldReconnect ?? reconnectsAfter)(code);
+    if (!reconnect || this.authFailures >= 3) {
       this.wanted = false;
       this.setState({ state: "closed", code, reason });
       return;

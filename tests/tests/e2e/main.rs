@@ -5,6 +5,7 @@ mod api;
 mod auth_flow;
 mod basics;
 mod body_limit;
+mod browser_client;
 mod client;
 mod cluster;
 mod conformance;

@@ -1,0 +1,105 @@
+//! The browser client (clients/js) in a real headless Chromium against the real binary: a
+//! connection dropped by the server in the middle of a stream of topic messages and critical
+//! events ends with every message seen once and in order (the gap closed from history by
+//! `since`) and every event handled once and acknowledged.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use herald_tests::{Browser, StaticSite, TestServer, token};
+use serde_json::{Value, json};
+
+/// The built module; `cargo xtask ci` builds it (`npm ci && npm run build` in clients/js).
+const CLIENT_JS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../clients/js/dist/herald-client.js"
+);
+const PAGE: &str = include_str!("../../pages/browser-client.html");
+
+async fn page_site() -> anyhow::Result<StaticSite> {
+    let module = std::fs::read(Path::new(CLIENT_JS)).with_context(|| {
+        format!(
+            "{CLIENT_JS} is missing: build the browser client first \
+             (`npm ci && npm run build` in clients/js; `cargo xtask ci` does)"
+        )
+    })?;
+    StaticSite::serve(vec![
+        ("/", "text/html; charset=utf-8", PAGE.as_bytes().to_vec()),
+        (
+            "/herald-client.js",
+            "text/javascript; charset=utf-8",
+            module,
+        ),
+    ])
+    .await
+}
+
+/// Publishes `{"n": n}` to `chat:1` for each `n`, and a critical event `e{n}` for each tenth.
+async fn stream(server: &TestServer, numbers: std::ops::RangeInclusive<u64>) -> anyhow::Result<()> {
+    for n in numbers {
+        server.publish("chat:1", json!({"n": n})).await?;
+        if n % 10 == 0 {
+            let event = json!({"event": "tool_executing", "id": format!("e{n}"), "data": {"n": n}});
+            server.send_event("alice", &event).await?;
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_dropped_connection_resumes_with_every_message_once_and_every_event_acknowledged()
+-> anyhow::Result<()> {
+    let server = TestServer::start(&[("HERALD_ALLOWED_ORIGINS", "*")]).await?;
+    let site = page_site().await?;
+    let browser = Browser::launch().await?;
+    browser.navigate(&site.url("/")).await?;
+    let ws_url = server.ws_url("");
+    let offset = browser
+        .evaluate(&format!(
+            "window.start({}, {})",
+            json!(ws_url),
+            json!(token("alice", json!({})))
+        ))
+        .await?;
+    assert_eq!(offset, json!(0));
+
+    stream(&server, 1..=20).await?;
+    browser
+        .wait_for("window.log.messages.length >= 5", &json!(true))
+        .await?;
+    // The server drops the connection mid-stream; publishing goes on meanwhile.
+    let (_, _, listed) = server
+        .request("GET", "/api/connections?userId=alice", None, true)
+        .await?;
+    let id = listed["connections"][0]["connectionId"]
+        .as_str()
+        .context("alice's connection")?
+        .to_owned();
+    let (status, _, _) = server
+        .request("DELETE", &format!("/api/connections/{id}"), None, true)
+        .await?;
+    assert_eq!(status, 200);
+    stream(&server, 21..=40).await?;
+
+    let every: Vec<u64> = (1..=40).collect();
+    browser
+        .wait_for("window.log.messages", &json!(every))
+        .await?;
+    browser
+        .wait_for("window.log.events", &json!(["e10", "e20", "e30", "e40"]))
+        .await?;
+    server
+        .wait_for_stats(|stats: &Value| stats["events"]["pending"] == 0)
+        .await?;
+    let stats = server.stats().await?;
+    assert_eq!(stats["events"]["acknowledged"], 4, "{stats}");
+    let states = browser.evaluate("window.log.states").await?;
+    let connected = states
+        .as_array()
+        .map_or(0, |s| s.iter().filter(|s| *s == "connected").count());
+    assert_eq!(connected, 2, "one reconnection: {states}");
+    assert_eq!(browser.evaluate("window.log.resets").await?, json!([]));
+    assert_eq!(browser.evaluate("window.log.errors").await?, json!([]));
+    assert_eq!(browser.problems(), vec![], "the page reported problems");
+    Ok(())
+}
