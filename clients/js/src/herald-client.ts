@@ -139,7 +139,7 @@ export interface HeraldClientOptions {
   staleTimeoutMs?: number;
   /**
    * Whether to reconnect after the server closed with `code`. Default: the protocol's close
-   * code table, so not after 1002, 1003, 1007, 1009, 4010 (closed by a backend) or 4029
+   * code table, so not after 1002, 1003, 1007, 1008, 1009, 4010 (closed by a backend) or 4029
    * (replaced by a newer connection).
    */
   shouldReconnect?: (code: number) => boolean;
@@ -163,7 +163,7 @@ export interface HeraldListeners {
 }
 
 /** Close codes after which the protocol says not to reconnect (docs/protocol.md, close codes). */
-const TERMINAL_CLOSE_CODES = new Set([1002, 1003, 1007, 1009, 4010, 4029]);
+const TERMINAL_CLOSE_CODES = new Set([1002, 1003, 1007, 1008, 1009, 4010, 4029]);
 
 /** The default reconnection policy: not after the protocol's terminal close codes. */
 export function reconnectsAfter(code: number): boolean {

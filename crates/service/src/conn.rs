@@ -361,13 +361,14 @@ mod tests {
     /// path), its `Connection` and its read buffer, and little else (`cargo xtask bench
     /// --scenario idle`). Measured when written: 752 bytes, 760 with the session's frame counters
     /// for the `closed` log, 792 with the connection's standing with the per-address limits
-    /// (`abuse::Client`); a captured value stored twice (an
+    /// (`abuse::Client`), 808 with the writer's acceptance instant of the oldest publication
+    /// it holds (the delivery latency); a captured value stored twice (an
     /// `async fn`'s parameters, or a value moved out of a capture) costs hundreds more.
     #[test]
     fn an_idle_connections_task_stays_small() {
         let size = future_size(serve as fn(_, _, _, _, _) -> _);
         eprintln!("the connection task is {size} bytes");
-        assert!(size <= 800, "the connection task is {size} bytes");
+        assert!(size <= 816, "the connection task is {size} bytes");
     }
 
     const HANDSHAKE: &[u8] = b"GET /ws?token=abc HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\
