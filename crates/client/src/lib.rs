@@ -10,7 +10,7 @@
 //!   the [`Client`] handle subscribes, publishes and reads or changes preferences, and
 //!   [`Events`] yields every [`ClientEvent`] in order: connection state changes
 //!   ([`ConnectionState`]), topic messages, critical events, pushes, resets, notices.
-//! - [`backend`] (feature `backend`) calls Herald's HTTP API from a Rust backend.
+//! - the `backend` module (feature `backend`) calls Herald's HTTP API from a Rust backend.
 //!
 //! ```no_run
 //! use herald_client::{Client, ClientConfig, ClientEvent, ConnectionState, TokenError};
