@@ -405,9 +405,10 @@ fn respond(
         response.headers_mut().insert("content-type", value);
     }
     // The demo's page and tokens must never come from a cache.
-    response
-        .headers_mut()
-        .insert("cache-control", hyper::header::HeaderValue::from_static("no-store"));
+    response.headers_mut().insert(
+        "cache-control",
+        hyper::header::HeaderValue::from_static("no-store"),
+    );
     response
 }
 

@@ -36,7 +36,10 @@ fn the_minted_token_decodes_with_the_secret_and_names_the_user() {
         &DecodingKey::from_secret(b"other"),
         &Validation::new(Algorithm::HS256),
     );
-    assert!(wrong.is_err(), "a token must not verify with another secret");
+    assert!(
+        wrong.is_err(),
+        "a token must not verify with another secret"
+    );
 }
 
 #[test]
@@ -60,12 +63,22 @@ fn a_run_sends_the_five_critical_events_in_order() {
             EventName::AgentCompleted,
         ]
     );
-    assert!(run_steps("r1").iter().all(|(_, data)| data["runId"] == "r1"));
+    assert!(
+        run_steps("r1")
+            .iter()
+            .all(|(_, data)| data["runId"] == "r1")
+    );
 }
 
 #[test]
 fn the_websocket_url_follows_the_http_url_and_the_page_has_its_placeholder() {
-    assert_eq!(ws_url_of("http://127.0.0.1:8080/"), "ws://127.0.0.1:8080/ws");
-    assert_eq!(ws_url_of("https://rt.example.com"), "wss://rt.example.com/ws");
+    assert_eq!(
+        ws_url_of("http://127.0.0.1:8080/"),
+        "ws://127.0.0.1:8080/ws"
+    );
+    assert_eq!(
+        ws_url_of("https://rt.example.com"),
+        "wss://rt.example.com/ws"
+    );
     assert!(PAGE.contains("__HERALD_WS_URL__"));
 }
