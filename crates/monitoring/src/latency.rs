@@ -133,11 +133,7 @@ impl LatencyHistogram {
     /// buckets: the upper bound of the bucket it falls in (within 12.5 %); `None` before the
     /// first.
     pub fn percentile_since_start(&self, p: f64) -> Option<u64> {
-        let counts: Vec<u64> = self
-            .buckets
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .collect();
+        let counts = self.counts();
         let total: u64 = counts.iter().sum();
         if total == 0 {
             return None;
@@ -156,14 +152,18 @@ impl LatencyHistogram {
         Some(upper_bound(BUCKETS - 1) - 1)
     }
 
+    /// Every bucket's count, now.
+    fn counts(&self) -> Vec<u64> {
+        self.buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect()
+    }
+
     /// Appends the cumulative histogram as Prometheus text (`# TYPE`, `_bucket` lines with
     /// power-of-two bounds from 8 us to about 67 s, `_sum` and `_count`, in seconds).
     pub fn write_prometheus(&self, out: &mut String) {
-        let counts: Vec<u64> = self
-            .buckets
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .collect();
+        let counts = self.counts();
         let total: u64 = counts.iter().sum();
         // `fmt::Write` for `String` never fails.
         let _ = writeln!(out, "# TYPE {DELIVERY_LATENCY_METRIC} histogram");

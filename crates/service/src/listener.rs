@@ -161,6 +161,22 @@ pub(crate) async fn accept_loop(
 mod tests {
     use super::*;
 
+    /// A connection accepted by a listener bound with `config`'s dead-peer options, and the
+    /// client's end of it.
+    async fn accepted_with(config: &BaseConfig) -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+        let listener = bind(
+            "127.0.0.1:0".parse().expect("an address"),
+            &DeadPeers::from_config(config),
+        )
+        .expect("binds");
+        let addr = listener.local_addr().expect("bound");
+        let client = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connects");
+        let (accepted, _) = listener.accept().await.expect("accepts");
+        (client, accepted)
+    }
+
     #[tokio::test]
     async fn an_accepted_socket_finds_dead_peers() {
         let mut config = BaseConfig::default();
@@ -168,16 +184,7 @@ mod tests {
         config.tcp_keepalive_interval = Duration::from_secs(3);
         config.tcp_keepalive_probes = 4;
         config.tcp_user_timeout = Duration::from_millis(12_500);
-        let listener = bind(
-            "127.0.0.1:0".parse().expect("an address"),
-            &DeadPeers::from_config(&config),
-        )
-        .expect("binds");
-        let addr = listener.local_addr().expect("bound");
-        let _client = tokio::net::TcpStream::connect(addr)
-            .await
-            .expect("connects");
-        let (accepted, _) = listener.accept().await.expect("accepts");
+        let (_client, accepted) = accepted_with(&config).await;
         #[cfg(not(target_os = "linux"))]
         DeadPeers::from_config(&config)
             .apply(SockRef::from(&accepted))
@@ -205,16 +212,7 @@ mod tests {
         let mut config = BaseConfig::default();
         config.tcp_keepalive_idle = Duration::ZERO;
         config.tcp_user_timeout = Duration::ZERO;
-        let listener = bind(
-            "127.0.0.1:0".parse().expect("an address"),
-            &DeadPeers::from_config(&config),
-        )
-        .expect("binds");
-        let addr = listener.local_addr().expect("bound");
-        let _client = tokio::net::TcpStream::connect(addr)
-            .await
-            .expect("connects");
-        let (accepted, _) = listener.accept().await.expect("accepts");
+        let (_client, accepted) = accepted_with(&config).await;
         let socket = SockRef::from(&accepted);
         assert!(!socket.keepalive().expect("SO_KEEPALIVE"));
         assert_eq!(socket.tcp_user_timeout().ok().flatten(), None);
