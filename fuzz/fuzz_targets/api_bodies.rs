@@ -4,19 +4,31 @@
 #![no_main]
 
 use herald_protocol::{
-    BroadcastRequest, ConnectionSendRequest, ErrorCode, EventRequest, PublishBatchRequest,
+    BroadcastRequest, ConnectionSendRequest, ErrorCode, EventRequest, Limits, PublishBatchRequest,
     PublishRequest, UserSendRequest, parse_body,
 };
 use libfuzzer_sys::fuzz_target;
 
+/// The default limits (bodies are bounded by size before they are decoded).
+const LIMITS: &Limits = &Limits::new(usize::MAX);
+
 fuzz_target!(|data: &[u8]| {
+    if let Ok(batch) = parse_body::<PublishBatchRequest>(data, LIMITS) {
+        if let Ok(items) = batch.items(LIMITS) {
+            for item in items {
+                if let Err(error) = item {
+                    assert_eq!(error.code, ErrorCode::BadRequest, "{error:?}");
+                }
+            }
+        }
+    }
     let errors = [
-        parse_body::<PublishRequest>(data).err(),
-        parse_body::<PublishBatchRequest>(data).err(),
-        parse_body::<BroadcastRequest>(data).err(),
-        parse_body::<EventRequest>(data).err(),
-        parse_body::<UserSendRequest>(data).err(),
-        parse_body::<ConnectionSendRequest>(data).err(),
+        parse_body::<PublishRequest>(data, LIMITS).err(),
+        parse_body::<PublishBatchRequest>(data, LIMITS).err(),
+        parse_body::<BroadcastRequest>(data, LIMITS).err(),
+        parse_body::<EventRequest>(data, LIMITS).err(),
+        parse_body::<UserSendRequest>(data, LIMITS).err(),
+        parse_body::<ConnectionSendRequest>(data, LIMITS).err(),
     ];
     for error in errors.into_iter().flatten() {
         assert_eq!(error.code, ErrorCode::BadRequest, "{error:?}");

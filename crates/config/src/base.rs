@@ -110,6 +110,15 @@ pub struct BaseConfig {
     /// `HERALD_MAX_HTTP_BODY_BYTES` / `max_http_body_bytes`: largest HTTP API body.
     /// Default 1 MiB, range 1 to 64 MiB.
     pub max_http_body_bytes: usize,
+    /// `HERALD_MAX_JSON_DEPTH` / `max_json_depth`: deepest nesting of arrays and objects in a
+    /// client frame or an HTTP API body. Default 64, range 1 to 120.
+    pub max_json_depth: usize,
+    /// `HERALD_MAX_BATCH_TOPICS` / `max_batch_topics`: most topics in one `batch_subscribe` or
+    /// `batch_unsubscribe`. Default 100, range 1 to 10000.
+    pub max_batch_topics: usize,
+    /// `HERALD_MAX_PUBLISH_BATCH` / `max_publish_batch`: most items in one
+    /// `POST /api/publish/batch`. Default 1000, range 1 to 100000.
+    pub max_publish_batch: usize,
     /// `HERALD_MAX_CONNECTIONS` / `max_connections`: connections in all.
     /// Default 100000, range 1 to 10000000.
     pub max_connections: usize,
@@ -254,6 +263,9 @@ impl Default for BaseConfig {
             max_payload_bytes: 102_400,
             echo_path: None,
             max_http_body_bytes: 1_048_576,
+            max_json_depth: 64,
+            max_batch_topics: 100,
+            max_publish_batch: 1000,
             max_connections: 100_000,
             max_connections_per_user: 25,
             user_limit_policy: UserLimitPolicy::EvictOldest,

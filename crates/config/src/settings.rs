@@ -605,6 +605,42 @@ pub(crate) static SETTINGS: &[Setting] = &[
         render: |c| Some(c.max_http_body_bytes.to_string()),
     },
     Setting {
+        key: "max_json_depth",
+        env: "HERALD_MAX_JSON_DEPTH",
+        doc: "deepest nesting of arrays and objects in a client frame or an HTTP API body; deeper is a `bad_request` (HTTP 400)",
+        kind: int(1, 120, Unit::Count),
+        secret: false,
+        apply: |s, c, v| {
+            c.max_json_depth = s.int(v)?;
+            Ok(())
+        },
+        render: |c| Some(c.max_json_depth.to_string()),
+    },
+    Setting {
+        key: "max_batch_topics",
+        env: "HERALD_MAX_BATCH_TOPICS",
+        doc: "most topics in one `batch_subscribe` or `batch_unsubscribe`; more is a `bad_request`",
+        kind: int(1, 10_000, Unit::Count),
+        secret: false,
+        apply: |s, c, v| {
+            c.max_batch_topics = s.int(v)?;
+            Ok(())
+        },
+        render: |c| Some(c.max_batch_topics.to_string()),
+    },
+    Setting {
+        key: "max_publish_batch",
+        env: "HERALD_MAX_PUBLISH_BATCH",
+        doc: "most items in one `POST /api/publish/batch`; more is a 400 `bad_request` for the whole batch",
+        kind: int(1, 100_000, Unit::Count),
+        secret: false,
+        apply: |s, c, v| {
+            c.max_publish_batch = s.int(v)?;
+            Ok(())
+        },
+        render: |c| Some(c.max_publish_batch.to_string()),
+    },
+    Setting {
         key: "max_connections",
         env: "HERALD_MAX_CONNECTIONS",
         doc: "connections in all; beyond it the handshake answers 503",

@@ -6,6 +6,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use herald_config::{BaseConfig, RuntimeConfig, UserLimitPolicy};
 use herald_memory::MemoryProbe;
+use herald_protocol::Limits;
 use herald_utils::Clock;
 
 use crate::{
@@ -22,8 +23,8 @@ pub struct GatewaySettings {
     pub heartbeat_interval: Duration,
     /// Close 4000 a connection silent for this long.
     pub stale_timeout: Duration,
-    /// Largest inbound message, in bytes.
-    pub max_payload_bytes: usize,
+    /// The bounds on client frames: size (`max_payload_bytes`), nesting and batch sizes.
+    pub limits: Limits,
     /// Connections in all.
     pub max_connections: usize,
     /// Topics one connection may subscribe to.
@@ -61,7 +62,12 @@ impl GatewaySettings {
             auth_timeout: config.auth_timeout,
             heartbeat_interval: config.heartbeat_interval,
             stale_timeout: config.stale_timeout,
-            max_payload_bytes: config.max_payload_bytes,
+            limits: Limits {
+                max_frame_bytes: config.max_payload_bytes,
+                max_json_depth: config.max_json_depth,
+                max_batch_topics: config.max_batch_topics,
+                max_publish_batch: config.max_publish_batch,
+            },
             max_connections: config.max_connections,
             max_subscriptions_per_connection: config.max_subscriptions_per_connection,
             max_queue_size: config.max_queue_size,
@@ -121,4 +127,40 @@ pub struct GatewayParts {
     pub broker: Arc<dyn Broker>,
     /// Where the memory section of the stats comes from.
     pub memory: Arc<dyn MemoryProbe>,
+}
+
+#[cfg(test)]
+mod tests {
+    use herald_config::{BaseConfig, Sources};
+    use herald_protocol::{
+        DEFAULT_MAX_BATCH_TOPICS, DEFAULT_MAX_JSON_DEPTH, DEFAULT_MAX_PUBLISH_BATCH,
+        MAX_JSON_DEPTH_CEILING,
+    };
+
+    use super::GatewaySettings;
+
+    fn load_depth(depth: usize) -> Result<BaseConfig, herald_config::ConfigError> {
+        BaseConfig::load(Sources {
+            file: None,
+            env: vec![
+                ("HERALD_JWT_SECRET".to_owned(), "x".repeat(32)),
+                ("HERALD_MAX_JSON_DEPTH".to_owned(), depth.to_string()),
+            ],
+            overrides: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn the_configured_limits_default_to_the_protocol_crates_and_stop_at_its_ceiling() {
+        let limits = GatewaySettings::from_config(&BaseConfig::default()).limits;
+        assert_eq!(limits.max_json_depth, DEFAULT_MAX_JSON_DEPTH);
+        assert_eq!(limits.max_batch_topics, DEFAULT_MAX_BATCH_TOPICS);
+        assert_eq!(limits.max_publish_batch, DEFAULT_MAX_PUBLISH_BATCH);
+        let deepest = load_depth(MAX_JSON_DEPTH_CEILING).unwrap();
+        assert_eq!(
+            GatewaySettings::from_config(&deepest).limits.max_json_depth,
+            MAX_JSON_DEPTH_CEILING
+        );
+        assert!(load_depth(MAX_JSON_DEPTH_CEILING + 1).is_err());
+    }
 }

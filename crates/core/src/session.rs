@@ -1,7 +1,7 @@
 //! The [`Session`]: one connection's life on the server side, from opening through
 //! authentication and its client frames to the one cleanup path when it is dropped.
 
-use std::sync::Arc;
+use std::{cell::Cell, sync::Arc};
 
 use herald_protocol::{
     ClientFrame, ClientRequest, CloseCode, ConnectedData, ErrorCode, ErrorDetail, ProtocolError,
@@ -35,8 +35,9 @@ pub struct Session {
     node: Arc<Node>,
     connection: Arc<Connection>,
     principal: Option<Principal>,
-    /// Client writes refused in a row by the rate limit (4008 at the abuse threshold).
-    refusals: u32,
+    /// Client requests refused in a row by the rate limit or a tier quota (4008 at the abuse
+    /// threshold); an accepted client write (`publish`, `update_preferences`) clears it.
+    refusals: Cell<u32>,
     /// WebSocket messages the client sent (text, binary, ping, pong and close), as counted by
     /// the transport; logged with `closed`.
     frames_in: u32,
@@ -93,7 +94,7 @@ impl Session {
             node,
             connection,
             principal: None,
-            refusals: 0,
+            refusals: Cell::new(0),
             frames_in: 0,
             frames_out: 0,
             _slot: slot,
@@ -150,8 +151,7 @@ impl Session {
     /// Handles one inbound text frame: parse, route, and queue the reply.
     pub fn on_text(&mut self, text: &str) {
         self.touch();
-        let max = self.node.settings.max_payload_bytes;
-        let frame = match parse_client_frame(text, max) {
+        let frame = match parse_client_frame(text, &self.node.settings.limits) {
             Ok(frame) => frame,
             Err(error) => {
                 let unauthenticated_request =
@@ -238,8 +238,10 @@ impl Session {
                         data.get().len()
                     );
                     self.reply_error(message_id, ErrorCode::PayloadTooLarge, message);
+                    self.strike();
                     return;
                 }
+                self.refusals.set(0);
                 self.on_publish(topic, data, id, message_id);
             }
             ClientRequest::Ping => self.reply(ServerMessage::Pong {
@@ -254,6 +256,7 @@ impl Session {
                 self.reply(ServerMessage::Preferences { message_id, data });
             }
             ClientRequest::UpdatePreferences { patch } => {
+                self.refusals.set(0);
                 self.on_update_preferences(&principal.user, patch, message_id)
             }
             ClientRequest::Ack { ids } => {
@@ -313,12 +316,8 @@ impl Session {
             .rate
             .try_take(&principal.user, per_minute, self.node.now_ms())
         {
-            Ok(()) => {
-                self.refusals = 0;
-                true
-            }
+            Ok(()) => true,
             Err(wait_ms) => {
-                self.refusals += 1;
                 self.node.counters.rate_limited.increment();
                 tracing::info!(
                     connection_id = %self.connection.id(),
@@ -326,7 +325,7 @@ impl Session {
                     tier = %principal.tier,
                     retry_after_ms = wait_ms,
                     messages_per_minute = per_minute,
-                    refusals = self.refusals,
+                    refusals = self.refusals.get() + 1,
                     "rate limited"
                 );
                 self.reply(ServerMessage::Error {
@@ -340,9 +339,7 @@ impl Session {
                         retry_after: Some(wait_ms),
                     },
                 });
-                if self.refusals >= ABUSE_THRESHOLD {
-                    self.connection.outbox().close(CloseCode::RateLimited);
-                }
+                self.strike();
                 false
             }
         }
@@ -416,7 +413,7 @@ impl Session {
                 user_id: principal.user.to_string(),
                 tier: principal.tier.to_string(),
                 heartbeat_interval: duration_ms(node.settings.heartbeat_interval),
-                max_payload: node.settings.max_payload_bytes as u64,
+                max_payload: node.settings.limits.max_frame_bytes as u64,
             },
         });
         self.ack(
@@ -570,6 +567,7 @@ impl Session {
                 result
             })
             .map_err(|SubscribeError::LimitReached { limit }| {
+                self.strike();
                 ProtocolError::new(
                     ErrorCode::LimitExceeded,
                     format!(
@@ -619,6 +617,16 @@ impl Session {
     fn ack(&self, message_id: Option<String>, data: Value) {
         if let Some(message_id) = message_id {
             self.reply(ServerMessage::Ack { message_id, data });
+        }
+    }
+
+    /// Counts a request refused by the rate limit or a tier quota; at [`ABUSE_THRESHOLD`]
+    /// refusals in a row the connection is closed 4008 (it keeps breaking its limits).
+    fn strike(&self) {
+        let refusals = self.refusals.get() + 1;
+        self.refusals.set(refusals);
+        if refusals >= ABUSE_THRESHOLD {
+            self.connection.outbox().close(CloseCode::RateLimited);
         }
     }
 

@@ -11,7 +11,8 @@ use serde_json::value::RawValue;
 use crate::{
     error::{ErrorCode, ErrorDetail, ProtocolError},
     event::EventName,
-    json::{MAX_JSON_DEPTH, exceeds_depth},
+    json::exceeds_depth,
+    limits::Limits,
     topic::Topic,
     validate::validate_id,
 };
@@ -19,12 +20,14 @@ use crate::{
 /// Decodes an HTTP request body as `T`.
 ///
 /// Every failure is a `bad_request` (never a panic): invalid JSON or UTF-8, a wrong shape,
-/// an invalid topic or identifier, or nesting deeper than [`MAX_JSON_DEPTH`]. The body size
-/// limit (`HERALD_MAX_HTTP_BODY_BYTES`) is the HTTP layer's to enforce before this.
-pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ProtocolError> {
-    if exceeds_depth(bytes, MAX_JSON_DEPTH) {
+/// an invalid topic or identifier, or nesting deeper than [`Limits::max_json_depth`]. The body
+/// size limit (`HERALD_MAX_HTTP_BODY_BYTES`) is the HTTP layer's to enforce before this, and
+/// [`PublishBatchRequest::items`] applies the batch limit.
+pub fn parse_body<T: DeserializeOwned>(bytes: &[u8], limits: &Limits) -> Result<T, ProtocolError> {
+    let max_depth = limits.max_json_depth;
+    if exceeds_depth(bytes, max_depth) {
         return Err(ProtocolError::bad_request(format!(
-            "body nests arrays and objects deeper than {MAX_JSON_DEPTH} levels"
+            "body nests arrays and objects deeper than {max_depth} levels"
         )));
     }
     serde_json::from_slice(bytes).map_err(|err| ProtocolError::bad_request(err.to_string()))
@@ -78,13 +81,27 @@ pub struct PublishBatchRequest {
 impl PublishBatchRequest {
     /// Decodes each item as a [`PublishRequest`], in order; a bad item is an error of its
     /// own, with a message naming its index.
-    pub fn items(&self) -> impl Iterator<Item = Result<PublishRequest, ProtocolError>> + '_ {
-        self.messages.iter().enumerate().map(|(i, raw)| {
-            parse_body(raw.get().as_bytes()).map_err(|mut err: ProtocolError| {
+    ///
+    /// A batch of more than [`Limits::max_publish_batch`] items is refused as a whole
+    /// (`bad_request`), before any item is decoded.
+    pub fn items<'a>(
+        &'a self,
+        limits: &'a Limits,
+    ) -> Result<impl Iterator<Item = Result<PublishRequest, ProtocolError>> + 'a, ProtocolError>
+    {
+        let max = limits.max_publish_batch;
+        if self.messages.len() > max {
+            return Err(ProtocolError::bad_request(format!(
+                "messages must hold at most {max} items (got {})",
+                self.messages.len()
+            )));
+        }
+        Ok(self.messages.iter().enumerate().map(move |(i, raw)| {
+            parse_body(raw.get().as_bytes(), limits).map_err(|mut err: ProtocolError| {
                 err.message = format!("messages[{i}]: {}", err.message);
                 err
             })
-        })
+        }))
     }
 }
 
@@ -269,20 +286,60 @@ fn validated_id<'de, D: Deserializer<'de>>(
 mod tests {
     use super::*;
 
+    /// The default limits, with frames of any size (bodies are bounded before decoding).
+    const L: &Limits = &Limits::new(usize::MAX);
+
+    #[test]
+    fn a_batch_over_the_limit_is_refused_whole() {
+        let limits = Limits {
+            max_publish_batch: 2,
+            ..*L
+        };
+        let batch: PublishBatchRequest = parse_body(
+            br#"{"messages":[{"topic":"a","data":1},{"topic":"b","data":2},{"topic":"c","data":3}]}"#,
+            &limits,
+        )
+        .unwrap();
+        let err = batch.items(&limits).err().unwrap();
+        assert_eq!(err.code, ErrorCode::BadRequest);
+        assert_eq!(err.message, "messages must hold at most 2 items (got 3)");
+        let two: PublishBatchRequest =
+            parse_body(br#"{"messages":[{"topic":"a","data":1},3]}"#, &limits).unwrap();
+        assert_eq!(two.items(&limits).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn an_operator_depth_limit_bounds_bodies() {
+        let limits = Limits {
+            max_json_depth: 3,
+            ..*L
+        };
+        assert!(parse_body::<PublishRequest>(br#"{"topic":"t","data":[[1]]}"#, &limits).is_ok());
+        let err =
+            parse_body::<PublishRequest>(br#"{"topic":"t","data":[[[1]]]}"#, &limits).unwrap_err();
+        assert_eq!(
+            err.message,
+            "body nests arrays and objects deeper than 3 levels"
+        );
+    }
+
     #[test]
     fn publish_body_keeps_data_raw_and_validates() {
-        let body: PublishRequest =
-            parse_body(br#"{"topic":"t","data":{"a":1.50},"priority":"high","id":"x"}"#).unwrap();
+        let body: PublishRequest = parse_body(
+            br#"{"topic":"t","data":{"a":1.50},"priority":"high","id":"x"}"#,
+            L,
+        )
+        .unwrap();
         assert_eq!(body.data.get(), r#"{"a":1.50}"#);
         assert_eq!(body.priority, Some(Priority::High));
-        let err = parse_body::<PublishRequest>(br#"{"topic":"a b","data":1}"#).unwrap_err();
+        let err = parse_body::<PublishRequest>(br#"{"topic":"a b","data":1}"#, L).unwrap_err();
         assert_eq!(err.code, ErrorCode::BadRequest);
         assert!(
             err.message.starts_with("topic must not contain whitespace"),
             "{}",
             err.message
         );
-        let err = parse_body::<PublishRequest>(br#"{"topic":"t"}"#).unwrap_err();
+        let err = parse_body::<PublishRequest>(br#"{"topic":"t"}"#, L).unwrap_err();
         assert!(
             err.message.starts_with("missing field `data`"),
             "{}",
@@ -292,16 +349,22 @@ mod tests {
 
     #[test]
     fn publish_null_data_is_kept() {
-        let body: PublishRequest = parse_body(br#"{"topic":"t","data":null}"#).unwrap();
+        let body: PublishRequest = parse_body(br#"{"topic":"t","data":null}"#, L).unwrap();
         assert_eq!(body.data.get(), "null");
     }
 
     #[test]
     fn batch_items_fail_one_by_one() {
-        let batch: PublishBatchRequest =
-            parse_body(br#"{"messages":[{"topic":"a","data":1},{"topic":"*","data":2},3]}"#)
-                .unwrap();
-        let results: Vec<_> = batch.items().map(|item| item.map(|p| p.topic)).collect();
+        let batch: PublishBatchRequest = parse_body(
+            br#"{"messages":[{"topic":"a","data":1},{"topic":"*","data":2},3]}"#,
+            L,
+        )
+        .unwrap();
+        let results: Vec<_> = batch
+            .items(L)
+            .unwrap()
+            .map(|item| item.map(|p| p.topic))
+            .collect();
         assert_eq!(results[0].as_ref().unwrap().as_str(), "a");
         assert!(
             results[1]
@@ -317,7 +380,7 @@ mod tests {
                 .message
                 .starts_with("messages[2]: invalid type")
         );
-        assert!(parse_body::<PublishBatchRequest>(br#"[{"topic":"a","data":1}]"#).is_err());
+        assert!(parse_body::<PublishBatchRequest>(br#"[{"topic":"a","data":1}]"#, L).is_err());
     }
 
     #[test]
@@ -339,18 +402,21 @@ mod tests {
             r#"{"results":[{"topic":"a","offset":1,"epoch":"e","deduplicated":false},{"error":{"code":"bad_request","message":"bad"}}]}"#
         );
         assert_eq!(
-            parse_body::<PublishBatchResponse>(text.as_bytes()).unwrap(),
+            parse_body::<PublishBatchResponse>(text.as_bytes(), L).unwrap(),
             response
         );
     }
 
     #[test]
     fn event_data_defaults_to_null_and_unknown_events_are_named() {
-        let body: EventRequest =
-            parse_body(br#"{"event":"agent_started","threadId":"t1","runId":"r1"}"#).unwrap();
+        let body: EventRequest = parse_body(
+            br#"{"event":"agent_started","threadId":"t1","runId":"r1"}"#,
+            L,
+        )
+        .unwrap();
         assert_eq!(body.data.get(), "null");
         assert_eq!(body.thread_id.as_deref(), Some("t1"));
-        let err = parse_body::<EventRequest>(br#"{"event":"agent_dancing"}"#).unwrap_err();
+        let err = parse_body::<EventRequest>(br#"{"event":"agent_dancing"}"#, L).unwrap_err();
         assert!(
             err.message
                 .starts_with("unknown event `agent_dancing` (expected one of"),
@@ -358,7 +424,7 @@ mod tests {
             err.message
         );
         let err =
-            parse_body::<EventRequest>(br#"{"event":"agent_error","threadId":""}"#).unwrap_err();
+            parse_body::<EventRequest>(br#"{"event":"agent_error","threadId":""}"#, L).unwrap_err();
         assert!(
             err.message.starts_with("threadId must not be empty"),
             "{}",
@@ -368,14 +434,17 @@ mod tests {
 
     #[test]
     fn send_and_broadcast_bodies_decode() {
-        let body: BroadcastRequest = parse_body(br#"{"data":"hi","exclude":["c1","c2"]}"#).unwrap();
+        let body: BroadcastRequest =
+            parse_body(br#"{"data":"hi","exclude":["c1","c2"]}"#, L).unwrap();
         assert_eq!(body.exclude, ["c1", "c2"]);
         assert_eq!(body.priority, None);
-        let body: UserSendRequest = parse_body(br#"{"data":[],"priority":"low"}"#).unwrap();
+        let body: UserSendRequest = parse_body(br#"{"data":[],"priority":"low"}"#, L).unwrap();
         assert_eq!(body.priority, Some(Priority::Low));
-        let body: ConnectionSendRequest = parse_body(br#"{"data":{}}"#).unwrap();
+        let body: ConnectionSendRequest = parse_body(br#"{"data":{}}"#, L).unwrap();
         assert_eq!(body.data.get(), "{}");
-        assert!(parse_body::<ConnectionSendRequest>(br#"{"data":1,"priority":"urgent"}"#).is_err());
+        assert!(
+            parse_body::<ConnectionSendRequest>(br#"{"data":1,"priority":"urgent"}"#, L).is_err()
+        );
     }
 
     #[test]
@@ -398,7 +467,7 @@ mod tests {
             b"null",
             &b"[".repeat(100_000),
         ] {
-            let err = parse_body::<DeliveredResponse>(body).unwrap_err();
+            let err = parse_body::<DeliveredResponse>(body, L).unwrap_err();
             assert_eq!(err.code, ErrorCode::BadRequest);
         }
     }
@@ -406,12 +475,12 @@ mod tests {
     /// Parses `bytes` as every request body type; each gives a value or a typed error.
     fn parse_every_body(bytes: &[u8]) -> Vec<Option<ProtocolError>> {
         vec![
-            parse_body::<PublishRequest>(bytes).err(),
-            parse_body::<PublishBatchRequest>(bytes).err(),
-            parse_body::<BroadcastRequest>(bytes).err(),
-            parse_body::<EventRequest>(bytes).err(),
-            parse_body::<UserSendRequest>(bytes).err(),
-            parse_body::<ConnectionSendRequest>(bytes).err(),
+            parse_body::<PublishRequest>(bytes, L).err(),
+            parse_body::<PublishBatchRequest>(bytes, L).err(),
+            parse_body::<BroadcastRequest>(bytes, L).err(),
+            parse_body::<EventRequest>(bytes, L).err(),
+            parse_body::<UserSendRequest>(bytes, L).err(),
+            parse_body::<ConnectionSendRequest>(bytes, L).err(),
         ]
     }
 

@@ -12,12 +12,11 @@ use serde_json::{Map, Number, Value, value::RawValue};
 
 use crate::{
     error::{ErrorCode, ProtocolError},
-    json::{
-        JsonKind, MAX_JSON_DEPTH, RawObject, exceeds_depth, truncate_for_message, without_position,
-    },
+    json::{JsonKind, RawObject, exceeds_depth, truncate_for_message, without_position},
+    limits::Limits,
     request_kind::RequestKind,
     topic::Topic,
-    validate::{MAX_ACK_IDS, MAX_BATCH_TOPICS, validate_id},
+    validate::{MAX_ACK_IDS, validate_id},
 };
 
 /// One decoded client frame: the envelope fields and the request.
@@ -51,12 +50,12 @@ pub enum ClientRequest {
         /// The topic.
         topic: Topic,
     },
-    /// `batch_subscribe`: subscribe to several topics; 1 to [`MAX_BATCH_TOPICS`] of them.
+    /// `batch_subscribe`: subscribe to several topics; 1 to [`Limits::max_batch_topics`] of them.
     BatchSubscribe {
         /// The topics, in the order sent (duplicates are kept).
         topics: Vec<Topic>,
     },
-    /// `batch_unsubscribe`: leave several topics; 1 to [`MAX_BATCH_TOPICS`] of them.
+    /// `batch_unsubscribe`: leave several topics; 1 to [`Limits::max_batch_topics`] of them.
     BatchUnsubscribe {
         /// The topics, in the order sent (duplicates are kept).
         topics: Vec<Topic>,
@@ -140,20 +139,21 @@ impl ClientFrame {
 
 /// Decodes one client text frame.
 ///
-/// `max_bytes` is the largest frame accepted, in bytes of UTF-8 text (`HERALD_MAX_PAYLOAD_BYTES`);
-/// a frame of exactly `max_bytes` is accepted.
+/// `limits` bounds the frame: its size in bytes of UTF-8 text (a frame of exactly
+/// [`Limits::max_frame_bytes`] is accepted), its nesting and its batch sizes.
 ///
 /// Never panics. The errors are:
 /// - `payload_too_large` when `text` is longer than `max_bytes` (nothing else is looked at);
 /// - `bad_request` when the frame is not JSON, not an object, nests deeper than
-///   [`MAX_JSON_DEPTH`], has no string `type`, an unknown `type`, a non-string `messageId`, a
+///   [`Limits::max_json_depth`], has no string `type`, an unknown `type`, a non-string `messageId`, a
 ///   non-number `timestamp`, or `data` of the wrong shape for its type, including an invalid
 ///   topic or identifier (see [`Topic`] and [`validate_id`]).
 ///
 /// Unknown fields are ignored. An optional field set to `null` counts as absent, except
 /// `messageId`, which must be a string when present. The error carries the frame's
 /// `messageId` whenever it is a string, and its kind whenever `type` is known.
-pub fn parse_client_frame(text: &str, max_bytes: usize) -> Result<ClientFrame, ProtocolError> {
+pub fn parse_client_frame(text: &str, limits: &Limits) -> Result<ClientFrame, ProtocolError> {
+    let max_bytes = limits.max_frame_bytes;
     if text.len() > max_bytes {
         return Err(ProtocolError::new(
             ErrorCode::PayloadTooLarge,
@@ -199,16 +199,18 @@ pub fn parse_client_frame(text: &str, max_bytes: usize) -> Result<ClientFrame, P
         Some(Ok(id)) => validate_id(&id).map_err(|err| cx.bad(format_args!("messageId {err}")))?,
         None => {}
     }
-    if exceeds_depth(text.as_bytes(), MAX_JSON_DEPTH) {
+    let max_depth = limits.max_json_depth;
+    if exceeds_depth(text.as_bytes(), max_depth) {
         return Err(cx.bad(format_args!(
-            "frame nests arrays and objects deeper than {MAX_JSON_DEPTH} levels"
+            "frame nests arrays and objects deeper than {max_depth} levels"
         )));
     }
     let timestamp = match present(envelope.get("timestamp")) {
         None => None,
         Some(raw) => Some(decode_number(raw, "timestamp").map_err(|message| cx.bad(message))?),
     };
-    let request = decode_request(kind, envelope.get("data")).map_err(|message| cx.bad(message))?;
+    let request = decode_request(kind, envelope.get("data"), limits.max_batch_topics)
+        .map_err(|message| cx.bad(message))?;
     Ok(ClientFrame {
         message_id: cx.message_id,
         timestamp,
@@ -240,8 +242,12 @@ impl Context {
 }
 
 /// Decodes the request of a known kind from the frame's `data`; errors are messages without
-/// the type prefix.
-fn decode_request(kind: RequestKind, data: Option<&RawValue>) -> Result<ClientRequest, String> {
+/// the type prefix. A batch names at most `max_batch_topics` topics.
+fn decode_request(
+    kind: RequestKind,
+    data: Option<&RawValue>,
+    max_batch_topics: usize,
+) -> Result<ClientRequest, String> {
     Ok(match kind {
         // These carry no data; whatever `data` holds is ignored.
         RequestKind::Ping => ClientRequest::Ping,
@@ -275,10 +281,10 @@ fn decode_request(kind: RequestKind, data: Option<&RawValue>) -> Result<ClientRe
             }
         }
         RequestKind::BatchSubscribe => ClientRequest::BatchSubscribe {
-            topics: decode_topics(&data_fields(data)?)?,
+            topics: decode_topics(&data_fields(data)?, max_batch_topics)?,
         },
         RequestKind::BatchUnsubscribe => ClientRequest::BatchUnsubscribe {
-            topics: decode_topics(&data_fields(data)?)?,
+            topics: decode_topics(&data_fields(data)?, max_batch_topics)?,
         },
         RequestKind::Publish => {
             let fields = data_fields(data)?;
@@ -393,14 +399,9 @@ fn decode_array<'a>(
     Ok(items)
 }
 
-/// Decodes the `topics` of a batch request.
-fn decode_topics(fields: &RawObject<'_>) -> Result<Vec<Topic>, String> {
-    let items = decode_array(
-        required(fields, "topics")?,
-        "data.topics",
-        "topics",
-        MAX_BATCH_TOPICS,
-    )?;
+/// Decodes the `topics` of a batch request, at most `max` of them.
+fn decode_topics(fields: &RawObject<'_>, max: usize) -> Result<Vec<Topic>, String> {
+    let items = decode_array(required(fields, "topics")?, "data.topics", "topics", max)?;
     items
         .iter()
         .enumerate()
@@ -518,9 +519,9 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::testing;
+    use crate::{limits::DEFAULT_MAX_JSON_DEPTH, testing};
 
-    const MAX: usize = 102_400;
+    const MAX: &Limits = &Limits::new(102_400);
 
     /// Parses `input` and compares the outcome with `expected`: the re-encoded frame for a
     /// success, or `err <code> <kind or -> <messageId or -> <message>` for a failure.
@@ -578,8 +579,8 @@ mod tests {
     #[test]
     fn frame_of_exactly_the_limit_is_accepted() {
         let frame = r#"{"type":"ping"}"#;
-        assert!(parse_client_frame(frame, frame.len()).is_ok());
-        let err = parse_client_frame(frame, frame.len() - 1).unwrap_err();
+        assert!(parse_client_frame(frame, &Limits::new(frame.len())).is_ok());
+        let err = parse_client_frame(frame, &Limits::new(frame.len() - 1)).unwrap_err();
         assert_eq!(err.code, ErrorCode::PayloadTooLarge);
     }
 
@@ -592,14 +593,59 @@ mod tests {
                 "]".repeat(depth - 2)
             )
         };
-        assert!(parse_client_frame(&frame(MAX_JSON_DEPTH), MAX).is_ok());
-        let err = parse_client_frame(&frame(MAX_JSON_DEPTH + 1), MAX).unwrap_err();
+        assert!(parse_client_frame(&frame(DEFAULT_MAX_JSON_DEPTH), MAX).is_ok());
+        let err = parse_client_frame(&frame(DEFAULT_MAX_JSON_DEPTH + 1), MAX).unwrap_err();
         assert_eq!(err.kind, Some(RequestKind::Publish));
         assert!(
             err.message.contains("deeper than 64 levels"),
             "{}",
             err.message
         );
+    }
+
+    #[test]
+    fn an_operator_depth_limit_replaces_the_default() {
+        let limits = Limits {
+            max_json_depth: 4,
+            ..*MAX
+        };
+        let frame = |depth: usize| {
+            format!(
+                r#"{{"type":"publish","data":{{"topic":"t","data":{}{}}}}}"#,
+                "[".repeat(depth - 2),
+                "]".repeat(depth - 2)
+            )
+        };
+        assert!(parse_client_frame(&frame(4), &limits).is_ok());
+        let err = parse_client_frame(&frame(5), &limits).unwrap_err();
+        assert!(
+            err.message.contains("deeper than 4 levels"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn an_operator_batch_limit_bounds_both_batch_requests() {
+        let limits = Limits {
+            max_batch_topics: 3,
+            ..*MAX
+        };
+        for kind in ["batch_subscribe", "batch_unsubscribe"] {
+            let frame = |n: usize| {
+                json!({"type": kind, "data": {"topics": (0..n).map(|i| format!("t{i}")).collect::<Vec<_>>()}})
+                    .to_string()
+            };
+            assert!(parse_client_frame(&frame(3), &limits).is_ok());
+            let err = parse_client_frame(&frame(4), &limits).unwrap_err();
+            assert_eq!(err.code, ErrorCode::BadRequest);
+            assert!(
+                err.message
+                    .ends_with("data.topics must hold at most 3 topics (got 4)"),
+                "{}",
+                err.message
+            );
+        }
     }
 
     #[test]
@@ -688,8 +734,14 @@ mod tests {
 
     proptest! {
         #[test]
-        fn never_panics_on_arbitrary_text(text in any::<String>(), max in 0usize..200) {
-            let _ = parse_client_frame(&text, max);
+        fn never_panics_on_arbitrary_text(
+            text in any::<String>(),
+            max in 0usize..200,
+            depth in 0usize..8,
+            batch in 0usize..4,
+        ) {
+            let limits = Limits { max_frame_bytes: max, max_json_depth: depth, max_batch_topics: batch, max_publish_batch: batch };
+            let _ = parse_client_frame(&text, &limits);
             let _ = parse_client_frame(&text, MAX);
         }
 

@@ -8,13 +8,6 @@ use serde::{
 };
 use serde_json::value::RawValue;
 
-/// The deepest nesting of arrays and objects accepted in an inbound frame or HTTP body.
-///
-/// This is an extension: docs/protocol.md is silent on depth. It sits well below serde_json's
-/// recursion limit (127 levels) so that every frame Herald relays, even wrapped in a `batch`
-/// (two more levels), can still be decoded by a standard serde_json consumer.
-pub const MAX_JSON_DEPTH: usize = 64;
-
 /// The kind of a JSON value, named as error messages name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum JsonKind {

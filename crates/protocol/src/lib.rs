@@ -7,6 +7,7 @@
 //!   once and [`encode_batch`] joins encoded frames into a `batch` without re-parsing.
 //! - The HTTP API bodies ([`PublishRequest`], [`EventRequest`], ...) are decoded with
 //!   [`parse_body`].
+//! - [`Limits`] holds the bounds an operator sets on nesting and batch sizes.
 //! - [`Topic`] and [`validate_id`] hold the limits on names that docs/protocol.md leaves open;
 //!   they are Herald extensions, documented on each item.
 //!
@@ -23,6 +24,7 @@ mod close;
 mod error;
 mod event;
 mod json;
+mod limits;
 mod request_kind;
 mod server;
 #[cfg(test)]
@@ -40,13 +42,14 @@ pub use crate::{
     close::CloseCode,
     error::{ErrorCode, ErrorDetail, ProtocolError},
     event::{EventName, UnknownEventError},
-    json::MAX_JSON_DEPTH,
+    limits::{
+        DEFAULT_MAX_BATCH_TOPICS, DEFAULT_MAX_JSON_DEPTH, DEFAULT_MAX_PUBLISH_BATCH, Limits,
+        MAX_JSON_DEPTH_CEILING,
+    },
     request_kind::RequestKind,
     server::{
         ConnectedData, PushScope, RefreshResult, ServerMessage, SubscribeResult, encode_batch,
     },
     topic::Topic,
-    validate::{
-        MAX_ACK_IDS, MAX_BATCH_TOPICS, MAX_ID_BYTES, MAX_TOPIC_BYTES, ValidationError, validate_id,
-    },
+    validate::{MAX_ACK_IDS, MAX_ID_BYTES, MAX_TOPIC_BYTES, ValidationError, validate_id},
 };

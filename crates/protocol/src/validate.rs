@@ -10,9 +10,6 @@ pub const MAX_TOPIC_BYTES: usize = 256;
 /// `threadId` and `runId`. Identifiers are also non-empty.
 pub const MAX_ID_BYTES: usize = 128;
 
-/// The most topics one `batch_subscribe` or `batch_unsubscribe` may name.
-pub const MAX_BATCH_TOPICS: usize = 100;
-
 /// The most event ids one `ack` may carry.
 pub const MAX_ACK_IDS: usize = 1000;
 

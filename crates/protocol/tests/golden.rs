@@ -20,7 +20,7 @@
 
 use std::fmt::Write as _;
 
-use herald_protocol::{ServerMessage, encode_batch, parse_client_frame};
+use herald_protocol::{Limits, ServerMessage, encode_batch, parse_client_frame};
 
 /// The payload limit when a block sets none: `HERALD_MAX_PAYLOAD_BYTES`' default.
 const DEFAULT_MAX: usize = 102_400;
@@ -127,7 +127,7 @@ fn client_frames_decode_as_the_golden_file_says() {
             Some(max) => max.parse().map_err(|_| format!("bad max `{max}`"))?,
             None => DEFAULT_MAX,
         };
-        let actual = match parse_client_frame(input, max) {
+        let actual = match parse_client_frame(input, &Limits::new(max)) {
             Ok(frame) => format!("ok {}", frame.encode()),
             Err(err) => format!(
                 "err {} kind={} messageId={} | {}",

@@ -233,6 +233,15 @@ impl Shield {
 }
 
 impl Client {
+    /// Moves this connection's count into the returned `Client`, leaving this one uncounted:
+    /// for the HTTP path, whose requests and upgrade outlive this borrow (see [`Standing`]).
+    pub(crate) fn hand_over(&mut self) -> Self {
+        Self {
+            shield: Arc::clone(&self.shield),
+            count: std::mem::replace(&mut self.count, Count::Unlimited),
+        }
+    }
+
     /// For a trusted proxy's connection, counts it by the client that its first request's
     /// `X-Forwarded-For` names (none named: the proxy itself, not limited). Otherwise nothing
     /// changes.
@@ -245,10 +254,40 @@ impl Client {
         }
         Ok(())
     }
+}
+
+/// A connection's [`Client`] while hyper serves it, shared with its requests: a `GET /ws`
+/// upgrade takes it, so the WebSocket keeps counting against its client address after hyper
+/// has let the connection go; otherwise it is dropped with the connection.
+pub(crate) struct Standing {
+    shield: Arc<Shield>,
+    client: Mutex<Option<Client>>,
+}
+
+impl Standing {
+    /// `client`'s standing, for hyper's requests.
+    pub(crate) fn new(client: Client) -> Self {
+        Self {
+            shield: Arc::clone(&client.shield),
+            client: Mutex::new(Some(client)),
+        }
+    }
 
     /// The limits, for the connection's requests.
-    pub(crate) fn shield(&self) -> &Arc<Shield> {
+    pub(crate) fn shield(&self) -> &Shield {
         &self.shield
+    }
+
+    /// Takes the connection's [`Client`] for the WebSocket it is upgraded to, counted by the
+    /// client that `headers` name when it came through a trusted proxy ([`Client::resolve`]);
+    /// refused, the standing stays. `None` once taken (a connection upgrades once).
+    pub(crate) fn take(&self, headers: &HeaderMap) -> Result<Option<Client>, Refusal> {
+        let mut slot = self.client.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(client) = slot.as_mut() else {
+            return Ok(None);
+        };
+        client.resolve(headers)?;
+        Ok(slot.take())
     }
 }
 
@@ -338,6 +377,26 @@ mod tests {
             0,
             "addresses without connections are removed"
         );
+    }
+
+    #[test]
+    fn an_upgrade_takes_the_connections_count_with_it() {
+        let clock = Arc::new(ManualClock::new());
+        let mut config = BaseConfig::default();
+        config.max_connections_per_ip = 1;
+        let shield = shield(&config, &clock);
+        let mut accepted = shield.accept(ip("10.0.0.1")).unwrap();
+        // The HTTP path holds the count; the accepting task's `Client` no longer does.
+        let standing = Standing::new(accepted.hand_over());
+        drop(accepted);
+        assert_eq!(shield.tracked(), (0, 1));
+        let upgraded = standing.take(&HeaderMap::new()).unwrap().unwrap();
+        assert!(standing.take(&HeaderMap::new()).unwrap().is_none());
+        // The HTTP connection ends; the WebSocket still counts.
+        drop(standing);
+        assert!(shield.accept(ip("10.0.0.1")).is_err());
+        drop(upgraded);
+        assert!(shield.accept(ip("10.0.0.1")).is_ok());
     }
 
     #[test]

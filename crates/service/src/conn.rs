@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use herald_core::Session;
 
 use crate::{
-    abuse::Client,
+    abuse::{Client, Standing},
     app::{App, Role},
     prefixed::{Prefixed, Socket},
     ws,
@@ -152,7 +152,7 @@ async fn open<S: Socket>(
         // Boxed: an HTTP connection's state is large.
         First::Http(read) => {
             let stream = Prefixed::new(read, stream);
-            let http = serve_http(Arc::clone(app), role, stream, client, stop);
+            let http = serve_http(Arc::clone(app), role, stream, client.hand_over(), stop);
             Box::pin(http).await;
             return None;
         }
@@ -313,21 +313,23 @@ fn path_of(target: &str) -> &str {
     target.split_once('?').map_or(target, |(path, _)| path)
 }
 
-/// Serves HTTP/1.1 on the connection until it closes or `stop` asks for a graceful end.
+/// Serves HTTP/1.1 on the connection until it closes or `stop` asks for a graceful end;
+/// `client`, how the connection counts against the per-address limits, goes with it to the
+/// WebSocket when a request upgrades it.
 async fn serve_http<S: Socket>(
     app: Arc<App>,
     role: Role,
     stream: Prefixed<S>,
-    client: &Client,
+    client: Client,
     stop: CancellationToken,
 ) {
     let peer = stream.peer_addr().ok();
     let header_timeout = app.config.handshake_timeout;
-    let shield = Arc::clone(client.shield());
+    let standing = Arc::new(Standing::new(client));
     let service = service_fn(move |request| {
         let app = Arc::clone(&app);
-        let shield = Arc::clone(&shield);
-        async move { Ok::<_, Infallible>(crate::http::handle(&app, role, &shield, request).await) }
+        let standing = Arc::clone(&standing);
+        async move { Ok::<_, Infallible>(crate::http::handle(&app, role, standing, request).await) }
     });
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())

@@ -8,7 +8,9 @@
 use std::{net::Ipv4Addr, time::Duration};
 
 use bytes::Bytes;
-use herald_tests::{API_KEY, TIMEOUT, TestServer, WsClient, metric, token, upgrade_head};
+use herald_tests::{
+    API_KEY, TIMEOUT, TestServer, WsClient, metric, read_until_contains, token, upgrade_head,
+};
 use serde_json::{Value, json};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -102,6 +104,34 @@ async fn open_connections_per_address_are_capped_until_one_closes() -> anyhow::R
     )
     .await?;
     assert!(counted >= 1.0, "{counted}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_websocket_upgraded_on_a_keep_alive_connection_counts_against_its_address()
+-> anyhow::Result<()> {
+    let server = TestServer::start(&[("HERALD_MAX_CONNECTIONS_PER_IP", "1")]).await?;
+    // An HTTP request first, so hyper serves the connection and the upgrade that follows it.
+    let mut stream = server.tcp_from(FLOOD).await?;
+    let upgrade = upgrade_head(&server, &format!("?token={}", token("a", json!({}))), &[]);
+    let head = format!(
+        "GET /health/live HTTP/1.1\r\nHost: {}\r\n\r\n{upgrade}",
+        server.addr
+    );
+    stream.write_all(head.as_bytes()).await?;
+    let answered = read_until_contains(&mut stream, "\"connected\"").await?;
+    assert!(answered.contains("101 Switching Protocols"), "{answered}");
+    // The upgraded WebSocket holds the address's one place.
+    assert!(
+        connect_from(&server, FLOOD, "b", &[]).await.is_err(),
+        "a second connection from the address is refused"
+    );
+    drop(stream);
+    let deadline = Instant::now() + TIMEOUT;
+    while connect_from(&server, FLOOD, "c", &[]).await.is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "the place was never freed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     Ok(())
 }
 

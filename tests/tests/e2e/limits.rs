@@ -138,3 +138,63 @@ async fn batch_frames_keep_order_and_the_batching_preference_turns_them_off() ->
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn the_batch_and_nesting_limits_are_settings() -> anyhow::Result<()> {
+    let server = TestServer::start(&[
+        ("HERALD_MAX_BATCH_TOPICS", "2"),
+        ("HERALD_MAX_PUBLISH_BATCH", "2"),
+        ("HERALD_MAX_JSON_DEPTH", "4"),
+    ])
+    .await?;
+    let (mut client, _) = WsClient::connect_as(&server, "alice").await?;
+    let (reply, _) = client
+        .request("batch_subscribe", json!({"topics": ["a", "b", "c"]}))
+        .await?;
+    assert_eq!(reply["error"]["code"], "bad_request", "{reply}");
+    let (reply, _) = client
+        .request("batch_subscribe", json!({"topics": ["a", "b"]}))
+        .await?;
+    assert_eq!(reply["type"], "ack", "{reply}");
+    // Four levels: the frame, its `data`, and two arrays in the publish's `data`.
+    let mut delivered = Vec::new();
+    let (reply, others) = client
+        .request("publish", json!({"topic": "a", "data": [[1]]}))
+        .await?;
+    assert_eq!(reply["type"], "ack", "{reply}");
+    delivered.extend(others);
+    let (reply, others) = client
+        .request("publish", json!({"topic": "a", "data": [[[1]]]}))
+        .await?;
+    assert_eq!(reply["error"]["code"], "bad_request", "{reply}");
+    delivered.extend(others);
+    // The HTTP API: a batch of three items is refused whole, nothing of it published.
+    let messages: Vec<_> = ["a", "b", "a"]
+        .iter()
+        .map(|topic| json!({"topic": topic, "data": "batch"}))
+        .collect();
+    let body = json!({ "messages": messages });
+    let (status, _, body) = server
+        .request("POST", "/api/publish/batch", Some(&body), true)
+        .await?;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        body["error"]["message"],
+        "messages must hold at most 2 items (got 3)"
+    );
+    let deep = json!({"topic": "a", "data": {"x": [[1]]}});
+    let deeper = json!({"topic": "a", "data": {"x": [[[1]]]}});
+    let (status, _, body) = server
+        .request("POST", "/api/publish", Some(&deeper), true)
+        .await?;
+    assert_eq!(status, 400, "{body}");
+    server.post("/api/publish", &deep).await?;
+    // Only what was accepted reaches the subscriber.
+    server.publish("a", json!("end")).await?;
+    while delivered.last().map(|m| &m["data"]) != Some(&json!("end")) {
+        delivered.push(client.recv().await?);
+    }
+    let data: Vec<_> = delivered.iter().map(|m| m["data"].clone()).collect();
+    assert_eq!(data, [json!([[1]]), json!({"x": [[1]]}), json!("end")]);
+    Ok(())
+}

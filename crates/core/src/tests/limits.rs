@@ -198,3 +198,34 @@ fn the_tier_caps_the_size_of_a_client_publish() {
         ]),
     );
 }
+
+#[test]
+fn quota_refusals_in_a_row_close_4008_and_a_write_within_them_clears_the_count() {
+    let harness = Harness::with(|s| {
+        s.tier_subscriptions.insert("free".to_owned(), 1);
+        s.tier_publish_bytes.insert("free".to_owned(), 10);
+    });
+    let mut alice = harness.connect("alice");
+    subscribe(&mut alice, "chat:0");
+    let over_quota = |n: usize| {
+        if n.is_multiple_of(2) {
+            format!(r#"{{"type":"subscribe","data":{{"topic":"chat:x{n}"}}}}"#)
+        } else {
+            r#"{"type":"publish","data":{"topic":"chat:0","data":"123456789"}}"#.to_owned()
+        }
+    };
+    // Nine refusals, then a write within its quotas: the count starts again.
+    for n in 0..9 {
+        alice.on_text(&over_quota(n));
+    }
+    assert_eq!(frames(&alice).len(), 9);
+    alice.on_text(r#"{"type":"publish","data":{"topic":"chat:0","data":"fits"}}"#);
+    for n in 0..9 {
+        alice.on_text(&over_quota(n));
+    }
+    frames(&alice);
+    assert_eq!(close_code(&alice), None);
+    // The tenth in a row closes the connection: it keeps breaking its limits.
+    alice.on_text(&over_quota(9));
+    assert_eq!(close_code(&alice), Some(4008));
+}

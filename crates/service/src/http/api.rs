@@ -45,7 +45,8 @@ pub(super) fn publish_batch(call: Call) -> Reply {
         let app = &call.app;
         let body: PublishBatchRequest = read_json(app, call.request).await?;
         // Every item is queued before any is awaited, so a batch costs one trip.
-        let pending = body.items().map(|item| async move {
+        let limits = &app.gateway.settings().limits;
+        let pending = body.items(limits)?.map(|item| async move {
             let published = match item {
                 Ok(request) => publish_one(app, request).await.map_err(ApiError::from),
                 Err(error) => Err(ApiError::from(error)),

@@ -12,7 +12,7 @@ use super::linger::{self, Progress};
 use crate::{app::App, respond::ApiError};
 
 /// Reads a JSON body of at most `max_http_body_bytes` and decodes it with
-/// `protocol::parse_body` (a bad body is a 400).
+/// `protocol::parse_body` under the gateway's limits (a bad body is a 400).
 pub(super) async fn read_json<T: DeserializeOwned>(
     app: &App,
     request: Request<Incoming>,
@@ -40,7 +40,7 @@ pub(super) async fn read_json<T: DeserializeOwned>(
             ));
         }
     };
-    parse_body(&bytes).map_err(ApiError::from)
+    parse_body(&bytes, &app.gateway.settings().limits).map_err(ApiError::from)
 }
 
 /// Why a body was not read whole.

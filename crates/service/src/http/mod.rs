@@ -28,7 +28,7 @@ use self::{
     routes::{Call, Listener, Reply, Route, ready},
 };
 use crate::{
-    abuse::{Refusal, Shield},
+    abuse::{Refusal, Standing},
     app::{App, Role},
     respond::{ApiError, bearer_token},
     ws,
@@ -79,12 +79,13 @@ fn keyed(path: &str) -> bool {
 /// Paths whose requests count against `api_publish_rate_per_key`.
 const PUBLISH_PATHS: [&str; 2] = ["/api/publish", "/api/publish/batch"];
 
-/// Answers one request that hyper parsed, on a listener of `role`; `shield` holds the publish
-/// rate of each API key.
+/// Answers one request that hyper parsed, on a listener of `role`; `standing` is how the
+/// connection counts against the per-address limits, and its shield holds the publish rate of
+/// each API key.
 pub(crate) async fn handle(
     app: &Arc<App>,
     role: Role,
-    shield: &Shield,
+    standing: Arc<Standing>,
     request: Request<Incoming>,
 ) -> Response<Body> {
     let path = request.uri().path();
@@ -101,7 +102,7 @@ pub(crate) async fn handle(
         // Before the body is read: a caller over its rate costs no parsing.
         if request.method() == Method::POST
             && PUBLISH_PATHS.contains(&path)
-            && let Err(Refusal::PublishRate(wait)) = shield.check_publish(key)
+            && let Err(Refusal::PublishRate(wait)) = standing.shield().check_publish(key)
         {
             let message = "this API key is over its publish rate (HERALD_API_PUBLISH_RATE_PER_KEY)";
             let mut response = refuse(app, request, ApiError::new(ErrorCode::RateLimited, message));
@@ -123,6 +124,7 @@ pub(crate) async fn handle(
         app: Arc::clone(app),
         request,
         params,
+        standing,
     };
     (route.handler)(call).await.unwrap_or_else(refusal)
 }
@@ -130,7 +132,9 @@ pub(crate) async fn handle(
 /// `GET /ws` after other requests on a keep-alive connection (the first request of a
 /// connection is answered by `conn` directly).
 fn upgrade(call: Call) -> Reply {
-    ready(Ok(ws::upgrade(&call.app, call.request).map(Body::from)))
+    ready(Ok(
+        ws::upgrade(&call.app, call.request, &call.standing).map(Body::from)
+    ))
 }
 
 /// Answers `error` to a request whose body is not read: a body still arriving is discarded

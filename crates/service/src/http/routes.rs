@@ -8,6 +8,7 @@ use hyper::body::Incoming;
 
 use super::answer::Body;
 use crate::{
+    abuse::Standing,
     app::{App, Role},
     respond::ApiError,
 };
@@ -34,6 +35,8 @@ pub(super) struct Call {
     pub(super) request: Request<Incoming>,
     /// The values of the pattern's `{name}` segments.
     pub(super) params: Params,
+    /// How the connection counts against the per-address limits; an upgrade takes it.
+    pub(super) standing: Arc<Standing>,
 }
 
 /// The values of a pattern's `{name}` segments, as they appear in the path (not

@@ -24,6 +24,7 @@ use tokio_tungstenite::{
 };
 
 use crate::{
+    abuse::{Client, Standing},
     app::App,
     prefixed::{Prefixed, Socket, TlsSocket},
     respond::{bearer_token, error_response, query_param},
@@ -91,11 +92,27 @@ pub(crate) fn answer_echo(request: &Request<()>) -> Result<Vec<u8>, Vec<u8>> {
 }
 
 /// Answers a `GET /ws` that hyper parsed (one that followed other requests on a keep-alive
-/// connection): checks the handshake, admits the connection and upgrades it.
-pub(crate) fn upgrade(app: &Arc<App>, mut request: Request<Incoming>) -> Response<Full<Bytes>> {
+/// connection): checks the handshake, admits the connection and upgrades it. The WebSocket
+/// takes the connection's `standing` against the per-address limits for its whole life.
+pub(crate) fn upgrade(
+    app: &Arc<App>,
+    mut request: Request<Incoming>,
+    standing: &Standing,
+) -> Response<Full<Bytes>> {
     let accepted = match handshake(app, request.uri(), request.headers()) {
         Ok(accepted) => accepted,
         Err(response) => return response,
+    };
+    let Ok(client) = standing.take(request.headers()) else {
+        let mut response = error_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            herald_protocol::ErrorCode::RateLimited,
+            "too many connections from this client address",
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
     };
     let response = accepted.switching_protocols();
     let on_upgrade = hyper::upgrade::on(&mut request);
@@ -112,22 +129,25 @@ pub(crate) fn upgrade(app: &Arc<App>, mut request: Request<Incoming>) -> Respons
         // these succeeds; the bare socket spares each read and write the `Upgraded` box's
         // dynamic dispatch.
         let upgraded = match upgraded.downcast::<TokioIo<Prefixed<TcpStream>>>() {
-            Ok(parts) => return run_upgraded(task_app, parts, accepted.admission).await,
+            Ok(parts) => return run_upgraded(task_app, parts, accepted.admission, client).await,
             Err(upgraded) => upgraded,
         };
         match upgraded.downcast::<TokioIo<Prefixed<TlsSocket>>>() {
-            Ok(parts) => run_upgraded(task_app, parts, accepted.admission).await,
+            Ok(parts) => run_upgraded(task_app, parts, accepted.admission, client).await,
             Err(_) => tracing::error!("upgraded connection of an unexpected type"),
         }
     });
     response
 }
 
-/// Opens the session of a connection that hyper upgraded and spawns its driver.
+/// Opens the session of a connection that hyper upgraded and spawns its driver, which holds
+/// `client` (how it counts against the per-address limits; `None` when uncounted) until it
+/// ends.
 async fn run_upgraded<S: Socket>(
     app: Arc<App>,
     parts: hyper::upgrade::Parts<TokioIo<Prefixed<S>>>,
     admission: Admission,
+    client: Option<Client>,
 ) {
     let (stream, unread) = parts.io.into_inner().into_parts();
     let mut leftover = parts.read_buf.to_vec();
@@ -137,7 +157,10 @@ async fn run_upgraded<S: Socket>(
     // The connection lives in a task of its own, spawned now: its future holds only the
     // driver's state, not the upgrade's, which keeps an idle connection small.
     let sessions = app.sessions.clone();
-    sessions.spawn(drive(app, ws, session));
+    sessions.spawn(async move {
+        drive(app, ws, session).await;
+        drop(client);
+    });
 }
 
 /// The WebSocket over a socket whose handshake is done; `leftover` is what the client sent
