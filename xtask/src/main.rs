@@ -8,6 +8,7 @@
 #![allow(clippy::print_stdout)] // A task runner reports to its terminal.
 
 mod apt;
+mod autobahn;
 mod bench;
 mod fuzz;
 mod js;
@@ -33,12 +34,16 @@ const USAGE: &str = "\
 usage: cargo xtask <task>
 
 tasks:
-  ci      everything CI checks: fmt, clippy, the browser client (npm), tests, schemathesis, a fuzz pass, rustdoc,
+  ci      everything CI checks: fmt, clippy, the browser client (npm), tests, schemathesis, autobahn
+          (where Python 2.7 exists), a fuzz pass, rustdoc,
           cargo-deny, bench --smoke
   fuzz SECONDS
           every fuzz target of fuzz/ for SECONDS each (installs cargo-fuzz 0.13.2)
   schemathesis
           the HTTP API against docs/openapi.yaml, on target/debug/herald (built first)
+  autobahn
+          the Autobahn|Testsuite fuzzing client against the echo endpoint of target/debug/herald
+          (built first); needs a Python 2.7 (pyenv's is found)
   bench   load benchmarks of Herald (and nginx + nchan): fanout, p2p, idle, churn, curve;
           `cargo xtask bench --help` for the options
   dashboard-screenshot
@@ -54,6 +59,18 @@ fn main() -> ExitCode {
         Some("dashboard-screenshot") => dashboard_screenshot(),
         Some("fuzz") => fuzz::fuzz_task(&args[1..]),
         Some("schemathesis") => schemathesis::schemathesis(&project_root()),
+        Some("autobahn") => cargo(
+            &[
+                "build",
+                "--locked",
+                "--package",
+                "herald-service",
+                "--bin",
+                "herald",
+            ],
+            &[],
+        )
+        .and_then(|()| autobahn::autobahn(&project_root())),
         Some("help" | "--help" | "-h") | None => {
             print!("{USAGE}");
             Ok(())
@@ -130,6 +147,11 @@ fn ci() -> Result {
     }
     // The HTTP API against its contract, on the binary built above.
     schemathesis::schemathesis(&root)?;
+    // WebSocket conformance of the same binary's reader and writer, where Python 2.7 exists.
+    match autobahn::python2() {
+        Ok(_) => autobahn::autobahn(&root)?,
+        Err(missing) => println!("xtask: autobahn skipped: {missing}"),
+    }
     // A short fuzz pass over every parser target; a crash fails CI.
     fuzz::fuzz(&root, fuzz::CI_SECONDS)?;
     cargo(
