@@ -24,7 +24,9 @@ use crate::{
     connection::{Connection, ConnectionManager},
     counters::Counters,
     error::GatewayError,
-    events::PendingEvents,
+    event_store::{AckedElsewhere, EventStore, Forget},
+    events::{Incoming, PendingEvents},
+    ids::UserId,
     operations::{Operation, OperationQueue},
     parts::{GatewayParts, GatewaySettings},
     preferences::PreferenceStore,
@@ -61,6 +63,8 @@ pub(crate) struct Node {
     pub(crate) topics: SubscriptionManager,
     pub(crate) publisher: Publisher,
     pub(crate) events: PendingEvents,
+    /// Where the cluster keeps pending events, if it does.
+    event_store: Option<Arc<dyn EventStore>>,
     pub(crate) rate: RateLimiter,
     pub(crate) operations: OperationQueue,
     pub(crate) counters: Counters,
@@ -86,6 +90,7 @@ impl Node {
             authenticator,
             preferences,
             history,
+            events: event_store,
             clock,
             broker,
             memory,
@@ -103,7 +108,9 @@ impl Node {
                 settings.event_ack_timeout,
                 settings.event_ttl,
                 seed,
+                event_store.as_deref().map(EventStore::node),
             ),
+            event_store,
             rate: RateLimiter::default(),
             operations: OperationQueue::new(settings.operation_queue_size),
             counters: Counters::default(),
@@ -123,7 +130,16 @@ impl Node {
         });
         let weak: Weak<dyn Deliver> = Arc::downgrade(&node) as Weak<dyn Deliver>;
         node.broker.attach(LocalDelivery::new(weak));
+        if let Some(store) = &node.event_store {
+            let weak: Weak<dyn Forget> = Arc::downgrade(&node) as Weak<dyn Forget>;
+            store.attach(AckedElsewhere::new(weak));
+        }
         node
+    }
+
+    /// The cluster's store of pending events, when it has one.
+    pub(crate) fn event_store(&self) -> Option<&Arc<dyn EventStore>> {
+        self.event_store.as_ref()
     }
 
     /// Records the delivery latency of a live publication accepted at `accepted`, now.
@@ -283,15 +299,31 @@ impl Deliver for Node {
             Envelope::Event {
                 user,
                 thread,
+                id,
                 frame,
-                ..
-            } => self.connections.offer_to_user(
-                user,
-                thread.as_ref(),
-                frame,
-                Priority::Critical,
-                counters,
-            ),
+            } => {
+                if self.event_store.is_some() {
+                    self.events.receive(
+                        Incoming {
+                            user,
+                            thread: thread.as_ref(),
+                            id,
+                            frame,
+                        },
+                        &self.connections,
+                        counters,
+                        self.now_ms(),
+                    )
+                } else {
+                    self.connections.offer_to_user(
+                        user,
+                        thread.as_ref(),
+                        frame,
+                        Priority::Critical,
+                        counters,
+                    )
+                }
+            }
         };
         counters.delivered.add(delivered);
         delivered
@@ -310,5 +342,11 @@ impl Deliver for Node {
             self.counters.delivered.add(delivered);
         }
         outcome
+    }
+}
+
+impl Forget for Node {
+    fn forget(&self, user: &UserId, ids: &[String]) {
+        self.events.forget(user, ids);
     }
 }

@@ -12,6 +12,7 @@ mod auth;
 mod cleanup;
 mod cluster;
 mod dedupe;
+mod event_store;
 mod events;
 mod fakes;
 mod fanout;
@@ -103,6 +104,17 @@ impl Harness {
         broker: Arc<dyn Broker>,
         history: Arc<dyn HistoryStore>,
     ) -> Self {
+        Self::build_full(configure, clock, broker, history, None)
+    }
+
+    /// Like [`build_with`](Self::build_with), with `events` as the cluster's event store.
+    fn build_full(
+        configure: impl FnOnce(&mut GatewaySettings),
+        clock: ManualClock,
+        broker: Arc<dyn Broker>,
+        history: Arc<dyn HistoryStore>,
+        events: Option<Arc<dyn crate::EventStore>>,
+    ) -> Self {
         let base = BaseConfig::default();
         let mut settings = GatewaySettings::from_config(&base);
         configure(&mut settings);
@@ -113,6 +125,7 @@ impl Harness {
             authenticator: Arc::new(FakeAuthenticator::new(tiers)),
             preferences: Arc::new(InMemoryPreferenceStore::new(1_000)),
             history,
+            events,
             clock: Arc::new(clock.clone()),
             broker,
             memory: Arc::new(FakeProbe::new(MEMORY)),

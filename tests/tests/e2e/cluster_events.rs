@@ -1,0 +1,224 @@
+//! Critical events and preferences shared by three nodes through one real Redis: an event
+//! accepted on one node reaches the user's connections on every node, an ack on one node stops
+//! redelivery on all, a node killed with SIGKILL while holding unacknowledged events loses none
+//! (the user gets each once, in order, on another node), an event Redis cannot keep is refused
+//! with 503, preferences set on one node are read on another, and the per-user connection
+//! limit counts each node's connections (it is per node, not cluster-wide).
+
+use std::time::Duration;
+
+use herald_tests::{Cluster, Ended, RedisServer, WsClient};
+use serde_json::{Value, json};
+
+/// Redelivery after a second, so the tests see it (or its absence) quickly.
+const FAST_ACKS: [(&str, &str); 2] = [
+    ("HERALD_EVENT_ACK_TIMEOUT_MS", "1000"),
+    ("HERALD_REDIS_COMMAND_TIMEOUT_MS", "300"),
+];
+
+fn event(id: &str, n: u64) -> Value {
+    json!({"event": "agent_started", "id": id, "data": {"n": n}})
+}
+
+/// The ids of the `event` frames the client receives within `window` (other frames skipped).
+async fn events_within(client: &mut WsClient, window: Duration) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + window;
+    let mut ids = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return ids;
+        }
+        match client.try_recv(left).await {
+            Some(frame) if frame["type"] == "event" => {
+                ids.push(frame["id"].as_str().unwrap_or_default().to_owned());
+            }
+            Some(_) => {}
+            None => return ids,
+        }
+    }
+}
+
+/// The next `n` event ids the client receives (other frames skipped), failing after the
+/// client's receive timeout.
+async fn next_events(client: &mut WsClient, n: usize) -> anyhow::Result<Vec<String>> {
+    let mut ids = Vec::new();
+    while ids.len() < n {
+        let frame = client.recv_data().await?;
+        if frame["type"] == "event" {
+            ids.push(frame["id"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    Ok(ids)
+}
+
+#[tokio::test]
+async fn an_event_reaches_every_node_and_an_ack_on_one_stops_redelivery_on_all()
+-> anyhow::Result<()> {
+    let redis = RedisServer::start().await?;
+    let cluster = Cluster::start(&redis, 3, &FAST_ACKS).await?;
+    let mut clients = Vec::new();
+    for node in &cluster.nodes {
+        clients.push(WsClient::connect_as(node, "alice").await?.0);
+    }
+    let sent = cluster.nodes[0]
+        .send_event("alice", &event("e1", 1))
+        .await?;
+    assert_eq!(sent["id"], "e1");
+    cluster.nodes[0]
+        .send_event("alice", &event("e2", 2))
+        .await?;
+    for client in &mut clients {
+        assert_eq!(next_events(client, 2).await?, ["e1", "e2"]);
+    }
+    let (reply, _) = clients[1].request("ack", json!({"ids": ["e1"]})).await?;
+    assert_eq!(reply["data"]["acknowledged"], 1, "{reply}");
+    // Well past the ack timeout: the unacknowledged e2 comes again on the other nodes, the
+    // acknowledged e1 never does.
+    for i in [0, 2] {
+        let again = events_within(&mut clients[i], Duration::from_millis(2_500)).await;
+        assert!(again.contains(&"e2".to_owned()), "node {i}: {again:?}");
+        assert!(!again.contains(&"e1".to_owned()), "node {i}: {again:?}");
+    }
+    clients[2].request("ack", json!({"ids": ["e2"]})).await?;
+    for i in [0, 1] {
+        // What was queued before the ack reached the node may still arrive; then nothing.
+        events_within(&mut clients[i], Duration::from_millis(300)).await;
+        let later = events_within(&mut clients[i], Duration::from_millis(2_500)).await;
+        assert!(later.is_empty(), "node {i} redelivered {later:?}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_node_killed_with_unacknowledged_events_loses_none() -> anyhow::Result<()> {
+    let redis = RedisServer::start().await?;
+    // Redelivery far away, so each event arriving more than once would be a hand-over bug.
+    let env = [
+        ("HERALD_EVENT_ACK_TIMEOUT_MS", "60000"),
+        ("HERALD_REDIS_COMMAND_TIMEOUT_MS", "300"),
+    ];
+    let cluster = Cluster::start(&redis, 3, &env).await?;
+    let (mut alice, _) = WsClient::connect_as(&cluster.nodes[0], "alice").await?;
+    let ids: Vec<String> = (1..=5).map(|n| format!("e{n}")).collect();
+    for (n, id) in (1..).zip(&ids) {
+        // Answered only once Redis holds it.
+        cluster.nodes[0].send_event("alice", &event(id, n)).await?;
+    }
+    assert_eq!(next_events(&mut alice, 5).await?, ids);
+    cluster.nodes[0].sigkill().await?;
+    let _ = alice.ended().await;
+    let (mut back, _) = WsClient::connect_as(&cluster.nodes[1], "alice").await?;
+    assert_eq!(next_events(&mut back, 5).await?, ids);
+    assert_eq!(
+        events_within(&mut back, Duration::from_millis(700)).await,
+        Vec::<String>::new(),
+        "an event came twice"
+    );
+    // A second connection on a third node gets them too, and a new event reaches both once.
+    let (mut third, _) = WsClient::connect_as(&cluster.nodes[2], "alice").await?;
+    assert_eq!(next_events(&mut third, 5).await?, ids);
+    cluster.nodes[2]
+        .send_event("alice", &event("e6", 6))
+        .await?;
+    assert_eq!(next_events(&mut back, 1).await?, ["e6"]);
+    assert_eq!(next_events(&mut third, 1).await?, ["e6"]);
+    let (reply, _) = back.request("ack", json!({"ids": ids})).await?;
+    assert_eq!(reply["data"]["acknowledged"], 5, "{reply}");
+    let (mut fourth, _) = WsClient::connect_as(&cluster.nodes[1], "alice").await?;
+    assert_eq!(next_events(&mut fourth, 1).await?, ["e6"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_event_redis_cannot_keep_is_refused_with_503() -> anyhow::Result<()> {
+    let mut redis = RedisServer::start().await?;
+    let cluster = Cluster::start(&redis, 2, &FAST_ACKS).await?;
+    let (mut alice, _) = WsClient::connect_as(&cluster.nodes[1], "alice").await?;
+    redis.kill().await?;
+    let (status, _, answer) = cluster.nodes[0]
+        .request(
+            "POST",
+            "/api/users/alice/events",
+            Some(&event("lost?", 1)),
+            true,
+        )
+        .await?;
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(answer["error"]["code"], "unavailable");
+    assert!(
+        events_within(&mut alice, Duration::from_millis(500))
+            .await
+            .is_empty(),
+        "a refused event was delivered"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_per_user_event_limit_holds_across_nodes() -> anyhow::Result<()> {
+    let redis = RedisServer::start().await?;
+    let mut env = FAST_ACKS.to_vec();
+    env.push(("HERALD_MAX_PENDING_EVENTS", "2"));
+    let cluster = Cluster::start(&redis, 3, &env).await?;
+    cluster.nodes[0].send_event("bob", &event("a", 1)).await?;
+    cluster.nodes[1].send_event("bob", &event("b", 2)).await?;
+    let (status, _, answer) = cluster.nodes[2]
+        .request("POST", "/api/users/bob/events", Some(&event("c", 3)), true)
+        .await?;
+    assert_eq!(status, 429, "{answer}");
+    // A retried id is answered, not counted twice.
+    let again = cluster.nodes[2].send_event("bob", &event("a", 1)).await?;
+    assert_eq!(again["pending"], 2, "{again}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn preferences_set_on_one_node_are_read_on_another() -> anyhow::Result<()> {
+    let redis = RedisServer::start().await?;
+    let cluster = Cluster::start(&redis, 3, &FAST_ACKS).await?;
+    let (mut on_a, _) = WsClient::connect_as(&cluster.nodes[0], "alice").await?;
+    let (set, _) = on_a
+        .request("update_preferences", json!({"theme": "dark", "lang": "en"}))
+        .await?;
+    assert_eq!(set["data"], json!({"theme": "dark", "lang": "en"}), "{set}");
+    let (mut on_c, _) = WsClient::connect_as(&cluster.nodes[2], "alice").await?;
+    let (read, _) = on_c.request("get_preferences", Value::Null).await?;
+    assert_eq!(read["type"], "preferences", "{read}");
+    assert_eq!(read["data"], json!({"theme": "dark", "lang": "en"}));
+    // The merge rule is the in-memory one: keys replace, `null` removes.
+    let (merged, _) = on_c
+        .request(
+            "update_preferences",
+            json!({"lang": null, "batching": false}),
+        )
+        .await?;
+    assert_eq!(merged["data"], json!({"theme": "dark", "batching": false}));
+    let (read, _) = on_a.request("get_preferences", Value::Null).await?;
+    assert_eq!(read["data"], json!({"theme": "dark", "batching": false}));
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_per_user_connection_limit_counts_each_nodes_connections() -> anyhow::Result<()> {
+    let redis = RedisServer::start().await?;
+    let mut env = FAST_ACKS.to_vec();
+    env.push(("HERALD_MAX_CONNECTIONS_PER_USER", "1"));
+    let cluster = Cluster::start(&redis, 3, &env).await?;
+    // One connection per node: under a per-node limit of 1, all three stay.
+    let mut clients = Vec::new();
+    for node in &cluster.nodes {
+        clients.push(WsClient::connect_as(node, "alice").await?.0);
+    }
+    for client in &mut clients {
+        client
+            .expect_quiet("a connection within its node's limit")
+            .await?;
+    }
+    // A second one on the same node evicts that node's first (the default policy).
+    let (_second, _) = WsClient::connect_as(&cluster.nodes[1], "alice").await?;
+    assert_eq!(clients[1].ended().await?, Ended::Closed(4029));
+    let (reply, _) = clients[0].request("ping", Value::Null).await?;
+    assert_eq!(reply["type"], "pong");
+    Ok(())
+}
