@@ -107,6 +107,9 @@ pub(crate) struct PendingEvents {
     /// the node's name in a cluster) makes them unique across restarts and nodes.
     id_prefix: String,
     next_id: AtomicU64,
+    /// Whether a shared store is the authority: then this node keeps copies only for the
+    /// users it holds connections of.
+    shared: bool,
 }
 
 impl PendingEvents {
@@ -135,6 +138,7 @@ impl PendingEvents {
             ttl_ms: duration_ms(ttl),
             id_prefix,
             next_id: AtomicU64::new(0),
+            shared: node.is_some(),
         }
     }
 
@@ -231,16 +235,17 @@ impl PendingEvents {
         }
     }
 
-    /// Delivers an event the shared store has just kept: keeps this node's copy and queues it
-    /// to the user's connections here that receive its thread. Returns the outcome (with this
-    /// node's count of pending events) and the envelope for the other nodes.
+    /// Delivers an event the shared store has just kept, like [`receive`](Self::receive):
+    /// queues it to the user's connections here that receive its thread, keeping a copy for
+    /// their redelivery when any did. Returns the connections it was queued to and the
+    /// envelope for the other nodes.
     pub(crate) fn accept(
         &self,
         event: StoredEvent,
         connections: &ConnectionManager,
         counters: &Counters,
         now_ms: u64,
-    ) -> (EventOutcome, Envelope) {
+    ) -> (usize, Envelope) {
         let StoredEvent {
             user,
             id,
@@ -249,34 +254,13 @@ impl PendingEvents {
             ..
         } = event;
         let id: Arc<str> = Arc::from(id);
-        let mut users = self.lock();
-        let pending = users.entry(user.clone()).or_default();
-        // A connection that registered meanwhile may have fetched it from the store already.
-        let delivered = if pending.iter().any(|e| e.id == id) {
-            0
-        } else {
-            let delivered = connections.offer_to_user(
-                &user,
-                thread.as_ref(),
-                &frame,
-                Priority::Critical,
-                counters,
-            );
-            pending.push_back(PendingEvent {
-                id: Arc::clone(&id),
-                thread: thread.clone(),
-                frame: frame.clone(),
-                created_ms: now_ms,
-                delivered_ms: (delivered > 0).then_some(now_ms),
-            });
-            delivered
+        let incoming = Incoming {
+            user: &user,
+            thread: thread.as_ref(),
+            id: &id,
+            frame: &frame,
         };
-        let outcome = EventOutcome {
-            id: id.to_string(),
-            delivered,
-            pending: pending.len(),
-        };
-        drop(users);
+        let delivered = self.receive(incoming, connections, counters, now_ms);
         counters.events_sent.increment();
         let envelope = Envelope::Event {
             user,
@@ -284,7 +268,7 @@ impl PendingEvents {
             id,
             frame,
         };
-        (outcome, envelope)
+        (delivered, envelope)
     }
 
     /// Delivers an event another node accepted into a shared store: queues it to the user's
@@ -330,7 +314,11 @@ impl PendingEvents {
 
     /// Takes in the user's pending events a shared store answered for a connection that has
     /// registered: each one this node did not have yet is kept and queued to the connection,
-    /// in the store's order. (The events this node had were queued at registration.)
+    /// and this node's copies are put in the store's order (those the store did not answer,
+    /// sent since, after them). The events this node had were queued at registration or live
+    /// since; once an event the node lacked is queued, every later one the connection
+    /// receives is queued again after it, so the connection sees them all in order (a repeat
+    /// is possible, a gap or an inversion is not). Returns the frames queued.
     pub(crate) fn take_in(
         &self,
         connection: &Connection,
@@ -341,30 +329,49 @@ impl PendingEvents {
         counters: &Counters,
     ) -> usize {
         let mut users = self.lock();
-        let pending = users.entry(key.user.clone()).or_default();
+        let mut local = users.remove(&key.user).unwrap_or_default();
+        let mut merged = VecDeque::with_capacity(local.len().max(fetched.len()));
+        let mut behind = false;
         let mut queued = 0;
+        let mut offer = |event: &mut PendingEvent| {
+            connection
+                .outbox()
+                .offer(event.frame.clone(), Priority::Critical, counters);
+            event.delivered_ms = Some(now_ms);
+            queued += 1;
+        };
         for event in fetched {
-            if pending.iter().any(|e| *e.id == *event.id) {
+            let receives = key.receives(&key.user, event.thread.as_ref());
+            let had = local.iter().position(|e| *e.id == *event.id);
+            if let Some(mut kept) = had.and_then(|at| local.remove(at)) {
+                if behind && receives {
+                    offer(&mut kept);
+                }
+                merged.push_back(kept);
                 continue;
             }
-            let receives = key.receives(&key.user, event.thread.as_ref());
-            if receives {
-                connection
-                    .outbox()
-                    .offer(event.frame.clone(), Priority::Critical, counters);
-                queued += 1;
-            }
             let age = now_unix_ms.saturating_sub(event.created_unix_ms);
-            pending.push_back(PendingEvent {
+            let mut taken = PendingEvent {
                 id: Arc::from(event.id),
                 thread: event.thread,
                 frame: event.frame,
                 created_ms: now_ms.saturating_sub(age),
-                delivered_ms: receives.then_some(now_ms),
-            });
+                delivered_ms: None,
+            };
+            if receives {
+                offer(&mut taken);
+                behind = true;
+            }
+            merged.push_back(taken);
         }
-        if pending.is_empty() {
-            users.remove(&key.user);
+        for mut newer in local {
+            if behind && key.receives(&key.user, newer.thread.as_ref()) {
+                offer(&mut newer);
+            }
+            merged.push_back(newer);
+        }
+        if !merged.is_empty() {
+            users.insert(key.user.clone(), merged);
         }
         queued
     }
@@ -439,10 +446,15 @@ impl PendingEvents {
     }
 
     /// Drops events past their time-to-live, and redelivers, in order, the pending events of
-    /// users whose oldest delivered event waited longer than the ack timeout.
+    /// users whose oldest delivered event waited longer than the ack timeout. With a shared
+    /// store, the copies of users without a connection here are dropped (the store keeps them
+    /// for the connection that comes next, on any node).
     pub(crate) fn sweep(&self, now_ms: u64, connections: &ConnectionManager, counters: &Counters) {
         let mut users = self.lock();
         users.retain(|user, pending| {
+            if self.shared && connections.user_connections(user).is_empty() {
+                return false;
+            }
             let before = pending.len();
             pending.retain(|event| now_ms.saturating_sub(event.created_ms) < self.ttl_ms);
             let expired = before - pending.len();

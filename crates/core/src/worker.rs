@@ -141,11 +141,16 @@ fn store_event(
             };
             let result = match result {
                 Ok(Appended::Stored { pending }) => {
-                    let (outcome, envelope) =
+                    let id = event.id.clone();
+                    let (delivered, envelope) =
                         node.events
                             .accept(event, &node.connections, &node.counters, node.now_ms());
-                    finish(&node, Some(envelope), outcome.delivered);
-                    Ok(EventOutcome { pending, ..outcome })
+                    finish(&node, Some(envelope), delivered);
+                    Ok(EventOutcome {
+                        id,
+                        delivered,
+                        pending,
+                    })
                 }
                 Ok(Appended::Duplicate { pending }) => Ok(EventOutcome {
                     id: event.id,

@@ -22,6 +22,9 @@ struct FakeStore {
     users: Mutex<HashMap<UserId, Vec<StoredEvent>>>,
     nodes: Mutex<Vec<(String, AckedElsewhere)>>,
     down: std::sync::atomic::AtomicBool,
+    /// While set, answers to `pending` wait in `held` (read when asked, answered on release).
+    hold: std::sync::atomic::AtomicBool,
+    held: Mutex<Vec<Box<dyn FnOnce() + Send>>>,
 }
 
 struct Endpoint {
@@ -40,6 +43,14 @@ impl FakeStore {
 
     fn is_down(&self) -> bool {
         self.down.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Answers the held `pending` calls, in order.
+    fn release(&self) {
+        let held = std::mem::take(&mut *self.held.lock().unwrap_or_else(PoisonError::into_inner));
+        for answer in held {
+            answer();
+        }
     }
 }
 
@@ -110,6 +121,15 @@ impl EventStore for Endpoint {
             .unwrap_or_else(PoisonError::into_inner);
         let events = users.get(user).cloned().unwrap_or_default();
         drop(users);
+        if self.store.hold.load(std::sync::atomic::Ordering::Relaxed) {
+            let mut held = self
+                .store
+                .held
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            held.push(Box::new(move || reply(Ok(events))));
+            return;
+        }
         reply(Ok(events));
     }
 
@@ -312,4 +332,47 @@ fn an_unavailable_store_refuses_the_event_and_delivers_nothing() {
     );
     assert!(frames(&alice).is_empty());
     assert_eq!(nodes[0].stats().events.pending, 0);
+}
+
+#[test]
+fn a_node_keeps_copies_only_for_the_users_it_holds_connections_of() {
+    let (store, nodes) = cluster();
+    // Accepted where alice has no connection: kept in the store, not on the node.
+    send(&nodes[0], "alice", "e1").expect("accepted");
+    assert_eq!(store.ids("alice"), ["e1"]);
+    assert_eq!(nodes[0].stats().events.pending, 0);
+    let alice = nodes[1].open(Some(&token("alice")), None);
+    let ids: Vec<Value> = frames(&alice).iter().map(|f| f["id"].clone()).collect();
+    assert_eq!(
+        ids,
+        [Value::Null, json!("e1")],
+        "connected, then e1 from the store"
+    );
+    assert_eq!(nodes[1].stats().events.pending, 1);
+    // Her last connection there leaves: the copy goes at the next sweep, the store keeps it.
+    drop(alice);
+    nodes[1].gateway.sweep();
+    assert_eq!(nodes[1].stats().events.pending, 0);
+    assert_eq!(store.ids("alice"), ["e1"]);
+    let back = nodes[1].open(Some(&token("alice")), None);
+    let ids: Vec<Value> = frames(&back).iter().map(|f| f["id"].clone()).collect();
+    assert_eq!(ids, [Value::Null, json!("e1")], "connected, then e1 once");
+}
+
+#[test]
+fn an_event_arriving_live_before_the_stores_answer_is_repeated_after_the_older_ones() {
+    let (store, nodes) = cluster();
+    send(&nodes[0], "alice", "e1").expect("accepted");
+    store.hold.store(true, std::sync::atomic::Ordering::Relaxed);
+    let alice = nodes[1].connect("alice");
+    // e2 reaches the new connection live while the store's answer (e1) is on its way.
+    send(&nodes[0], "alice", "e2").expect("accepted");
+    assert_eq!(event_ids(&alice), ["e2"]);
+    store.release();
+    // What follows is complete and in order: e1 then e2 (the client drops the repeat).
+    assert_eq!(event_ids(&alice), ["e1", "e2"]);
+    // The node's copies are in the store's order too: the redelivery keeps it.
+    nodes[1].advance(1_500);
+    nodes[1].gateway.sweep();
+    assert_eq!(event_ids(&alice), ["e1", "e2"]);
 }
