@@ -1,12 +1,15 @@
 //! Critical events and preferences shared by three nodes through one real Redis: an event
 //! accepted on one node reaches the user's connections on every node, an ack on one node stops
-//! redelivery on all, a node killed with SIGKILL while holding unacknowledged events loses none
-//! (the user gets each once, in order, on another node), an event Redis cannot keep is refused
-//! with 503, preferences set on one node are read on another, and the per-user connection
-//! limit counts each node's connections (it is per node, not cluster-wide).
+//! redelivery on all, an event id sent to several nodes is delivered once, a node killed with
+//! SIGKILL while holding unacknowledged events loses none (the user gets each once, in order,
+//! on another node, and resumes its topic there with `since`, no gap and no duplicate), an
+//! event Redis cannot keep is refused with 503, preferences set on one node are read on
+//! another, and the per-user connection limit counts each node's connections (it is per node,
+//! not cluster-wide).
 
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use herald_tests::{Cluster, Ended, RedisServer, WsClient};
 use serde_json::{Value, json};
 
@@ -73,20 +76,173 @@ async fn an_event_reaches_every_node_and_an_ack_on_one_stops_redelivery_on_all()
     }
     let (reply, _) = clients[1].request("ack", json!({"ids": ["e1"]})).await?;
     assert_eq!(reply["data"]["acknowledged"], 1, "{reply}");
-    // Well past the ack timeout: the unacknowledged e2 comes again on the other nodes, the
-    // acknowledged e1 never does.
-    for i in [0, 2] {
-        let again = events_within(&mut clients[i], Duration::from_millis(2_500)).await;
+    // Well past the ack timeout (all three watched at once): the unacknowledged e2 comes
+    // again on every node, the acknowledged e1 on none, the acknowledging node included.
+    let again = join_all(
+        clients
+            .iter_mut()
+            .map(|client| events_within(client, Duration::from_millis(2_500))),
+    )
+    .await;
+    for (i, again) in again.iter().enumerate() {
         assert!(again.contains(&"e2".to_owned()), "node {i}: {again:?}");
         assert!(!again.contains(&"e1".to_owned()), "node {i}: {again:?}");
     }
     clients[2].request("ack", json!({"ids": ["e2"]})).await?;
-    for i in [0, 1] {
+    let later = join_all(clients.iter_mut().map(|client| async {
         // What was queued before the ack reached the node may still arrive; then nothing.
-        events_within(&mut clients[i], Duration::from_millis(300)).await;
-        let later = events_within(&mut clients[i], Duration::from_millis(2_500)).await;
+        events_within(client, Duration::from_millis(300)).await;
+        events_within(client, Duration::from_millis(2_500)).await
+    }))
+    .await;
+    for (i, later) in later.iter().enumerate() {
         assert!(later.is_empty(), "node {i} redelivered {later:?}");
     }
+    Ok(())
+}
+
+/// What a client received: the `message` offsets of one topic and the `event` ids, in order.
+#[derive(Debug, Default)]
+struct Seen {
+    offsets: Vec<u64>,
+    events: Vec<String>,
+}
+
+impl Seen {
+    fn absorb(&mut self, frame: &Value) {
+        match frame["type"].as_str() {
+            Some("message") => self
+                .offsets
+                .push(frame["offset"].as_u64().unwrap_or_default()),
+            Some("event") => self
+                .events
+                .push(frame["id"].as_str().unwrap_or_default().to_owned()),
+            _ => {}
+        }
+    }
+
+    /// Reads frames until `done` holds, failing after the client's receive timeout.
+    async fn until(
+        &mut self,
+        client: &mut WsClient,
+        done: impl Fn(&Self) -> bool,
+    ) -> anyhow::Result<()> {
+        while !done(self) {
+            let frame = client.recv_data().await?;
+            self.absorb(&frame);
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn an_event_id_sent_to_several_nodes_is_delivered_once() -> anyhow::Result<()> {
+    let redis = RedisServer::start().await?;
+    let env = [
+        ("HERALD_EVENT_ACK_TIMEOUT_MS", "60000"),
+        ("HERALD_REDIS_COMMAND_TIMEOUT_MS", "300"),
+    ];
+    let cluster = Cluster::start(&redis, 3, &env).await?;
+    let (mut alice, _) = WsClient::connect_as(&cluster.nodes[2], "alice").await?;
+    let first = cluster.nodes[0]
+        .send_event("alice", &event("once", 1))
+        .await?;
+    assert_eq!(first["pending"], 1, "{first}");
+    // A backend retrying on other nodes, the one alice is on included.
+    for node in &cluster.nodes {
+        let again = node.send_event("alice", &event("once", 1)).await?;
+        assert_eq!(again["id"], "once", "{again}");
+        assert_eq!(again["pending"], 1, "{again}");
+        assert_eq!(
+            again["delivered"], 0,
+            "a retry is not delivered again: {again}"
+        );
+    }
+    assert_eq!(next_events(&mut alice, 1).await?, ["once"]);
+    assert_eq!(
+        events_within(&mut alice, Duration::from_millis(700)).await,
+        Vec::<String>::new(),
+        "the event came twice"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_client_of_a_killed_node_resumes_its_topic_and_events_on_another_node()
+-> anyhow::Result<()> {
+    let redis = RedisServer::start().await?;
+    let env = [
+        ("HERALD_EVENT_ACK_TIMEOUT_MS", "60000"),
+        ("HERALD_REDIS_COMMAND_TIMEOUT_MS", "300"),
+    ];
+    let cluster = Cluster::start(&redis, 3, &env).await?;
+    let [a, b, c] = &cluster.nodes[..] else {
+        anyhow::bail!("three nodes expected");
+    };
+    let (mut alice, _) = WsClient::connect_as(a, "alice").await?;
+    alice.subscribe("feed").await?;
+    for n in 1..=3 {
+        b.publish("feed", json!(n)).await?;
+    }
+    b.send_event("alice", &event("e1", 1)).await?;
+    b.send_event("alice", &event("e2", 2)).await?;
+    let mut seen = Seen::default();
+    seen.until(&mut alice, |s| s.offsets.len() == 3 && s.events.len() == 2)
+        .await?;
+    assert_eq!(seen.offsets, [1, 2, 3]);
+    assert_eq!(seen.events, ["e1", "e2"]);
+    let (status, _, topic) = b.request("GET", "/api/topics/feed", None, true).await?;
+    assert_eq!(status, 200, "{topic}");
+    let epoch = topic["epoch"].clone();
+    // The node alice is on dies with her events unacknowledged; the feed goes on meanwhile.
+    a.sigkill().await?;
+    let _ = alice.ended().await;
+    for n in 4..=5 {
+        c.publish("feed", json!(n)).await?;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, _, info) = b.request("GET", "/api/topics/feed", None, true).await?;
+        if info["lastOffset"] == 5 {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "b never saw 5: {info}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (mut back, _) = WsClient::connect_as(b, "alice").await?;
+    let (ack, before) = back
+        .request(
+            "subscribe",
+            json!({"topic": "feed", "since": {"offset": 3, "epoch": epoch}}),
+        )
+        .await?;
+    assert_eq!(ack["data"]["recovered"], true, "{ack}");
+    let mut resumed = Seen::default();
+    for frame in &before {
+        resumed.absorb(frame);
+    }
+    resumed
+        .until(&mut back, |s| s.offsets.len() == 2 && s.events.len() == 2)
+        .await?;
+    c.publish("feed", json!(6)).await?;
+    resumed.until(&mut back, |s| s.offsets.len() == 3).await?;
+    assert_eq!(resumed.offsets, [4, 5, 6], "no gap, no duplicate");
+    assert_eq!(
+        resumed.events,
+        ["e1", "e2"],
+        "each pending event once, in order"
+    );
+    while let Some(frame) = back.try_recv(Duration::from_millis(700)).await {
+        resumed.absorb(&frame);
+    }
+    assert_eq!(
+        (resumed.offsets.len(), resumed.events.len()),
+        (3, 2),
+        "{resumed:?}"
+    );
     Ok(())
 }
 
