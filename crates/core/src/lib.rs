@@ -78,7 +78,8 @@ pub use crate::{
     outbox::{Frame, Outbox},
     parts::{GatewayParts, GatewaySettings},
     preferences::{
-        InMemoryPreferenceStore, PreferenceError, PreferenceReply, PreferenceStore, merge_patch,
+        ChangedElsewhere, InMemoryPreferenceStore, PreferenceError, PreferenceReply,
+        PreferenceStore, merge_patch,
     },
     publish::{Publication, PublishOutcome},
     push::{Broadcast, ConnectionSend, Delivered, UserSend},

@@ -13,7 +13,9 @@ use std::{
 use herald_config::RuntimeConfig;
 use herald_memory::MemoryProbe;
 use herald_monitoring::LatencyHistogram;
+use herald_protocol::ServerMessage;
 use herald_utils::{Clock, Priority};
+use serde_json::{Map, Value};
 
 use crate::{
     auth::{Authenticator, Principal},
@@ -28,8 +30,9 @@ use crate::{
     events::{Incoming, PendingEvents},
     ids::UserId,
     operations::{Operation, OperationQueue},
+    outbox::Frame,
     parts::{GatewayParts, GatewaySettings},
-    preferences::PreferenceStore,
+    preferences::{Changed, ChangedElsewhere, PreferenceStore, batching_preference},
     publish::{DEDUPE_ENTRY_BYTES, Publisher},
     rate::RateLimiter,
     subscription::{SubscriptionManager, TOPIC_BYTES},
@@ -130,6 +133,8 @@ impl Node {
         });
         let weak: Weak<dyn Deliver> = Arc::downgrade(&node) as Weak<dyn Deliver>;
         node.broker.attach(LocalDelivery::new(weak));
+        let weak: Weak<dyn Changed> = Arc::downgrade(&node) as Weak<dyn Changed>;
+        node.preferences.attach(ChangedElsewhere::new(weak));
         if let Some(store) = &node.event_store {
             let weak: Weak<dyn Forget> = Arc::downgrade(&node) as Weak<dyn Forget>;
             store.attach(AckedElsewhere::new(weak));
@@ -348,5 +353,24 @@ impl Deliver for Node {
 impl Forget for Node {
     fn forget(&self, user: &UserId, ids: &[String]) {
         self.events.forget(user, ids);
+    }
+}
+
+impl Changed for Node {
+    fn changed(&self, user: &UserId, preferences: Map<String, Value>) {
+        let batching = batching_preference(&preferences);
+        let push = Frame::from(
+            ServerMessage::Preferences {
+                message_id: None,
+                data: Value::Object(preferences),
+            }
+            .encode(),
+        );
+        for connection in self.connections.user_connections(user) {
+            connection.set_batching(batching);
+            connection
+                .outbox()
+                .offer(push.clone(), Priority::Critical, &self.counters);
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! cluster) can answer from its own I/O task, while the in-memory store answers before the call
 //! returns, as cheaply as a direct call.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError, Weak};
 
 use herald_utils::{LruCache, SystemClock};
 use serde_json::{Map, Value};
@@ -29,8 +29,15 @@ pub type PreferenceReply = Box<dyn FnOnce(Result<Map<String, Value>, PreferenceE
 ///
 /// Neither method blocks: each calls `reply` exactly once, before returning (in memory) or
 /// later from any task (a networked store); calls of one node are performed in the order they
-/// were made.
+/// were made. A store shared by several nodes tells every *other* attached node of each
+/// change through its [`ChangedElsewhere`] handle, in the order the changes were made.
 pub trait PreferenceStore: Send + Sync + 'static {
+    /// Connects this node: changes made on other nodes reach `local` from now on. A store that
+    /// only this node uses has nothing to tell and ignores it.
+    fn attach(&self, local: ChangedElsewhere) {
+        drop(local);
+    }
+
     /// Answers the user's preferences (an empty object when none were set).
     fn get(&self, user: &UserId, reply: PreferenceReply);
 
@@ -85,6 +92,45 @@ impl PreferenceStore for InMemoryPreferenceStore {
     fn update(&self, user: &UserId, patch: Map<String, Value>, reply: PreferenceReply) {
         reply(Ok(self.merge(user, patch)));
     }
+}
+
+/// Receives the preferences other nodes changed.
+pub(crate) trait Changed: Send + Sync {
+    /// The user's preferences are now `preferences`.
+    fn changed(&self, user: &UserId, preferences: Map<String, Value>);
+}
+
+/// The handle through which a shared [`PreferenceStore`] tells a node that a user's
+/// preferences were changed on another node: the node applies them to the user's connections
+/// here and pushes them the `preferences` frame. Holds the node weakly: a node that went away
+/// is told nothing.
+#[derive(Clone)]
+pub struct ChangedElsewhere {
+    node: Weak<dyn Changed>,
+}
+
+impl std::fmt::Debug for ChangedElsewhere {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChangedElsewhere").finish_non_exhaustive()
+    }
+}
+
+impl ChangedElsewhere {
+    pub(crate) fn new(node: Weak<dyn Changed>) -> Self {
+        Self { node }
+    }
+
+    /// The user's preferences were changed on another node and are now `preferences`.
+    pub fn changed(&self, user: &UserId, preferences: Map<String, Value>) {
+        if let Some(node) = self.node.upgrade() {
+            node.changed(user, preferences);
+        }
+    }
+}
+
+/// Batching is on unless the preferences say `"batching": false`.
+pub(crate) fn batching_preference(preferences: &Map<String, Value>) -> bool {
+    preferences.get("batching") != Some(&Value::Bool(false))
 }
 
 /// The merge rule every store follows: each top-level key of `patch` replaces the one in

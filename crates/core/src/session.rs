@@ -20,6 +20,7 @@ use crate::{
     node::Node,
     operations::{Operation, PublishReply},
     outbox::{Frame, Outbox},
+    preferences::batching_preference,
     publish::Publication,
     rate::ABUSE_THRESHOLD,
     subscription::{SubscribeError, TopicPosition},
@@ -791,9 +792,4 @@ fn fetch_pending(
 /// with settings built by hand) has no tier limit, the global one applies.
 fn tier_quota(table: &std::collections::HashMap<String, usize>, principal: &Principal) -> usize {
     table.get(&*principal.tier).copied().unwrap_or(usize::MAX)
-}
-
-/// Batching is on unless the preferences say `"batching": false`.
-fn batching_preference(preferences: &Map<String, Value>) -> bool {
-    preferences.get("batching") != Some(&Value::Bool(false))
 }

@@ -193,7 +193,8 @@ impl RedisEventStore {
         });
         tokio::spawn(run_calls(Arc::downgrade(&shared), connection, queue));
         tokio::spawn(receive_acks(Arc::downgrade(&shared), pushes));
-        tokio::spawn(keep_alive(Arc::downgrade(&shared), subscriber));
+        let timeout = shared.settings.command_timeout;
+        tokio::spawn(keep_alive(Arc::downgrade(&shared), timeout, subscriber));
         Ok(Self { shared })
     }
 
@@ -438,25 +439,28 @@ fn parse_record(user: &UserId, id: &str, record: &str) -> Option<StoredEvent> {
     })
 }
 
-fn field(out: &mut String, value: &str) {
+/// Appends `value` to `out` as a `<len>:<value>` field.
+pub(crate) fn field(out: &mut String, value: &str) {
     out.push_str(&value.len().to_string());
     out.push(':');
     out.push_str(value);
 }
 
+/// Takes the next `<len>:<value>` field off the front of `rest`.
+pub(crate) fn next_field<'a>(rest: &mut &'a str) -> Option<&'a str> {
+    let (len, tail) = rest.split_once(':')?;
+    let (value, tail) = tail.split_at_checked(len.parse().ok()?)?;
+    *rest = tail;
+    Some(value)
+}
+
 /// Reads an acknowledgement message: the origin node, the user and the ids.
 fn parse_ack(message: &str) -> Option<(&str, &str, Vec<&str>)> {
     let mut rest = message;
-    let mut next = || -> Option<&str> {
-        let (len, tail) = rest.split_once(':')?;
-        let (value, tail) = tail.split_at_checked(len.parse().ok()?)?;
-        rest = tail;
-        Some(value)
-    };
-    let node = next()?;
-    let user = next()?;
+    let node = next_field(&mut rest)?;
+    let user = next_field(&mut rest)?;
     let mut ids = Vec::new();
-    while let Some(id) = next() {
+    while let Some(id) = next_field(&mut rest) {
         ids.push(id);
     }
     Some((node, user, ids))
@@ -493,23 +497,27 @@ async fn receive_acks(shared: Weak<Shared>, mut pushes: mpsc::UnboundedReceiver<
     }
 }
 
-/// Pings the subscriber every second, so a dropped connection is re-established (and
-/// resubscribed) even when nothing is acknowledged.
-async fn keep_alive(shared: Weak<Shared>, mut subscriber: ConnectionManager) {
+/// Pings a subscriber every second while `owner` lives, so a dropped connection is
+/// re-established (and resubscribed) even when nothing is published on its channel.
+pub(crate) async fn keep_alive<T: Send + Sync + 'static>(
+    owner: Weak<T>,
+    timeout: Duration,
+    mut subscriber: ConnectionManager,
+) {
     let mut interval = tokio::time::interval(KEEP_ALIVE);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        let Some(timeout) = shared.upgrade().map(|s| s.settings.command_timeout) else {
+        if owner.strong_count() == 0 {
             return;
-        };
+        }
         let pinged = bounded(
             timeout,
             redis::cmd("PING").query_async::<()>(&mut subscriber),
         )
         .await;
         if let Err(error) = pinged {
-            tracing::debug!(%error, "redis: the acknowledgement subscriber did not answer a ping");
+            tracing::debug!(%error, "redis: a subscriber did not answer a ping");
         }
     }
 }

@@ -4,8 +4,8 @@
 //! SIGKILL while holding unacknowledged events loses none (the user gets each once, in order,
 //! on another node, and resumes its topic there with `since`, no gap and no duplicate), an
 //! event Redis cannot keep is refused with 503, preferences set on one node are read on
-//! another, and the per-user connection limit counts each node's connections (it is per node,
-//! not cluster-wide).
+//! another and pushed to the user's connections there, and the per-user connection limit
+//! counts each node's connections (it is per node, not cluster-wide).
 
 use std::time::Duration;
 
@@ -350,6 +350,15 @@ async fn preferences_set_on_one_node_are_read_on_another() -> anyhow::Result<()>
         )
         .await?;
     assert_eq!(merged["data"], json!({"theme": "dark", "batching": false}));
+    // The user's connection on the other node is told, as a connection on the same node is.
+    let push = loop {
+        let frame = on_a.recv_data().await?;
+        if frame["type"] == "preferences" {
+            break frame;
+        }
+    };
+    assert_eq!(push["messageId"], Value::Null, "{push}");
+    assert_eq!(push["data"], json!({"theme": "dark", "batching": false}));
     let (read, _) = on_a.request("get_preferences", Value::Null).await?;
     assert_eq!(read["data"], json!({"theme": "dark", "batching": false}));
     Ok(())

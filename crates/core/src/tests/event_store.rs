@@ -196,6 +196,7 @@ fn cluster() -> (Arc<FakeStore>, Vec<Harness>) {
                     300_000,
                     base.history_max_bytes,
                 )),
+                Arc::new(crate::InMemoryPreferenceStore::new(10)),
                 Some(endpoint),
             )
         })

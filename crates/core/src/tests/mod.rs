@@ -24,6 +24,7 @@ mod preferences;
 mod pressure;
 mod requests;
 mod seams;
+mod shared_preferences;
 mod shutdown;
 mod time;
 
@@ -104,15 +105,18 @@ impl Harness {
         broker: Arc<dyn Broker>,
         history: Arc<dyn HistoryStore>,
     ) -> Self {
-        Self::build_full(configure, clock, broker, history, None)
+        let preferences = Arc::new(InMemoryPreferenceStore::new(1_000));
+        Self::build_full(configure, clock, broker, history, preferences, None)
     }
 
-    /// Like [`build_with`](Self::build_with), with `events` as the cluster's event store.
+    /// Like [`build_with`](Self::build_with), with `preferences` as the preference store and
+    /// `events` as the cluster's event store.
     fn build_full(
         configure: impl FnOnce(&mut GatewaySettings),
         clock: ManualClock,
         broker: Arc<dyn Broker>,
         history: Arc<dyn HistoryStore>,
+        preferences: Arc<dyn crate::PreferenceStore>,
         events: Option<Arc<dyn crate::EventStore>>,
     ) -> Self {
         let base = BaseConfig::default();
@@ -123,7 +127,7 @@ impl Harness {
             settings,
             runtime: Arc::new(RuntimeConfig::new(&base)),
             authenticator: Arc::new(FakeAuthenticator::new(tiers)),
-            preferences: Arc::new(InMemoryPreferenceStore::new(1_000)),
+            preferences,
             history,
             events,
             clock: Arc::new(clock.clone()),
