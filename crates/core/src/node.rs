@@ -4,7 +4,7 @@
 
 use std::{
     sync::{
-        Arc, Weak,
+        Arc, Mutex, PoisonError, Weak,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Instant,
@@ -28,7 +28,7 @@ use crate::{
     error::GatewayError,
     event_store::{AckedElsewhere, EventStore, Forget},
     events::{Incoming, PendingEvents},
-    ids::UserId,
+    ids::{IsolationKey, UserId},
     operations::{Operation, OperationQueue},
     outbox::Frame,
     parts::{GatewayParts, GatewaySettings},
@@ -82,6 +82,11 @@ pub(crate) struct Node {
     refusing: AtomicBool,
     /// Gateway time of the sweep's last index-wide clean-up (0: never).
     pub(crate) last_maintenance_ms: AtomicU64,
+    /// The connections whose fetch of pending events the event store could not answer,
+    /// asked again at the next clean-up.
+    unfetched: Mutex<Vec<(Weak<Connection>, IsolationKey)>>,
+    /// This node, for the answers of its stores.
+    me: Weak<Self>,
 }
 
 impl Node {
@@ -102,7 +107,7 @@ impl Node {
         let sequencer = broker.sequencer();
         // The start time makes epochs and generated event ids unique across restarts.
         let seed = clock.unix_ms();
-        let node = Arc::new(Self {
+        let node = Arc::new_cyclic(|me| Self {
             connections: ConnectionManager::new(settings.max_connections),
             topics: SubscriptionManager::new(seed, history),
             publisher: Publisher::new(&runtime, Arc::clone(&clock)),
@@ -119,6 +124,8 @@ impl Node {
             counters: Counters::default(),
             latency: LatencyHistogram::new(),
             last_maintenance_ms: AtomicU64::new(0),
+            unfetched: Mutex::default(),
+            me: me.clone(),
             shutting_down: AtomicBool::new(false),
             refusing: AtomicBool::new(false),
             settings,
@@ -145,6 +152,62 @@ impl Node {
     /// The cluster's store of pending events, when it has one.
     pub(crate) fn event_store(&self) -> Option<&Arc<dyn EventStore>> {
         self.event_store.as_ref()
+    }
+
+    /// With an event store: asks it for the user's pending events and queues to the
+    /// connection, in order, those this node did not have (it queued those it had when the
+    /// connection registered). A fetch the store cannot answer is asked again at the next
+    /// clean-up (once a second) for as long as the connection is open; `retry` says this is
+    /// such a second try (logged quietly).
+    pub(crate) fn fetch_pending(
+        &self,
+        connection: &Arc<Connection>,
+        key: IsolationKey,
+        retry: bool,
+    ) {
+        let Some(store) = &self.event_store else {
+            return;
+        };
+        let me = self.me.clone();
+        let target = Arc::downgrade(connection);
+        let user = key.user.clone();
+        store.pending(
+            &user,
+            self.unix_ms(),
+            self.settings.event_ttl,
+            Box::new(move |result| {
+                let (Some(node), Some(connection)) = (me.upgrade(), target.upgrade()) else {
+                    return;
+                };
+                // A connection that closed meanwhile takes nothing in.
+                if node.connections.get(connection.id()).is_none() {
+                    return;
+                }
+                match result {
+                    Ok(events) => {
+                        node.events.take_in(
+                            &connection,
+                            &key,
+                            events,
+                            node.now_ms(),
+                            node.unix_ms(),
+                            &node.counters,
+                        );
+                    }
+                    Err(error) => {
+                        if retry {
+                            tracing::debug!(%error, user = %key.user, "pending events could not be fetched again");
+                        } else {
+                            tracing::warn!(%error, user = %key.user, "pending events could not be fetched; asked again every second");
+                        }
+                        node.unfetched
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .push((Arc::downgrade(&connection), key));
+                    }
+                }
+            }),
+        );
     }
 
     /// Records the delivery latency of a live publication accepted at `accepted`, now.
@@ -207,6 +270,17 @@ impl Node {
         let history_freed = history_before.saturating_sub(history.bytes());
         let dedupe_dropped = self.publisher.purge_expired();
         let (buckets_dropped, buckets_freed) = self.rate.forget_full(now_ms);
+        let unfetched = std::mem::take(
+            &mut *self
+                .unfetched
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for (connection, key) in unfetched {
+            if let Some(connection) = connection.upgrade() {
+                self.fetch_pending(&connection, key, true);
+            }
+        }
         Maintenance {
             entries: history_dropped + topics_dropped + dedupe_dropped + buckets_dropped,
             bytes: history_freed

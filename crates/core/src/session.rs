@@ -467,9 +467,7 @@ impl Session {
             refuse(self, message_id, exceeded);
             return;
         }
-        if let Some(store) = node.event_store() {
-            fetch_pending(&node, store.as_ref(), &self.connection, key);
-        }
+        node.fetch_pending(&self.connection, key, false);
         tracing::info!(
             connection_id = %self.connection.id(),
             user = %principal.user,
@@ -743,48 +741,6 @@ fn reply_to(connection: &Connection, node: &Node, message: ServerMessage) {
         Frame::from(message.encode()),
         Priority::Critical,
         &node.counters,
-    );
-}
-
-/// Asks the cluster's event store for the user's pending events and queues to the connection,
-/// in order, those this node did not have (it queued those it had when the connection
-/// registered). An unavailable store is logged: the events this node had were delivered, the
-/// others come with the redelivery once the store answers a later registration.
-fn fetch_pending(
-    node: &Arc<Node>,
-    store: &dyn crate::event_store::EventStore,
-    connection: &Arc<Connection>,
-    key: IsolationKey,
-) {
-    let connection = Arc::clone(connection);
-    let weak = Arc::downgrade(node);
-    let user = key.user.clone();
-    store.pending(
-        &user,
-        node.unix_ms(),
-        node.settings.event_ttl,
-        Box::new(move |result| {
-            let Some(node) = weak.upgrade() else {
-                return;
-            };
-            match result {
-                // A connection that closed meanwhile takes nothing in.
-                Ok(_) if node.connections.get(connection.id()).is_none() => {}
-                Ok(events) => {
-                    node.events.take_in(
-                        &connection,
-                        &key,
-                        events,
-                        node.now_ms(),
-                        node.unix_ms(),
-                        &node.counters,
-                    );
-                }
-                Err(error) => {
-                    tracing::warn!(%error, user = %key.user, "pending events could not be fetched");
-                }
-            }
-        }),
     );
 }
 

@@ -377,3 +377,26 @@ fn an_event_arriving_live_before_the_stores_answer_is_repeated_after_the_older_o
     nodes[1].gateway.sweep();
     assert_eq!(event_ids(&alice), ["e1", "e2"]);
 }
+
+#[test]
+fn a_fetch_the_store_could_not_answer_is_asked_again_while_the_connection_lives() {
+    let (store, nodes) = cluster();
+    send(&nodes[0], "alice", "e1").expect("accepted");
+    store.down.store(true, std::sync::atomic::Ordering::Relaxed);
+    let alice = nodes[1].connect("alice");
+    // A connection that closed before the store answered is not asked for again.
+    drop(nodes[1].connect("alice"));
+    nodes[1].advance(1_000);
+    nodes[1].gateway.sweep();
+    assert_eq!(
+        event_ids(&alice),
+        Vec::<String>::new(),
+        "the store is still down"
+    );
+    store
+        .down
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    nodes[1].advance(1_000);
+    nodes[1].gateway.sweep();
+    assert_eq!(event_ids(&alice), ["e1"]);
+}
