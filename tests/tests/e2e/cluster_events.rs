@@ -3,7 +3,8 @@
 //! redelivery on all, an event id sent to several nodes is delivered once, a node killed with
 //! SIGKILL while holding unacknowledged events loses none (the user gets each once, in order,
 //! on another node, and resumes its topic there with `since`, no gap and no duplicate), an
-//! event Redis cannot keep is refused with 503, preferences set on one node are read on
+//! event Redis cannot keep is refused with 503, a connection made while Redis is paused gets
+//! the pending events once Redis answers, preferences set on one node are read on
 //! another and pushed to the user's connections there, and the per-user connection limit
 //! counts each node's connections (it is per node, not cluster-wide).
 
@@ -307,6 +308,36 @@ async fn an_event_redis_cannot_keep_is_refused_with_503() -> anyhow::Result<()> 
             .await
             .is_empty(),
         "a refused event was delivered"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_connection_made_while_redis_is_paused_gets_its_pending_events_when_it_answers()
+-> anyhow::Result<()> {
+    let redis = RedisServer::start().await?;
+    let env = [
+        ("HERALD_EVENT_ACK_TIMEOUT_MS", "60000"),
+        ("HERALD_REDIS_COMMAND_TIMEOUT_MS", "300"),
+    ];
+    let cluster = Cluster::start(&redis, 2, &env).await?;
+    cluster.nodes[0]
+        .send_event("alice", &event("e1", 1))
+        .await?;
+    redis.pause().await?;
+    let (mut alice, _) = WsClient::connect_as(&cluster.nodes[1], "alice").await?;
+    assert_eq!(
+        events_within(&mut alice, Duration::from_millis(800)).await,
+        Vec::<String>::new(),
+        "nothing can come while Redis is paused"
+    );
+    redis.resume().await?;
+    // The node asks Redis again every second while the connection is open.
+    assert_eq!(next_events(&mut alice, 1).await?, ["e1"]);
+    assert_eq!(
+        events_within(&mut alice, Duration::from_millis(1_500)).await,
+        Vec::<String>::new(),
+        "the event came twice"
     );
     Ok(())
 }
