@@ -195,6 +195,7 @@ impl Node {
                         );
                     }
                     Err(error) => {
+                        node.counters.broker_failures.increment();
                         if retry {
                             tracing::debug!(%error, user = %key.user, "pending events could not be fetched again");
                         } else {

@@ -264,11 +264,14 @@ impl Session {
                                 message_id,
                                 data: Value::Object(data),
                             },
-                            Err(error) => ServerMessage::error(
-                                message_id,
-                                ErrorCode::Unavailable,
-                                error.to_string(),
-                            ),
+                            Err(error) => {
+                                node.counters.broker_failures.increment();
+                                ServerMessage::error(
+                                    message_id,
+                                    ErrorCode::Unavailable,
+                                    error.to_string(),
+                                )
+                            }
                         };
                         reply_to(&connection, &node, message);
                     }),
@@ -634,6 +637,7 @@ impl Session {
                         data: json!({ "acknowledged": removed.len().max(acknowledged) }),
                     }),
                     Err(error) => {
+                        node.counters.broker_failures.increment();
                         tracing::warn!(%error, "an acknowledgement did not reach the event store");
                         Some(ServerMessage::error(
                             message_id,
@@ -668,6 +672,7 @@ impl Session {
                 let updated = match result {
                     Ok(updated) => updated,
                     Err(error) => {
+                        node.counters.broker_failures.increment();
                         let message = ServerMessage::error(
                             message_id,
                             ErrorCode::Unavailable,

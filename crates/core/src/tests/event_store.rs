@@ -333,6 +333,7 @@ fn an_unavailable_store_refuses_the_event_and_delivers_nothing() {
     );
     assert!(frames(&alice).is_empty());
     assert_eq!(nodes[0].stats().events.pending, 0);
+    assert_eq!(nodes[0].stats().broker.failures, 1);
 }
 
 #[test]

@@ -157,4 +157,5 @@ fn a_store_that_cannot_answer_is_an_unavailable_error() {
         ]),
     );
     assert_eq!(frames(&other), Vec::<Value>::new());
+    assert_eq!(nodes[0].stats().broker.failures, 2);
 }
