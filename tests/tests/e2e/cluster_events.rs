@@ -165,6 +165,12 @@ async fn an_event_id_sent_to_several_nodes_is_delivered_once() -> anyhow::Result
         Vec::<String>::new(),
         "the event came twice"
     );
+    // Each node counts the copies it holds for its own connections: only alice's node has one.
+    for (i, pending) in [(0, 0), (1, 0), (2, 1)] {
+        let stats = cluster.nodes[i].stats().await?;
+        assert_eq!(stats["node"], format!("node-{i}"));
+        assert_eq!(stats["events"]["pending"], pending, "node-{i}: {stats}");
+    }
     Ok(())
 }
 
