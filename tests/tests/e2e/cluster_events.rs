@@ -1,12 +1,12 @@
-//! Critical events and preferences shared by three nodes through one real Redis: an event
-//! accepted on one node reaches the user's connections on every node, an ack on one node stops
-//! redelivery on all, an event id sent to several nodes is delivered once, a node killed with
-//! SIGKILL while holding unacknowledged events loses none (the user gets each once, in order,
-//! on another node, and resumes its topic there with `since`, no gap and no duplicate), an
-//! event Redis cannot keep is refused with 503, a connection made while Redis is paused gets
-//! the pending events once Redis answers, preferences set on one node are read on
-//! another and pushed to the user's connections there, and the per-user connection limit
-//! counts each node's connections (it is per node, not cluster-wide).
+//! Critical events and preferences shared by three nodes through one real Redis: an event accepted
+//! on one node reaches the user's connections on every node, an ack on one node stops redelivery on
+//! all (only a connection that receives the event's thread acknowledges it), an event id sent to
+//! several nodes is delivered once, a node killed with SIGKILL while holding unacknowledged events
+//! loses none (the user gets each once, in order, on another node, and resumes its topic there with
+//! `since`, no gap and no duplicate), an event Redis cannot keep is refused with 503, a connection
+//! made while Redis is paused gets the pending events once Redis answers, preferences set on one
+//! node are read on another and pushed to the user's connections there, and the per-user connection
+//! limit counts each node's connections (it is per node, not cluster-wide).
 
 use std::time::Duration;
 
@@ -344,6 +344,40 @@ async fn a_connection_made_while_redis_is_paused_gets_its_pending_events_when_it
         events_within(&mut alice, Duration::from_millis(1_500)).await,
         Vec::<String>::new(),
         "the event came twice"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_thread_event_is_acknowledged_only_by_a_connection_that_receives_it() -> anyhow::Result<()>
+{
+    let redis = RedisServer::start().await?;
+    let env = [
+        ("HERALD_EVENT_ACK_TIMEOUT_MS", "60000"),
+        ("HERALD_REDIS_COMMAND_TIMEOUT_MS", "300"),
+    ];
+    let cluster = Cluster::start(&redis, 3, &env).await?;
+    let (mut on_t1, _) = WsClient::connect_thread(&cluster.nodes[0], "alice", "t1").await?;
+    let (mut on_t2, _) = WsClient::connect_thread(&cluster.nodes[1], "alice", "t2").await?;
+    let body = json!({"event": "tool_executing", "id": "x", "threadId": "t1", "data": {}});
+    cluster.nodes[2].send_event("alice", &body).await?;
+    assert_eq!(next_events(&mut on_t1, 1).await?, ["x"]);
+    assert_eq!(
+        events_within(&mut on_t2, Duration::from_millis(300)).await,
+        Vec::<String>::new(),
+        "another thread's connection got it"
+    );
+    let (reply, _) = on_t2.request("ack", json!({"ids": ["x"]})).await?;
+    assert_eq!(reply["data"]["acknowledged"], 0, "{reply}");
+    let (mut unbound, _) = WsClient::connect_as(&cluster.nodes[2], "alice").await?;
+    assert_eq!(next_events(&mut unbound, 1).await?, ["x"], "still pending");
+    let (reply, _) = on_t1.request("ack", json!({"ids": ["x"]})).await?;
+    assert_eq!(reply["data"]["acknowledged"], 1, "{reply}");
+    let (mut later, _) = WsClient::connect_as(&cluster.nodes[1], "alice").await?;
+    assert_eq!(
+        events_within(&mut later, Duration::from_millis(500)).await,
+        Vec::<String>::new(),
+        "acknowledged, yet delivered"
     );
     Ok(())
 }
