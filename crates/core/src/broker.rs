@@ -60,7 +60,8 @@ use crate::{
 ///
 /// Not carried: sends to one connection (connection ids are local to a node) and the
 /// broadcast's `exclude` list (it names connections of the origin node). Pending critical
-/// events stay with the node that accepted them.
+/// events stay with the node that accepted them, unless the gateway has an
+/// [`EventStore`](crate::EventStore), which keeps them for the whole cluster.
 ///
 /// # Shared sequencing
 ///

@@ -24,6 +24,7 @@ use crate::{
     connection::{Connection, ConnectionManager},
     counters::Counters,
     error::GatewayError,
+    event_store::StoredEvent,
     ids::{IsolationKey, ThreadId, UserId},
     outbox::Frame,
     sizes::compact,
@@ -65,6 +66,19 @@ pub struct EventOutcome {
     pub pending: usize,
 }
 
+/// An event another node accepted, as the bus brought it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Incoming<'a> {
+    /// The user it is for.
+    pub(crate) user: &'a UserId,
+    /// The thread it is bound to, if any.
+    pub(crate) thread: Option<&'a ThreadId>,
+    /// Its id.
+    pub(crate) id: &'a Arc<str>,
+    /// The encoded `event` frame.
+    pub(crate) frame: &'a Frame,
+}
+
 /// An event waiting for an acknowledgement.
 #[derive(Debug, Clone)]
 struct PendingEvent {
@@ -89,23 +103,54 @@ pub(crate) struct PendingEvents {
     ack_timeout_ms: u64,
     /// How long an unacknowledged event is kept, in ms.
     ttl_ms: u64,
-    /// Makes generated ids unique across restarts (the gateway's start time).
-    id_seed: u64,
+    /// The start of generated ids: `evt-<seed>`, where the seed (the gateway's start time, and
+    /// the node's name in a cluster) makes them unique across restarts and nodes.
+    id_prefix: String,
     next_id: AtomicU64,
+    /// Whether a shared store is the authority: then this node keeps copies only for the
+    /// users it holds connections of.
+    shared: bool,
 }
 
 impl PendingEvents {
     /// No pending events; at most `limit` per user, redelivered after `ack_timeout`, kept for
-    /// `ttl`. Generated ids start with `id_seed`.
-    pub(crate) fn new(limit: usize, ack_timeout: Duration, ttl: Duration, id_seed: u64) -> Self {
+    /// `ttl`. Generated ids start with `id_seed` (and a hash of `node`, in a cluster).
+    pub(crate) fn new(
+        limit: usize,
+        ack_timeout: Duration,
+        ttl: Duration,
+        id_seed: u64,
+        node: Option<&str>,
+    ) -> Self {
+        let id_prefix = match node {
+            None => format!("evt-{id_seed:x}"),
+            Some(node) => {
+                let mut hasher = std::hash::DefaultHasher::new();
+                std::hash::Hash::hash(node, &mut hasher);
+                let node = std::hash::Hasher::finish(&hasher);
+                format!("evt-{node:x}-{id_seed:x}")
+            }
+        };
         Self {
             users: Mutex::default(),
             limit,
             ack_timeout_ms: duration_ms(ack_timeout),
             ttl_ms: duration_ms(ttl),
-            id_seed,
+            id_prefix,
             next_id: AtomicU64::new(0),
+            shared: node.is_some(),
         }
+    }
+
+    /// The per-user limit.
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// A generated event id.
+    fn generate_id(&self) -> Arc<str> {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        Arc::from(format!("{}-{n:x}", self.id_prefix))
     }
 
     /// Sends an event now: keeps it until acknowledged and queues it to the user's connections
@@ -143,23 +188,8 @@ impl PendingEvents {
             counters.events_rejected.increment();
             return Err(GatewayError::TooManyPending { limit: self.limit });
         }
-        let id: Arc<str> = match id {
-            Some(id) => Arc::from(id),
-            None => {
-                let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-                Arc::from(format!("evt-{:x}-{n:x}", self.id_seed))
-            }
-        };
-        let frame = Frame::from(
-            ServerMessage::Event {
-                event,
-                id: id.to_string(),
-                data,
-                thread_id: thread.as_ref().map(|t| t.as_str().to_owned()),
-                run_id: run,
-            }
-            .encode(),
-        );
+        let id: Arc<str> = id.map_or_else(|| self.generate_id(), Arc::from);
+        let frame = encode(event, &id, data, thread.as_ref(), run);
         let delivered =
             connections.offer_to_user(&user, thread.as_ref(), &frame, Priority::Critical, counters);
         pending.push_back(PendingEvent {
@@ -183,6 +213,178 @@ impl PendingEvents {
             frame,
         };
         Ok((outcome, Some(envelope)))
+    }
+
+    /// An event to be kept in a shared store before it is delivered: its id (generated when the
+    /// sender gave none) and its frame.
+    pub(crate) fn prepare(&self, send: EventSend, created_unix_ms: u64) -> StoredEvent {
+        let EventSend {
+            user,
+            event,
+            data,
+            target: EventTarget { thread, run, id },
+        } = send;
+        let id: Arc<str> = id.map_or_else(|| self.generate_id(), Arc::from);
+        let frame = encode(event, &id, data, thread.as_ref(), run);
+        StoredEvent {
+            user,
+            id: id.to_string(),
+            thread,
+            frame,
+            created_unix_ms,
+        }
+    }
+
+    /// Delivers an event the shared store has just kept, like [`receive`](Self::receive):
+    /// queues it to the user's connections here that receive its thread, keeping a copy for
+    /// their redelivery when any did. Returns the connections it was queued to and the
+    /// envelope for the other nodes.
+    pub(crate) fn accept(
+        &self,
+        event: StoredEvent,
+        connections: &ConnectionManager,
+        counters: &Counters,
+        now_ms: u64,
+    ) -> (usize, Envelope) {
+        let StoredEvent {
+            user,
+            id,
+            thread,
+            frame,
+            ..
+        } = event;
+        let id: Arc<str> = Arc::from(id);
+        let incoming = Incoming {
+            user: &user,
+            thread: thread.as_ref(),
+            id: &id,
+            frame: &frame,
+        };
+        let delivered = self.receive(incoming, connections, counters, now_ms);
+        counters.events_sent.increment();
+        let envelope = Envelope::Event {
+            user,
+            thread,
+            id,
+            frame,
+        };
+        (delivered, envelope)
+    }
+
+    /// Delivers an event another node accepted into a shared store: queues it to the user's
+    /// connections here that receive its thread and, when any did, keeps a copy for their
+    /// redelivery. An event already pending here (fetched from the store by a connection that
+    /// registered meanwhile) is not delivered again. Returns the connections it was queued to.
+    pub(crate) fn receive(
+        &self,
+        event: Incoming<'_>,
+        connections: &ConnectionManager,
+        counters: &Counters,
+        now_ms: u64,
+    ) -> usize {
+        let Incoming {
+            user,
+            thread,
+            id,
+            frame,
+        } = event;
+        let mut users = self.lock();
+        if users
+            .get(user)
+            .is_some_and(|pending| pending.iter().any(|e| e.id == *id))
+        {
+            return 0;
+        }
+        let delivered =
+            connections.offer_to_user(user, thread, frame, Priority::Critical, counters);
+        if delivered > 0 {
+            users
+                .entry(user.clone())
+                .or_default()
+                .push_back(PendingEvent {
+                    id: Arc::clone(id),
+                    thread: thread.cloned(),
+                    frame: frame.clone(),
+                    created_ms: now_ms,
+                    delivered_ms: Some(now_ms),
+                });
+        }
+        delivered
+    }
+
+    /// Takes in the user's pending events a shared store answered for a connection that has
+    /// registered: each one this node did not have yet is kept and queued to the connection,
+    /// and this node's copies are put in the store's order (those the store did not answer,
+    /// sent since, after them). The events this node had were queued at registration or live
+    /// since; once an event the node lacked is queued, every later one the connection
+    /// receives is queued again after it, so the connection sees them all in order (a repeat
+    /// is possible, a gap or an inversion is not). Returns the frames queued.
+    pub(crate) fn take_in(
+        &self,
+        connection: &Connection,
+        key: &IsolationKey,
+        fetched: Vec<StoredEvent>,
+        now_ms: u64,
+        now_unix_ms: u64,
+        counters: &Counters,
+    ) -> usize {
+        let mut users = self.lock();
+        let mut local = users.remove(&key.user).unwrap_or_default();
+        let mut merged = VecDeque::with_capacity(local.len().max(fetched.len()));
+        let mut behind = false;
+        let mut queued = 0;
+        let mut offer = |event: &mut PendingEvent| {
+            connection
+                .outbox()
+                .offer(event.frame.clone(), Priority::Critical, counters);
+            event.delivered_ms = Some(now_ms);
+            queued += 1;
+        };
+        for event in fetched {
+            let receives = key.receives(&key.user, event.thread.as_ref());
+            let had = local.iter().position(|e| *e.id == *event.id);
+            if let Some(mut kept) = had.and_then(|at| local.remove(at)) {
+                if behind && receives {
+                    offer(&mut kept);
+                }
+                merged.push_back(kept);
+                continue;
+            }
+            let age = now_unix_ms.saturating_sub(event.created_unix_ms);
+            let mut taken = PendingEvent {
+                id: Arc::from(event.id),
+                thread: event.thread,
+                frame: event.frame,
+                created_ms: now_ms.saturating_sub(age),
+                delivered_ms: None,
+            };
+            if receives {
+                offer(&mut taken);
+                behind = true;
+            }
+            merged.push_back(taken);
+        }
+        for mut newer in local {
+            if behind && key.receives(&key.user, newer.thread.as_ref()) {
+                offer(&mut newer);
+            }
+            merged.push_back(newer);
+        }
+        if !merged.is_empty() {
+            users.insert(key.user.clone(), merged);
+        }
+        queued
+    }
+
+    /// Drops this node's copies of the user's events `ids`, acknowledged on another node.
+    pub(crate) fn forget(&self, user: &UserId, ids: &[String]) {
+        let mut users = self.lock();
+        if let Some(pending) = users.get_mut(user) {
+            pending.retain(|event| !ids.iter().any(|id| **id == *event.id));
+            if pending.is_empty() {
+                users.remove(user);
+            }
+        }
     }
 
     /// Registers a connection with `register` under the user's events lock, then queues it the
@@ -244,10 +446,15 @@ impl PendingEvents {
     }
 
     /// Drops events past their time-to-live, and redelivers, in order, the pending events of
-    /// users whose oldest delivered event waited longer than the ack timeout.
+    /// users whose oldest delivered event waited longer than the ack timeout. With a shared
+    /// store, the copies of users without a connection here are dropped (the store keeps them
+    /// for the connection that comes next, on any node).
     pub(crate) fn sweep(&self, now_ms: u64, connections: &ConnectionManager, counters: &Counters) {
         let mut users = self.lock();
         users.retain(|user, pending| {
+            if self.shared && connections.user_connections(user).is_empty() {
+                return false;
+            }
             let before = pending.len();
             pending.retain(|event| now_ms.saturating_sub(event.created_ms) < self.ttl_ms);
             let expired = before - pending.len();
@@ -301,4 +508,24 @@ impl PendingEvents {
         // Each critical section leaves the map consistent, so poison is ignored.
         self.users.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// The `event` frame.
+fn encode(
+    event: EventName,
+    id: &str,
+    data: Box<RawValue>,
+    thread: Option<&ThreadId>,
+    run: Option<String>,
+) -> Frame {
+    Frame::from(
+        ServerMessage::Event {
+            event,
+            id: id.to_owned(),
+            data,
+            thread_id: thread.map(|t| t.as_str().to_owned()),
+            run_id: run,
+        }
+        .encode(),
+    )
 }

@@ -13,7 +13,8 @@
 //! Seams, all in [`GatewayParts`]: time (monotonic and wall-clock) comes from a
 //! [`herald_utils::Clock`], tokens are checked by an [`Authenticator`], other nodes are reached
 //! through a [`Broker`] ([`InMemoryBroker`] within one process), history and preferences live
-//! in a [`HistoryStore`] and a [`PreferenceStore`], and memory readings come from a
+//! in a [`HistoryStore`] and a [`PreferenceStore`], pending critical events in each node's
+//! memory or, across a cluster, in an [`EventStore`], and memory readings come from a
 //! [`herald_memory::MemoryProbe`]. The gateway is a [`herald_monitoring::StatsSource`]: every
 //! count it keeps is in its [`Stats`](herald_monitoring::Stats). Memory pressure acts on it
 //! through `herald-memory`'s [`Relief`](herald_memory::Relief) (trim history and the dedupe
@@ -33,6 +34,7 @@ mod connection;
 mod counters;
 mod emitter;
 mod error;
+mod event_store;
 mod events;
 mod gateway;
 mod history;
@@ -66,13 +68,19 @@ pub use crate::{
     connection::{Connection, LimitExceeded, LimitPolicy},
     emitter::Emitter,
     error::GatewayError,
+    event_store::{
+        AckedElsewhere, Appended, EventStore, EventStoreError, EventStoreReply, StoredEvent,
+    },
     events::{EventOutcome, EventSend, EventTarget},
     gateway::{Admission, ConnectionSummary, Gateway, Refusal, TopicHistory},
     history::{HistoryEntry, HistoryStore, InMemoryHistoryStore},
     ids::{ConnectionId, IsolationKey, ThreadId, UserId},
     outbox::{Frame, Outbox},
     parts::{GatewayParts, GatewaySettings},
-    preferences::{InMemoryPreferenceStore, PreferenceStore},
+    preferences::{
+        ChangedElsewhere, InMemoryPreferenceStore, PreferenceError, PreferenceReply,
+        PreferenceStore, merge_patch,
+    },
     publish::{Publication, PublishOutcome},
     push::{Broadcast, ConnectionSend, Delivered, UserSend},
     session::Session,

@@ -4,7 +4,7 @@
 
 use std::{
     sync::{
-        Arc, Weak,
+        Arc, Mutex, PoisonError, Weak,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Instant,
@@ -13,7 +13,9 @@ use std::{
 use herald_config::RuntimeConfig;
 use herald_memory::MemoryProbe;
 use herald_monitoring::LatencyHistogram;
+use herald_protocol::ServerMessage;
 use herald_utils::{Clock, Priority};
+use serde_json::{Map, Value};
 
 use crate::{
     auth::{Authenticator, Principal},
@@ -24,10 +26,13 @@ use crate::{
     connection::{Connection, ConnectionManager},
     counters::Counters,
     error::GatewayError,
-    events::PendingEvents,
+    event_store::{AckedElsewhere, EventStore, Forget},
+    events::{Incoming, PendingEvents},
+    ids::{IsolationKey, UserId},
     operations::{Operation, OperationQueue},
+    outbox::Frame,
     parts::{GatewayParts, GatewaySettings},
-    preferences::PreferenceStore,
+    preferences::{Changed, ChangedElsewhere, PreferenceStore, batching_preference},
     publish::{DEDUPE_ENTRY_BYTES, Publisher},
     rate::RateLimiter,
     subscription::{SubscriptionManager, TOPIC_BYTES},
@@ -61,6 +66,8 @@ pub(crate) struct Node {
     pub(crate) topics: SubscriptionManager,
     pub(crate) publisher: Publisher,
     pub(crate) events: PendingEvents,
+    /// Where the cluster keeps pending events, if it does.
+    event_store: Option<Arc<dyn EventStore>>,
     pub(crate) rate: RateLimiter,
     pub(crate) operations: OperationQueue,
     pub(crate) counters: Counters,
@@ -75,6 +82,11 @@ pub(crate) struct Node {
     refusing: AtomicBool,
     /// Gateway time of the sweep's last index-wide clean-up (0: never).
     pub(crate) last_maintenance_ms: AtomicU64,
+    /// The connections whose fetch of pending events the event store could not answer,
+    /// asked again at the next clean-up.
+    unfetched: Mutex<Vec<(Weak<Connection>, IsolationKey)>>,
+    /// This node, for the answers of its stores.
+    me: Weak<Self>,
 }
 
 impl Node {
@@ -86,6 +98,7 @@ impl Node {
             authenticator,
             preferences,
             history,
+            events: event_store,
             clock,
             broker,
             memory,
@@ -94,7 +107,7 @@ impl Node {
         let sequencer = broker.sequencer();
         // The start time makes epochs and generated event ids unique across restarts.
         let seed = clock.unix_ms();
-        let node = Arc::new(Self {
+        let node = Arc::new_cyclic(|me| Self {
             connections: ConnectionManager::new(settings.max_connections),
             topics: SubscriptionManager::new(seed, history),
             publisher: Publisher::new(&runtime, Arc::clone(&clock)),
@@ -103,12 +116,16 @@ impl Node {
                 settings.event_ack_timeout,
                 settings.event_ttl,
                 seed,
+                event_store.as_deref().map(EventStore::node),
             ),
+            event_store,
             rate: RateLimiter::default(),
             operations: OperationQueue::new(settings.operation_queue_size),
             counters: Counters::default(),
             latency: LatencyHistogram::new(),
             last_maintenance_ms: AtomicU64::new(0),
+            unfetched: Mutex::default(),
+            me: me.clone(),
             shutting_down: AtomicBool::new(false),
             refusing: AtomicBool::new(false),
             settings,
@@ -123,7 +140,75 @@ impl Node {
         });
         let weak: Weak<dyn Deliver> = Arc::downgrade(&node) as Weak<dyn Deliver>;
         node.broker.attach(LocalDelivery::new(weak));
+        let weak: Weak<dyn Changed> = Arc::downgrade(&node) as Weak<dyn Changed>;
+        node.preferences.attach(ChangedElsewhere::new(weak));
+        if let Some(store) = &node.event_store {
+            let weak: Weak<dyn Forget> = Arc::downgrade(&node) as Weak<dyn Forget>;
+            store.attach(AckedElsewhere::new(weak));
+        }
         node
+    }
+
+    /// The cluster's store of pending events, when it has one.
+    pub(crate) fn event_store(&self) -> Option<&Arc<dyn EventStore>> {
+        self.event_store.as_ref()
+    }
+
+    /// With an event store: asks it for the user's pending events and queues to the
+    /// connection, in order, those this node did not have (it queued those it had when the
+    /// connection registered). A fetch the store cannot answer is asked again at the next
+    /// clean-up (once a second) for as long as the connection is open; `retry` says this is
+    /// such a second try (logged quietly).
+    pub(crate) fn fetch_pending(
+        &self,
+        connection: &Arc<Connection>,
+        key: IsolationKey,
+        retry: bool,
+    ) {
+        let Some(store) = &self.event_store else {
+            return;
+        };
+        let me = self.me.clone();
+        let target = Arc::downgrade(connection);
+        let user = key.user.clone();
+        store.pending(
+            &user,
+            self.unix_ms(),
+            self.settings.event_ttl,
+            Box::new(move |result| {
+                let (Some(node), Some(connection)) = (me.upgrade(), target.upgrade()) else {
+                    return;
+                };
+                // A connection that closed meanwhile takes nothing in.
+                if node.connections.get(connection.id()).is_none() {
+                    return;
+                }
+                match result {
+                    Ok(events) => {
+                        node.events.take_in(
+                            &connection,
+                            &key,
+                            events,
+                            node.now_ms(),
+                            node.unix_ms(),
+                            &node.counters,
+                        );
+                    }
+                    Err(error) => {
+                        node.counters.broker_failures.increment();
+                        if retry {
+                            tracing::debug!(%error, user = %key.user, "pending events could not be fetched again");
+                        } else {
+                            tracing::warn!(%error, user = %key.user, "pending events could not be fetched; asked again every second");
+                        }
+                        node.unfetched
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .push((Arc::downgrade(&connection), key));
+                    }
+                }
+            }),
+        );
     }
 
     /// Records the delivery latency of a live publication accepted at `accepted`, now.
@@ -186,6 +271,17 @@ impl Node {
         let history_freed = history_before.saturating_sub(history.bytes());
         let dedupe_dropped = self.publisher.purge_expired();
         let (buckets_dropped, buckets_freed) = self.rate.forget_full(now_ms);
+        let unfetched = std::mem::take(
+            &mut *self
+                .unfetched
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for (connection, key) in unfetched {
+            if let Some(connection) = connection.upgrade() {
+                self.fetch_pending(&connection, key, true);
+            }
+        }
         Maintenance {
             entries: history_dropped + topics_dropped + dedupe_dropped + buckets_dropped,
             bytes: history_freed
@@ -283,15 +379,31 @@ impl Deliver for Node {
             Envelope::Event {
                 user,
                 thread,
+                id,
                 frame,
-                ..
-            } => self.connections.offer_to_user(
-                user,
-                thread.as_ref(),
-                frame,
-                Priority::Critical,
-                counters,
-            ),
+            } => {
+                if self.event_store.is_some() {
+                    self.events.receive(
+                        Incoming {
+                            user,
+                            thread: thread.as_ref(),
+                            id,
+                            frame,
+                        },
+                        &self.connections,
+                        counters,
+                        self.now_ms(),
+                    )
+                } else {
+                    self.connections.offer_to_user(
+                        user,
+                        thread.as_ref(),
+                        frame,
+                        Priority::Critical,
+                        counters,
+                    )
+                }
+            }
         };
         counters.delivered.add(delivered);
         delivered
@@ -310,5 +422,30 @@ impl Deliver for Node {
             self.counters.delivered.add(delivered);
         }
         outcome
+    }
+}
+
+impl Forget for Node {
+    fn forget(&self, user: &UserId, ids: &[String]) {
+        self.events.forget(user, ids);
+    }
+}
+
+impl Changed for Node {
+    fn changed(&self, user: &UserId, preferences: Map<String, Value>) {
+        let batching = batching_preference(&preferences);
+        let push = Frame::from(
+            ServerMessage::Preferences {
+                message_id: None,
+                data: Value::Object(preferences),
+            }
+            .encode(),
+        );
+        for connection in self.connections.user_connections(user) {
+            connection.set_batching(batching);
+            connection
+                .outbox()
+                .offer(push.clone(), Priority::Critical, &self.counters);
+        }
     }
 }

@@ -10,8 +10,8 @@ use herald_protocol::Limits;
 use herald_utils::Clock;
 
 use crate::{
-    auth::Authenticator, broker::Broker, connection::LimitPolicy, history::HistoryStore,
-    preferences::PreferenceStore,
+    auth::Authenticator, broker::Broker, connection::LimitPolicy, event_store::EventStore,
+    history::HistoryStore, preferences::PreferenceStore,
 };
 
 /// The immutable settings the gateway runs with, taken from [`BaseConfig`].
@@ -120,6 +120,9 @@ pub struct GatewayParts {
     pub preferences: Arc<dyn PreferenceStore>,
     /// Where topic history lives.
     pub history: Arc<dyn HistoryStore>,
+    /// Where the cluster keeps pending critical events; `None` (the embedded default): each
+    /// node keeps those it accepted in its own memory.
+    pub events: Option<Arc<dyn EventStore>>,
     /// Where time comes from, monotonic and wall-clock: the only clock the gateway reads.
     pub clock: Arc<dyn Clock>,
     /// How accepted operations reach the other nodes

@@ -20,6 +20,7 @@ use crate::{
     node::Node,
     operations::{Operation, PublishReply},
     outbox::{Frame, Outbox},
+    preferences::batching_preference,
     publish::Publication,
     rate::ABUSE_THRESHOLD,
     subscription::{SubscribeError, TopicPosition},
@@ -252,21 +253,37 @@ impl Session {
             // like every other request.
             ClientRequest::Pong => self.ack(message_id, json!({})),
             ClientRequest::GetPreferences => {
-                let data = Value::Object(self.node.preferences.get(&principal.user));
-                self.reply(ServerMessage::Preferences { message_id, data });
+                let connection = Arc::clone(&self.connection);
+                let node = Arc::downgrade(&self.node);
+                self.node.preferences.get(
+                    &principal.user,
+                    Box::new(move |result| {
+                        let Some(node) = node.upgrade() else {
+                            return;
+                        };
+                        let message = match result {
+                            Ok(data) => ServerMessage::Preferences {
+                                message_id,
+                                data: Value::Object(data),
+                            },
+                            Err(error) => {
+                                node.counters.broker_failures.increment();
+                                ServerMessage::error(
+                                    message_id,
+                                    ErrorCode::Unavailable,
+                                    error.to_string(),
+                                )
+                            }
+                        };
+                        reply_to(&connection, &node, message);
+                    }),
+                );
             }
             ClientRequest::UpdatePreferences { patch } => {
                 self.refusals.set(0);
                 self.on_update_preferences(&principal.user, patch, message_id)
             }
-            ClientRequest::Ack { ids } => {
-                let acknowledged = self.connection.key().map_or(0, |key| {
-                    self.node
-                        .events
-                        .acknowledge(key, &ids, self.node.now_ms(), &self.node.counters)
-                });
-                self.ack(message_id, json!({ "acknowledged": acknowledged }));
-            }
+            ClientRequest::Ack { ids } => self.on_ack(ids, message_id),
         }
     }
 
@@ -405,8 +422,16 @@ impl Session {
         // registered below.
         self.set_expiry(&principal);
         self.connection.set_last_ping_ms(node.now_ms());
-        self.connection
-            .set_batching(batching_preference(&node.preferences.get(&principal.user)));
+        let connection = Arc::clone(&self.connection);
+        node.preferences.get(
+            &principal.user,
+            Box::new(move |result| {
+                // Unreadable preferences leave batching on, the default.
+                if let Ok(preferences) = result {
+                    connection.set_batching(batching_preference(&preferences));
+                }
+            }),
+        );
         self.reply(ServerMessage::Connected {
             data: ConnectedData {
                 connection_id: self.connection.id().to_string(),
@@ -442,6 +467,7 @@ impl Session {
             refuse(self, message_id, exceeded);
             return;
         }
+        node.fetch_pending(&self.connection, key, false);
         tracing::info!(
             connection_id = %self.connection.id(),
             user = %principal.user,
@@ -578,31 +604,108 @@ impl Session {
             })
     }
 
+    /// Removes the acknowledged events here and, in a cluster, from the shared store (which
+    /// tells the other nodes); the `ack` counts the events removed.
+    fn on_ack(&self, ids: Vec<String>, message_id: Option<String>) {
+        let Some(key) = self.connection.key() else {
+            self.ack(message_id, json!({ "acknowledged": 0 }));
+            return;
+        };
+        let acknowledged =
+            self.node
+                .events
+                .acknowledge(key, &ids, self.node.now_ms(), &self.node.counters);
+        let Some(store) = self.node.event_store() else {
+            self.ack(message_id, json!({ "acknowledged": acknowledged }));
+            return;
+        };
+        let connection = Arc::clone(&self.connection);
+        let node = Arc::downgrade(&self.node);
+        store.acknowledge(
+            &key.user,
+            key.thread.as_ref(),
+            ids,
+            Box::new(move |result| {
+                let Some(node) = node.upgrade() else {
+                    return;
+                };
+                let message = match result {
+                    Ok(removed) => message_id.map(|message_id| ServerMessage::Ack {
+                        message_id,
+                        data: json!({ "acknowledged": removed.len().max(acknowledged) }),
+                    }),
+                    Err(error) => {
+                        node.counters.broker_failures.increment();
+                        tracing::warn!(%error, "an acknowledgement did not reach the event store");
+                        Some(ServerMessage::error(
+                            message_id,
+                            ErrorCode::Unavailable,
+                            error.to_string(),
+                        ))
+                    }
+                };
+                if let Some(message) = message {
+                    reply_to(&connection, &node, message);
+                }
+            }),
+        );
+    }
+
     fn on_update_preferences(
         &self,
         user: &UserId,
         patch: Map<String, Value>,
         message_id: Option<String>,
     ) {
-        let updated = self.node.preferences.update(user, patch);
-        let batching = batching_preference(&updated);
-        let updated = Value::Object(updated);
-        let push = Frame::from(
-            ServerMessage::Preferences {
-                message_id: None,
-                data: updated.clone(),
-            }
-            .encode(),
+        let connection = Arc::clone(&self.connection);
+        let node = Arc::downgrade(&self.node);
+        let owner = user.clone();
+        self.node.preferences.update(
+            user,
+            patch,
+            Box::new(move |result| {
+                let Some(node) = node.upgrade() else {
+                    return;
+                };
+                let updated = match result {
+                    Ok(updated) => updated,
+                    Err(error) => {
+                        node.counters.broker_failures.increment();
+                        let message = ServerMessage::error(
+                            message_id,
+                            ErrorCode::Unavailable,
+                            error.to_string(),
+                        );
+                        reply_to(&connection, &node, message);
+                        return;
+                    }
+                };
+                let batching = batching_preference(&updated);
+                let updated = Value::Object(updated);
+                let push = Frame::from(
+                    ServerMessage::Preferences {
+                        message_id: None,
+                        data: updated.clone(),
+                    }
+                    .encode(),
+                );
+                for other in node.connections.user_connections(&owner) {
+                    other.set_batching(batching);
+                    if other.id() != connection.id() {
+                        other
+                            .outbox()
+                            .offer(push.clone(), Priority::Critical, &node.counters);
+                    }
+                }
+                if let Some(message_id) = message_id {
+                    let ack = ServerMessage::Ack {
+                        message_id,
+                        data: updated,
+                    };
+                    reply_to(&connection, &node, ack);
+                }
+            }),
         );
-        for other in self.node.connections.user_connections(user) {
-            other.set_batching(batching);
-            if other.id() != self.connection.id() {
-                other
-                    .outbox()
-                    .offer(push.clone(), Priority::Critical, &self.node.counters);
-            }
-        }
-        self.ack(message_id, updated);
     }
 
     fn log_unsubscribed(&self, topic: &Topic, unsubscribed: bool) {
@@ -645,13 +748,17 @@ impl Session {
     }
 }
 
+/// Queues a reply from a store's answer, like [`Session::reply`].
+fn reply_to(connection: &Connection, node: &Node, message: ServerMessage) {
+    connection.outbox().offer(
+        Frame::from(message.encode()),
+        Priority::Critical,
+        &node.counters,
+    );
+}
+
 /// The principal's tier's value in a per-tier table; a tier the table lacks (only possible
 /// with settings built by hand) has no tier limit, the global one applies.
 fn tier_quota(table: &std::collections::HashMap<String, usize>, principal: &Principal) -> usize {
     table.get(&*principal.tier).copied().unwrap_or(usize::MAX)
-}
-
-/// Batching is on unless the preferences say `"batching": false`.
-fn batching_preference(preferences: &Map<String, Value>) -> bool {
-    preferences.get("batching") != Some(&Value::Bool(false))
 }

@@ -11,6 +11,8 @@ use serde_json::json;
 use crate::{
     broker::{BrokerError, Envelope, Sequenced},
     error::GatewayError,
+    event_store::{Appended, EventStore},
+    events::{EventOutcome, EventSend},
     node::Node,
     operations::{Operation, PublishReply, Queued, Reply},
     outbox::Frame,
@@ -100,16 +102,74 @@ fn perform(node: &Arc<Node>, queued: Queued) {
             answer(sender, result);
         }
         Operation::Event(send, sender) => {
-            let result = node
-                .events
-                .send(send, connections, counters, node.now_ms())
-                .map(|(outcome, envelope)| {
-                    finish(node, envelope, outcome.delivered);
-                    outcome
-                });
-            answer(sender, result);
+            if let Some(store) = node.event_store() {
+                store_event(node, store.as_ref(), send, sender);
+            } else {
+                let result = node
+                    .events
+                    .send(send, connections, counters, node.now_ms())
+                    .map(|(outcome, envelope)| {
+                        finish(node, envelope, outcome.delivered);
+                        outcome
+                    });
+                answer(sender, result);
+            }
         }
     }
+}
+
+/// Sends an event through the cluster's event store: the caller is answered once the store
+/// kept it (then this node delivers it and forwards it to the others), or with why it could
+/// not be kept (the user's limit, or the store unavailable: nothing is delivered then).
+fn store_event(
+    node: &Arc<Node>,
+    store: &dyn EventStore,
+    send: EventSend,
+    sender: Reply<EventOutcome>,
+) {
+    let event = node.events.prepare(send, node.unix_ms());
+    let limit = node.events.limit();
+    let weak = Arc::downgrade(node);
+    store.append(
+        event.clone(),
+        limit,
+        node.settings.event_ttl,
+        Box::new(move |result| {
+            // A gateway that went away drops the reply; its caller hears "shutting down".
+            let Some(node) = weak.upgrade() else {
+                return;
+            };
+            let result = match result {
+                Ok(Appended::Stored { pending }) => {
+                    let id = event.id.clone();
+                    let (delivered, envelope) =
+                        node.events
+                            .accept(event, &node.connections, &node.counters, node.now_ms());
+                    finish(&node, Some(envelope), delivered);
+                    Ok(EventOutcome {
+                        id,
+                        delivered,
+                        pending,
+                    })
+                }
+                Ok(Appended::Duplicate { pending }) => Ok(EventOutcome {
+                    id: event.id,
+                    delivered: 0,
+                    pending,
+                }),
+                Ok(Appended::Full) => {
+                    node.counters.events_rejected.increment();
+                    Err(GatewayError::TooManyPending { limit })
+                }
+                Err(error) => {
+                    node.counters.broker_failures.increment();
+                    tracing::warn!(%error, "a critical event could not be kept; refused");
+                    Err(GatewayError::Unavailable(error.to_string()))
+                }
+            };
+            answer(sender, result);
+        }),
+    );
 }
 
 /// The outcome of a publication the cluster's sequencer numbered, counted like a local one.

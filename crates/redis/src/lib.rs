@@ -4,14 +4,22 @@
 //! [`Sequencer`](herald_core::Sequencer): Redis numbers every publication (offsets, epochs and
 //! dedupe ids are the same on every node), keeps each topic's recent publications in a capped
 //! stream, and carries publications, broadcasts, user pushes and critical events to every node
-//! over one pub/sub channel. The key and channel layout is in `wire.rs` and
-//! docs/operations.md.
+//! over one pub/sub channel. [`RedisEventStore`] keeps every user's pending critical events
+//! (so they outlive the node that accepted them, and an ack on one node removes them on all)
+//! and [`RedisPreferenceStore`] the users' preferences. The key and channel layout is in
+//! `wire.rs`, `events.rs`, `preferences.rs` and docs/operations.md.
 //!
 //! Architecture invariant: this crate knows core's seams and Redis, nothing of sockets, HTTP or
 //! the environment; the service builds it from the configuration.
 
 mod broker;
+mod events;
+mod preferences;
 mod script;
 mod wire;
 
-pub use crate::broker::{RedisBroker, RedisBrokerError, RedisSettings};
+pub use crate::{
+    broker::{RedisBroker, RedisBrokerError, RedisSettings},
+    events::RedisEventStore,
+    preferences::RedisPreferenceStore,
+};

@@ -6,12 +6,12 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use herald_config::{BaseConfig, RuntimeConfig};
 use herald_core::{
-    Broker, Gateway, GatewayParts, GatewaySettings, InMemoryBroker, InMemoryHistoryStore,
-    InMemoryPreferenceStore,
+    Broker, EventStore, Gateway, GatewayParts, GatewaySettings, InMemoryBroker,
+    InMemoryHistoryStore, InMemoryPreferenceStore, PreferenceStore,
 };
 use herald_memory::MemoryMonitor;
 use herald_monitoring::{HealthChecker, MetricsReporter};
-use herald_redis::{RedisBroker, RedisSettings};
+use herald_redis::{RedisBroker, RedisEventStore, RedisPreferenceStore, RedisSettings};
 use herald_utils::SystemClock;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -84,8 +84,8 @@ pub(crate) async fn run(
     let metrics = MetricsReporter::install().context("cannot install the metrics recorder")?;
     let monitor = pressure::monitor(&config)?;
     let node_id = node_id(&config);
-    let broker = build_broker(&config, &node_id).await?;
-    let gateway = build_gateway(&config, jwt, Arc::clone(&monitor), broker);
+    let cluster = join_cluster(&config, &node_id).await?;
+    let gateway = build_gateway(&config, jwt, Arc::clone(&monitor), cluster);
     let memory = Arc::new(Memory::new(&config, monitor, &gateway));
     let lag = Arc::new(EventLoopLag::default());
     let health = HealthChecker::new()
@@ -203,18 +203,30 @@ fn node_id(config: &BaseConfig) -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// The broker: over Redis when `HERALD_REDIS_URL` is set (many nodes as one), else the
-/// embedded one (one node, nothing to forward).
-async fn build_broker(config: &BaseConfig, node_id: &str) -> anyhow::Result<Arc<dyn Broker>> {
+/// The seams a node shares with the other nodes of its cluster.
+struct Shared {
+    broker: Arc<dyn Broker>,
+    preferences: Arc<dyn PreferenceStore>,
+    events: Option<Arc<dyn EventStore>>,
+}
+
+/// The shared seams: over Redis when `HERALD_REDIS_URL` is set (many nodes as one: the broker,
+/// pending critical events and preferences), else the embedded ones (one node, nothing to
+/// forward, events and preferences in memory).
+async fn join_cluster(config: &BaseConfig, node_id: &str) -> anyhow::Result<Shared> {
     let Some(url) = &config.redis_url else {
-        return Ok(Arc::new(InMemoryBroker::new()));
+        return Ok(Shared {
+            broker: Arc::new(InMemoryBroker::new()),
+            preferences: Arc::new(InMemoryPreferenceStore::new(PREFERENCE_USERS)),
+            events: None,
+        });
     };
     let history_size = if config.history_ttl.is_zero() {
         0
     } else {
         config.history_size
     };
-    let broker = RedisBroker::connect(RedisSettings {
+    let settings = RedisSettings {
         url: url.expose().to_owned(),
         key_prefix: config.redis_key_prefix.clone(),
         node_id: node_id.to_owned(),
@@ -222,11 +234,23 @@ async fn build_broker(config: &BaseConfig, node_id: &str) -> anyhow::Result<Arc<
         connect_timeout: config.redis_connect_timeout,
         history_size,
         history_retention: config.history_ttl,
-    })
-    .await
-    .context("HERALD_REDIS_URL (redis_url): cannot join the cluster")?;
+    };
+    let context = "HERALD_REDIS_URL (redis_url): cannot join the cluster";
+    let broker = RedisBroker::connect(settings.clone())
+        .await
+        .context(context)?;
+    let events = RedisEventStore::connect(settings.clone())
+        .await
+        .context(context)?;
+    let preferences = RedisPreferenceStore::connect(settings)
+        .await
+        .context(context)?;
     tracing::info!(node = node_id, "joined the cluster over redis");
-    Ok(Arc::new(broker))
+    Ok(Shared {
+        broker: Arc::new(broker),
+        preferences: Arc::new(preferences),
+        events: Some(Arc::new(events)),
+    })
 }
 
 /// Builds the gateway and its seams from the configuration.
@@ -234,20 +258,21 @@ fn build_gateway(
     config: &BaseConfig,
     jwt: JwtSettings,
     memory: Arc<MemoryMonitor>,
-    broker: Arc<dyn Broker>,
+    shared: Shared,
 ) -> Gateway {
     Gateway::new(GatewayParts {
         settings: GatewaySettings::from_config(config),
         runtime: Arc::new(RuntimeConfig::new(config)),
         authenticator: Arc::new(JwtAuthenticator::new(jwt)),
-        preferences: Arc::new(InMemoryPreferenceStore::new(PREFERENCE_USERS)),
+        preferences: shared.preferences,
         history: Arc::new(InMemoryHistoryStore::new(
             config.history_size,
             u64::try_from(config.history_ttl.as_millis()).unwrap_or(u64::MAX),
             config.history_max_bytes,
         )),
+        events: shared.events,
         clock: Arc::new(SystemClock),
-        broker,
+        broker: shared.broker,
         memory,
     })
 }

@@ -12,6 +12,7 @@ mod auth;
 mod cleanup;
 mod cluster;
 mod dedupe;
+mod event_store;
 mod events;
 mod fakes;
 mod fanout;
@@ -23,6 +24,7 @@ mod preferences;
 mod pressure;
 mod requests;
 mod seams;
+mod shared_preferences;
 mod shutdown;
 mod time;
 
@@ -103,6 +105,20 @@ impl Harness {
         broker: Arc<dyn Broker>,
         history: Arc<dyn HistoryStore>,
     ) -> Self {
+        let preferences = Arc::new(InMemoryPreferenceStore::new(1_000));
+        Self::build_full(configure, clock, broker, history, preferences, None)
+    }
+
+    /// Like [`build_with`](Self::build_with), with `preferences` as the preference store and
+    /// `events` as the cluster's event store.
+    fn build_full(
+        configure: impl FnOnce(&mut GatewaySettings),
+        clock: ManualClock,
+        broker: Arc<dyn Broker>,
+        history: Arc<dyn HistoryStore>,
+        preferences: Arc<dyn crate::PreferenceStore>,
+        events: Option<Arc<dyn crate::EventStore>>,
+    ) -> Self {
         let base = BaseConfig::default();
         let mut settings = GatewaySettings::from_config(&base);
         configure(&mut settings);
@@ -111,8 +127,9 @@ impl Harness {
             settings,
             runtime: Arc::new(RuntimeConfig::new(&base)),
             authenticator: Arc::new(FakeAuthenticator::new(tiers)),
-            preferences: Arc::new(InMemoryPreferenceStore::new(1_000)),
+            preferences,
             history,
+            events,
             clock: Arc::new(clock.clone()),
             broker,
             memory: Arc::new(FakeProbe::new(MEMORY)),

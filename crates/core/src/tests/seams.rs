@@ -136,6 +136,7 @@ fn memory_in_the_stats_is_read_from_the_probe_each_time() {
         authenticator: Arc::new(FakeAuthenticator::new(Vec::new())),
         preferences: Arc::new(InMemoryPreferenceStore::new(10)),
         history: Arc::new(InMemoryHistoryStore::new(10, 1_000, 1 << 20)),
+        events: None,
         clock: Arc::new(ManualClock::at_unix_ms(T0_MS)),
         broker: Arc::new(InMemoryBroker::new()),
         memory: Arc::new(probe.clone()),

@@ -1,0 +1,571 @@
+//! [`RedisEventStore`]: core's [`EventStore`] over Redis, so that a critical event accepted on
+//! any node outlives that node, reaches the user on every node, and an acknowledgement on one
+//! node removes it on all.
+//!
+//! Keys, per user (the user id in braces, so on Redis Cluster one user's keys share a slot):
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `<prefix>events:<len>:{<user>}` | list | the ids of the user's pending events, oldest first |
+//! | `<prefix>event:<len>:{<user>}` | hash | id → `<created ms> <thread length>:<thread><frame>` |
+//!
+//! Both expire the event time-to-live after the user's last event; events older than it are
+//! dropped from the head of the list whenever the user's events are appended or read. Each
+//! call is one script, atomic in Redis: append (expiry, duplicate id, the per-user limit, then
+//! `RPUSH`/`HSET`), read, and acknowledge, which removes the ids the acknowledging connection
+//! receives and `PUBLISH`es them on `<prefix>acks` as `<len>:<node><len>:<user>` followed by
+//! `<len>:<id>` per id; every other node drops its copies.
+//!
+//! Every Redis call of this module goes through one task ([`run_calls`]) and one time bound
+//! ([`bounded`]); a call that fails or times out is answered with
+//! [`EventStoreError::Unavailable`], so the gateway refuses the event (HTTP 503) instead of
+//! accepting what it could not keep.
+
+use std::{
+    sync::{Arc, Mutex, PoisonError, Weak},
+    time::Duration,
+};
+
+use herald_core::{
+    AckedElsewhere, Appended, EventStore, EventStoreError, EventStoreReply, Frame, StoredEvent,
+    ThreadId, UserId,
+};
+use redis::{
+    Client, IntoConnectionInfo as _, ProtocolVersion, PushInfo, PushKind, RedisError, Script,
+    Value,
+    aio::{ConnectionManager, ConnectionManagerConfig},
+};
+use tokio::sync::mpsc;
+
+use crate::broker::{RedisBrokerError, RedisSettings};
+
+/// Calls queued for the store's task before callers are refused.
+const CALL_QUEUE: usize = 10_000;
+/// How often the acknowledgement subscriber is pinged, which also drives its reconnection.
+const KEEP_ALIVE: Duration = Duration::from_secs(1);
+
+/// Drops the user's events older than the time-to-live from the head of the list.
+/// `KEYS`: list, hash. `ARGV[1]`: now (ms), `ARGV[2]`: time-to-live (ms).
+const TRIM: &str = r"
+local list, data = KEYS[1], KEYS[2]
+local now, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+while true do
+  local head = redis.call('LINDEX', list, 0)
+  if not head then break end
+  local record = redis.call('HGET', data, head)
+  local created = record and tonumber(string.match(record, '^(%d+)'))
+  if created and now - created < ttl then break end
+  redis.call('LPOP', list)
+  redis.call('HDEL', data, head)
+end
+";
+
+/// `ARGV[3]`: id, `ARGV[4]`: record, `ARGV[5]`: limit. Returns `{0: duplicate, 1: stored,
+/// 2: full; pending}`.
+const APPEND: &str = r"
+local id, record, limit = ARGV[3], ARGV[4], tonumber(ARGV[5])
+local count = redis.call('LLEN', list)
+if redis.call('HEXISTS', data, id) == 1 then return {0, count} end
+if count >= limit then return {2, count} end
+redis.call('RPUSH', list, id)
+redis.call('HSET', data, id, record)
+redis.call('PEXPIRE', list, ttl)
+redis.call('PEXPIRE', data, ttl)
+return {1, count + 1}
+";
+
+/// Returns `{id, record, id, record, ...}`, oldest first.
+const PENDING: &str = r"
+local out = {}
+for _, id in ipairs(redis.call('LRANGE', list, 0, -1)) do
+  local record = redis.call('HGET', data, id)
+  if record then
+    out[#out + 1] = id
+    out[#out + 1] = record
+  end
+end
+return out
+";
+
+/// `KEYS`: list, hash. `ARGV[1]`: channel, `ARGV[2]`: message head, `ARGV[3]`: the
+/// connection's thread (empty: none), `ARGV[4..]`: ids. Returns the ids removed.
+const ACKNOWLEDGE: &str = r"
+local list, data = KEYS[1], KEYS[2]
+local bound = ARGV[3]
+local removed, message = {}, {ARGV[2]}
+for i = 4, #ARGV do
+  local id = ARGV[i]
+  local record = redis.call('HGET', data, id)
+  if record then
+    local _, stop, len = string.find(record, '^%d+ (%d+):')
+    local thread = string.sub(record, stop + 1, stop + tonumber(len))
+    if bound == '' or thread == '' or thread == bound then
+      redis.call('HDEL', data, id)
+      redis.call('LREM', list, 1, id)
+      removed[#removed + 1] = id
+      message[#message + 1] = #id .. ':' .. id
+    end
+  end
+end
+if #removed > 0 then
+  redis.call('PUBLISH', ARGV[1], table.concat(message))
+end
+return removed
+";
+
+/// A call for the store's task.
+enum Call {
+    Append {
+        event: StoredEvent,
+        limit: usize,
+        ttl: Duration,
+        reply: EventStoreReply<Appended>,
+    },
+    Pending {
+        user: UserId,
+        now_unix_ms: u64,
+        ttl: Duration,
+        reply: EventStoreReply<Vec<StoredEvent>>,
+    },
+    Acknowledge {
+        user: UserId,
+        thread: Option<ThreadId>,
+        ids: Vec<String>,
+        reply: EventStoreReply<Vec<String>>,
+    },
+}
+
+impl Call {
+    /// Answers the call with `error` without performing it.
+    fn refuse(self, error: EventStoreError) {
+        match self {
+            Self::Append { reply, .. } => reply(Err(error)),
+            Self::Pending { reply, .. } => reply(Err(error)),
+            Self::Acknowledge { reply, .. } => reply(Err(error)),
+        }
+    }
+}
+
+/// Core's event store over Redis. Cheap to clone; its tasks run until the runtime stops.
+#[derive(Clone)]
+pub struct RedisEventStore {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for RedisEventStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisEventStore")
+            .field("node", &self.shared.settings.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    settings: RedisSettings,
+    calls: mpsc::Sender<Call>,
+    /// This node, once the gateway attached: told of acknowledgements made elsewhere.
+    local: Mutex<Option<AckedElsewhere>>,
+}
+
+impl RedisEventStore {
+    /// Connects to Redis, subscribes to the acknowledgement channel and starts the store's
+    /// tasks on the current tokio runtime. Fails when Redis cannot be reached within the
+    /// connect timeout.
+    pub async fn connect(settings: RedisSettings) -> Result<Self, RedisBrokerError> {
+        let (push_sender, pushes) = mpsc::unbounded_channel::<PushInfo>();
+        let connecting = async {
+            let connection = open(&settings, None).await?;
+            let mut subscriber = open(&settings, Some(push_sender)).await?;
+            subscriber
+                .subscribe(acks_channel(&settings.key_prefix))
+                .await?;
+            Ok::<_, RedisBrokerError>((connection, subscriber))
+        };
+        let bound = settings.connect_timeout * 3;
+        let (connection, subscriber) = tokio::time::timeout(bound, connecting)
+            .await
+            .map_err(|_| RedisBrokerError::ConnectTimeout(bound))??;
+        let (calls, queue) = mpsc::channel(CALL_QUEUE);
+        let shared = Arc::new(Shared {
+            settings,
+            calls,
+            local: Mutex::new(None),
+        });
+        tokio::spawn(run_calls(Arc::downgrade(&shared), connection, queue));
+        tokio::spawn(receive_acks(Arc::downgrade(&shared), pushes));
+        let timeout = shared.settings.command_timeout;
+        tokio::spawn(keep_alive(Arc::downgrade(&shared), timeout, subscriber));
+        Ok(Self { shared })
+    }
+
+    fn queue(&self, call: Call) {
+        if let Err(refused) = self.shared.calls.try_send(call) {
+            let (mpsc::error::TrySendError::Full(call) | mpsc::error::TrySendError::Closed(call)) =
+                refused;
+            call.refuse(EventStoreError::Unavailable(
+                "redis: the event store's queue is full".to_owned(),
+            ));
+        }
+    }
+}
+
+impl EventStore for RedisEventStore {
+    fn attach(&self, local: AckedElsewhere) {
+        *self
+            .shared
+            .local
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(local);
+    }
+
+    fn node(&self) -> &str {
+        &self.shared.settings.node_id
+    }
+
+    fn append(
+        &self,
+        event: StoredEvent,
+        limit: usize,
+        ttl: Duration,
+        reply: EventStoreReply<Appended>,
+    ) {
+        self.queue(Call::Append {
+            event,
+            limit,
+            ttl,
+            reply,
+        });
+    }
+
+    fn pending(
+        &self,
+        user: &UserId,
+        now_unix_ms: u64,
+        ttl: Duration,
+        reply: EventStoreReply<Vec<StoredEvent>>,
+    ) {
+        self.queue(Call::Pending {
+            user: user.clone(),
+            now_unix_ms,
+            ttl,
+            reply,
+        });
+    }
+
+    fn acknowledge(
+        &self,
+        user: &UserId,
+        thread: Option<&ThreadId>,
+        ids: Vec<String>,
+        reply: EventStoreReply<Vec<String>>,
+    ) {
+        self.queue(Call::Acknowledge {
+            user: user.clone(),
+            thread: thread.cloned(),
+            ids,
+            reply,
+        });
+    }
+}
+
+/// A connection manager to the configured Redis (RESP3), each command bounded by the command
+/// timeout; with `pushes`, a subscriber that resubscribes after a reconnect.
+pub(crate) async fn open(
+    settings: &RedisSettings,
+    pushes: Option<mpsc::UnboundedSender<PushInfo>>,
+) -> Result<ConnectionManager, RedisBrokerError> {
+    let info = settings.url.as_str().into_connection_info()?;
+    let redis_settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(ProtocolVersion::RESP3);
+    let client = Client::open(info.set_redis_settings(redis_settings))?;
+    let mut config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(settings.connect_timeout))
+        .set_response_timeout(Some(settings.command_timeout))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_millis(500));
+    if let Some(pushes) = pushes {
+        config = config
+            .set_push_sender(pushes)
+            .set_automatic_resubscription();
+    }
+    Ok(ConnectionManager::new_with_config(client, config).await?)
+}
+
+/// A per-user key: `<prefix><kind>:<byte length>:{<user>}`.
+pub(crate) fn user_key(prefix: &str, kind: &str, user: &UserId) -> String {
+    format!(
+        "{prefix}{kind}:{}:{{{}}}",
+        user.as_str().len(),
+        user.as_str()
+    )
+}
+
+fn acks_channel(prefix: &str) -> String {
+    format!("{prefix}acks")
+}
+
+/// Runs `work` for at most `timeout`: a stopped Redis fails calls instead of hanging them.
+pub(crate) async fn bounded<T>(
+    timeout: Duration,
+    work: impl Future<Output = Result<T, RedisError>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(timeout, work).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(format!("redis: {error}")),
+        Err(_) => Err(format!("redis: no answer within {timeout:?}")),
+    }
+}
+
+/// The store's task: performs the calls one at a time, in the order they were made. Every
+/// Redis call of the store is made here.
+async fn run_calls(
+    shared: Weak<Shared>,
+    mut connection: ConnectionManager,
+    mut queue: mpsc::Receiver<Call>,
+) {
+    let append = Script::new(&format!("{TRIM}{APPEND}"));
+    let pending = Script::new(&format!("{TRIM}{PENDING}"));
+    let acknowledge = Script::new(ACKNOWLEDGE);
+    while let Some(call) = queue.recv().await {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let settings = &shared.settings;
+        let prefix = settings.key_prefix.as_str();
+        let timeout = settings.command_timeout;
+        match call {
+            Call::Append {
+                event,
+                limit,
+                ttl,
+                reply,
+            } => {
+                let mut invocation = append.prepare_invoke();
+                invocation
+                    .key(user_key(prefix, "events", &event.user))
+                    .key(user_key(prefix, "event", &event.user))
+                    .arg(event.created_unix_ms)
+                    .arg(millis(ttl))
+                    .arg(&event.id)
+                    .arg(record(&event))
+                    .arg(limit);
+                let answer: Result<(u8, usize), String> =
+                    bounded(timeout, invocation.invoke_async(&mut connection)).await;
+                reply(
+                    answer
+                        .map(|(kind, pending)| match kind {
+                            0 => Appended::Duplicate { pending },
+                            1 => Appended::Stored { pending },
+                            _ => Appended::Full,
+                        })
+                        .map_err(EventStoreError::Unavailable),
+                );
+            }
+            Call::Pending {
+                user,
+                now_unix_ms,
+                ttl,
+                reply,
+            } => {
+                let mut invocation = pending.prepare_invoke();
+                invocation
+                    .key(user_key(prefix, "events", &user))
+                    .key(user_key(prefix, "event", &user))
+                    .arg(now_unix_ms)
+                    .arg(millis(ttl));
+                let answer: Result<Vec<String>, String> =
+                    bounded(timeout, invocation.invoke_async(&mut connection)).await;
+                reply(
+                    answer
+                        .map(|flat| {
+                            flat.chunks_exact(2)
+                                .filter_map(|pair| parse_record(&user, &pair[0], &pair[1]))
+                                .collect()
+                        })
+                        .map_err(EventStoreError::Unavailable),
+                );
+            }
+            Call::Acknowledge {
+                user,
+                thread,
+                ids,
+                reply,
+            } => {
+                let mut head = String::new();
+                field(&mut head, &settings.node_id);
+                field(&mut head, user.as_str());
+                let mut invocation = acknowledge.prepare_invoke();
+                invocation
+                    .key(user_key(prefix, "events", &user))
+                    .key(user_key(prefix, "event", &user))
+                    .arg(acks_channel(prefix))
+                    .arg(head)
+                    .arg(thread.as_ref().map_or("", ThreadId::as_str));
+                for id in &ids {
+                    invocation.arg(id);
+                }
+                let answer: Result<Vec<String>, String> =
+                    bounded(timeout, invocation.invoke_async(&mut connection)).await;
+                reply(answer.map_err(EventStoreError::Unavailable));
+            }
+        }
+    }
+}
+
+/// The hash value of an event: `<created ms> <thread length>:<thread><frame>`.
+fn record(event: &StoredEvent) -> String {
+    let thread = event.thread.as_ref().map_or("", ThreadId::as_str);
+    format!(
+        "{} {}:{thread}{}",
+        event.created_unix_ms,
+        thread.len(),
+        event.frame.as_str()
+    )
+}
+
+/// Reads a hash value back; `None` for one that is not Herald's.
+fn parse_record(user: &UserId, id: &str, record: &str) -> Option<StoredEvent> {
+    let (created, rest) = record.split_once(' ')?;
+    let (len, rest) = rest.split_once(':')?;
+    let (thread, frame) = rest.split_at_checked(len.parse().ok()?)?;
+    Some(StoredEvent {
+        user: user.clone(),
+        id: id.to_owned(),
+        thread: (!thread.is_empty()).then(|| ThreadId::new(thread)),
+        frame: Frame::from(frame.to_owned()),
+        created_unix_ms: created.parse().ok()?,
+    })
+}
+
+/// Appends `value` to `out` as a `<len>:<value>` field.
+pub(crate) fn field(out: &mut String, value: &str) {
+    out.push_str(&value.len().to_string());
+    out.push(':');
+    out.push_str(value);
+}
+
+/// Takes the next `<len>:<value>` field off the front of `rest`.
+pub(crate) fn next_field<'a>(rest: &mut &'a str) -> Option<&'a str> {
+    let (len, tail) = rest.split_once(':')?;
+    let (value, tail) = tail.split_at_checked(len.parse().ok()?)?;
+    *rest = tail;
+    Some(value)
+}
+
+/// Reads an acknowledgement message: the origin node, the user and the ids.
+fn parse_ack(message: &str) -> Option<(&str, &str, Vec<&str>)> {
+    let mut rest = message;
+    let node = next_field(&mut rest)?;
+    let user = next_field(&mut rest)?;
+    let mut ids = Vec::new();
+    while let Some(id) = next_field(&mut rest) {
+        ids.push(id);
+    }
+    Some((node, user, ids))
+}
+
+/// Tells this node of the acknowledgements other nodes published.
+async fn receive_acks(shared: Weak<Shared>, mut pushes: mpsc::UnboundedReceiver<PushInfo>) {
+    while let Some(push) = pushes.recv().await {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if push.kind != PushKind::Message {
+            continue;
+        }
+        let Some(Value::BulkString(payload)) = push.data.get(1) else {
+            continue;
+        };
+        let Some((node, user, ids)) = std::str::from_utf8(payload).ok().and_then(parse_ack) else {
+            tracing::warn!("redis: an acknowledgement Herald cannot read was ignored");
+            continue;
+        };
+        if node == shared.settings.node_id {
+            continue;
+        }
+        let local = shared
+            .local
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(local) = local {
+            let ids: Vec<String> = ids.into_iter().map(str::to_owned).collect();
+            local.acknowledged(&UserId::new(user), &ids);
+        }
+    }
+}
+
+/// Pings a subscriber every second while `owner` lives, so a dropped connection is
+/// re-established (and resubscribed) even when nothing is published on its channel.
+pub(crate) async fn keep_alive<T: Send + Sync + 'static>(
+    owner: Weak<T>,
+    timeout: Duration,
+    mut subscriber: ConnectionManager,
+) {
+    let mut interval = tokio::time::interval(KEEP_ALIVE);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        if owner.strong_count() == 0 {
+            return;
+        }
+        let pinged = bounded(
+            timeout,
+            redis::cmd("PING").query_async::<()>(&mut subscriber),
+        )
+        .await;
+        if let Err(error) = pinged {
+            tracing::debug!(%error, "redis: a subscriber did not answer a ping");
+        }
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_read_back_as_they_were_written() {
+        let event = StoredEvent {
+            user: UserId::new("alice"),
+            id: "e1".to_owned(),
+            thread: Some(ThreadId::new("t:1 2")),
+            frame: Frame::from(r#"{"type":"event","id":"e1"}"#.to_owned()),
+            created_unix_ms: 1_700_000_000_000,
+        };
+        let back = parse_record(&event.user, "e1", &record(&event)).expect("reads");
+        assert_eq!(back.thread, event.thread);
+        assert_eq!(back.frame.as_str(), event.frame.as_str());
+        assert_eq!(back.created_unix_ms, event.created_unix_ms);
+        let none = StoredEvent {
+            thread: None,
+            ..event
+        };
+        let back = parse_record(&none.user, "e1", &record(&none)).expect("reads");
+        assert_eq!(back.thread, None);
+        assert!(parse_record(&none.user, "e1", "garbage").is_none());
+    }
+
+    #[test]
+    fn acknowledgements_read_back_and_keys_keep_users_apart() {
+        let mut message = String::new();
+        for value in ["node:1", "al:ice", "e1", "e:2"] {
+            field(&mut message, value);
+        }
+        assert_eq!(
+            parse_ack(&message),
+            Some(("node:1", "al:ice", vec!["e1", "e:2"]))
+        );
+        assert_eq!(parse_ack("x"), None);
+        assert_eq!(
+            user_key("h:", "events", &UserId::new("a}b")),
+            "h:events:3:{a}b}"
+        );
+    }
+}
