@@ -18,6 +18,7 @@ use herald_core::{
     SequencedDelivery, SequencedPublication, Sequencer,
 };
 use herald_protocol::Topic;
+use herald_utils::{BreakerSettings, Clock};
 use redis::{
     AsyncCommands as _, Client, IntoConnectionInfo as _, ProtocolVersion, PushInfo, PushKind,
     RedisError, Script, Value,
@@ -26,6 +27,7 @@ use redis::{
 use tokio::sync::mpsc;
 
 use crate::{
+    guard::RedisBreaker,
     script::{PublishArgs, publish_script},
     wire::{BusMessage, Keys, decode, encode_envelope},
 };
@@ -52,17 +54,16 @@ pub struct RedisSettings {
     pub history_size: usize,
     /// How long a topic's offsets, epoch and history outlive its last publication.
     pub history_retention: Duration,
+    /// When the circuit breaker around every Redis call opens and closes.
+    pub breaker: BreakerSettings,
 }
 
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum RedisBrokerError {
-    /// The URL, the connection or the subscription failed.
+    /// The URL or the client configuration is not usable.
     #[error("redis: {0}")]
     Redis(#[from] RedisError),
-    /// Connecting took longer than the connect timeout.
-    #[error("redis: no connection within {0:?}")]
-    ConnectTimeout(Duration),
 }
 
 /// Core's broker and sequencer over Redis. Cheap to clone; the tasks it spawned run until the
@@ -84,6 +85,7 @@ impl std::fmt::Debug for RedisBroker {
 struct Shared {
     settings: RedisSettings,
     keys: Keys,
+    breaker: RedisBreaker,
     commands: mpsc::Sender<Command>,
     /// This node's delivery, once the gateway attached.
     local: Mutex<Option<LocalDelivery>>,
@@ -108,8 +110,13 @@ enum Command {
 
 impl RedisBroker {
     /// Connects to Redis, subscribes to the bus and starts the broker's tasks on the current
-    /// tokio runtime. Fails when Redis cannot be reached within the connect timeout.
-    pub async fn connect(settings: RedisSettings) -> Result<Self, RedisBrokerError> {
+    /// tokio runtime; the breaker ages on `clock`. Fails only when the URL is not usable: a
+    /// Redis that cannot be reached within the connect timeout is logged, the breaker starts
+    /// open, and the node joins when Redis answers (the connections reconnect on their own).
+    pub async fn connect(
+        settings: RedisSettings,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, RedisBrokerError> {
         let info = settings.url.as_str().into_connection_info()?;
         let redis_settings = info
             .redis_settings()
@@ -127,22 +134,27 @@ impl RedisBroker {
             .clone()
             .set_push_sender(push_sender)
             .set_automatic_resubscription();
-        let connecting = async {
-            let commands = ConnectionManager::new_with_config(client.clone(), config).await?;
-            let mut subscriber =
-                ConnectionManager::new_with_config(client, subscriber_config).await?;
-            subscriber.subscribe(keys.bus()).await?;
-            Ok::<_, RedisError>((commands, subscriber))
-        };
-        // Two connections and a subscription, each bounded by the connect timeout.
-        let bound = settings.connect_timeout * 3;
-        let (connection, subscriber) = tokio::time::timeout(bound, connecting)
+        let connection = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+        let mut subscriber = ConnectionManager::new_lazy_with_config(client, subscriber_config)?;
+        let breaker = RedisBreaker::new(clock, settings.breaker);
+        // The first contact: connecting and subscribing, each bounded by the connect timeout.
+        let bound = settings.connect_timeout * 2;
+        let subscribed = breaker
+            .call(bound, subscriber.subscribe(keys.bus()))
             .await
-            .map_err(|_| RedisBrokerError::ConnectTimeout(bound))??;
+            .inspect_err(|error| {
+                tracing::warn!(
+                    %error,
+                    "redis is unreachable at start: serving this node's clients alone (circuit breaker open) until it answers"
+                );
+                breaker.trip();
+            })
+            .is_ok();
         let (commands, queue) = mpsc::channel(COMMAND_QUEUE);
         let shared = Arc::new(Shared {
             settings,
             keys,
+            breaker,
             commands,
             local: Mutex::new(None),
         });
@@ -152,13 +164,20 @@ impl RedisBroker {
             queue,
         ));
         tokio::spawn(receive(Arc::downgrade(&shared), connection, pushes));
-        tokio::spawn(keep_alive(Arc::downgrade(&shared), subscriber));
+        tokio::spawn(keep_alive(Arc::downgrade(&shared), subscriber, subscribed));
         Ok(Self { shared })
     }
 
     /// This node's id on the bus.
     pub fn node_id(&self) -> &str {
         &self.shared.settings.node_id
+    }
+
+    /// The circuit breaker every Redis call of this broker goes through. A store over the same
+    /// Redis clones it and runs its commands through [`RedisBreaker::call`], so the node has
+    /// one breaker and one state.
+    pub fn breaker(&self) -> &RedisBreaker {
+        &self.shared.breaker
     }
 }
 
@@ -219,22 +238,15 @@ async fn run_commands(
         let timeout = shared.settings.command_timeout;
         match command {
             Command::Sequence(request, reply) => {
-                let result = bounded(
-                    timeout,
-                    sequence(&shared, &script, &mut connection, &request),
-                )
-                .await;
+                let result = sequence(&shared, &script, &mut connection, &request).await;
                 reply(result);
             }
             Command::Forward(message) => {
                 let channel = shared.keys.bus();
-                let sent = bounded(timeout, async {
-                    connection
-                        .publish::<_, _, ()>(channel, message)
-                        .await
-                        .map_err(unavailable)
-                })
-                .await;
+                let sent = shared
+                    .breaker
+                    .call(timeout, connection.publish::<_, _, ()>(channel, message))
+                    .await;
                 if let Err(error) = sent {
                     tracing::warn!(%error, "an operation did not reach the other nodes");
                 }
@@ -256,34 +268,19 @@ async fn sequence(
         history_size: shared.settings.history_size,
         retention: shared.settings.history_retention,
     };
-    let (offset, epoch, deduplicated): (u64, String, u8) = args
-        .invocation(script)
-        .invoke_async(connection)
-        .await
-        .map_err(unavailable)?;
+    let invocation = args.invocation(script);
+    let (offset, epoch, deduplicated): (u64, String, u8) = shared
+        .breaker
+        .call(
+            shared.settings.command_timeout,
+            invocation.invoke_async(connection),
+        )
+        .await?;
     Ok(Sequenced {
         offset,
         epoch: Arc::from(epoch),
         deduplicated: deduplicated == 1,
     })
-}
-
-/// Runs `work` for at most `timeout`: a stopped Redis fails calls instead of hanging them.
-async fn bounded<T>(
-    timeout: Duration,
-    work: impl Future<Output = Result<T, BrokerError>>,
-) -> Result<T, BrokerError> {
-    tokio::time::timeout(timeout, work)
-        .await
-        .unwrap_or_else(|_| {
-            Err(BrokerError::Unavailable(format!(
-                "redis: no answer within {timeout:?}"
-            )))
-        })
-}
-
-fn unavailable(error: RedisError) -> BrokerError {
-    BrokerError::Unavailable(format!("redis: {error}"))
 }
 
 /// The receiver task: delivers the bus's messages in order, closing offset gaps from the
@@ -342,15 +339,12 @@ async fn deliver_in_order(
     let SequencedDelivery::Gap { last_offset } = local.deliver_sequenced(publication, false) else {
         return;
     };
-    let fetched = bounded(
-        shared.settings.command_timeout,
-        fetch(
-            shared,
-            connection,
-            &publication.topic,
-            last_offset,
-            publication.offset,
-        ),
+    let fetched = fetch(
+        shared,
+        connection,
+        &publication.topic,
+        last_offset,
+        publication.offset,
     )
     .await;
     match fetched {
@@ -379,13 +373,18 @@ async fn fetch(
     if before <= after + 1 {
         return Ok(Vec::new());
     }
-    let entries: Value = redis::cmd("XRANGE")
+    let mut command = redis::cmd("XRANGE");
+    command
         .arg(shared.keys.history(topic))
         .arg(format!("{}-0", after + 1))
-        .arg(format!("{}-0", before - 1))
-        .query_async(connection)
-        .await
-        .map_err(unavailable)?;
+        .arg(format!("{}-0", before - 1));
+    let entries: Value = shared
+        .breaker
+        .call(
+            shared.settings.command_timeout,
+            command.query_async(connection),
+        )
+        .await?;
     Ok(history_entries(topic, &entries))
 }
 
@@ -438,9 +437,14 @@ fn text(value: &Value) -> Option<&str> {
     }
 }
 
-/// Pings the subscriber connection every second: a dropped connection is noticed and
-/// re-established (and resubscribed) even when nothing is published.
-async fn keep_alive(shared: std::sync::Weak<Shared>, mut subscriber: ConnectionManager) {
+/// Pings the subscriber connection every second, through the breaker: a dropped connection is
+/// noticed and re-established (and resubscribed) even when nothing is published, and an open
+/// breaker is probed once its open time has passed. Subscribes first when that failed at start.
+async fn keep_alive(
+    shared: std::sync::Weak<Shared>,
+    mut subscriber: ConnectionManager,
+    mut subscribed: bool,
+) {
     let mut interval = tokio::time::interval(KEEP_ALIVE);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -449,14 +453,26 @@ async fn keep_alive(shared: std::sync::Weak<Shared>, mut subscriber: ConnectionM
             return;
         };
         let timeout = shared.settings.command_timeout;
+        let breaker = shared.breaker.clone();
+        let bus = shared.keys.bus();
         drop(shared);
-        let pinged = tokio::time::timeout(
-            timeout,
-            redis::cmd("PING").query_async::<()>(&mut subscriber),
-        )
-        .await;
-        if let Ok(Err(error)) = pinged {
-            tracing::debug!(%error, "redis: the bus connection did not answer a ping");
+        let result = if subscribed {
+            breaker
+                .call(
+                    timeout,
+                    redis::cmd("PING").query_async::<()>(&mut subscriber),
+                )
+                .await
+        } else {
+            let result = breaker.call(timeout, subscriber.subscribe(&bus)).await;
+            if result.is_ok() {
+                tracing::info!("redis answers: subscribed to the bus");
+                subscribed = true;
+            }
+            result
+        };
+        if let Err(error) = result {
+            tracing::debug!(%error, "redis: the bus connection did not answer");
         }
     }
 }

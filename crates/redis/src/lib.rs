@@ -11,7 +11,11 @@
 //! the environment; the service builds it from the configuration.
 
 mod broker;
+mod guard;
 mod script;
 mod wire;
 
-pub use crate::broker::{RedisBroker, RedisBrokerError, RedisSettings};
+pub use crate::{
+    broker::{RedisBroker, RedisBrokerError, RedisSettings},
+    guard::RedisBreaker,
+};

@@ -12,7 +12,7 @@ use herald_core::{
 use herald_memory::MemoryMonitor;
 use herald_monitoring::{HealthChecker, MetricsReporter};
 use herald_redis::{RedisBroker, RedisSettings};
-use herald_utils::SystemClock;
+use herald_utils::{BreakerSettings, SystemClock};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
@@ -214,18 +214,26 @@ async fn build_broker(config: &BaseConfig, node_id: &str) -> anyhow::Result<Arc<
     } else {
         config.history_size
     };
-    let broker = RedisBroker::connect(RedisSettings {
-        url: url.expose().to_owned(),
-        key_prefix: config.redis_key_prefix.clone(),
-        node_id: node_id.to_owned(),
-        command_timeout: config.redis_command_timeout,
-        connect_timeout: config.redis_connect_timeout,
-        history_size,
-        history_retention: config.history_ttl,
-    })
+    let broker = RedisBroker::connect(
+        RedisSettings {
+            url: url.expose().to_owned(),
+            key_prefix: config.redis_key_prefix.clone(),
+            node_id: node_id.to_owned(),
+            command_timeout: config.redis_command_timeout,
+            connect_timeout: config.redis_connect_timeout,
+            history_size,
+            history_retention: config.history_ttl,
+            breaker: BreakerSettings {
+                failure_threshold: config.redis_breaker_failures,
+                open_for: config.redis_breaker_open,
+                half_open_probes: config.redis_breaker_probes,
+            },
+        },
+        Arc::new(SystemClock),
+    )
     .await
     .context("HERALD_REDIS_URL (redis_url): cannot join the cluster")?;
-    tracing::info!(node = node_id, "joined the cluster over redis");
+    tracing::info!(node = node_id, breaker = %broker.breaker().state(), "joined the cluster over redis");
     Ok(Arc::new(broker))
 }
 
