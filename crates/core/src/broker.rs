@@ -23,6 +23,7 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
+use herald_monitoring::RedisStats;
 use herald_protocol::Topic;
 use herald_utils::Priority;
 
@@ -82,6 +83,12 @@ pub trait Broker: Send + Sync + 'static {
     /// The cluster-wide authority on offsets, epochs and dedupe ids, if this broker is one.
     /// Asked once, when the gateway is built.
     fn sequencer(&self) -> Option<Arc<dyn Sequencer>> {
+        None
+    }
+
+    /// The state of this broker's link to the cluster's Redis (circuit breaker, outbox), for
+    /// `/api/stats` and `/metrics`; `None` for a broker without one.
+    fn redis_stats(&self) -> Option<RedisStats> {
         None
     }
 }

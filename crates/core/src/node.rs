@@ -12,7 +12,7 @@ use std::{
 
 use herald_config::RuntimeConfig;
 use herald_memory::MemoryProbe;
-use herald_monitoring::LatencyHistogram;
+use herald_monitoring::{LatencyHistogram, RedisStats};
 use herald_utils::{Clock, Priority};
 
 use crate::{
@@ -214,6 +214,11 @@ impl Node {
                     retry_after_ms: RETRY_AFTER_MS,
                 }
             })
+    }
+
+    /// The broker's link to the cluster's Redis, if it has one (for the stats).
+    pub(crate) fn redis_stats(&self) -> Option<RedisStats> {
+        self.broker.redis_stats()
     }
 
     /// Hands an operation this node accepted and delivered to the broker, for the other nodes.

@@ -9,7 +9,10 @@
 //! reconnect), it fetches them from the topic's history stream first.
 
 use std::{
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -17,8 +20,9 @@ use herald_core::{
     Broker, BrokerError, Envelope, Frame, LocalDelivery, SequenceReply, SequenceRequest, Sequenced,
     SequencedDelivery, SequencedPublication, Sequencer,
 };
+use herald_monitoring::RedisStats;
 use herald_protocol::Topic;
-use herald_utils::{BreakerSettings, Clock};
+use herald_utils::{BreakerSettings, BreakerState, Clock};
 use redis::{
     AsyncCommands as _, Client, IntoConnectionInfo as _, ProtocolVersion, PushInfo, PushKind,
     RedisError, Script, Value,
@@ -27,6 +31,7 @@ use redis::{
 use tokio::sync::mpsc;
 
 use crate::{
+    fallback::{Fallback, Pending},
     guard::RedisBreaker,
     script::{PublishArgs, publish_script},
     wire::{BusMessage, Keys, decode, encode_envelope},
@@ -36,6 +41,8 @@ use crate::{
 const COMMAND_QUEUE: usize = 10_000;
 /// How often the subscriber connection is pinged, which also drives its reconnection.
 const KEEP_ALIVE: Duration = Duration::from_secs(1);
+/// How often the command task tries to replay the outbox when no work arrives.
+const REPLAY_INTERVAL: Duration = Duration::from_millis(200);
 
 /// How a node joins a cluster over Redis.
 #[derive(Debug, Clone)]
@@ -56,6 +63,9 @@ pub struct RedisSettings {
     pub history_retention: Duration,
     /// When the circuit breaker around every Redis call opens and closes.
     pub breaker: BreakerSettings,
+    /// Operations kept while Redis is unreachable, replayed when it is back (0: none kept,
+    /// every publication is refused while the breaker is open).
+    pub outbox_size: usize,
 }
 
 /// Why the broker could not start.
@@ -89,6 +99,13 @@ struct Shared {
     commands: mpsc::Sender<Command>,
     /// This node's delivery, once the gateway attached.
     local: Mutex<Option<LocalDelivery>>,
+    /// Local numbering and the outbox while Redis is unreachable. Held while delivering a
+    /// publication on this node, so local and Redis numbering never interleave on a topic.
+    fallback: Mutex<Fallback>,
+    /// Makes local epochs unique.
+    clock: Arc<dyn Clock>,
+    /// Local epochs made so far.
+    local_epochs: AtomicU64,
 }
 
 impl Shared {
@@ -97,6 +114,25 @@ impl Shared {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    fn fallback(&self) -> MutexGuard<'_, Fallback> {
+        self.fallback.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A new local epoch: the time, this node and a count, so it differs from Redis's epochs
+    /// (`<seconds>-<microseconds>`), from other nodes' and from this node's earlier ones.
+    fn local_epoch(&self) -> String {
+        let count = self.local_epochs.fetch_add(1, Ordering::Relaxed) + 1;
+        // FNV-1a of the node id: short, and the same on every call.
+        let node = self
+            .settings
+            .node_id
+            .bytes()
+            .fold(0x811c_9dc5_u32, |hash, byte| {
+                (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+            });
+        format!("{:x}-n{node:x}-{count}", self.clock.unix_ms())
     }
 }
 
@@ -136,7 +172,7 @@ impl RedisBroker {
             .set_automatic_resubscription();
         let connection = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
         let mut subscriber = ConnectionManager::new_lazy_with_config(client, subscriber_config)?;
-        let breaker = RedisBreaker::new(clock, settings.breaker);
+        let breaker = RedisBreaker::new(Arc::clone(&clock), settings.breaker);
         // The first contact: connecting and subscribing, each bounded by the connect timeout.
         let bound = settings.connect_timeout * 2;
         let subscribed = breaker
@@ -151,12 +187,16 @@ impl RedisBroker {
             })
             .is_ok();
         let (commands, queue) = mpsc::channel(COMMAND_QUEUE);
+        let settings_outbox = settings.outbox_size;
         let shared = Arc::new(Shared {
             settings,
             keys,
             breaker,
             commands,
             local: Mutex::new(None),
+            fallback: Mutex::new(Fallback::new(settings_outbox)),
+            clock,
+            local_epochs: AtomicU64::new(0),
         });
         tokio::spawn(run_commands(
             Arc::downgrade(&shared),
@@ -204,6 +244,25 @@ impl Broker for RedisBroker {
     fn sequencer(&self) -> Option<Arc<dyn Sequencer>> {
         Some(Arc::new(self.clone()))
     }
+
+    fn redis_stats(&self) -> Option<RedisStats> {
+        let breaker = &self.shared.breaker;
+        let state = breaker.state();
+        let fallback = self.shared.fallback();
+        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        Some(RedisStats {
+            breaker: state.as_str(),
+            breaker_state: u64::from(state.code()),
+            opened: breaker.entered(BreakerState::Open),
+            half_opened: breaker.entered(BreakerState::HalfOpen),
+            closed: breaker.entered(BreakerState::Closed),
+            local_fallback: fallback.active(),
+            outbox_depth: count(fallback.depth()),
+            outbox_capacity: count(fallback.capacity()),
+            outbox_refused: fallback.refused(),
+            outbox_replayed: fallback.replayed(),
+        })
+    }
 }
 
 impl Sequencer for RedisBroker {
@@ -225,33 +284,149 @@ impl Sequencer for RedisBroker {
 }
 
 /// The command task: performs queued work one item at a time, in the order it was queued.
+///
+/// While Redis is unreachable (the breaker is not closed) publications are numbered and
+/// delivered on this node and kept in the outbox with forwarded operations; from then until
+/// the outbox is replayed, new work queues behind it, so Redis receives everything in the
+/// order this node accepted it.
 async fn run_commands(
     shared: std::sync::Weak<Shared>,
     mut connection: ConnectionManager,
     mut queue: mpsc::Receiver<Command>,
 ) {
     let script = publish_script();
-    while let Some(command) = queue.recv().await {
+    let mut replay = tokio::time::interval(REPLAY_INTERVAL);
+    replay.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let command = tokio::select! {
+            command = queue.recv() => match command {
+                Some(command) => Some(command),
+                None => return,
+            },
+            _ = replay.tick() => None,
+        };
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        let timeout = shared.settings.command_timeout;
+        replay_outbox(&shared, &script, &mut connection).await;
         match command {
-            Command::Sequence(request, reply) => {
-                let result = sequence(&shared, &script, &mut connection, &request).await;
+            None => {}
+            Some(Command::Sequence(request, reply)) => {
+                let result = if shared.falling_back() {
+                    sequence_locally(&shared, &request)
+                } else {
+                    match sequence(&shared, &script, &mut connection, &request).await {
+                        Err(_) if shared.breaker.state() != BreakerState::Closed => {
+                            sequence_locally(&shared, &request)
+                        }
+                        result => result,
+                    }
+                };
                 reply(result);
             }
-            Command::Forward(message) => {
-                let channel = shared.keys.bus();
-                let sent = shared
-                    .breaker
-                    .call(timeout, connection.publish::<_, _, ()>(channel, message))
-                    .await;
-                if let Err(error) = sent {
-                    tracing::warn!(%error, "an operation did not reach the other nodes");
+            Some(Command::Forward(message)) => {
+                if shared.falling_back() {
+                    keep_forward(&shared, message);
+                } else if let Err((error, message)) =
+                    forward(&shared, &mut connection, message).await
+                {
+                    if shared.breaker.state() == BreakerState::Closed {
+                        tracing::warn!(%error, "an operation did not reach the other nodes");
+                    } else {
+                        keep_forward(&shared, message);
+                    }
                 }
             }
         }
+    }
+}
+
+impl Shared {
+    /// Whether work goes to the outbox now: local numbering is on or something waits there.
+    fn falling_back(&self) -> bool {
+        let fallback = self.fallback();
+        fallback.active() || fallback.depth() > 0
+    }
+}
+
+/// Numbers a publication on this node (Redis is unreachable), delivers it to this node's
+/// subscribers and keeps it for the replay; refused when the outbox is full.
+fn sequence_locally(shared: &Shared, request: &SequenceRequest) -> Result<Sequenced, BrokerError> {
+    let mut fallback = shared.fallback();
+    let was_active = fallback.active();
+    let (publication, sequenced) = fallback
+        .sequence(request, || shared.local_epoch())
+        .map_err(|full| {
+            tracing::debug!(%full, "a publication was refused");
+            BrokerError::Unavailable(full.to_string())
+        })?;
+    if !was_active {
+        tracing::warn!(
+            epoch = %sequenced.epoch,
+            "redis is unreachable: numbering publications on this node in a local epoch until the outbox is replayed"
+        );
+    }
+    if let (Some(publication), Some(local)) = (publication, shared.local()) {
+        local.deliver_sequenced(&publication, true);
+    }
+    Ok(sequenced)
+}
+
+/// Keeps a forwarded operation for the replay; when the outbox is full it is lost for the
+/// other nodes (this node delivered it), which is logged and counted.
+fn keep_forward(shared: &Shared, message: Vec<u8>) {
+    if let Err(full) = shared.fallback().forward(message) {
+        tracing::warn!(%full, "an operation did not reach the other nodes");
+    }
+}
+
+/// Publishes a forwarded operation on the bus; gives it back with the error when it failed.
+async fn forward(
+    shared: &Shared,
+    connection: &mut ConnectionManager,
+    message: Vec<u8>,
+) -> Result<(), (BrokerError, Vec<u8>)> {
+    let channel = shared.keys.bus();
+    shared
+        .breaker
+        .call(
+            shared.settings.command_timeout,
+            connection.publish::<_, _, ()>(channel, &message),
+        )
+        .await
+        .map_err(|error| (error, message))
+}
+
+/// Replays the outbox to Redis, oldest first, while Redis takes it; once it is empty and the
+/// breaker closed, Redis numbers publications again.
+async fn replay_outbox(shared: &Shared, script: &Script, connection: &mut ConnectionManager) {
+    loop {
+        let next = {
+            let mut fallback = shared.fallback();
+            let next = fallback.next_to_replay();
+            if next.is_none() && shared.breaker.state() == BreakerState::Closed && fallback.finish()
+            {
+                tracing::info!(
+                    replayed = fallback.replayed(),
+                    "the outbox is replayed: redis numbers publications again"
+                );
+            }
+            next
+        };
+        let replayed = match next {
+            None => return,
+            Some(Pending::Publication(request)) => sequence(shared, script, connection, &request)
+                .await
+                .map(drop),
+            Some(Pending::Forward(message)) => forward(shared, connection, message)
+                .await
+                .map_err(|(error, _)| error),
+        };
+        if let Err(error) = replayed {
+            tracing::debug!(%error, "the outbox replay waits for redis");
+            return;
+        }
+        shared.fallback().replayed_one();
     }
 }
 
@@ -336,7 +511,8 @@ async fn deliver_in_order(
     local: &LocalDelivery,
     publication: &SequencedPublication,
 ) {
-    let SequencedDelivery::Gap { last_offset } = local.deliver_sequenced(publication, false) else {
+    let SequencedDelivery::Gap { last_offset } = deliver_bus(shared, local, publication, false)
+    else {
         return;
     };
     let fetched = fetch(
@@ -351,7 +527,7 @@ async fn deliver_in_order(
         Ok(missing) => {
             let mut expected = last_offset + 1;
             for earlier in missing.iter().filter(|p| p.epoch == publication.epoch) {
-                local.deliver_sequenced(earlier, earlier.offset != expected);
+                deliver_bus(shared, local, earlier, earlier.offset != expected);
                 expected = earlier.offset + 1;
             }
         }
@@ -359,7 +535,24 @@ async fn deliver_in_order(
             tracing::warn!(%error, topic = %publication.topic, "missed publications could not be fetched");
         }
     }
-    local.deliver_sequenced(publication, true);
+    deliver_bus(shared, local, publication, true);
+}
+
+/// Delivers a publication Redis numbered, unless this node numbers its topic itself until
+/// its outbox is replayed (then its subscribers have what the replay brings back, in the
+/// local epoch, and it is dropped). The first one after that starts Redis's epoch here.
+fn deliver_bus(
+    shared: &Shared,
+    local: &LocalDelivery,
+    publication: &SequencedPublication,
+    accept_gap: bool,
+) -> SequencedDelivery {
+    let mut fallback = shared.fallback();
+    if fallback.holds(&publication.topic) {
+        return SequencedDelivery::Stale;
+    }
+    let accept_gap = fallback.returns(&publication.topic) || accept_gap;
+    local.deliver_sequenced(publication, accept_gap)
 }
 
 /// The topic's retained publications after `after` and before `before`, oldest first.

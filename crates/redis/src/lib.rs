@@ -11,6 +11,7 @@
 //! the environment; the service builds it from the configuration.
 
 mod broker;
+mod fallback;
 mod guard;
 mod script;
 mod wire;

@@ -12,14 +12,14 @@ use herald_core::{
 use herald_memory::MemoryMonitor;
 use herald_monitoring::{HealthChecker, MetricsReporter};
 use herald_redis::{RedisBroker, RedisSettings};
-use herald_utils::{BreakerSettings, SystemClock};
+use herald_utils::{BreakerSettings, BreakerState, SystemClock};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     abuse::Shield,
     app::{App, Role},
     capacity::{self, Capacity},
-    checks::{EventLoopLag, MemoryHealth},
+    checks::{EventLoopLag, MemoryHealth, RedisHealth},
     jwt::{JwtAuthenticator, JwtSettings},
     listener::{DeadPeers, Edge, accept_loop, bind},
     pressure::{self, Memory},
@@ -84,14 +84,17 @@ pub(crate) async fn run(
     let metrics = MetricsReporter::install().context("cannot install the metrics recorder")?;
     let monitor = pressure::monitor(&config)?;
     let node_id = node_id(&config);
-    let broker = build_broker(&config, &node_id).await?;
+    let (broker, redis) = build_broker(&config, &node_id).await?;
     let gateway = build_gateway(&config, jwt, Arc::clone(&monitor), broker);
     let memory = Arc::new(Memory::new(&config, monitor, &gateway));
     let lag = Arc::new(EventLoopLag::default());
-    let health = HealthChecker::new()
+    let mut health = HealthChecker::new()
         .required(gateway.clone())
         .required(MemoryHealth::new(Arc::clone(&memory)))
         .informational(Arc::clone(&lag));
+    if let Some(redis) = redis {
+        health = health.informational(RedisHealth::new(redis));
+    }
     let sessions = TaskTracker::new();
     let shield = Arc::new(Shield::new(&config, Arc::new(SystemClock)));
     let config_max_connections = config.max_connections;
@@ -203,11 +206,14 @@ fn node_id(config: &BaseConfig) -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// The broker: over Redis when `HERALD_REDIS_URL` is set (many nodes as one), else the
-/// embedded one (one node, nothing to forward).
-async fn build_broker(config: &BaseConfig, node_id: &str) -> anyhow::Result<Arc<dyn Broker>> {
+/// The broker: over Redis when `HERALD_REDIS_URL` is set (many nodes as one; also returned
+/// for its health check), else the embedded one (one node, nothing to forward).
+async fn build_broker(
+    config: &BaseConfig,
+    node_id: &str,
+) -> anyhow::Result<(Arc<dyn Broker>, Option<RedisBroker>)> {
     let Some(url) = &config.redis_url else {
-        return Ok(Arc::new(InMemoryBroker::new()));
+        return Ok((Arc::new(InMemoryBroker::new()), None));
     };
     let history_size = if config.history_ttl.is_zero() {
         0
@@ -228,13 +234,16 @@ async fn build_broker(config: &BaseConfig, node_id: &str) -> anyhow::Result<Arc<
                 open_for: config.redis_breaker_open,
                 half_open_probes: config.redis_breaker_probes,
             },
+            outbox_size: config.redis_outbox_size,
         },
         Arc::new(SystemClock),
     )
     .await
-    .context("HERALD_REDIS_URL (redis_url): cannot join the cluster")?;
-    tracing::info!(node = node_id, breaker = %broker.breaker().state(), "joined the cluster over redis");
-    Ok(Arc::new(broker))
+    .context("HERALD_REDIS_URL (redis_url)")?;
+    if broker.breaker().state() == BreakerState::Closed {
+        tracing::info!(node = node_id, "joined the cluster over redis");
+    }
+    Ok((Arc::new(broker.clone()), Some(broker)))
 }
 
 /// Builds the gateway and its seams from the configuration.

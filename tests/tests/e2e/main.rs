@@ -8,6 +8,7 @@ mod body_limit;
 mod browser_client;
 mod client;
 mod cluster;
+mod cluster_faults;
 mod conformance;
 mod dashboard;
 mod delivery;
