@@ -290,6 +290,12 @@ impl LocalDelivery {
                 node.deliver_sequenced(publication, accept_gap)
             })
     }
+
+    /// The topic's position on this node: the last offset delivered and its epoch, if the
+    /// node knows the topic.
+    pub fn position(&self, topic: &Topic) -> Option<(u64, Arc<str>)> {
+        self.node.upgrade().and_then(|node| node.position(topic))
+    }
 }
 
 /// What a [`LocalDelivery`] delivers to: the gateway's node, behind a trait so that this module
@@ -304,6 +310,9 @@ pub(crate) trait Deliver: Send + Sync {
         publication: &SequencedPublication,
         accept_gap: bool,
     ) -> SequencedDelivery;
+
+    /// See [`LocalDelivery::position`].
+    fn position(&self, topic: &Topic) -> Option<(u64, Arc<str>)>;
 }
 
 /// The in-process broker: connects the gateways of one process.
@@ -406,6 +415,10 @@ mod tests {
             _accept_gap: bool,
         ) -> SequencedDelivery {
             SequencedDelivery::Stale
+        }
+
+        fn position(&self, _topic: &Topic) -> Option<(u64, Arc<str>)> {
+            None
         }
     }
 

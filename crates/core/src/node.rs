@@ -13,6 +13,7 @@ use std::{
 use herald_config::RuntimeConfig;
 use herald_memory::MemoryProbe;
 use herald_monitoring::{LatencyHistogram, RedisStats};
+use herald_protocol::Topic;
 use herald_utils::{Clock, Priority};
 
 use crate::{
@@ -315,5 +316,11 @@ impl Deliver for Node {
             self.counters.delivered.add(delivered);
         }
         outcome
+    }
+
+    fn position(&self, topic: &Topic) -> Option<(u64, Arc<str>)> {
+        self.topics
+            .topic(topic)
+            .map(|info| (info.position.last_offset, info.position.epoch))
     }
 }

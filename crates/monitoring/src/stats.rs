@@ -238,6 +238,10 @@ pub struct RedisStats {
     /// Whether the node numbers publications itself now (a local epoch), until its outbox is
     /// replayed. Gauge `herald_redis_local_fallback` (0 or 1).
     pub local_fallback: bool,
+    /// Whether the bus connection is up and subscribed (its last keep-alive ping, once a
+    /// second, was answered). While it is not, other nodes' operations do not reach this one.
+    /// Gauge `herald_redis_bus_connected` (0 or 1).
+    pub bus_connected: bool,
     /// Operations accepted while Redis was unreachable, waiting to be replayed.
     /// Gauge `herald_redis_outbox_depth`.
     pub outbox_depth: u64,
@@ -436,6 +440,11 @@ impl Stats {
                     Gauge,
                     u64::from(redis.local_fallback),
                 ),
+                plain(
+                    "herald_redis_bus_connected",
+                    Gauge,
+                    u64::from(redis.bus_connected),
+                ),
                 plain("herald_redis_outbox_depth", Gauge, redis.outbox_depth),
                 plain("herald_redis_outbox_capacity", Gauge, redis.outbox_capacity),
                 plain(
@@ -533,6 +542,7 @@ mod tests {
                 half_opened: next(),
                 closed: next(),
                 local_fallback: true,
+                bus_connected: false,
                 outbox_depth: next(),
                 outbox_capacity: next(),
                 outbox_refused: next(),
@@ -563,8 +573,12 @@ mod tests {
     #[test]
     fn every_sample_has_a_distinct_value_and_a_well_formed_name() {
         let samples = distinct().samples();
-        // The two Redis levels (a state code and a flag) cannot be distinct; the rest are.
-        let levels = ["herald_redis_breaker_state", "herald_redis_local_fallback"];
+        // The Redis levels (a state code and two flags) cannot be distinct; the rest are.
+        let levels = [
+            "herald_redis_breaker_state",
+            "herald_redis_local_fallback",
+            "herald_redis_bus_connected",
+        ];
         let counts: Vec<&Sample> = samples
             .iter()
             .filter(|s| !levels.contains(&s.name))
@@ -572,7 +586,7 @@ mod tests {
         let values: BTreeSet<u64> = counts.iter().map(|s| s.value).collect();
         // Every field but the derived `shed` total and the latency is exported once.
         assert_eq!(values.len(), counts.len(), "{samples:?}");
-        assert_eq!(samples.len(), 42);
+        assert_eq!(samples.len(), 43);
         for sample in &samples {
             assert!(sample.name.starts_with("herald_"), "{sample:?}");
             let total = sample.name.ends_with("_total");

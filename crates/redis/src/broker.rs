@@ -11,7 +11,7 @@
 use std::{
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -106,6 +106,9 @@ struct Shared {
     clock: Arc<dyn Clock>,
     /// Local epochs made so far.
     local_epochs: AtomicU64,
+    /// Whether the bus connection is up and subscribed: the last keep-alive answered and no
+    /// disconnection was seen since.
+    bus_connected: AtomicBool,
 }
 
 impl Shared {
@@ -197,6 +200,7 @@ impl RedisBroker {
             fallback: Mutex::new(Fallback::new(settings_outbox)),
             clock,
             local_epochs: AtomicU64::new(0),
+            bus_connected: AtomicBool::new(subscribed),
         });
         tokio::spawn(run_commands(
             Arc::downgrade(&shared),
@@ -257,6 +261,7 @@ impl Broker for RedisBroker {
             half_opened: breaker.entered(BreakerState::HalfOpen),
             closed: breaker.entered(BreakerState::Closed),
             local_fallback: fallback.active(),
+            bus_connected: self.shared.bus_connected.load(Ordering::Relaxed),
             outbox_depth: count(fallback.depth()),
             outbox_capacity: count(fallback.capacity()),
             outbox_refused: fallback.refused(),
@@ -354,8 +359,10 @@ impl Shared {
 fn sequence_locally(shared: &Shared, request: &SequenceRequest) -> Result<Sequenced, BrokerError> {
     let mut fallback = shared.fallback();
     let was_active = fallback.active();
+    let local = shared.local();
+    let position = || local.as_ref().and_then(|l| l.position(&request.topic));
     let (publication, sequenced) = fallback
-        .sequence(request, || shared.local_epoch())
+        .sequence(request, || shared.local_epoch(), position)
         .map_err(|full| {
             tracing::debug!(%full, "a publication was refused");
             BrokerError::Unavailable(full.to_string())
@@ -366,7 +373,7 @@ fn sequence_locally(shared: &Shared, request: &SequenceRequest) -> Result<Sequen
             "redis is unreachable: numbering publications on this node in a local epoch until the outbox is replayed"
         );
     }
-    if let (Some(publication), Some(local)) = (publication, shared.local()) {
+    if let (Some(publication), Some(local)) = (publication, &local) {
         local.deliver_sequenced(&publication, true);
     }
     Ok(sequenced)
@@ -472,6 +479,7 @@ async fn receive(
         match push.kind {
             PushKind::Message => {}
             PushKind::Disconnection => {
+                shared.bus_connected.store(false, Ordering::Relaxed);
                 tracing::warn!(
                     "redis: the bus connection dropped; reconnecting (missed publications are fetched from history when the next one shows the gap)"
                 );
@@ -505,29 +513,51 @@ async fn receive(
 /// Delivers a publication; when the node lacks the ones before it, fetches them from the
 /// topic's history stream and delivers them first. What the stream no longer holds (or cannot
 /// give now) stays a gap: subscribers see it in the offsets, and resumes across it are refused.
+///
+/// A topic this node numbers itself until its outbox is replayed is left alone (its
+/// subscribers get the replayed publications in the local epoch already). The first
+/// publication after that switches the topic back to Redis's epoch, preceded by what Redis
+/// retains after the node's position in that epoch before it fell back (all it retains when
+/// the epoch is another): publications that were in flight then are not lost here.
 async fn deliver_in_order(
     shared: &Shared,
     connection: &mut ConnectionManager,
     local: &LocalDelivery,
     publication: &SequencedPublication,
 ) {
-    let SequencedDelivery::Gap { last_offset } = deliver_bus(shared, local, publication, false)
-    else {
-        return;
+    let (after, returning) = {
+        let mut fallback = shared.fallback();
+        if fallback.holds(&publication.topic) {
+            return;
+        }
+        match fallback.returns(&publication.topic) {
+            Some(before) => {
+                let after = before
+                    .filter(|(_, epoch)| *epoch == publication.epoch)
+                    .map_or(0, |(offset, _)| offset);
+                (after, true)
+            }
+            None => match local.deliver_sequenced(publication, false) {
+                SequencedDelivery::Gap { last_offset } => (last_offset, false),
+                _ => return,
+            },
+        }
     };
     let fetched = fetch(
         shared,
         connection,
         &publication.topic,
-        last_offset,
+        after,
         publication.offset,
     )
     .await;
     match fetched {
         Ok(missing) => {
-            let mut expected = last_offset + 1;
+            let mut expected = after + 1;
+            let mut switch = returning;
             for earlier in missing.iter().filter(|p| p.epoch == publication.epoch) {
-                deliver_bus(shared, local, earlier, earlier.offset != expected);
+                deliver_bus(shared, local, earlier, switch || earlier.offset != expected);
+                switch = false;
                 expected = earlier.offset + 1;
             }
         }
@@ -539,19 +569,17 @@ async fn deliver_in_order(
 }
 
 /// Delivers a publication Redis numbered, unless this node numbers its topic itself until
-/// its outbox is replayed (then its subscribers have what the replay brings back, in the
-/// local epoch, and it is dropped). The first one after that starts Redis's epoch here.
+/// its outbox is replayed.
 fn deliver_bus(
     shared: &Shared,
     local: &LocalDelivery,
     publication: &SequencedPublication,
     accept_gap: bool,
 ) -> SequencedDelivery {
-    let mut fallback = shared.fallback();
+    let fallback = shared.fallback();
     if fallback.holds(&publication.topic) {
         return SequencedDelivery::Stale;
     }
-    let accept_gap = fallback.returns(&publication.topic) || accept_gap;
     local.deliver_sequenced(publication, accept_gap)
 }
 
@@ -648,7 +676,6 @@ async fn keep_alive(
         let timeout = shared.settings.command_timeout;
         let breaker = shared.breaker.clone();
         let bus = shared.keys.bus();
-        drop(shared);
         let result = if subscribed {
             breaker
                 .call(
@@ -664,6 +691,12 @@ async fn keep_alive(
             }
             result
         };
+        // An answer on the bus connection means it is connected and subscribed: the
+        // connection manager resubscribes a new connection before handing it out.
+        shared
+            .bus_connected
+            .store(result.is_ok(), Ordering::Relaxed);
+        drop(shared);
         if let Err(error) = result {
             tracing::debug!(%error, "redis: the bus connection did not answer");
         }

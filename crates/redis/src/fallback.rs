@@ -7,12 +7,15 @@
 //! replay, delivers what this returns, and runs the replayed operations against Redis.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{HashMap, VecDeque},
     sync::Arc,
 };
 
 use herald_core::{SequenceRequest, Sequenced, SequencedPublication, complete_message_frame};
 use herald_protocol::Topic;
+
+/// A topic's place in a numbering: its last offset and the epoch.
+pub(crate) type Position = (u64, Arc<str>);
 
 /// An operation accepted while Redis was unreachable, waiting to be replayed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,14 +40,16 @@ pub(crate) struct Fallback {
     capacity: usize,
     /// The local epoch while this node numbers publications itself; `None`: Redis numbers.
     epoch: Option<Arc<str>>,
-    /// Each topic's last local offset in `epoch`.
-    offsets: HashMap<Topic, u64>,
+    /// Each topic's last local offset in `epoch`, and where the node was in Redis's numbering
+    /// when it began numbering the topic itself (its last offset and epoch, if known).
+    offsets: HashMap<Topic, (u64, Option<Position>)>,
     /// Publish ids seen in `epoch`, with their local offset.
     ids: HashMap<(Topic, String), u64>,
     outbox: VecDeque<Pending>,
-    /// Topics this node numbered in a local epoch that are back under Redis's numbering: the
-    /// next publication Redis brings for each starts Redis's epoch here, wherever its offset is.
-    returning: HashSet<Topic>,
+    /// Topics this node numbered in a local epoch that are back under Redis's numbering, with
+    /// where the node was before: the next publication Redis brings for each starts Redis's
+    /// epoch here again, after what Redis retains since that position.
+    returning: HashMap<Topic, Option<Position>>,
     /// Operations refused because the outbox was full, since start.
     refused: u64,
     /// Operations replayed to Redis, since start.
@@ -60,7 +65,7 @@ impl Fallback {
             offsets: HashMap::new(),
             ids: HashMap::new(),
             outbox: VecDeque::new(),
-            returning: HashSet::new(),
+            returning: HashMap::new(),
             refused: 0,
             replayed: 0,
         }
@@ -73,12 +78,15 @@ impl Fallback {
     }
 
     /// Numbers `request` locally and keeps it for the replay. Starts local numbering in a new
-    /// epoch (`new_epoch()`) if it was not on. Returns the publication to deliver on this node
-    /// (`None` for a duplicate of an id seen in this epoch) and the answer to the publisher.
+    /// epoch (`new_epoch()`) if it was not on; `position()` is where this node is on the topic
+    /// now, asked when the topic is first numbered locally. Returns the publication to deliver
+    /// on this node (`None` for a duplicate of an id seen in this epoch) and the answer to the
+    /// publisher.
     pub(crate) fn sequence(
         &mut self,
         request: &SequenceRequest,
         new_epoch: impl FnOnce() -> String,
+        position: impl FnOnce() -> Option<Position>,
     ) -> Result<(Option<SequencedPublication>, Sequenced), OutboxFull> {
         let epoch = Arc::clone(self.epoch.get_or_insert_with(|| Arc::from(new_epoch())));
         let key = request
@@ -95,7 +103,10 @@ impl Fallback {
             return Ok((None, sequenced));
         }
         self.keep(Pending::Publication(request.clone()))?;
-        let offset = self.offsets.entry(request.topic.clone()).or_insert(0);
+        let (offset, _) = self
+            .offsets
+            .entry(request.topic.clone())
+            .or_insert_with(|| (0, position()));
         *offset += 1;
         let offset = *offset;
         if let Some(key) = key {
@@ -152,8 +163,11 @@ impl Fallback {
         if self.epoch.take().is_none() {
             return false;
         }
-        self.returning
-            .extend(self.offsets.drain().map(|(topic, _)| topic));
+        self.returning.extend(
+            self.offsets
+                .drain()
+                .map(|(topic, (_, before))| (topic, before)),
+        );
         self.ids.clear();
         true
     }
@@ -165,9 +179,10 @@ impl Fallback {
         self.active() && self.offsets.contains_key(topic)
     }
 
-    /// Whether this is the first publication Redis brought for `topic` since local numbering
-    /// ended: then it starts Redis's epoch here, gap or not. Forgets the topic.
-    pub(crate) fn returns(&mut self, topic: &Topic) -> bool {
+    /// When this is the first publication Redis brought for `topic` since local numbering
+    /// ended: `Some` with where the node was in Redis's numbering before (if known); then it
+    /// starts Redis's epoch here again. Forgets the topic.
+    pub(crate) fn returns(&mut self, topic: &Topic) -> Option<Option<Position>> {
         self.returning.remove(topic)
     }
 
@@ -220,13 +235,13 @@ mod tests {
             "local-1".to_owned()
         };
         let (a1, s1) = fallback
-            .sequence(&request("a", None), &mut new_epoch)
+            .sequence(&request("a", None), &mut new_epoch, || None)
             .expect("kept");
         let (_, s2) = fallback
-            .sequence(&request("b", None), &mut new_epoch)
+            .sequence(&request("b", None), &mut new_epoch, || None)
             .expect("kept");
         let (a2, s3) = fallback
-            .sequence(&request("a", None), &mut new_epoch)
+            .sequence(&request("a", None), &mut new_epoch, || None)
             .expect("kept");
         assert_eq!(epochs, 1);
         assert!(fallback.active());
@@ -249,10 +264,12 @@ mod tests {
     fn a_full_outbox_refuses_and_counts_and_replay_frees_room() {
         let mut fallback = Fallback::new(2);
         let epoch = || "e".to_owned();
-        fallback.sequence(&request("a", None), epoch).expect("kept");
+        fallback
+            .sequence(&request("a", None), epoch, || None)
+            .expect("kept");
         fallback.forward(b"push".to_vec()).expect("kept");
         assert_eq!(
-            fallback.sequence(&request("a", None), epoch),
+            fallback.sequence(&request("a", None), epoch, || None),
             Err(OutboxFull { capacity: 2 })
         );
         assert_eq!(
@@ -262,7 +279,7 @@ mod tests {
         assert_eq!(fallback.refused(), 2);
         fallback.replayed_one();
         let (_, again) = fallback
-            .sequence(&request("a", None), epoch)
+            .sequence(&request("a", None), epoch, || None)
             .expect("room again");
         assert_eq!(again.offset, 2, "a refused publication takes no offset");
         assert_eq!(fallback.replayed(), 1);
@@ -277,7 +294,7 @@ mod tests {
         let mut fallback = Fallback::new(0);
         assert!(
             fallback
-                .sequence(&request("a", None), || "e".to_owned())
+                .sequence(&request("a", None), || "e".to_owned(), || None)
                 .is_err()
         );
         assert!(fallback.forward(Vec::new()).is_err());
@@ -288,10 +305,10 @@ mod tests {
         let mut fallback = Fallback::new(10);
         let epoch = || "e".to_owned();
         let (first, s1) = fallback
-            .sequence(&request("a", Some("x")), epoch)
+            .sequence(&request("a", Some("x")), epoch, || None)
             .expect("kept");
         let (again, s2) = fallback
-            .sequence(&request("a", Some("x")), epoch)
+            .sequence(&request("a", Some("x")), epoch, || None)
             .expect("answered");
         assert!(first.is_some());
         assert!(again.is_none(), "a duplicate is not delivered");
@@ -305,9 +322,19 @@ mod tests {
         let mut fallback = Fallback::new(10);
         let a = Topic::new("a").expect("valid");
         let other = Topic::new("other").expect("valid");
+        let before: Position = (7, Arc::from("redis-epoch"));
+        let at = before.clone();
         fallback
-            .sequence(&request("a", None), || "e1".to_owned())
+            .sequence(&request("a", None), || "e1".to_owned(), move || Some(at))
             .expect("kept");
+        fallback
+            .sequence(
+                &request("a", None),
+                || "e1".to_owned(),
+                || panic!("asked once"),
+            )
+            .expect("kept");
+        fallback.replayed_one();
         assert!(
             fallback.holds(&a),
             "redis's publications on a wait for the replay"
@@ -317,12 +344,12 @@ mod tests {
         assert!(fallback.finish());
         assert!(!fallback.active());
         assert!(!fallback.holds(&a));
-        assert!(fallback.returns(&a));
-        assert!(!fallback.returns(&a), "only the first one");
+        assert_eq!(fallback.returns(&a), Some(Some(before)));
+        assert_eq!(fallback.returns(&a), None, "only the first one");
         assert!(!fallback.finish(), "already finished");
         // A second outage numbers in a new epoch from 1.
         let (_, s) = fallback
-            .sequence(&request("a", None), || "e2".to_owned())
+            .sequence(&request("a", None), || "e2".to_owned(), || None)
             .expect("kept");
         assert_eq!((s.offset, &*s.epoch), (1, "e2"));
     }

@@ -62,9 +62,10 @@ impl HealthCheck for MemoryHealth {
     }
 }
 
-/// The link to the cluster's Redis: `ok` while the circuit breaker is closed and Redis numbers
-/// publications, `degraded` while it is open or half-open or the node still numbers
-/// publications itself (its outbox not yet replayed). Informational: a node without Redis
+/// The link to the cluster's Redis: `ok` while the circuit breaker is closed, Redis numbers
+/// publications and the bus is subscribed; `degraded` while the breaker is open or half-open,
+/// the node still numbers publications itself (its outbox not yet replayed) or the bus is
+/// down. Informational: a node without Redis
 /// still serves its own clients, so it stays ready.
 pub(crate) struct RedisHealth {
     broker: RedisBroker,
@@ -79,7 +80,7 @@ impl RedisHealth {
 
 /// The check of the Redis link's state.
 fn redis_check(stats: &RedisStats) -> CheckResult {
-    let degraded = stats.breaker_state != 0 || stats.local_fallback;
+    let degraded = stats.breaker_state != 0 || stats.local_fallback || !stats.bus_connected;
     let message = if !degraded {
         "redis circuit breaker closed".to_owned()
     } else if stats.local_fallback {
@@ -87,8 +88,10 @@ fn redis_check(stats: &RedisStats) -> CheckResult {
             "redis circuit breaker {}: publications are numbered and delivered on this node only; {} operations wait for redis",
             stats.breaker, stats.outbox_depth
         )
-    } else {
+    } else if stats.breaker_state != 0 {
         format!("redis circuit breaker {}", stats.breaker)
+    } else {
+        "the redis bus is reconnecting: other nodes' operations do not reach this node".to_owned()
     };
     CheckResult::new(if degraded {
         CheckStatus::Degraded
@@ -100,6 +103,7 @@ fn redis_check(stats: &RedisStats) -> CheckResult {
     .with_value("opened", stats.opened)
     .with_value("closed", stats.closed)
     .with_value("localFallback", u64::from(stats.local_fallback))
+    .with_value("busConnected", u64::from(stats.bus_connected))
     .with_value("outboxDepth", stats.outbox_depth)
     .with_value("outboxCapacity", stats.outbox_capacity)
     .with_value("outboxRefused", stats.outbox_refused)
@@ -191,6 +195,7 @@ mod tests {
     fn the_redis_check_is_degraded_while_the_breaker_is_not_closed_or_the_outbox_waits() {
         let closed = RedisStats {
             breaker: "closed",
+            bus_connected: true,
             outbox_capacity: 10,
             ..RedisStats::default()
         };
@@ -214,6 +219,11 @@ mod tests {
             ..open
         };
         assert_eq!(json(&replaying)["status"], "degraded");
+        let unsubscribed = RedisStats {
+            bus_connected: false,
+            ..closed
+        };
+        assert_eq!(json(&unsubscribed)["status"], "degraded");
     }
 
     #[test]

@@ -109,9 +109,13 @@ async fn wait_for_redis(
     Ok(stats["redis"].clone())
 }
 
-/// Back to normal: breaker closed, nothing left in the outbox, Redis numbers again.
+/// Back to normal: breaker closed, nothing left in the outbox, Redis numbers again, and the
+/// bus is subscribed (what is published from now on reaches the node).
 fn recovered(redis: &Value) -> bool {
-    redis["breaker"] == "closed" && redis["localFallback"] == false && redis["outboxDepth"] == 0
+    redis["breaker"] == "closed"
+        && redis["localFallback"] == false
+        && redis["outboxDepth"] == 0
+        && redis["busConnected"] == true
 }
 
 /// Each `n` in the order it first arrived.
@@ -153,17 +157,20 @@ async fn redis_killed_mid_stream_the_origin_delivers_at_once_and_the_others_afte
         accepted.push(n);
     }
     let mut far_seen = receive_all(&mut far, "live", &accepted).await?;
+    let mut near_seen = receive_all(&mut near, "live", &accepted).await?;
     redis.kill().await?;
     let mut next = 6;
     let (during, local_epoch) =
         publish_locally(origin, "live", &mut next, 5, Some(&redis_epoch)).await?;
     accepted.extend(&during);
-    // The origin's subscriber has every accepted publication now, while Redis is down.
-    let mut near_seen = receive_all(&mut near, "live", &accepted).await?;
+    // The origin's subscriber has every accepted publication now, while Redis is down, in the
+    // node's local epoch.
+    let local_seen = receive_all(&mut near, "live", &during).await?;
     assert!(
-        near_seen.iter().any(|(_, epoch)| *epoch == local_epoch),
-        "{near_seen:?}"
+        local_seen.iter().all(|(_, epoch)| *epoch == local_epoch),
+        "{local_seen:?}"
     );
+    near_seen.extend(local_seen);
     let open = wait_for_redis(origin, |r| r["localFallback"] == true).await?;
     assert!(open["opened"].as_u64() >= Some(1), "{open}");
     assert!(open["outboxDepth"].as_u64() >= Some(1), "{open}");
@@ -179,6 +186,7 @@ async fn redis_killed_mid_stream_the_origin_delivers_at_once_and_the_others_afte
 
     redis.restart().await?;
     let closed = wait_for_redis(origin, recovered).await?;
+    wait_for_redis(other, recovered).await?;
     assert!(closed["closed"].as_u64() >= Some(1), "{closed}");
     assert!(
         closed["outboxReplayed"].as_u64() >= Some(during.len() as u64),
@@ -242,12 +250,15 @@ async fn a_paused_redis_times_calls_out_opens_the_breaker_and_the_outbox_is_repl
         "calls to a stopped redis were not bounded"
     );
     accepted.extend(&during);
-    receive_all(&mut near, "t", &accepted).await?;
+    // At once, while Redis is stopped (the first publication may still be in Redis's
+    // output buffers: it comes after the resume).
+    let mut near_seen = receive_all(&mut near, "t", &during).await?;
     let open = wait_for_redis(origin, |r| r["breaker"] != "closed").await?;
     assert!(open["opened"].as_u64() >= Some(1), "{open}");
 
     redis.resume().await?;
     wait_for_redis(origin, recovered).await?;
+    wait_for_redis(other, recovered).await?;
     let (status, answer) = try_publish(origin, "t", next).await?;
     assert_eq!(status, 200, "{answer}");
     accepted.push(next);
@@ -257,6 +268,13 @@ async fn a_paused_redis_times_calls_out_opens_the_breaker_and_the_outbox_is_repl
         .filter(|n| accepted.contains(n))
         .collect();
     assert_eq!(far_firsts, accepted);
+    // And the origin's subscriber has them all too, the first one included.
+    let missing: Vec<u64> = accepted
+        .iter()
+        .copied()
+        .filter(|n| !near_seen.iter().any(|(seen, _)| seen == n))
+        .collect();
+    near_seen.extend(receive_all(&mut near, "t", &missing).await?);
     Ok(())
 }
 
@@ -294,6 +312,7 @@ async fn a_node_started_before_its_redis_serves_its_clients_then_joins() -> anyh
     // A node that starts now sees what the early one kept, through the shared history, and
     // what it publishes next.
     let cluster = Cluster::start(&redis, 1, &QUICK_BREAKER).await?;
+    wait_for_redis(&cluster.nodes[0], recovered).await?;
     let (mut far, _) = WsClient::connect_as(&cluster.nodes[0], "far").await?;
     far.subscribe("t").await?;
     let (status, answer) = try_publish(&early, "t", next).await?;
@@ -302,5 +321,56 @@ async fn a_node_started_before_its_redis_serves_its_clients_then_joins() -> anyh
     all.push(next);
     let far_seen = receive_all(&mut far, "t", &all).await?;
     assert_eq!(first_arrivals(&far_seen), all);
+    // The early node now receives over the bus too, in Redis's epoch.
+    let near_seen = receive_all(&mut near, "t", &[next]).await?;
+    let redis_epoch = answer["epoch"].as_str().unwrap_or_default();
+    assert!(
+        near_seen
+            .iter()
+            .any(|(n, epoch)| *n == next && epoch == redis_epoch),
+        "{near_seen:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_full_outbox_refuses_publications_with_503_and_retry_after_and_counts_them()
+-> anyhow::Result<()> {
+    let redis = RedisServer::unstarted()?;
+    let url = redis.url();
+    let mut env = vec![
+        ("HERALD_REDIS_URL", url.as_str()),
+        ("HERALD_REDIS_CONNECT_TIMEOUT_MS", "300"),
+        ("HERALD_REDIS_OUTBOX_SIZE", "2"),
+    ];
+    env.extend_from_slice(&QUICK_BREAKER);
+    let alone = TestServer::start(&env).await?;
+    let (mut near, _) = WsClient::connect_as(&alone, "near").await?;
+    near.subscribe("t").await?;
+    let mut next = 1;
+    let (accepted, _) = publish_locally(&alone, "t", &mut next, 2, None).await?;
+    assert_eq!(accepted, [1, 2]);
+    let body = json!({"topic": "t", "data": {"n": 3}});
+    let (status, headers, refused) = alone
+        .request("POST", "/api/publish", Some(&body), true)
+        .await?;
+    assert_eq!(status, 503, "{refused}");
+    assert_eq!(refused["error"]["code"], "unavailable");
+    let message = refused["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("outbox is full"), "{message}");
+    assert!(headers.contains_key("retry-after"), "{headers:?}");
+    // Nothing refused reached a subscriber; what was accepted did.
+    let seen = receive_all(&mut near, "t", &accepted).await?;
+    assert_eq!(first_arrivals(&seen), accepted);
+    near.expect_quiet("near").await?;
+    let state = wait_for_redis(&alone, |r| r["outboxRefused"] == 1).await?;
+    assert_eq!(state["outboxDepth"], 2, "{state}");
+    assert_eq!(state["outboxCapacity"], 2, "{state}");
+    let text = metrics(&alone).await?;
+    assert_eq!(
+        metric(&text, "herald_redis_outbox_refused_total"),
+        Some(1.0)
+    );
+    assert_eq!(metric(&text, "herald_redis_outbox_depth"), Some(2.0));
     Ok(())
 }
