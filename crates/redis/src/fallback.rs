@@ -103,6 +103,11 @@ impl Fallback {
             return Ok((None, sequenced));
         }
         self.keep(Pending::Publication(request.clone()))?;
+        if self.ids.len() >= self.capacity {
+            // Bounded like the outbox: under a long outage the oldest ids are forgotten, which
+            // only shortens how far back duplicates are recognised.
+            self.ids.clear();
+        }
         let (offset, _) = self
             .offsets
             .entry(request.topic.clone())
@@ -315,6 +320,23 @@ mod tests {
         assert!(s2.deduplicated);
         assert_eq!(s2.offset, s1.offset);
         assert_eq!(fallback.depth(), 1);
+    }
+
+    #[test]
+    fn remembered_ids_are_bounded_like_the_outbox() {
+        let mut fallback = Fallback::new(2);
+        let epoch = || "e".to_owned();
+        for id in ["x", "y", "z"] {
+            fallback
+                .sequence(&request("a", Some(id)), epoch, || None)
+                .expect("kept");
+            fallback.replayed_one();
+        }
+        assert!(fallback.ids.len() <= 2);
+        let (again, _) = fallback
+            .sequence(&request("a", Some("x")), epoch, || None)
+            .expect("kept");
+        assert!(again.is_some(), "x was forgotten, so it is delivered again");
     }
 
     #[test]

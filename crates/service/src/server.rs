@@ -178,6 +178,14 @@ pub(crate) async fn run(
     {
         tracing::warn!("shutdown grace period elapsed; dropping the remaining connections");
     }
+    if let Some(redis) = app.gateway.stats().redis
+        && redis.outbox_depth > 0
+    {
+        tracing::warn!(
+            operations = redis.outbox_depth,
+            "redis is unreachable: operations this node accepted and delivered are not replayed and never reach the other nodes"
+        );
+    }
     stop_listening.cancel();
     for listener in listeners {
         let _ = listener.await;
