@@ -257,7 +257,8 @@ async fn a_paused_redis_times_calls_out_opens_the_breaker_and_the_outbox_is_repl
     assert!(open["opened"].as_u64() >= Some(1), "{open}");
 
     redis.resume().await?;
-    wait_for_redis(origin, recovered).await?;
+    let closed = wait_for_redis(origin, recovered).await?;
+    assert!(closed["closed"].as_u64() >= Some(1), "{closed}");
     wait_for_redis(other, recovered).await?;
     let (status, answer) = try_publish(origin, "t", next).await?;
     assert_eq!(status, 200, "{answer}");
