@@ -289,7 +289,7 @@ async fn a_node_started_before_its_redis_serves_its_clients_then_joins() -> anyh
         ("HERALD_REDIS_CONNECT_TIMEOUT_MS", "300"),
     ];
     env.extend_from_slice(&QUICK_BREAKER);
-    let early = TestServer::start(&env).await?;
+    let mut early = TestServer::start(&env).await?;
     let state = wait_for_redis(&early, |r| r.is_object()).await?;
     assert_ne!(state["breaker"], "closed", "{state}");
     // Ready (it serves its own clients), and the detailed health says why it is degraded.
@@ -310,6 +310,11 @@ async fn a_node_started_before_its_redis_serves_its_clients_then_joins() -> anyh
     redis.restart().await?;
     let joined = wait_for_redis(&early, recovered).await?;
     assert!(joined["closed"].as_u64() >= Some(1), "{joined}");
+    // Each transition is logged.
+    let closed = early
+        .log_line_containing("redis circuit breaker closed")
+        .await?;
+    assert!(closed.to_string().contains(r#""to":"closed""#), "{closed}");
     // A node that starts now sees what the early one kept, through the shared history, and
     // what it publishes next.
     let cluster = Cluster::start(&redis, 1, &QUICK_BREAKER).await?;
