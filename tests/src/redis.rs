@@ -57,6 +57,13 @@ impl RedisServer {
         Ok(server)
     }
 
+    /// A Redis on a free port that is not started yet ([`restart`](Self::restart) starts
+    /// it): for a node that starts before its Redis.
+    pub fn unstarted() -> anyhow::Result<Self> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        Ok(Self { child: None, addr })
+    }
+
     /// `redis://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("redis://{}", self.addr)
@@ -122,7 +129,8 @@ impl RedisServer {
         self.wait_until(false).await
     }
 
-    /// Starts Redis again on the same port, empty.
+    /// Starts Redis again on the same port, empty (or for the first time, when
+    /// [`unstarted`](Self::unstarted)).
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.spawn().await
     }

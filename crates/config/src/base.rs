@@ -209,6 +209,19 @@ pub struct BaseConfig {
     /// `HERALD_REDIS_CONNECT_TIMEOUT_MS` / `redis_connect_timeout_ms`: how long connecting to
     /// Redis may take. Default 2 s, range 10 ms to 60 s.
     pub redis_connect_timeout: Duration,
+    /// `HERALD_REDIS_BREAKER_FAILURES` / `redis_breaker_failures`: consecutive failed Redis
+    /// calls that open the circuit breaker. Default 3, range 1 to 1000.
+    pub redis_breaker_failures: u32,
+    /// `HERALD_REDIS_BREAKER_OPEN_MS` / `redis_breaker_open_ms`: how long the open breaker
+    /// refuses Redis calls before it lets probes through. Default 2 s, range 10 ms to 10 min.
+    pub redis_breaker_open: Duration,
+    /// `HERALD_REDIS_BREAKER_PROBES` / `redis_breaker_probes`: probes let through at once while
+    /// half-open, and the successes that close the breaker. Default 1, range 1 to 100.
+    pub redis_breaker_probes: u32,
+    /// `HERALD_REDIS_OUTBOX_SIZE` / `redis_outbox_size`: operations kept while Redis is
+    /// unreachable, replayed in order when it is back; past it a publish is refused.
+    /// Default 10000, range 0 to 10000000.
+    pub redis_outbox_size: usize,
     /// `HERALD_TIERS` / `tiers`: the quota table, always containing `free`.
     pub tiers: TierQuotas,
     /// `HERALD_LOG` / `log`: the log filter, non-empty. Default `info`.
@@ -295,6 +308,10 @@ impl Default for BaseConfig {
             node_id: None,
             redis_command_timeout: Duration::from_millis(1_000),
             redis_connect_timeout: Duration::from_millis(2_000),
+            redis_breaker_failures: 3,
+            redis_breaker_open: Duration::from_millis(2_000),
+            redis_breaker_probes: 1,
+            redis_outbox_size: 10_000,
             tiers: TierQuotas::default(),
             log: "info".to_owned(),
             log_format: LogFormat::Text,

@@ -1010,6 +1010,54 @@ pub(crate) static SETTINGS: &[Setting] = &[
         render: |c| Some(millis(c.redis_connect_timeout)),
     },
     Setting {
+        key: "redis_breaker_failures",
+        env: "HERALD_REDIS_BREAKER_FAILURES",
+        doc: "consecutive failed Redis calls that open the circuit breaker (local fallback)",
+        kind: int(1, 1_000, Unit::Count),
+        secret: false,
+        apply: |s, c, v| {
+            c.redis_breaker_failures = s.int(v)?;
+            Ok(())
+        },
+        render: |c| Some(c.redis_breaker_failures.to_string()),
+    },
+    Setting {
+        key: "redis_breaker_open_ms",
+        env: "HERALD_REDIS_BREAKER_OPEN_MS",
+        doc: "time the open breaker refuses Redis calls before it lets probes through",
+        kind: int(10, 600_000, Unit::Millis),
+        secret: false,
+        apply: |s, c, v| {
+            c.redis_breaker_open = s.millis(v)?;
+            Ok(())
+        },
+        render: |c| Some(millis(c.redis_breaker_open)),
+    },
+    Setting {
+        key: "redis_breaker_probes",
+        env: "HERALD_REDIS_BREAKER_PROBES",
+        doc: "probe calls let through at once while half-open, and successes that close the breaker",
+        kind: int(1, 100, Unit::Count),
+        secret: false,
+        apply: |s, c, v| {
+            c.redis_breaker_probes = s.int(v)?;
+            Ok(())
+        },
+        render: |c| Some(c.redis_breaker_probes.to_string()),
+    },
+    Setting {
+        key: "redis_outbox_size",
+        env: "HERALD_REDIS_OUTBOX_SIZE",
+        doc: "operations a node keeps while Redis is unreachable, replayed in order when it is back; a publish past it is refused (503)",
+        kind: int(0, 10_000_000, Unit::Count),
+        secret: false,
+        apply: |s, c, v| {
+            c.redis_outbox_size = s.int(v)?;
+            Ok(())
+        },
+        render: |c| Some(c.redis_outbox_size.to_string()),
+    },
+    Setting {
         key: "tiers",
         env: "HERALD_TIERS",
         doc: "quota table by token `tier` claim; must contain `free`; replaces the whole default table",

@@ -23,6 +23,7 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
+use herald_monitoring::RedisStats;
 use herald_protocol::Topic;
 use herald_utils::Priority;
 
@@ -83,6 +84,12 @@ pub trait Broker: Send + Sync + 'static {
     /// The cluster-wide authority on offsets, epochs and dedupe ids, if this broker is one.
     /// Asked once, when the gateway is built.
     fn sequencer(&self) -> Option<Arc<dyn Sequencer>> {
+        None
+    }
+
+    /// The state of this broker's link to the cluster's Redis (circuit breaker, outbox), for
+    /// `/api/stats` and `/metrics`; `None` for a broker without one.
+    fn redis_stats(&self) -> Option<RedisStats> {
         None
     }
 }
@@ -284,6 +291,12 @@ impl LocalDelivery {
                 node.deliver_sequenced(publication, accept_gap)
             })
     }
+
+    /// The topic's position on this node: the last offset delivered and its epoch, if the
+    /// node knows the topic.
+    pub fn position(&self, topic: &Topic) -> Option<(u64, Arc<str>)> {
+        self.node.upgrade().and_then(|node| node.position(topic))
+    }
 }
 
 /// What a [`LocalDelivery`] delivers to: the gateway's node, behind a trait so that this module
@@ -298,6 +311,9 @@ pub(crate) trait Deliver: Send + Sync {
         publication: &SequencedPublication,
         accept_gap: bool,
     ) -> SequencedDelivery;
+
+    /// See [`LocalDelivery::position`].
+    fn position(&self, topic: &Topic) -> Option<(u64, Arc<str>)>;
 }
 
 /// The in-process broker: connects the gateways of one process.
@@ -400,6 +416,10 @@ mod tests {
             _accept_gap: bool,
         ) -> SequencedDelivery {
             SequencedDelivery::Stale
+        }
+
+        fn position(&self, _topic: &Topic) -> Option<(u64, Arc<str>)> {
+            None
         }
     }
 

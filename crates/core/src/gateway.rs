@@ -350,6 +350,7 @@ impl Gateway {
         stats.events.pending = count(node.events.total());
         stats.operations.queued = count(node.operations.len());
         stats.history.bytes = count(node.topics.history_store().bytes());
+        stats.redis = node.redis_stats();
         node.counters.fill(&mut stats);
         stats
     }

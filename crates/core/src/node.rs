@@ -12,8 +12,8 @@ use std::{
 
 use herald_config::RuntimeConfig;
 use herald_memory::MemoryProbe;
-use herald_monitoring::LatencyHistogram;
-use herald_protocol::ServerMessage;
+use herald_monitoring::{LatencyHistogram, RedisStats};
+use herald_protocol::{ServerMessage, Topic};
 use herald_utils::{Clock, Priority};
 use serde_json::{Map, Value};
 
@@ -312,6 +312,11 @@ impl Node {
             })
     }
 
+    /// The broker's link to the cluster's Redis, if it has one (for the stats).
+    pub(crate) fn redis_stats(&self) -> Option<RedisStats> {
+        self.broker.redis_stats()
+    }
+
     /// Hands an operation this node accepted and delivered to the broker, for the other nodes.
     /// A failure costs only the other nodes' copies: it is counted and logged.
     pub(crate) fn forward(&self, envelope: &Envelope) {
@@ -422,6 +427,12 @@ impl Deliver for Node {
             self.counters.delivered.add(delivered);
         }
         outcome
+    }
+
+    fn position(&self, topic: &Topic) -> Option<(u64, Arc<str>)> {
+        self.topics
+            .topic(topic)
+            .map(|info| (info.position.last_offset, info.position.epoch))
     }
 }
 

@@ -31,7 +31,7 @@ pub use crate::{
     reporter::{MetricsError, MetricsReporter},
     stats::{
         BrokerStats, ConnectionTotals, EventStats, HistoryStats, LatencyStats, MemoryStats,
-        MessageStats, MetricKind, OperationStats, ResumeStats, Sample, ShedStats, Stats,
-        StatsSource,
+        MessageStats, MetricKind, OperationStats, RedisStats, ResumeStats, Sample, ShedStats,
+        Stats, StatsSource,
     },
 };

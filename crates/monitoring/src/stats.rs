@@ -37,6 +37,10 @@ pub struct Stats {
     pub history: HistoryStats,
     /// Hand-over of accepted operations to other nodes.
     pub broker: BrokerStats,
+    /// The node's link to the cluster's Redis: its circuit breaker and outbox. Absent (and
+    /// not exported) on a single node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisStats>,
 }
 
 /// Publications and deliveries, since start.
@@ -212,6 +216,45 @@ pub struct BrokerStats {
     pub failures: u64,
 }
 
+/// The link to the cluster's Redis: the circuit breaker around every call and the outbox of
+/// what the node accepted while Redis was unreachable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisStats {
+    /// The breaker now: `closed`, `open` or `half_open`.
+    pub breaker: &'static str,
+    /// The same as a number: 0 closed, 1 open, 2 half-open.
+    /// Gauge `herald_redis_breaker_state`.
+    pub breaker_state: u64,
+    /// Times the breaker opened, since start.
+    /// Counter `herald_redis_breaker_transitions_total{to="open"}`.
+    pub opened: u64,
+    /// Times it went half-open, since start.
+    /// Counter `herald_redis_breaker_transitions_total{to="half_open"}`.
+    pub half_opened: u64,
+    /// Times it closed again, since start.
+    /// Counter `herald_redis_breaker_transitions_total{to="closed"}`.
+    pub closed: u64,
+    /// Whether the node numbers publications itself now (a local epoch), until its outbox is
+    /// replayed. Gauge `herald_redis_local_fallback` (0 or 1).
+    pub local_fallback: bool,
+    /// Whether the bus connection is up and subscribed (its last keep-alive ping, once a
+    /// second, was answered). While it is not, other nodes' operations do not reach this one.
+    /// Gauge `herald_redis_bus_connected` (0 or 1).
+    pub bus_connected: bool,
+    /// Operations accepted while Redis was unreachable, waiting to be replayed.
+    /// Gauge `herald_redis_outbox_depth`.
+    pub outbox_depth: u64,
+    /// The outbox's limit (`HERALD_REDIS_OUTBOX_SIZE`). Gauge `herald_redis_outbox_capacity`.
+    pub outbox_capacity: u64,
+    /// Operations refused because the outbox was full, since start (publications answered
+    /// 503). Counter `herald_redis_outbox_refused_total`.
+    pub outbox_refused: u64,
+    /// Operations replayed from the outbox to Redis, since start.
+    /// Counter `herald_redis_outbox_replayed_total`.
+    pub outbox_replayed: u64,
+}
+
 /// Whether a [`Sample`] is a counter (only grows) or a gauge (a level).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetricKind {
@@ -385,6 +428,37 @@ impl Stats {
         if let Some(bytes) = self.memory.limit_bytes {
             samples.push(plain("herald_memory_limit_bytes", Gauge, bytes));
         }
+        if let Some(redis) = &self.redis {
+            let transitions = "herald_redis_breaker_transitions_total";
+            samples.extend([
+                plain("herald_redis_breaker_state", Gauge, redis.breaker_state),
+                labelled(transitions, ("to", "open"), Counter, redis.opened),
+                labelled(transitions, ("to", "half_open"), Counter, redis.half_opened),
+                labelled(transitions, ("to", "closed"), Counter, redis.closed),
+                plain(
+                    "herald_redis_local_fallback",
+                    Gauge,
+                    u64::from(redis.local_fallback),
+                ),
+                plain(
+                    "herald_redis_bus_connected",
+                    Gauge,
+                    u64::from(redis.bus_connected),
+                ),
+                plain("herald_redis_outbox_depth", Gauge, redis.outbox_depth),
+                plain("herald_redis_outbox_capacity", Gauge, redis.outbox_capacity),
+                plain(
+                    "herald_redis_outbox_refused_total",
+                    Counter,
+                    redis.outbox_refused,
+                ),
+                plain(
+                    "herald_redis_outbox_replayed_total",
+                    Counter,
+                    redis.outbox_replayed,
+                ),
+            ]);
+        }
         samples
     }
 }
@@ -461,6 +535,19 @@ mod tests {
                 dropped: next(),
             },
             broker: BrokerStats { failures: next() },
+            redis: Some(RedisStats {
+                breaker: "half_open",
+                breaker_state: 2,
+                opened: next(),
+                half_opened: next(),
+                closed: next(),
+                local_fallback: true,
+                bus_connected: false,
+                outbox_depth: next(),
+                outbox_capacity: next(),
+                outbox_refused: next(),
+                outbox_replayed: next(),
+            }),
         }
     }
 
@@ -486,10 +573,20 @@ mod tests {
     #[test]
     fn every_sample_has_a_distinct_value_and_a_well_formed_name() {
         let samples = distinct().samples();
-        let values: BTreeSet<u64> = samples.iter().map(|s| s.value).collect();
+        // The Redis levels (a state code and two flags) cannot be distinct; the rest are.
+        let levels = [
+            "herald_redis_breaker_state",
+            "herald_redis_local_fallback",
+            "herald_redis_bus_connected",
+        ];
+        let counts: Vec<&Sample> = samples
+            .iter()
+            .filter(|s| !levels.contains(&s.name))
+            .collect();
+        let values: BTreeSet<u64> = counts.iter().map(|s| s.value).collect();
         // Every field but the derived `shed` total and the latency is exported once.
-        assert_eq!(values.len(), samples.len(), "{samples:?}");
-        assert_eq!(samples.len(), 33);
+        assert_eq!(values.len(), counts.len(), "{samples:?}");
+        assert_eq!(samples.len(), 43);
         for sample in &samples {
             assert!(sample.name.starts_with("herald_"), "{sample:?}");
             let total = sample.name.ends_with("_total");
@@ -502,6 +599,30 @@ mod tests {
             samples.len(),
             "a name and label exported twice"
         );
+    }
+
+    #[test]
+    fn the_redis_link_is_reported_only_on_a_cluster_node() {
+        let single = Stats::default();
+        let json = serde_json::to_string(&single).unwrap_or_default();
+        assert!(!json.contains("redis"), "{json}");
+        assert!(
+            single
+                .samples()
+                .iter()
+                .all(|s| !s.name.starts_with("herald_redis_"))
+        );
+        let cluster = distinct();
+        let json = serde_json::to_value(&cluster).unwrap_or_default();
+        assert_eq!(json["redis"]["breaker"], "half_open");
+        assert_eq!(json["redis"]["breakerState"], 2);
+        assert_eq!(json["redis"]["localFallback"], true);
+        let state = cluster
+            .samples()
+            .into_iter()
+            .find(|s| s.name == "herald_redis_breaker_state")
+            .map(|s| s.value);
+        assert_eq!(state, Some(2));
     }
 
     #[test]

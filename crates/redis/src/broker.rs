@@ -9,7 +9,10 @@
 //! reconnect), it fetches them from the topic's history stream first.
 
 use std::{
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -17,7 +20,9 @@ use herald_core::{
     Broker, BrokerError, Envelope, Frame, LocalDelivery, SequenceReply, SequenceRequest, Sequenced,
     SequencedDelivery, SequencedPublication, Sequencer,
 };
+use herald_monitoring::RedisStats;
 use herald_protocol::Topic;
+use herald_utils::{BreakerSettings, BreakerState, Clock};
 use redis::{
     AsyncCommands as _, Client, IntoConnectionInfo as _, ProtocolVersion, PushInfo, PushKind,
     RedisError, Script, Value,
@@ -26,6 +31,8 @@ use redis::{
 use tokio::sync::mpsc;
 
 use crate::{
+    fallback::{Fallback, Pending},
+    guard::RedisBreaker,
     script::{PublishArgs, publish_script},
     wire::{BusMessage, Keys, decode, encode_envelope},
 };
@@ -34,6 +41,8 @@ use crate::{
 const COMMAND_QUEUE: usize = 10_000;
 /// How often the subscriber connection is pinged, which also drives its reconnection.
 const KEEP_ALIVE: Duration = Duration::from_secs(1);
+/// How often the command task tries to replay the outbox when no work arrives.
+const REPLAY_INTERVAL: Duration = Duration::from_millis(200);
 
 /// How a node joins a cluster over Redis.
 #[derive(Debug, Clone)]
@@ -52,17 +61,19 @@ pub struct RedisSettings {
     pub history_size: usize,
     /// How long a topic's offsets, epoch and history outlive its last publication.
     pub history_retention: Duration,
+    /// When the circuit breaker around every Redis call opens and closes.
+    pub breaker: BreakerSettings,
+    /// Operations kept while Redis is unreachable, replayed when it is back (0: none kept,
+    /// every publication is refused while the breaker is open).
+    pub outbox_size: usize,
 }
 
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum RedisBrokerError {
-    /// The URL, the connection or the subscription failed.
+    /// The URL or the client configuration is not usable.
     #[error("redis: {0}")]
     Redis(#[from] RedisError),
-    /// Connecting took longer than the connect timeout.
-    #[error("redis: no connection within {0:?}")]
-    ConnectTimeout(Duration),
 }
 
 /// Core's broker and sequencer over Redis. Cheap to clone; the tasks it spawned run until the
@@ -84,9 +95,20 @@ impl std::fmt::Debug for RedisBroker {
 struct Shared {
     settings: RedisSettings,
     keys: Keys,
+    breaker: RedisBreaker,
     commands: mpsc::Sender<Command>,
     /// This node's delivery, once the gateway attached.
     local: Mutex<Option<LocalDelivery>>,
+    /// Local numbering and the outbox while Redis is unreachable. Held while delivering a
+    /// publication on this node, so local and Redis numbering never interleave on a topic.
+    fallback: Mutex<Fallback>,
+    /// Makes local epochs unique.
+    clock: Arc<dyn Clock>,
+    /// Local epochs made so far.
+    local_epochs: AtomicU64,
+    /// Whether the bus connection is up and subscribed: the last keep-alive answered and no
+    /// disconnection was seen since.
+    bus_connected: AtomicBool,
 }
 
 impl Shared {
@@ -95,6 +117,25 @@ impl Shared {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    fn fallback(&self) -> MutexGuard<'_, Fallback> {
+        self.fallback.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A new local epoch: the time, this node and a count, so it differs from Redis's epochs
+    /// (`<seconds>-<microseconds>`), from other nodes' and from this node's earlier ones.
+    fn local_epoch(&self) -> String {
+        let count = self.local_epochs.fetch_add(1, Ordering::Relaxed) + 1;
+        // FNV-1a of the node id: short, and the same on every call.
+        let node = self
+            .settings
+            .node_id
+            .bytes()
+            .fold(0x811c_9dc5_u32, |hash, byte| {
+                (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+            });
+        format!("{:x}-n{node:x}-{count}", self.clock.unix_ms())
     }
 }
 
@@ -108,8 +149,13 @@ enum Command {
 
 impl RedisBroker {
     /// Connects to Redis, subscribes to the bus and starts the broker's tasks on the current
-    /// tokio runtime. Fails when Redis cannot be reached within the connect timeout.
-    pub async fn connect(settings: RedisSettings) -> Result<Self, RedisBrokerError> {
+    /// tokio runtime; the breaker ages on `clock`. Fails only when the URL is not usable: a
+    /// Redis that cannot be reached within the connect timeout is logged, the breaker starts
+    /// open, and the node joins when Redis answers (the connections reconnect on their own).
+    pub async fn connect(
+        settings: RedisSettings,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, RedisBrokerError> {
         let info = settings.url.as_str().into_connection_info()?;
         let redis_settings = info
             .redis_settings()
@@ -127,24 +173,34 @@ impl RedisBroker {
             .clone()
             .set_push_sender(push_sender)
             .set_automatic_resubscription();
-        let connecting = async {
-            let commands = ConnectionManager::new_with_config(client.clone(), config).await?;
-            let mut subscriber =
-                ConnectionManager::new_with_config(client, subscriber_config).await?;
-            subscriber.subscribe(keys.bus()).await?;
-            Ok::<_, RedisError>((commands, subscriber))
-        };
-        // Two connections and a subscription, each bounded by the connect timeout.
-        let bound = settings.connect_timeout * 3;
-        let (connection, subscriber) = tokio::time::timeout(bound, connecting)
+        let connection = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+        let mut subscriber = ConnectionManager::new_lazy_with_config(client, subscriber_config)?;
+        let breaker = RedisBreaker::new(Arc::clone(&clock), settings.breaker);
+        // The first contact: connecting and subscribing, each bounded by the connect timeout.
+        let bound = settings.connect_timeout * 2;
+        let subscribed = breaker
+            .call(bound, subscriber.subscribe(keys.bus()))
             .await
-            .map_err(|_| RedisBrokerError::ConnectTimeout(bound))??;
+            .inspect_err(|error| {
+                tracing::warn!(
+                    %error,
+                    "redis is unreachable at start: serving this node's clients alone (circuit breaker open) until it answers"
+                );
+                breaker.trip();
+            })
+            .is_ok();
         let (commands, queue) = mpsc::channel(COMMAND_QUEUE);
+        let settings_outbox = settings.outbox_size;
         let shared = Arc::new(Shared {
             settings,
             keys,
+            breaker,
             commands,
             local: Mutex::new(None),
+            fallback: Mutex::new(Fallback::new(settings_outbox)),
+            clock,
+            local_epochs: AtomicU64::new(0),
+            bus_connected: AtomicBool::new(subscribed),
         });
         tokio::spawn(run_commands(
             Arc::downgrade(&shared),
@@ -152,13 +208,20 @@ impl RedisBroker {
             queue,
         ));
         tokio::spawn(receive(Arc::downgrade(&shared), connection, pushes));
-        tokio::spawn(keep_alive(Arc::downgrade(&shared), subscriber));
+        tokio::spawn(keep_alive(Arc::downgrade(&shared), subscriber, subscribed));
         Ok(Self { shared })
     }
 
     /// This node's id on the bus.
     pub fn node_id(&self) -> &str {
         &self.shared.settings.node_id
+    }
+
+    /// The circuit breaker every Redis call of this broker goes through. A store over the same
+    /// Redis clones it and runs its commands through [`RedisBreaker::call`], so the node has
+    /// one breaker and one state.
+    pub fn breaker(&self) -> &RedisBreaker {
+        &self.shared.breaker
     }
 }
 
@@ -185,6 +248,26 @@ impl Broker for RedisBroker {
     fn sequencer(&self) -> Option<Arc<dyn Sequencer>> {
         Some(Arc::new(self.clone()))
     }
+
+    fn redis_stats(&self) -> Option<RedisStats> {
+        let breaker = &self.shared.breaker;
+        let state = breaker.state();
+        let fallback = self.shared.fallback();
+        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        Some(RedisStats {
+            breaker: state.as_str(),
+            breaker_state: u64::from(state.code()),
+            opened: breaker.entered(BreakerState::Open),
+            half_opened: breaker.entered(BreakerState::HalfOpen),
+            closed: breaker.entered(BreakerState::Closed),
+            local_fallback: fallback.active(),
+            bus_connected: self.shared.bus_connected.load(Ordering::Relaxed),
+            outbox_depth: count(fallback.depth()),
+            outbox_capacity: count(fallback.capacity()),
+            outbox_refused: fallback.refused(),
+            outbox_replayed: fallback.replayed(),
+        })
+    }
 }
 
 impl Sequencer for RedisBroker {
@@ -206,40 +289,151 @@ impl Sequencer for RedisBroker {
 }
 
 /// The command task: performs queued work one item at a time, in the order it was queued.
+///
+/// While Redis is unreachable (the breaker is not closed) publications are numbered and
+/// delivered on this node and kept in the outbox with forwarded operations; from then until
+/// the outbox is replayed, new work queues behind it, so Redis receives everything in the
+/// order this node accepted it.
 async fn run_commands(
     shared: std::sync::Weak<Shared>,
     mut connection: ConnectionManager,
     mut queue: mpsc::Receiver<Command>,
 ) {
     let script = publish_script();
-    while let Some(command) = queue.recv().await {
+    let mut replay = tokio::time::interval(REPLAY_INTERVAL);
+    replay.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let command = tokio::select! {
+            command = queue.recv() => match command {
+                Some(command) => Some(command),
+                None => return,
+            },
+            _ = replay.tick() => None,
+        };
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        let timeout = shared.settings.command_timeout;
+        replay_outbox(&shared, &script, &mut connection).await;
         match command {
-            Command::Sequence(request, reply) => {
-                let result = bounded(
-                    timeout,
-                    sequence(&shared, &script, &mut connection, &request),
-                )
-                .await;
+            None => {}
+            Some(Command::Sequence(request, reply)) => {
+                let result = if shared.falling_back() {
+                    sequence_locally(&shared, &request)
+                } else {
+                    match sequence(&shared, &script, &mut connection, &request).await {
+                        Err(_) if shared.breaker.state() != BreakerState::Closed => {
+                            sequence_locally(&shared, &request)
+                        }
+                        result => result,
+                    }
+                };
                 reply(result);
             }
-            Command::Forward(message) => {
-                let channel = shared.keys.bus();
-                let sent = bounded(timeout, async {
-                    connection
-                        .publish::<_, _, ()>(channel, message)
-                        .await
-                        .map_err(unavailable)
-                })
-                .await;
-                if let Err(error) = sent {
-                    tracing::warn!(%error, "an operation did not reach the other nodes");
+            Some(Command::Forward(message)) => {
+                if shared.falling_back() {
+                    keep_forward(&shared, message);
+                } else if let Err((error, message)) =
+                    forward(&shared, &mut connection, message).await
+                {
+                    if shared.breaker.state() == BreakerState::Closed {
+                        tracing::warn!(%error, "an operation did not reach the other nodes");
+                    } else {
+                        keep_forward(&shared, message);
+                    }
                 }
             }
         }
+    }
+}
+
+impl Shared {
+    /// Whether work goes to the outbox now: local numbering is on or something waits there.
+    fn falling_back(&self) -> bool {
+        let fallback = self.fallback();
+        fallback.active() || fallback.depth() > 0
+    }
+}
+
+/// Numbers a publication on this node (Redis is unreachable), delivers it to this node's
+/// subscribers and keeps it for the replay; refused when the outbox is full.
+fn sequence_locally(shared: &Shared, request: &SequenceRequest) -> Result<Sequenced, BrokerError> {
+    let mut fallback = shared.fallback();
+    let was_active = fallback.active();
+    let local = shared.local();
+    let position = || local.as_ref().and_then(|l| l.position(&request.topic));
+    let (publication, sequenced) = fallback
+        .sequence(request, || shared.local_epoch(), position)
+        .map_err(|full| {
+            tracing::debug!(%full, "a publication was refused");
+            BrokerError::Unavailable(full.to_string())
+        })?;
+    if !was_active {
+        tracing::warn!(
+            epoch = %sequenced.epoch,
+            "redis is unreachable: numbering publications on this node in a local epoch until the outbox is replayed"
+        );
+    }
+    if let (Some(publication), Some(local)) = (publication, &local) {
+        local.deliver_sequenced(&publication, true);
+    }
+    Ok(sequenced)
+}
+
+/// Keeps a forwarded operation for the replay; when the outbox is full it is lost for the
+/// other nodes (this node delivered it), which is logged and counted.
+fn keep_forward(shared: &Shared, message: Vec<u8>) {
+    if let Err(full) = shared.fallback().forward(message) {
+        tracing::warn!(%full, "an operation did not reach the other nodes");
+    }
+}
+
+/// Publishes a forwarded operation on the bus; gives it back with the error when it failed.
+async fn forward(
+    shared: &Shared,
+    connection: &mut ConnectionManager,
+    message: Vec<u8>,
+) -> Result<(), (BrokerError, Vec<u8>)> {
+    let channel = shared.keys.bus();
+    shared
+        .breaker
+        .call(
+            shared.settings.command_timeout,
+            connection.publish::<_, _, ()>(channel, &message),
+        )
+        .await
+        .map_err(|error| (error, message))
+}
+
+/// Replays the outbox to Redis, oldest first, while Redis takes it; once it is empty and the
+/// breaker closed, Redis numbers publications again.
+async fn replay_outbox(shared: &Shared, script: &Script, connection: &mut ConnectionManager) {
+    loop {
+        let next = {
+            let mut fallback = shared.fallback();
+            let next = fallback.next_to_replay();
+            if next.is_none() && shared.breaker.state() == BreakerState::Closed && fallback.finish()
+            {
+                tracing::info!(
+                    replayed = fallback.replayed(),
+                    "the outbox is replayed: redis numbers publications again"
+                );
+            }
+            next
+        };
+        let replayed = match next {
+            None => return,
+            Some(Pending::Publication(request)) => sequence(shared, script, connection, &request)
+                .await
+                .map(drop),
+            Some(Pending::Forward(message)) => forward(shared, connection, message)
+                .await
+                .map_err(|(error, _)| error),
+        };
+        if let Err(error) = replayed {
+            tracing::debug!(%error, "the outbox replay waits for redis");
+            return;
+        }
+        shared.fallback().replayed_one();
     }
 }
 
@@ -256,34 +450,19 @@ async fn sequence(
         history_size: shared.settings.history_size,
         retention: shared.settings.history_retention,
     };
-    let (offset, epoch, deduplicated): (u64, String, u8) = args
-        .invocation(script)
-        .invoke_async(connection)
-        .await
-        .map_err(unavailable)?;
+    let invocation = args.invocation(script);
+    let (offset, epoch, deduplicated): (u64, String, u8) = shared
+        .breaker
+        .call(
+            shared.settings.command_timeout,
+            invocation.invoke_async(connection),
+        )
+        .await?;
     Ok(Sequenced {
         offset,
         epoch: Arc::from(epoch),
         deduplicated: deduplicated == 1,
     })
-}
-
-/// Runs `work` for at most `timeout`: a stopped Redis fails calls instead of hanging them.
-async fn bounded<T>(
-    timeout: Duration,
-    work: impl Future<Output = Result<T, BrokerError>>,
-) -> Result<T, BrokerError> {
-    tokio::time::timeout(timeout, work)
-        .await
-        .unwrap_or_else(|_| {
-            Err(BrokerError::Unavailable(format!(
-                "redis: no answer within {timeout:?}"
-            )))
-        })
-}
-
-fn unavailable(error: RedisError) -> BrokerError {
-    BrokerError::Unavailable(format!("redis: {error}"))
 }
 
 /// The receiver task: delivers the bus's messages in order, closing offset gaps from the
@@ -300,6 +479,7 @@ async fn receive(
         match push.kind {
             PushKind::Message => {}
             PushKind::Disconnection => {
+                shared.bus_connected.store(false, Ordering::Relaxed);
                 tracing::warn!(
                     "redis: the bus connection dropped; reconnecting (missed publications are fetched from history when the next one shows the gap)"
                 );
@@ -333,31 +513,51 @@ async fn receive(
 /// Delivers a publication; when the node lacks the ones before it, fetches them from the
 /// topic's history stream and delivers them first. What the stream no longer holds (or cannot
 /// give now) stays a gap: subscribers see it in the offsets, and resumes across it are refused.
+///
+/// A topic this node numbers itself until its outbox is replayed is left alone (its
+/// subscribers get the replayed publications in the local epoch already). The first
+/// publication after that switches the topic back to Redis's epoch, preceded by what Redis
+/// retains after the node's position in that epoch before it fell back (all it retains when
+/// the epoch is another): publications that were in flight then are not lost here.
 async fn deliver_in_order(
     shared: &Shared,
     connection: &mut ConnectionManager,
     local: &LocalDelivery,
     publication: &SequencedPublication,
 ) {
-    let SequencedDelivery::Gap { last_offset } = local.deliver_sequenced(publication, false) else {
-        return;
+    let (after, returning) = {
+        let mut fallback = shared.fallback();
+        if fallback.holds(&publication.topic) {
+            return;
+        }
+        match fallback.returns(&publication.topic) {
+            Some(before) => {
+                let after = before
+                    .filter(|(_, epoch)| *epoch == publication.epoch)
+                    .map_or(0, |(offset, _)| offset);
+                (after, true)
+            }
+            None => match local.deliver_sequenced(publication, false) {
+                SequencedDelivery::Gap { last_offset } => (last_offset, false),
+                _ => return,
+            },
+        }
     };
-    let fetched = bounded(
-        shared.settings.command_timeout,
-        fetch(
-            shared,
-            connection,
-            &publication.topic,
-            last_offset,
-            publication.offset,
-        ),
+    let fetched = fetch(
+        shared,
+        connection,
+        &publication.topic,
+        after,
+        publication.offset,
     )
     .await;
     match fetched {
         Ok(missing) => {
-            let mut expected = last_offset + 1;
+            let mut expected = after + 1;
+            let mut switch = returning;
             for earlier in missing.iter().filter(|p| p.epoch == publication.epoch) {
-                local.deliver_sequenced(earlier, earlier.offset != expected);
+                deliver_bus(shared, local, earlier, switch || earlier.offset != expected);
+                switch = false;
                 expected = earlier.offset + 1;
             }
         }
@@ -365,7 +565,22 @@ async fn deliver_in_order(
             tracing::warn!(%error, topic = %publication.topic, "missed publications could not be fetched");
         }
     }
-    local.deliver_sequenced(publication, true);
+    deliver_bus(shared, local, publication, true);
+}
+
+/// Delivers a publication Redis numbered, unless this node numbers its topic itself until
+/// its outbox is replayed.
+fn deliver_bus(
+    shared: &Shared,
+    local: &LocalDelivery,
+    publication: &SequencedPublication,
+    accept_gap: bool,
+) -> SequencedDelivery {
+    let fallback = shared.fallback();
+    if fallback.holds(&publication.topic) {
+        return SequencedDelivery::Stale;
+    }
+    local.deliver_sequenced(publication, accept_gap)
 }
 
 /// The topic's retained publications after `after` and before `before`, oldest first.
@@ -379,13 +594,18 @@ async fn fetch(
     if before <= after + 1 {
         return Ok(Vec::new());
     }
-    let entries: Value = redis::cmd("XRANGE")
+    let mut command = redis::cmd("XRANGE");
+    command
         .arg(shared.keys.history(topic))
         .arg(format!("{}-0", after + 1))
-        .arg(format!("{}-0", before - 1))
-        .query_async(connection)
-        .await
-        .map_err(unavailable)?;
+        .arg(format!("{}-0", before - 1));
+    let entries: Value = shared
+        .breaker
+        .call(
+            shared.settings.command_timeout,
+            command.query_async(connection),
+        )
+        .await?;
     Ok(history_entries(topic, &entries))
 }
 
@@ -438,9 +658,14 @@ fn text(value: &Value) -> Option<&str> {
     }
 }
 
-/// Pings the subscriber connection every second: a dropped connection is noticed and
-/// re-established (and resubscribed) even when nothing is published.
-async fn keep_alive(shared: std::sync::Weak<Shared>, mut subscriber: ConnectionManager) {
+/// Pings the subscriber connection every second, through the breaker: a dropped connection is
+/// noticed and re-established (and resubscribed) even when nothing is published, and an open
+/// breaker is probed once its open time has passed. Subscribes first when that failed at start.
+async fn keep_alive(
+    shared: std::sync::Weak<Shared>,
+    mut subscriber: ConnectionManager,
+    mut subscribed: bool,
+) {
     let mut interval = tokio::time::interval(KEEP_ALIVE);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -449,14 +674,31 @@ async fn keep_alive(shared: std::sync::Weak<Shared>, mut subscriber: ConnectionM
             return;
         };
         let timeout = shared.settings.command_timeout;
+        let breaker = shared.breaker.clone();
+        let bus = shared.keys.bus();
+        let result = if subscribed {
+            breaker
+                .call(
+                    timeout,
+                    redis::cmd("PING").query_async::<()>(&mut subscriber),
+                )
+                .await
+        } else {
+            let result = breaker.call(timeout, subscriber.subscribe(&bus)).await;
+            if result.is_ok() {
+                tracing::info!("redis answers: subscribed to the bus");
+                subscribed = true;
+            }
+            result
+        };
+        // An answer on the bus connection means it is connected and subscribed: the
+        // connection manager resubscribes a new connection before handing it out.
+        shared
+            .bus_connected
+            .store(result.is_ok(), Ordering::Relaxed);
         drop(shared);
-        let pinged = tokio::time::timeout(
-            timeout,
-            redis::cmd("PING").query_async::<()>(&mut subscriber),
-        )
-        .await;
-        if let Ok(Err(error)) = pinged {
-            tracing::debug!(%error, "redis: the bus connection did not answer a ping");
+        if let Err(error) = result {
+            tracing::debug!(%error, "redis: the bus connection did not answer");
         }
     }
 }

@@ -37,7 +37,10 @@ use redis::{
 };
 use tokio::sync::mpsc;
 
-use crate::broker::{RedisBrokerError, RedisSettings};
+use crate::{
+    broker::{RedisBrokerError, RedisSettings},
+    guard::RedisBreaker,
+};
 
 /// Calls queued for the store's task before callers are refused.
 const CALL_QUEUE: usize = 10_000;
@@ -165,36 +168,36 @@ struct Shared {
     calls: mpsc::Sender<Call>,
     /// This node, once the gateway attached: told of acknowledgements made elsewhere.
     local: Mutex<Option<AckedElsewhere>>,
+    /// The node's circuit breaker, shared with its broker: one outage opens it for all.
+    breaker: RedisBreaker,
 }
 
 impl RedisEventStore {
-    /// Connects to Redis, subscribes to the acknowledgement channel and starts the store's
-    /// tasks on the current tokio runtime. Fails when Redis cannot be reached within the
-    /// connect timeout.
-    pub async fn connect(settings: RedisSettings) -> Result<Self, RedisBrokerError> {
+    /// Opens the store's connections to Redis (lazily: they connect at their first call),
+    /// subscribes to the acknowledgement channel when Redis answers, and starts the store's
+    /// tasks on the current tokio runtime. Every call goes through `breaker`, the broker's
+    /// ([`crate::RedisBroker::breaker`]); a Redis that is down now is subscribed to once it
+    /// answers. Fails only on a URL that cannot be used.
+    pub async fn connect(
+        settings: RedisSettings,
+        breaker: RedisBreaker,
+    ) -> Result<Self, RedisBrokerError> {
         let (push_sender, pushes) = mpsc::unbounded_channel::<PushInfo>();
-        let connecting = async {
-            let connection = open(&settings, None).await?;
-            let mut subscriber = open(&settings, Some(push_sender)).await?;
-            subscriber
-                .subscribe(acks_channel(&settings.key_prefix))
-                .await?;
-            Ok::<_, RedisBrokerError>((connection, subscriber))
-        };
-        let bound = settings.connect_timeout * 3;
-        let (connection, subscriber) = tokio::time::timeout(bound, connecting)
-            .await
-            .map_err(|_| RedisBrokerError::ConnectTimeout(bound))??;
+        let connection = open(&settings, None)?;
+        let subscriber = open(&settings, Some(push_sender))?;
+        let channel = acks_channel(&settings.key_prefix);
         let (calls, queue) = mpsc::channel(CALL_QUEUE);
         let shared = Arc::new(Shared {
             settings,
             calls,
             local: Mutex::new(None),
+            breaker: breaker.clone(),
         });
+        let subscription =
+            Subscription::start(&shared.settings, &breaker, subscriber, channel).await;
         tokio::spawn(run_calls(Arc::downgrade(&shared), connection, queue));
         tokio::spawn(receive_acks(Arc::downgrade(&shared), pushes));
-        let timeout = shared.settings.command_timeout;
-        tokio::spawn(keep_alive(Arc::downgrade(&shared), timeout, subscriber));
+        tokio::spawn(keep_alive(Arc::downgrade(&shared), breaker, subscription));
         Ok(Self { shared })
     }
 
@@ -270,7 +273,7 @@ impl EventStore for RedisEventStore {
 
 /// A connection manager to the configured Redis (RESP3), each command bounded by the command
 /// timeout; with `pushes`, a subscriber that resubscribes after a reconnect.
-pub(crate) async fn open(
+pub(crate) fn open(
     settings: &RedisSettings,
     pushes: Option<mpsc::UnboundedSender<PushInfo>>,
 ) -> Result<ConnectionManager, RedisBrokerError> {
@@ -290,7 +293,7 @@ pub(crate) async fn open(
             .set_push_sender(pushes)
             .set_automatic_resubscription();
     }
-    Ok(ConnectionManager::new_with_config(client, config).await?)
+    Ok(ConnectionManager::new_lazy_with_config(client, config)?)
 }
 
 /// A per-user key: `<prefix><kind>:<byte length>:{<user>}`.
@@ -306,16 +309,17 @@ fn acks_channel(prefix: &str) -> String {
     format!("{prefix}acks")
 }
 
-/// Runs `work` for at most `timeout`: a stopped Redis fails calls instead of hanging them.
+/// `work`, through the node's circuit breaker and bounded by `timeout`: refused at once while
+/// the breaker is open; a failure is the message to answer with.
 pub(crate) async fn bounded<T>(
+    breaker: &RedisBreaker,
     timeout: Duration,
     work: impl Future<Output = Result<T, RedisError>>,
 ) -> Result<T, String> {
-    match tokio::time::timeout(timeout, work).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(error)) => Err(format!("redis: {error}")),
-        Err(_) => Err(format!("redis: no answer within {timeout:?}")),
-    }
+    breaker
+        .call(timeout, work)
+        .await
+        .map_err(|error| error.to_string())
 }
 
 /// The store's task: performs the calls one at a time, in the order they were made. Every
@@ -351,8 +355,12 @@ async fn run_calls(
                     .arg(&event.id)
                     .arg(record(&event))
                     .arg(limit);
-                let answer: Result<(u8, usize), String> =
-                    bounded(timeout, invocation.invoke_async(&mut connection)).await;
+                let answer: Result<(u8, usize), String> = bounded(
+                    &shared.breaker,
+                    timeout,
+                    invocation.invoke_async(&mut connection),
+                )
+                .await;
                 reply(
                     answer
                         .map(|(kind, pending)| match kind {
@@ -375,8 +383,12 @@ async fn run_calls(
                     .key(user_key(prefix, "event", &user))
                     .arg(now_unix_ms)
                     .arg(millis(ttl));
-                let answer: Result<Vec<String>, String> =
-                    bounded(timeout, invocation.invoke_async(&mut connection)).await;
+                let answer: Result<Vec<String>, String> = bounded(
+                    &shared.breaker,
+                    timeout,
+                    invocation.invoke_async(&mut connection),
+                )
+                .await;
                 reply(
                     answer
                         .map(|flat| {
@@ -406,8 +418,12 @@ async fn run_calls(
                 for id in &ids {
                     invocation.arg(id);
                 }
-                let answer: Result<Vec<String>, String> =
-                    bounded(timeout, invocation.invoke_async(&mut connection)).await;
+                let answer: Result<Vec<String>, String> = bounded(
+                    &shared.breaker,
+                    timeout,
+                    invocation.invoke_async(&mut connection),
+                )
+                .await;
                 reply(answer.map_err(EventStoreError::Unavailable));
             }
         }
@@ -497,12 +513,46 @@ async fn receive_acks(shared: Weak<Shared>, mut pushes: mpsc::UnboundedReceiver<
     }
 }
 
-/// Pings a subscriber every second while `owner` lives, so a dropped connection is
-/// re-established (and resubscribed) even when nothing is published on its channel.
+/// A store's subscriber connection and the one channel it listens on.
+pub(crate) struct Subscription {
+    subscriber: ConnectionManager,
+    channel: String,
+    timeout: Duration,
+    /// Whether the channel was subscribed to; the connection manager resubscribes a new
+    /// connection to it from then on.
+    subscribed: bool,
+}
+
+impl Subscription {
+    /// Subscribes `subscriber` to `channel` if Redis answers within the connect timeout;
+    /// otherwise [`keep_alive`] subscribes once it does.
+    pub(crate) async fn start(
+        settings: &RedisSettings,
+        breaker: &RedisBreaker,
+        mut subscriber: ConnectionManager,
+        channel: String,
+    ) -> Self {
+        let subscribed = breaker
+            .call(settings.connect_timeout * 2, subscriber.subscribe(&channel))
+            .await
+            .is_ok();
+        Self {
+            subscriber,
+            channel,
+            timeout: settings.command_timeout,
+            subscribed,
+        }
+    }
+}
+
+/// Pings a store's subscriber connection every [`KEEP_ALIVE`] through the breaker, which
+/// makes the connection manager notice a lost connection and reconnect (and resubscribe) even
+/// when nothing is published; subscribes first if that has not happened yet. Ends with its
+/// owner.
 pub(crate) async fn keep_alive<T: Send + Sync + 'static>(
     owner: Weak<T>,
-    timeout: Duration,
-    mut subscriber: ConnectionManager,
+    breaker: RedisBreaker,
+    mut subscription: Subscription,
 ) {
     let mut interval = tokio::time::interval(KEEP_ALIVE);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -511,13 +561,25 @@ pub(crate) async fn keep_alive<T: Send + Sync + 'static>(
         if owner.strong_count() == 0 {
             return;
         }
-        let pinged = bounded(
+        let Subscription {
+            subscriber,
+            channel,
             timeout,
-            redis::cmd("PING").query_async::<()>(&mut subscriber),
-        )
-        .await;
-        if let Err(error) = pinged {
-            tracing::debug!(%error, "redis: a subscriber did not answer a ping");
+            subscribed,
+        } = &mut subscription;
+        let answered = if *subscribed {
+            breaker
+                .call(*timeout, redis::cmd("PING").query_async::<()>(subscriber))
+                .await
+        } else {
+            let result = breaker
+                .call(*timeout, subscriber.subscribe(&*channel))
+                .await;
+            *subscribed = result.is_ok();
+            result
+        };
+        if let Err(error) = answered {
+            tracing::debug!(%error, channel = %channel, "redis: a store's subscriber did not answer");
         }
     }
 }

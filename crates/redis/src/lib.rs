@@ -14,6 +14,8 @@
 
 mod broker;
 mod events;
+mod fallback;
+mod guard;
 mod preferences;
 mod script;
 mod wire;
@@ -21,5 +23,6 @@ mod wire;
 pub use crate::{
     broker::{RedisBroker, RedisBrokerError, RedisSettings},
     events::RedisEventStore,
+    guard::RedisBreaker,
     preferences::RedisPreferenceStore,
 };

@@ -25,7 +25,8 @@ use tokio::sync::mpsc;
 
 use crate::{
     broker::{RedisBrokerError, RedisSettings},
-    events::{bounded, field, keep_alive, next_field, open, user_key},
+    events::{Subscription, bounded, field, keep_alive, next_field, open, user_key},
+    guard::RedisBreaker,
 };
 
 /// Calls queued for the store's task before callers are refused.
@@ -75,36 +76,35 @@ struct Shared {
     calls: mpsc::Sender<Call>,
     /// This node, once the gateway attached: told of changes made elsewhere.
     local: Mutex<Option<ChangedElsewhere>>,
+    /// The node's circuit breaker, shared with its broker: one outage opens it for all.
+    breaker: RedisBreaker,
 }
 
 impl RedisPreferenceStore {
-    /// Connects to Redis, subscribes to the change channel and starts the store's tasks on
-    /// the current tokio runtime. Fails when Redis cannot be reached within the connect
-    /// timeout.
-    pub async fn connect(settings: RedisSettings) -> Result<Self, RedisBrokerError> {
+    /// Opens the store's connections to Redis (lazily: they connect at their first call),
+    /// subscribes to the change channel when Redis answers, and starts the store's tasks on
+    /// the current tokio runtime. Every call goes through `breaker`, the broker's
+    /// ([`crate::RedisBroker::breaker`]). Fails only on a URL that cannot be used.
+    pub async fn connect(
+        settings: RedisSettings,
+        breaker: RedisBreaker,
+    ) -> Result<Self, RedisBrokerError> {
         let (push_sender, pushes) = mpsc::unbounded_channel::<PushInfo>();
-        let connecting = async {
-            let connection = open(&settings, None).await?;
-            let mut subscriber = open(&settings, Some(push_sender)).await?;
-            subscriber
-                .subscribe(changes_channel(&settings.key_prefix))
-                .await?;
-            Ok::<_, RedisBrokerError>((connection, subscriber))
-        };
-        let bound = settings.connect_timeout * 3;
-        let (connection, subscriber) = tokio::time::timeout(bound, connecting)
-            .await
-            .map_err(|_| RedisBrokerError::ConnectTimeout(bound))??;
+        let connection = open(&settings, None)?;
+        let subscriber = open(&settings, Some(push_sender))?;
+        let channel = changes_channel(&settings.key_prefix);
         let (calls, queue) = mpsc::channel(CALL_QUEUE);
-        let timeout = settings.command_timeout;
         let shared = Arc::new(Shared {
             settings,
             calls,
             local: Mutex::new(None),
+            breaker: breaker.clone(),
         });
+        let subscription =
+            Subscription::start(&shared.settings, &breaker, subscriber, channel).await;
         tokio::spawn(run_calls(Arc::downgrade(&shared), connection, queue));
         tokio::spawn(receive_changes(Arc::downgrade(&shared), pushes));
-        tokio::spawn(keep_alive(Arc::downgrade(&shared), timeout, subscriber));
+        tokio::spawn(keep_alive(Arc::downgrade(&shared), breaker, subscription));
         Ok(Self { shared })
     }
 
@@ -157,6 +157,7 @@ async fn run_calls(
             Call::Get(user, reply) => {
                 let key = user_key(prefix, "prefs", &user);
                 let answer = bounded(
+                    &shared.breaker,
                     timeout,
                     redis::cmd("HGETALL")
                         .arg(key)
@@ -182,7 +183,12 @@ async fn run_calls(
                     };
                     invocation.arg(key).arg(text);
                 }
-                let answer = bounded(timeout, invocation.invoke_async(&mut connection)).await;
+                let answer = bounded(
+                    &shared.breaker,
+                    timeout,
+                    invocation.invoke_async(&mut connection),
+                )
+                .await;
                 (answer, reply)
             }
         };

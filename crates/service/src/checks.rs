@@ -8,8 +8,10 @@ use std::{
     time::Duration,
 };
 
+use herald_core::Broker as _;
 use herald_memory::MemoryLevel;
-use herald_monitoring::{CheckResult, CheckStatus, HealthCheck};
+use herald_monitoring::{CheckResult, CheckStatus, HealthCheck, RedisStats};
+use herald_redis::RedisBroker;
 
 use crate::pressure::Memory;
 
@@ -56,6 +58,66 @@ impl HealthCheck for MemoryHealth {
             reading.used_bytes,
             reading.resident_bytes,
             reading.limit_bytes,
+        )
+    }
+}
+
+/// The link to the cluster's Redis: `ok` while the circuit breaker is closed, Redis numbers
+/// publications and the bus is subscribed; `degraded` while the breaker is open or half-open,
+/// the node still numbers publications itself (its outbox not yet replayed) or the bus is
+/// down. Informational: a node without Redis
+/// still serves its own clients, so it stays ready.
+pub(crate) struct RedisHealth {
+    broker: RedisBroker,
+}
+
+impl RedisHealth {
+    /// A check reading `broker`'s breaker and outbox.
+    pub(crate) fn new(broker: RedisBroker) -> Self {
+        Self { broker }
+    }
+}
+
+/// The check of the Redis link's state.
+fn redis_check(stats: &RedisStats) -> CheckResult {
+    let degraded = stats.breaker_state != 0 || stats.local_fallback || !stats.bus_connected;
+    let message = if !degraded {
+        "redis circuit breaker closed".to_owned()
+    } else if stats.local_fallback {
+        format!(
+            "redis circuit breaker {}: publications are numbered and delivered on this node only; {} operations wait for redis",
+            stats.breaker, stats.outbox_depth
+        )
+    } else if stats.breaker_state != 0 {
+        format!("redis circuit breaker {}", stats.breaker)
+    } else {
+        "the redis bus is reconnecting: other nodes' operations do not reach this node".to_owned()
+    };
+    CheckResult::new(if degraded {
+        CheckStatus::Degraded
+    } else {
+        CheckStatus::Ok
+    })
+    .with_message(message)
+    .with_value("breakerState", stats.breaker_state)
+    .with_value("opened", stats.opened)
+    .with_value("closed", stats.closed)
+    .with_value("localFallback", u64::from(stats.local_fallback))
+    .with_value("busConnected", u64::from(stats.bus_connected))
+    .with_value("outboxDepth", stats.outbox_depth)
+    .with_value("outboxCapacity", stats.outbox_capacity)
+    .with_value("outboxRefused", stats.outbox_refused)
+}
+
+impl HealthCheck for RedisHealth {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn check(&self) -> CheckResult {
+        self.broker.redis_stats().map_or_else(
+            || CheckResult::new(CheckStatus::Ok),
+            |stats| redis_check(&stats),
         )
     }
 }
@@ -127,6 +189,41 @@ mod tests {
         lag.record(Duration::from_secs(2));
         assert_eq!(status(&lag), "failing");
         assert_eq!(lag.check().values.get("lagMicros"), Some(&2_000_000));
+    }
+
+    #[test]
+    fn the_redis_check_is_degraded_while_the_breaker_is_not_closed_or_the_outbox_waits() {
+        let closed = RedisStats {
+            breaker: "closed",
+            bus_connected: true,
+            outbox_capacity: 10,
+            ..RedisStats::default()
+        };
+        let json = |stats: &RedisStats| serde_json::to_value(redis_check(stats)).expect("json");
+        assert_eq!(json(&closed)["status"], "ok");
+        let open = RedisStats {
+            breaker: "open",
+            breaker_state: 1,
+            opened: 1,
+            local_fallback: true,
+            outbox_depth: 3,
+            ..closed
+        };
+        let report = json(&open);
+        assert_eq!(report["status"], "degraded", "{report}");
+        assert_eq!(report["breakerState"], 1, "{report}");
+        assert_eq!(report["outboxDepth"], 3, "{report}");
+        let replaying = RedisStats {
+            breaker: "closed",
+            breaker_state: 0,
+            ..open
+        };
+        assert_eq!(json(&replaying)["status"], "degraded");
+        let unsubscribed = RedisStats {
+            bus_connected: false,
+            ..closed
+        };
+        assert_eq!(json(&unsubscribed)["status"], "degraded");
     }
 
     #[test]

@@ -12,14 +12,14 @@ use herald_core::{
 use herald_memory::MemoryMonitor;
 use herald_monitoring::{HealthChecker, MetricsReporter};
 use herald_redis::{RedisBroker, RedisEventStore, RedisPreferenceStore, RedisSettings};
-use herald_utils::SystemClock;
+use herald_utils::{BreakerSettings, BreakerState, SystemClock};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     abuse::Shield,
     app::{App, Role},
     capacity::{self, Capacity},
-    checks::{EventLoopLag, MemoryHealth},
+    checks::{EventLoopLag, MemoryHealth, RedisHealth},
     jwt::{JwtAuthenticator, JwtSettings},
     listener::{DeadPeers, Edge, accept_loop, bind},
     pressure::{self, Memory},
@@ -84,14 +84,17 @@ pub(crate) async fn run(
     let metrics = MetricsReporter::install().context("cannot install the metrics recorder")?;
     let monitor = pressure::monitor(&config)?;
     let node_id = node_id(&config);
-    let cluster = join_cluster(&config, &node_id).await?;
+    let (cluster, redis) = join_cluster(&config, &node_id).await?;
     let gateway = build_gateway(&config, jwt, Arc::clone(&monitor), cluster);
     let memory = Arc::new(Memory::new(&config, monitor, &gateway));
     let lag = Arc::new(EventLoopLag::default());
-    let health = HealthChecker::new()
+    let mut health = HealthChecker::new()
         .required(gateway.clone())
         .required(MemoryHealth::new(Arc::clone(&memory)))
         .informational(Arc::clone(&lag));
+    if let Some(redis) = redis {
+        health = health.informational(RedisHealth::new(redis));
+    }
     let sessions = TaskTracker::new();
     let shield = Arc::new(Shield::new(&config, Arc::new(SystemClock)));
     let config_max_connections = config.max_connections;
@@ -175,6 +178,14 @@ pub(crate) async fn run(
     {
         tracing::warn!("shutdown grace period elapsed; dropping the remaining connections");
     }
+    if let Some(redis) = app.gateway.stats().redis
+        && redis.outbox_depth > 0
+    {
+        tracing::warn!(
+            operations = redis.outbox_depth,
+            "redis is unreachable: operations this node accepted and delivered are not replayed and never reach the other nodes"
+        );
+    }
     stop_listening.cancel();
     for listener in listeners {
         let _ = listener.await;
@@ -211,15 +222,20 @@ struct Shared {
 }
 
 /// The shared seams: over Redis when `HERALD_REDIS_URL` is set (many nodes as one: the broker,
-/// pending critical events and preferences), else the embedded ones (one node, nothing to
-/// forward, events and preferences in memory).
-async fn join_cluster(config: &BaseConfig, node_id: &str) -> anyhow::Result<Shared> {
+/// pending critical events and preferences, all behind the broker's circuit breaker, which is
+/// also returned for its health check), else the embedded ones (one node, nothing to forward,
+/// events and preferences in memory).
+async fn join_cluster(
+    config: &BaseConfig,
+    node_id: &str,
+) -> anyhow::Result<(Shared, Option<RedisBroker>)> {
     let Some(url) = &config.redis_url else {
-        return Ok(Shared {
+        let shared = Shared {
             broker: Arc::new(InMemoryBroker::new()),
             preferences: Arc::new(InMemoryPreferenceStore::new(PREFERENCE_USERS)),
             events: None,
-        });
+        };
+        return Ok((shared, None));
     };
     let history_size = if config.history_ttl.is_zero() {
         0
@@ -234,23 +250,33 @@ async fn join_cluster(config: &BaseConfig, node_id: &str) -> anyhow::Result<Shar
         connect_timeout: config.redis_connect_timeout,
         history_size,
         history_retention: config.history_ttl,
+        breaker: BreakerSettings {
+            failure_threshold: config.redis_breaker_failures,
+            open_for: config.redis_breaker_open,
+            half_open_probes: config.redis_breaker_probes,
+        },
+        outbox_size: config.redis_outbox_size,
     };
-    let context = "HERALD_REDIS_URL (redis_url): cannot join the cluster";
-    let broker = RedisBroker::connect(settings.clone())
+    let context = "HERALD_REDIS_URL (redis_url)";
+    let broker = RedisBroker::connect(settings.clone(), Arc::new(SystemClock))
         .await
         .context(context)?;
-    let events = RedisEventStore::connect(settings.clone())
+    let breaker = broker.breaker().clone();
+    let events = RedisEventStore::connect(settings.clone(), breaker.clone())
         .await
         .context(context)?;
-    let preferences = RedisPreferenceStore::connect(settings)
+    let preferences = RedisPreferenceStore::connect(settings, breaker)
         .await
         .context(context)?;
-    tracing::info!(node = node_id, "joined the cluster over redis");
-    Ok(Shared {
-        broker: Arc::new(broker),
+    if broker.breaker().state() == BreakerState::Closed {
+        tracing::info!(node = node_id, "joined the cluster over redis");
+    }
+    let shared = Shared {
+        broker: Arc::new(broker.clone()),
         preferences: Arc::new(preferences),
         events: Some(Arc::new(events)),
-    })
+    };
+    Ok((shared, Some(broker)))
 }
 
 /// Builds the gateway and its seams from the configuration.

@@ -4,6 +4,8 @@
 //! so every higher crate can use it, and it can be used outside Herald.
 //! It holds:
 //!
+//! - [`CircuitBreaker`], the closed / open / half-open state machine that guards calls to a
+//!   dependency that may fail (the cluster's Redis);
 //! - [`Clock`], the seam through which everything reads the time, monotonic and wall-clock, with
 //!   the production [`SystemClock`] and the test double [`ManualClock`];
 //! - [`Priority`], the four message priorities of the wire protocol;
@@ -16,6 +18,7 @@
 //! Architecture invariant: nothing here reads the ambient time except [`SystemClock`], and no
 //! operation panics on any input.
 
+mod breaker;
 mod circular_buffer;
 mod clock;
 mod lru_cache;
@@ -23,6 +26,7 @@ mod priority;
 mod priority_queue;
 
 pub use crate::{
+    breaker::{BreakerSettings, BreakerState, CircuitBreaker, Permit, Refused, Transition},
     circular_buffer::CircularBuffer,
     clock::{Clock, ManualClock, SystemClock},
     lru_cache::LruCache,

@@ -204,7 +204,17 @@ async fn a_publish_id_is_deduplicated_across_nodes_and_user_pushes_cross_nodes()
 async fn redis_killed_mid_stream_refuses_publications_then_a_new_epoch_starts_with_no_gap()
 -> anyhow::Result<()> {
     let mut redis = RedisServer::start().await?;
-    let cluster = Cluster::start(&redis, 3, &[("HERALD_REDIS_COMMAND_TIMEOUT_MS", "300")]).await?;
+    let cluster = Cluster::start(
+        &redis,
+        3,
+        &[
+            ("HERALD_REDIS_COMMAND_TIMEOUT_MS", "300"),
+            // The breaker never opens: this tests the refusal, not the local fallback
+            // (cluster_faults.rs).
+            ("HERALD_REDIS_BREAKER_FAILURES", "1000"),
+        ],
+    )
+    .await?;
     let mut readers = Vec::new();
     for node in &cluster.nodes {
         let (mut reader, _) = WsClient::connect_as(node, "reader").await?;
@@ -253,7 +263,17 @@ async fn redis_killed_mid_stream_refuses_publications_then_a_new_epoch_starts_wi
 async fn a_paused_redis_times_calls_out_and_the_cluster_recovers_after_sigcont()
 -> anyhow::Result<()> {
     let redis = RedisServer::start().await?;
-    let cluster = Cluster::start(&redis, 2, &[("HERALD_REDIS_COMMAND_TIMEOUT_MS", "300")]).await?;
+    let cluster = Cluster::start(
+        &redis,
+        2,
+        &[
+            ("HERALD_REDIS_COMMAND_TIMEOUT_MS", "300"),
+            // The breaker never opens: this tests the refusal, not the local fallback
+            // (cluster_faults.rs).
+            ("HERALD_REDIS_BREAKER_FAILURES", "1000"),
+        ],
+    )
+    .await?;
     let (mut reader, _) = WsClient::connect_as(&cluster.nodes[1], "reader").await?;
     reader.subscribe("t").await?;
     cluster.nodes[0].publish("t", json!(1)).await?;

@@ -9,6 +9,7 @@ mod browser_client;
 mod client;
 mod cluster;
 mod cluster_events;
+mod cluster_faults;
 mod conformance;
 mod dashboard;
 mod delivery;
