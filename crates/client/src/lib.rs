@@ -41,10 +41,16 @@ mod backoff;
 mod book;
 mod client;
 mod config;
+mod dial;
 mod driver;
 mod error;
 mod event;
+mod link;
+mod refresh;
+mod requests;
+mod session;
 mod token;
+mod wire;
 
 #[cfg(feature = "backend")]
 pub mod backend;
@@ -53,6 +59,8 @@ pub mod backend;
 mod tests;
 
 pub use herald_protocol as protocol;
+/// The rustls this crate speaks TLS with, to build a [`ClientConfig::tls`] configuration.
+pub use tokio_rustls::rustls;
 
 pub use crate::{
     backoff::Backoff,

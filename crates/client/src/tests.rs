@@ -14,15 +14,17 @@ use tokio::time::Instant;
 use crate::{
     Backoff, Client, ClientConfig, ClientError, ClientEvent, ConnectionState, TokenError,
     backoff::Jitter,
-    driver::{Dial, DialFuture},
+    dial::{Dial, DialFuture},
 };
 
 /// A dial whose every attempt fails at once, as a refused TCP connection does.
 fn refusing_dial() -> Dial {
     Arc::new(|_| -> DialFuture {
         Box::pin(async {
-            Err(tokio_tungstenite::tungstenite::Error::Io(
-                std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+            Err(crate::dial::refused_upgrade(
+                &tokio_tungstenite::tungstenite::Error::Io(std::io::Error::from(
+                    std::io::ErrorKind::ConnectionRefused,
+                )),
             ))
         })
     })
