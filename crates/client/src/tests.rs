@@ -180,3 +180,105 @@ async fn an_invalid_url_closes_the_client_without_retrying() {
     );
     drop(client);
 }
+
+/// A server on loopback that accepts one WebSocket, says `connected` and then never answers
+/// a request (it reads and drops them); the frames it read are counted.
+async fn silent_server(read: Arc<AtomicU32>) -> std::net::SocketAddr {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::{
+        Message,
+        handshake::server::{Request, Response},
+    };
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port");
+    let addr = listener.local_addr().expect("a bound address");
+    tokio::spawn(async move {
+        let Ok((tcp, _)) = listener.accept().await else {
+            return;
+        };
+        // The client asks for `herald.v1` and insists on getting it. (The callback's error
+        // type is tungstenite's, large or not.)
+        #[allow(clippy::result_large_err)]
+        let herald_v1 = |_: &Request, mut response: Response| {
+            response.headers_mut().insert(
+                "sec-websocket-protocol",
+                tokio_tungstenite::tungstenite::http::HeaderValue::from_static("herald.v1"),
+            );
+            Ok(response)
+        };
+        let Ok(mut socket) = tokio_tungstenite::accept_hdr_async(tcp, herald_v1).await else {
+            return;
+        };
+        let connected = r#"{"type":"connected","data":{"connectionId":"c1","userId":"u","tier":"free","heartbeatInterval":600000,"maxPayload":65536}}"#;
+        if socket.send(Message::text(connected)).await.is_err() {
+            return;
+        }
+        while let Some(Ok(_)) = socket.next().await {
+            read.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    addr
+}
+
+/// The connection is opened on the real clock (loopback I/O and a paused clock's jumps do not
+/// mix); the requests then run on the paused clock.
+#[tokio::test]
+async fn requests_without_a_reply_fail_with_timed_out_after_the_configured_time() {
+    let read = Arc::new(AtomicU32::new(0));
+    let addr = silent_server(Arc::clone(&read)).await;
+    let config = ClientConfig::new(format!("ws://{addr}/ws"))
+        .connect_timeout(Duration::from_secs(600))
+        .request_timeout(Duration::from_secs(2));
+    let dial = crate::dial::network_dial(Ok(None));
+    let (client, mut events) =
+        Client::connect_with_dial(config, counting_provider(Arc::new(AtomicU32::new(0))), dial);
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
+            .await
+            .expect("connected within 10 s");
+        match event {
+            Some(ClientEvent::State(ConnectionState::Connected(_))) => break,
+            Some(ClientEvent::State(ConnectionState::Closed { reason, .. })) => {
+                panic!("closed: {reason}")
+            }
+            Some(_) => {}
+            None => panic!("the client stopped"),
+        }
+    }
+    tokio::time::pause();
+
+    let started = Instant::now();
+    let timeout = Err(ClientError::TimedOut(Duration::from_secs(2)));
+    assert_eq!(client.publish("chat:1", &1).await.map(|_| ()), timeout);
+    let waited = Instant::now() - started;
+    assert!(
+        waited >= Duration::from_secs(2)
+            && waited <= Duration::from_secs(2) + Duration::from_millis(1),
+        "{waited:?}"
+    );
+    assert_eq!(client.preferences().await.map(|_| ()), timeout);
+    assert_eq!(client.subscribe("chat:1").await.map(|_| ()), timeout);
+    assert_eq!(client.unsubscribe("chat:1").await.map(|_| ()), timeout);
+    tokio::time::resume();
+    // Every request was sent (the server read them); the connection is still up.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while read.load(Ordering::SeqCst) < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the server read {read:?} requests"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    while let Some(Some(event)) = futures_util::FutureExt::now_or_never(events.recv()) {
+        assert!(
+            !matches!(
+                event,
+                ClientEvent::State(ConnectionState::Disconnected { .. })
+            ),
+            "{event:?}"
+        );
+    }
+    client.close().await;
+}
