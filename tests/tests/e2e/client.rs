@@ -1,6 +1,7 @@
 //! The Rust client (`herald-client`) against the real binary: a connection closed by the API
 //! and a server killed and restarted during a stream of topic messages and critical events,
-//! token refresh in place, and a token that expires while the client is reconnecting.
+//! token refresh in place, a token that expires while the client is reconnecting, and
+//! `wss://` with a certificate from a test CA.
 
 use std::{
     collections::BTreeMap,
@@ -15,7 +16,7 @@ use anyhow::{Context as _, bail};
 use herald_client::{
     Backoff, Client, ClientConfig, ClientEvent, ConnectionState, Events, TokenError, TopicReset,
 };
-use herald_tests::{TIMEOUT, TestServer, now_secs, sign, token};
+use herald_tests::{TIMEOUT, TestCa, TestServer, TlsFiles, now_secs, sign, token};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -341,6 +342,55 @@ async fn a_token_is_refreshed_in_place_before_it_expires() -> anyhow::Result<()>
     assert!(closes.is_empty(), "{closes:?}");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     assert_eq!(server.stats().await?["connections"], 1);
+    client.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn wss_connects_with_the_configured_roots_and_refuses_an_unknown_certificate()
+-> anyhow::Result<()> {
+    let ca = TestCa::new()?;
+    let leaf = ca.issue()?;
+    let files = TlsFiles::write("client-wss", &leaf)?;
+    let server = TestServer::start(&[
+        ("HERALD_TLS_CERT_FILE", &files.cert_str()),
+        ("HERALD_TLS_KEY_FILE", &files.key_str()),
+    ])
+    .await?;
+    let url = format!("wss://localhost:{}/ws", server.addr.port());
+    let calls = Arc::new(AtomicU32::new(0));
+    let config = ClientConfig::new(&url).tls_roots(ca.roots()?);
+    let (client, mut events) = Client::connect(config, provider("erin", None, Arc::clone(&calls)));
+    let mut seen = Seen::default();
+    seen.until(&mut events, TIMEOUT, |s| !s.connections.is_empty())
+        .await?;
+    client.subscribe("secure").await?;
+    let ack = client.publish("secure", &json!({"over": "tls"})).await?;
+    seen.until(&mut events, TIMEOUT, |s| !s.messages.is_empty())
+        .await?;
+    assert_eq!(seen.messages[0].1, ack.offset);
+    assert_eq!(seen.messages[0].2, json!({"over": "tls"}));
+    client.close().await;
+
+    // A client that trusts another authority does not connect; it says why and keeps trying.
+    let stranger = TestCa::new()?;
+    let config = ClientConfig::new(&url)
+        .tls_roots(stranger.roots()?)
+        .backoff(Backoff::default().initial(Duration::from_millis(50)));
+    let (client, mut events) = Client::connect(config, provider("erin", None, calls));
+    let deadline = Instant::now() + TIMEOUT;
+    let reason = loop {
+        let event = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .context("no disconnect reported")?
+            .context("the events ended")?;
+        match event {
+            ClientEvent::State(ConnectionState::Disconnected { reason, .. }) => break reason,
+            ClientEvent::State(ConnectionState::Connected(_)) => bail!("connected to a stranger"),
+            _ => {}
+        }
+    };
+    assert!(reason.contains("certificate"), "{reason}");
     client.close().await;
     Ok(())
 }
