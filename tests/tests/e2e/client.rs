@@ -1,7 +1,8 @@
 //! The Rust client (`herald-client`) against the real binary: a connection closed by the API
 //! and a server killed and restarted during a stream of topic messages and critical events,
-//! token refresh in place, a token that expires while the client is reconnecting, and
-//! `wss://` with a certificate from a test CA.
+//! token refresh in place, a token that expires while the client is reconnecting,
+//! `wss://` with a certificate from a test CA, and a client moved to another node of a
+//! cluster when its node dies (the topic's numbering lives in Redis, so nothing is reset).
 
 use std::{
     collections::BTreeMap,
@@ -16,7 +17,9 @@ use anyhow::{Context as _, bail};
 use herald_client::{
     Backoff, Client, ClientConfig, ClientEvent, ConnectionState, Events, TokenError, TopicReset,
 };
-use herald_tests::{TIMEOUT, TestCa, TestServer, TlsFiles, now_secs, sign, token};
+use herald_tests::{
+    Cluster, DropProxy, RedisServer, TIMEOUT, TestCa, TestServer, TlsFiles, now_secs, sign, token,
+};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -487,6 +490,65 @@ async fn wss_connects_with_the_configured_roots_and_refuses_an_unknown_certifica
         }
     };
     assert!(reason.contains("certificate"), "{reason}");
+    client.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_client_whose_node_dies_resumes_on_another_node_with_no_gap_and_no_reset()
+-> anyhow::Result<()> {
+    const TOTAL: u64 = 200;
+    let redis = RedisServer::start().await?;
+    let mut cluster = Cluster::start(&redis, 2, &[]).await?;
+    // The client dials a "load balancer" in front of node 0.
+    let proxy = DropProxy::start(cluster.nodes[0].addr).await?;
+    let config = ClientConfig::new(proxy.ws_url()).backoff(
+        Backoff::default()
+            .initial(Duration::from_millis(50))
+            .max(Duration::from_millis(300)),
+    );
+    let calls = Arc::new(AtomicU32::new(0));
+    let (client, mut events) = Client::connect(config, provider("gina", None, calls));
+    let mut seen = Seen::default();
+    seen.until(&mut events, TIMEOUT, |s| !s.connections.is_empty())
+        .await?;
+    client.subscribe("feed").await?;
+
+    // The backend publishes through node 1 throughout.
+    let backend = Arc::new(cluster.nodes.remove(1));
+    let publisher = tokio::spawn({
+        let backend = Arc::clone(&backend);
+        async move {
+            for n in 1..=TOTAL {
+                backend.publish("feed", json!({ "n": n })).await?;
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+            anyhow::Ok(())
+        }
+    });
+    seen.until(&mut events, TIMEOUT, |s| s.messages.len() >= 30)
+        .await?;
+    // Node 0 dies; the balancer sends new connections to node 1.
+    proxy.retarget(backend.addr);
+    cluster.nodes[0].sigkill().await?;
+    seen.until(&mut events, TIMEOUT, |s| s.connections.len() >= 2)
+        .await?;
+    publisher.await??;
+    seen.until(&mut events, 2 * TIMEOUT, |s| {
+        s.messages.len() as u64 >= TOTAL
+    })
+    .await?;
+
+    // One epoch (Redis numbers the topic), every offset once and in order, no reset.
+    let epoch = seen.messages[0].0.clone();
+    assert_eq!(seen.offsets(&epoch), (1..=TOTAL).collect::<Vec<_>>());
+    assert!(
+        seen.messages
+            .iter()
+            .all(|(_, offset, data)| data["n"] == json!(offset))
+    );
+    assert!(seen.resets.is_empty(), "{:?}", seen.resets);
+    assert_eq!(seen.closes, vec![None], "one abrupt drop");
     client.close().await;
     Ok(())
 }
