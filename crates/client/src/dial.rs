@@ -125,8 +125,8 @@ pub(crate) fn network_dial(tls: Result<Option<Arc<rustls::ClientConfig>>, String
 async fn open(request: Request, tls: Option<TlsConnector>) -> Result<Socket, tungstenite::Error> {
     let uri = request.uri();
     let secure = match uri.scheme_str() {
-        Some("ws") => false,
-        Some("wss") => true,
+        Some(scheme) if scheme.eq_ignore_ascii_case("ws") => false,
+        Some(scheme) if scheme.eq_ignore_ascii_case("wss") => true,
         _ => return Err(tungstenite::Error::Url(UrlError::UnsupportedUrlScheme)),
     };
     let host = uri
@@ -160,7 +160,7 @@ async fn open(request: Request, tls: Option<TlsConnector>) -> Result<Socket, tun
 pub(crate) fn tls_config(
     config: &ClientConfig,
 ) -> Result<Option<Arc<rustls::ClientConfig>>, String> {
-    if !config.url.starts_with("wss://") {
+    if !is_secure(&config.url) {
         return Ok(None);
     }
     let roots = match &config.tls {
@@ -187,6 +187,12 @@ pub(crate) fn tls_config(
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Some(Arc::new(tls)))
+}
+
+/// Whether `url` is a `wss://` URL (the scheme in any case).
+fn is_secure(url: &str) -> bool {
+    url.get(..6)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("wss://"))
 }
 
 /// The upgrade request: the URL with `?thread=`, the token as a bearer header, and the
@@ -247,4 +253,32 @@ pub(crate) fn percent_encode(text: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_wss_urls_get_a_tls_configuration_and_configured_roots_are_used() {
+        let plain = ClientConfig::new("ws://127.0.0.1:1/ws");
+        assert!(matches!(tls_config(&plain), Ok(None)));
+        let secure =
+            ClientConfig::new("WSS://herald.test/ws").tls_roots(rustls::RootCertStore::empty());
+        assert!(matches!(tls_config(&secure), Ok(Some(_))));
+        assert!(!is_secure("ws:/"));
+    }
+
+    #[test]
+    fn upgrade_requests_carry_the_bearer_token_the_subprotocol_and_the_thread() {
+        let config = ClientConfig::new("ws://h:1/ws?x=1").thread("a b/é");
+        let Ok(request) = upgrade_request(&config, "tok") else {
+            panic!("a request");
+        };
+        assert_eq!(request.uri().query(), Some("x=1&thread=a%20b%2F%C3%A9"));
+        assert_eq!(request.headers()["authorization"], "Bearer tok");
+        assert_eq!(request.headers()["sec-websocket-protocol"], "herald.v1");
+        let refused = upgrade_request(&ClientConfig::new("not a url"), "tok");
+        assert!(matches!(refused, Err(Ended::Lost { fatal: true, .. })));
+    }
 }
