@@ -15,9 +15,11 @@
 //! - `redis.rs`: [`RedisServer`], a real `redis-server` the test starts and faults, and
 //!   [`Cluster`], several nodes joined through it.
 //! - `static_site.rs`: [`StaticSite`], files served over HTTP for pages Herald does not serve.
+//! - `proxy.rs`: [`DropProxy`], a TCP relay that cuts every connection through it on demand.
 
 mod browser;
 mod client;
+mod proxy;
 mod raw;
 mod redis;
 mod server;
@@ -32,6 +34,7 @@ pub use crate::{
     client::{
         Ended, WsClient, assert_error, connection_id, frames_in, read_until_ended, slow_subscriber,
     },
+    proxy::DropProxy,
     raw::{
         RawAnswer, SAMPLE_KEY, ServerFrame, client_frame, raw_exchange, read_close_code, read_head,
         read_server_frame, read_until_closed, read_until_contains, try_upgrade, upgrade_head,

@@ -70,6 +70,13 @@ impl TestCa {
         })
     }
 
+    /// A root store holding this authority only (for `herald_client::ClientConfig::tls_roots`).
+    pub fn roots(&self) -> anyhow::Result<RootCertStore> {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.issuer.der().clone())?;
+        Ok(roots)
+    }
+
     /// A client configuration that trusts this authority only.
     pub fn connector(&self) -> anyhow::Result<TlsConnector> {
         let mut roots = RootCertStore::empty();

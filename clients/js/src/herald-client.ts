@@ -235,6 +235,8 @@ export class HeraldClient {
   /** Callers of `subscribe` while disconnected, answered by the next connection's ack. */
   private readonly waiting = new Map<string, Pending[]>();
   private readonly seenEvents = new Set<string>();
+  /** Topics subscribed again to close a gap, whose ack has not come yet. */
+  private readonly resyncing = new Set<string>();
   private socket: WebSocket | undefined;
   private currentState: ConnectionState = "closed";
   private wanted = false;
@@ -510,12 +512,24 @@ export class HeraldClient {
     const topic: string = frame.topic;
     if (!this.positions.has(topic)) return;
     const last = this.positions.get(topic);
-    if (last && last.epoch === frame.epoch) {
-      if (frame.offset <= last.offset) return; // a repeat, e.g. a replay that overlaps
-      if (frame.offset > last.offset + 1) {
-        // Frames were shed from this connection's queue: replay the gap from history; the
-        // replay repeats what follows it, which the check above drops.
-        this.resubscribe(topic).catch(() => undefined);
+    if (last) {
+      const sameEpoch = last.epoch === frame.epoch;
+      if (sameEpoch && frame.offset <= last.offset) return; // a repeat, e.g. a replay that overlaps
+      // A skipped offset (frames shed from this connection's queue), or another epoch under a
+      // live subscription (a node that changed its numbering): subscribe again from the last
+      // position, once; the ack replays the gap (the replay repeats what follows it, which the
+      // check above drops) or reports the reset. Only an epoch's first message after a
+      // position where nothing was delivered yet cannot hide a loss.
+      const gap = sameEpoch
+        ? frame.offset > last.offset + 1
+        : !(last.offset === 0 && frame.offset === 1);
+      if (gap) {
+        if (!this.resyncing.has(topic)) {
+          this.resyncing.add(topic);
+          this.resubscribe(topic)
+            .catch(() => undefined)
+            .finally(() => this.resyncing.delete(topic));
+        }
         return;
       }
     }

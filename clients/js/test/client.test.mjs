@@ -152,6 +152,35 @@ test("a gap in live offsets is closed by subscribing again from the last offset"
   herald.close();
 });
 
+test("another epoch on a live subscription resubscribes once and the ack reports the reset", async () => {
+  const { herald } = client();
+  const resets = [];
+  const messages = [];
+  herald.on("reset", (r) => resets.push(r));
+  herald.on("message", (m) => messages.push([m.epoch, m.offset]));
+  herald.connect();
+  herald.subscribe("t");
+  await tick();
+  const socket = ScriptedSocket.all[0];
+  await connected(socket);
+  const sub = socket.last("subscribe");
+  socket.deliver({ type: "ack", messageId: sub.messageId, data: { topic: "t", offset: 0, epoch: "e1", recovered: false } });
+  await tick();
+  socket.deliver({ type: "message", topic: "t", data: 1, offset: 1, epoch: "e1" });
+  socket.deliver({ type: "message", topic: "t", data: 2, offset: 7, epoch: "e2" });
+  socket.deliver({ type: "message", topic: "t", data: 3, offset: 8, epoch: "e2" });
+  const resubscribes = socket.sent.filter((f) => f.type === "subscribe");
+  assert.equal(resubscribes.length, 2, "one resubscription for the epoch change");
+  const again = resubscribes[1];
+  assert.deepEqual(again.data, { topic: "t", since: { offset: 1, epoch: "e1" } });
+  socket.deliver({ type: "ack", messageId: again.messageId, data: { topic: "t", offset: 8, epoch: "e2", recovered: false } });
+  await tick();
+  socket.deliver({ type: "message", topic: "t", data: 4, offset: 9, epoch: "e2" });
+  assert.deepEqual(resets, [{ topic: "t", previous: { offset: 1, epoch: "e1" }, current: { offset: 8, epoch: "e2" } }]);
+  assert.deepEqual(messages, [["e1", 1], ["e2", 9]]);
+  herald.close();
+});
+
 test("a critical event is acknowledged after its handler resolves, and a repeat only acknowledged", async () => {
   const { herald } = client();
   const handled = [];

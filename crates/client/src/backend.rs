@@ -283,7 +283,7 @@ impl Backend {
         user: &str,
         event: &EventRequest,
     ) -> Result<EventResponse, BackendError> {
-        let path = format!("/api/users/{}/events", crate::driver::percent_encode(user));
+        let path = format!("/api/users/{}/events", crate::dial::percent_encode(user));
         self.call("POST", &path, Some(event)).await
     }
 
@@ -301,7 +301,7 @@ impl Backend {
         user: &str,
         request: &UserSendRequest,
     ) -> Result<DeliveredResponse, BackendError> {
-        let path = format!("/api/users/{}/send", crate::driver::percent_encode(user));
+        let path = format!("/api/users/{}/send", crate::dial::percent_encode(user));
         self.call("POST", &path, Some(request)).await
     }
 
@@ -331,7 +331,7 @@ impl Backend {
     /// # Ok(()) }
     /// ```
     pub async fn topic(&self, topic: &str) -> Result<TopicInfo, BackendError> {
-        let path = format!("/api/topics/{}", crate::driver::percent_encode(topic));
+        let path = format!("/api/topics/{}", crate::dial::percent_encode(topic));
         self.call::<TopicInfo, ()>("GET", &path, None).await
     }
 
@@ -353,7 +353,7 @@ impl Backend {
     ) -> Result<History, BackendError> {
         let mut path = format!(
             "/api/topics/{}/history?since={since}",
-            crate::driver::percent_encode(topic)
+            crate::dial::percent_encode(topic)
         );
         if let Some(limit) = limit {
             path.push_str(&format!("&limit={limit}"));
@@ -378,7 +378,7 @@ impl Backend {
         }
         let path = format!(
             "/api/connections/{}",
-            crate::driver::percent_encode(connection_id)
+            crate::dial::percent_encode(connection_id)
         );
         let answer: Closed = self.call::<Closed, ()>("DELETE", &path, None).await?;
         Ok(answer.closed)

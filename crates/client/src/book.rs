@@ -83,13 +83,22 @@ impl Topics {
         let Some(state) = self.states.get_mut(topic) else {
             return MessageVerdict::Ignore;
         };
-        if let Some(last) = &state.position
-            && last.epoch == epoch
-        {
-            if offset <= last.offset {
+        if let Some(last) = &state.position {
+            let same_epoch = last.epoch == epoch;
+            if same_epoch && offset <= last.offset {
                 return MessageVerdict::Repeat;
             }
-            if offset > last.offset + 1 {
+            // A skipped offset, or another epoch under a live subscription (a node that
+            // changed its numbering, for example one falling back to local numbering while its
+            // Redis is away): subscribe again from the position kept; the ack replays the gap
+            // or reports the reset. Only an epoch's first message after a position where
+            // nothing was delivered yet cannot hide a loss.
+            let gap = if same_epoch {
+                offset > last.offset + 1
+            } else {
+                !(last.offset == 0 && offset == 1)
+            };
+            if gap {
                 if state.resyncing {
                     return MessageVerdict::Ignore;
                 }
@@ -259,6 +268,43 @@ mod tests {
         for offset in 2..=5 {
             assert_eq!(topics.on_message("t", offset, "e"), MessageVerdict::Deliver);
         }
+    }
+
+    #[test]
+    fn another_epoch_on_a_live_subscription_resubscribes_and_the_ack_reports_the_reset() {
+        let mut topics = Topics::default();
+        topics.add("t");
+        topics.on_subscribed(&ack("t", 0, "e1", false));
+        assert_eq!(topics.on_message("t", 1, "e1"), MessageVerdict::Deliver);
+        assert_eq!(topics.on_message("t", 2, "e1"), MessageVerdict::Deliver);
+        // The numbering changed under the connection: ask once, wait for the ack.
+        assert_eq!(
+            topics.on_message("t", 3, "e2"),
+            MessageVerdict::Gap(at(2, "e1"))
+        );
+        assert_eq!(topics.on_message("t", 4, "e2"), MessageVerdict::Ignore);
+        let reset = topics.on_subscribed(&ack("t", 4, "e2", false));
+        assert_eq!(
+            reset,
+            Some(TopicReset {
+                topic: "t".into(),
+                previous: at(2, "e1"),
+                current: at(4, "e2"),
+            })
+        );
+        assert_eq!(topics.on_message("t", 5, "e2"), MessageVerdict::Deliver);
+        // A topic nothing was delivered on yet may start its epoch's offset 1 in another
+        // epoch than its subscribe ack named (a cluster numbers it on first publication).
+        topics.add("fresh");
+        topics.on_subscribed(&ack("fresh", 0, "local", false));
+        assert_eq!(
+            topics.on_message("fresh", 1, "shared"),
+            MessageVerdict::Deliver
+        );
+        assert_eq!(
+            topics.on_message("fresh", 2, "shared"),
+            MessageVerdict::Deliver
+        );
     }
 
     #[test]

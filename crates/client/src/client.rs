@@ -5,6 +5,7 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
+    time::Duration,
 };
 
 use herald_protocol::{PublishResponse, SubscribeResult, Topic};
@@ -14,9 +15,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     config::ClientConfig,
-    driver::{Command, Dial, Driver, Reply, tungstenite_dial},
+    dial::{Dial, network_dial, tls_config},
+    driver::Driver,
     error::ClientError,
     event::ClientEvent,
+    requests::{Command, Reply},
     token::TokenProvider,
 };
 
@@ -52,6 +55,8 @@ const COMMAND_CAPACITY: usize = 256;
 pub struct Client {
     /// Commands to the driver.
     commands: mpsc::Sender<Command>,
+    /// How long a request may wait for its reply.
+    request_timeout: Duration,
 }
 
 impl Client {
@@ -76,7 +81,8 @@ impl Client {
     /// # }
     /// ```
     pub fn connect(config: ClientConfig, provider: impl TokenProvider) -> (Self, Events) {
-        Self::connect_with_dial(config, Arc::new(provider), tungstenite_dial())
+        let dial = network_dial(tls_config(&config));
+        Self::connect_with_dial(config, Arc::new(provider), dial)
     }
 
     /// [`Client::connect`] with the way connections are opened.
@@ -98,11 +104,13 @@ impl Client {
     ) -> (Driver, Self, Events) {
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_CAPACITY);
         let (events_tx, events_rx) = mpsc::channel(config.event_capacity.max(1));
+        let request_timeout = config.request_timeout;
         let driver = Driver::new(config, provider, dial, commands_rx, events_tx);
         (
             driver,
             Self {
                 commands: commands_tx,
+                request_timeout,
             },
             Events { events: events_rx },
         )
@@ -251,14 +259,20 @@ impl Client {
         let _ = self.commands.send(Command::Close).await;
     }
 
-    /// Sends a command and waits for its answer.
+    /// Sends a command and waits for its answer, for the request timeout at most (the driver
+    /// forgets a request whose caller gave up).
     async fn ask<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, ClientError> {
         let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(command(reply))
+        let exchange = async {
+            self.commands
+                .send(command(reply))
+                .await
+                .map_err(|_| ClientError::Closed)?;
+            answer.await.map_err(|_| ClientError::Closed)?
+        };
+        tokio::time::timeout(self.request_timeout, exchange)
             .await
-            .map_err(|_| ClientError::Closed)?;
-        answer.await.map_err(|_| ClientError::Closed)?
+            .map_err(|_| ClientError::TimedOut(self.request_timeout))?
     }
 }
 

@@ -1,9 +1,10 @@
 //! [`ClientConfig`]: where to connect and how the client behaves around drops, tokens,
 //! heartbeats and acknowledgements.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use herald_protocol::CloseCode;
+use tokio_rustls::rustls;
 
 use crate::backoff::Backoff;
 
@@ -25,6 +26,15 @@ pub enum AckMode {
     AfterHandler,
     /// Only when the application calls [`crate::CriticalEvent::ack`].
     Manual,
+}
+
+/// Whom a `wss://` connection trusts.
+#[derive(Debug, Clone)]
+pub(crate) enum Tls {
+    /// A complete rustls configuration.
+    Config(Arc<rustls::ClientConfig>),
+    /// These roots, with aws-lc-rs and the safe default protocol versions.
+    Roots(rustls::RootCertStore),
 }
 
 /// How to build a [`crate::Client`].
@@ -66,12 +76,18 @@ pub struct ClientConfig {
     pub(crate) remembered_events: usize,
     /// How many events may wait for the application before the client stops reading.
     pub(crate) event_capacity: usize,
+    /// How long a request (subscribe, unsubscribe, publish, preferences) may wait for its
+    /// reply.
+    pub(crate) request_timeout: Duration,
+    /// Whom `wss://` trusts; `None`: the platform's roots.
+    pub(crate) tls: Option<Tls>,
 }
 
 impl ClientConfig {
     /// A configuration for `url` (`ws://host:port/ws`) with the defaults: backoff 0.5 s
     /// doubling to 30 s, acknowledgements after the handler, refresh 30 s before expiry,
-    /// pings and stale detection from the server's heartbeat interval, 10 s to connect.
+    /// pings and stale detection from the server's heartbeat interval, 10 s to connect, 10 s
+    /// for a request's reply, and for `wss://` the platform's trusted root certificates.
     ///
     /// # Example
     ///
@@ -92,6 +108,8 @@ impl ClientConfig {
             reconnect_after: Vec::new(),
             remembered_events: 10_000,
             event_capacity: 1_024,
+            request_timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 
@@ -286,6 +304,63 @@ impl ClientConfig {
     #[must_use]
     pub const fn event_capacity(mut self, capacity: usize) -> Self {
         self.event_capacity = capacity;
+        self
+    }
+
+    /// Sets how long a request (subscribe, unsubscribe, publish, preferences) may wait for
+    /// its reply before it fails with [`crate::ClientError::TimedOut`] (default 10 s). The
+    /// time counts from the call, so a subscribe that waits for the next connection fails
+    /// too when none comes in time; the topic stays subscribed for the connections to come.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let config = herald_client::ClientConfig::new("ws://h/ws").request_timeout(Duration::from_secs(3));
+    /// ```
+    #[must_use]
+    pub const fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Makes `wss://` connections trust exactly `roots` (for example a private CA), instead of
+    /// the platform's trusted roots. TLS runs on rustls with the aws-lc-rs provider.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use herald_client::{ClientConfig, rustls::RootCertStore};
+    ///
+    /// let roots = RootCertStore::empty(); // Add your CA: roots.add(ca_der)?
+    /// let config = ClientConfig::new("wss://herald.internal/ws").tls_roots(roots);
+    /// ```
+    #[must_use]
+    pub fn tls_roots(mut self, roots: rustls::RootCertStore) -> Self {
+        self.tls = Some(Tls::Roots(roots));
+        self
+    }
+
+    /// Uses `config` for `wss://` connections (client certificates, pinned roots, ALPN...).
+    /// Build it on the re-exported [`crate::rustls`].
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use herald_client::{ClientConfig, rustls};
+    ///
+    /// let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    /// let tls = rustls::ClientConfig::builder_with_provider(provider)
+    ///     .with_safe_default_protocol_versions()
+    ///     .expect("aws-lc-rs supports the default versions")
+    ///     .with_root_certificates(rustls::RootCertStore::empty())
+    ///     .with_no_client_auth();
+    /// let config = ClientConfig::new("wss://herald.internal/ws").tls(Arc::new(tls));
+    /// ```
+    #[must_use]
+    pub fn tls(mut self, config: Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(Tls::Config(config));
         self
     }
 }

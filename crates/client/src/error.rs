@@ -49,6 +49,10 @@ pub enum ClientError {
     /// performed.
     #[error("connection lost before the reply")]
     ConnectionLost,
+    /// No reply came within [`crate::ClientConfig::request_timeout`]; the request may or may
+    /// not have been performed (a subscribe stays registered for the connections to come).
+    #[error("no reply within {0:?}")]
+    TimedOut(Duration),
     /// The client was closed.
     #[error("client closed")]
     Closed,

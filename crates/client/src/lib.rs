@@ -33,18 +33,33 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The client speaks `ws://` only: TLS (`wss://`) is not built in; put it behind a local TLS
-//! terminator or proxy. Time is read through `tokio::time`, so tests can run the client on a
-//! paused clock; the one wall-clock read compares a token's `exp` with now.
+//! `wss://` URLs are served over TLS (rustls with the aws-lc-rs provider, re-exported as
+//! [`rustls`]), trusting the platform's roots unless [`ClientConfig::tls_roots`] or
+//! [`ClientConfig::tls`] says otherwise. A request that gets no reply within
+//! [`ClientConfig::request_timeout`] fails with [`ClientError::TimedOut`]. Time is read through
+//! `tokio::time`, so tests can run the client on a paused clock; the one wall-clock read
+//! compares a token's `exp` with now.
+//!
+//! Inside, one driver task per client (`driver.rs`: the connection lifecycle and backoff)
+//! opens connections (`dial.rs`), serves the open one (`session.rs`: frames in, commands out,
+//! heartbeats, acks) with its state in `link.rs`, tracks requests awaiting replies
+//! (`requests.rs`), refreshes the token (`refresh.rs`) and speaks the wire format
+//! (`wire.rs`).
 
 mod backoff;
 mod book;
 mod client;
 mod config;
+mod dial;
 mod driver;
 mod error;
 mod event;
+mod link;
+mod refresh;
+mod requests;
+mod session;
 mod token;
+mod wire;
 
 #[cfg(feature = "backend")]
 pub mod backend;
@@ -53,6 +68,8 @@ pub mod backend;
 mod tests;
 
 pub use herald_protocol as protocol;
+/// The rustls this crate speaks TLS with, to build a [`ClientConfig::tls`] configuration.
+pub use tokio_rustls::rustls;
 
 pub use crate::{
     backoff::Backoff,

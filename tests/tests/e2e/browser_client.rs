@@ -1,7 +1,8 @@
 //! The browser client (clients/js) in a real headless Chromium against the real binary: a
 //! connection dropped by the server in the middle of a stream of topic messages and critical
 //! events ends with every message seen once and in order (the gap closed from history by
-//! `since`) and every event handled once and acknowledged.
+//! `since`) and every event handled once and acknowledged; a server killed and restarted is
+//! reported as a reset (the history was in memory) and everything after it arrives once.
 
 use std::path::Path;
 
@@ -15,6 +16,22 @@ const CLIENT_JS: &str = concat!(
     "/../clients/js/dist/herald-client.js"
 );
 const PAGE: &str = include_str!("../../pages/browser-client.html");
+
+/// Loads the test page in a fresh browser and starts alice's client on `server`; answers the
+/// subscribe ack's offset.
+async fn start_page(server: &TestServer) -> anyhow::Result<(StaticSite, Browser, Value)> {
+    let site = page_site().await?;
+    let browser = Browser::launch().await?;
+    browser.navigate(&site.url("/")).await?;
+    let offset = browser
+        .evaluate(&format!(
+            "window.start({}, {})",
+            json!(server.ws_url("")),
+            json!(token("alice", json!({})))
+        ))
+        .await?;
+    Ok((site, browser, offset))
+}
 
 async fn page_site() -> anyhow::Result<StaticSite> {
     let module = std::fs::read(Path::new(CLIENT_JS)).with_context(|| {
@@ -101,5 +118,78 @@ async fn a_dropped_connection_resumes_with_every_message_once_and_every_event_ac
     assert_eq!(browser.evaluate("window.log.resets").await?, json!([]));
     assert_eq!(browser.evaluate("window.log.errors").await?, json!([]));
     assert_eq!(browser.problems(), vec![], "the page reported problems");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_killed_and_restarted_server_is_a_reset_and_everything_after_it_arrives_once()
+-> anyhow::Result<()> {
+    let env = [("HERALD_ALLOWED_ORIGINS", "*")];
+    let server = TestServer::start(&env).await?;
+    let addr = server.addr;
+    let (_site, browser, offset) = start_page(&server).await?;
+    assert_eq!(offset, json!(0));
+    stream(&server, 1..=20).await?;
+    let first: Vec<u64> = (1..=20).collect();
+    browser
+        .wait_for("window.log.messages", &json!(first))
+        .await?;
+    server
+        .wait_for_stats(|stats: &Value| {
+            stats["events"]["acknowledged"] == 2 && stats["events"]["pending"] == 0
+        })
+        .await?;
+    let old_epoch = browser.evaluate("window.log.positions[0][0]").await?;
+
+    // The server dies (no close frame, its memory gone) and comes back on the same address.
+    server.sigkill().await?;
+    drop(server);
+    let restarted = TestServer::start_at(addr, &env).await?;
+    browser
+        .wait_for("window.log.resets", &json!(["chat:1"]))
+        .await?;
+    let reset = browser.evaluate("window.log.resetDetails[0]").await?;
+    assert_eq!(
+        reset["previous"],
+        json!({"offset": 20, "epoch": old_epoch}),
+        "{reset}"
+    );
+    assert_ne!(reset["current"]["epoch"], old_epoch, "{reset}");
+    assert_eq!(reset["current"]["offset"], 0, "{reset}");
+    let new_epoch = reset["current"]["epoch"].clone();
+
+    stream(&restarted, 21..=40).await?;
+    let every: Vec<u64> = (1..=40).collect();
+    browser
+        .wait_for("window.log.messages", &json!(every))
+        .await?;
+    browser
+        .wait_for("window.log.events", &json!(["e10", "e20", "e30", "e40"]))
+        .await?;
+    restarted
+        .wait_for_stats(|stats: &Value| stats["events"]["pending"] == 0)
+        .await?;
+    let stats = restarted.stats().await?;
+    assert_eq!(stats["events"]["acknowledged"], 2, "{stats}");
+    // The new epoch's offsets start again at 1, once each and in order.
+    let positions = browser.evaluate("window.log.positions.slice(20)").await?;
+    let expected: Vec<Value> = (1..=20).map(|offset| json!([new_epoch, offset])).collect();
+    assert_eq!(positions, json!(expected));
+    let states = browser.evaluate("window.log.states").await?;
+    let connected = states
+        .as_array()
+        .map_or(0, |s| s.iter().filter(|s| *s == "connected").count());
+    assert_eq!(connected, 2, "one reconnection: {states}");
+    assert_eq!(browser.evaluate("window.log.errors").await?, json!([]));
+    // Chromium logs the attempts made while the server was down as refused connections;
+    // anything else the page reported is a failure.
+    let problems: Vec<_> = browser
+        .problems()
+        .into_iter()
+        .filter(|problem| {
+            !(problem.source == "network" && problem.text.contains("ERR_CONNECTION_REFUSED"))
+        })
+        .collect();
+    assert_eq!(problems, vec![], "the page reported problems");
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! The Rust client (`herald-client`) against the real binary: a connection closed by the API
 //! and a server killed and restarted during a stream of topic messages and critical events,
-//! token refresh in place, and a token that expires while the client is reconnecting.
+//! token refresh in place, a token that expires while the client is reconnecting,
+//! `wss://` with a certificate from a test CA, and a client moved to another node of a
+//! cluster when its node dies (the topic's numbering lives in Redis, so nothing is reset).
 
 use std::{
     collections::BTreeMap,
@@ -15,7 +17,9 @@ use anyhow::{Context as _, bail};
 use herald_client::{
     Backoff, Client, ClientConfig, ClientEvent, ConnectionState, Events, TokenError, TopicReset,
 };
-use herald_tests::{TIMEOUT, TestServer, now_secs, sign, token};
+use herald_tests::{
+    Cluster, DropProxy, RedisServer, TIMEOUT, TestCa, TestServer, TlsFiles, now_secs, sign, token,
+};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -190,9 +194,65 @@ async fn a_connection_closed_by_the_api_mid_stream_loses_nothing_and_acks_every_
     Ok(())
 }
 
+/// What a backend that kept publishing across a server restart got accepted.
+#[derive(Default)]
+struct Accepted {
+    /// The `n` of the messages the first server accepted, in order.
+    before: Vec<u64>,
+    /// The `n` of the messages the restarted server accepted, in order.
+    after: Vec<u64>,
+    /// The ids of the critical events the restarted server accepted.
+    events_after: Vec<String>,
+}
+
+/// Publishes `{"n": n}` to `topic` for n in 1..=`total`, and a critical event `ev-{n}` to
+/// `user` with every tenth, through `server`'s address; a request that fails (the server is
+/// down) is retried until it is accepted. Everything accepted after the first failure was
+/// accepted by the restarted server.
+async fn publish_across_restart(
+    server: Arc<TestServer>,
+    topic: &'static str,
+    user: &'static str,
+    total: u64,
+) -> anyhow::Result<Accepted> {
+    let deadline = Instant::now() + 3 * TIMEOUT;
+    let mut accepted = Accepted::default();
+    let mut restarted = false;
+    for n in 1..=total {
+        while server.publish(topic, json!({ "n": n })).await.is_err() {
+            restarted = true;
+            if Instant::now() > deadline {
+                bail!("the server did not come back");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if restarted {
+            accepted.after.push(n);
+        } else {
+            accepted.before.push(n);
+        }
+        if n % 10 == 0 {
+            let body = json!({"event": "tool_completed", "id": format!("ev-{n}"), "data": n});
+            while server.send_event(user, &body).await.is_err() {
+                restarted = true;
+                if Instant::now() > deadline {
+                    bail!("the server did not come back");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if restarted {
+                accepted.events_after.push(format!("ev-{n}"));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    Ok(accepted)
+}
+
 #[tokio::test]
-async fn a_killed_and_restarted_server_is_an_epoch_change_and_later_events_arrive()
+async fn a_server_killed_and_restarted_mid_stream_is_a_reported_resync_and_nothing_after_it_is_lost()
 -> anyhow::Result<()> {
+    const TOTAL: u64 = 200;
     let server = Arc::new(TestServer::start(&[]).await?);
     let addr = server.addr;
     let calls = Arc::new(AtomicU32::new(0));
@@ -203,57 +263,97 @@ async fn a_killed_and_restarted_server_is_an_epoch_change_and_later_events_arriv
         .await?;
     let old_epoch = client.subscribe("stream:b").await?.epoch;
 
-    // A stream that runs until the server dies under it.
-    let backend = Arc::clone(&server);
-    let publisher = tokio::spawn(async move {
-        let mut accepted = 0_u64;
-        loop {
-            if backend
-                .publish("stream:b", json!({ "n": accepted + 1 }))
-                .await
-                .is_err()
-            {
-                return accepted;
-            }
-            accepted += 1;
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    });
-    seen.until(&mut events, TIMEOUT, |s| s.messages.len() >= 20)
+    // The backend publishes messages and critical events without pause; the server is killed
+    // under it mid-stream and restarted on the same address, and the backend carries on.
+    let publisher = tokio::spawn(publish_across_restart(
+        Arc::clone(&server),
+        "stream:b",
+        "bob",
+        TOTAL,
+    ));
+    seen.until(&mut events, TIMEOUT, |s| s.messages.len() >= 30)
         .await?;
     server.sigkill().await?;
-    let accepted = publisher.await?;
-
     let restarted = TestServer::start_at(addr, &[]).await?;
+
+    // The client reports the resync: the topic's epoch changed (the history was in memory).
     seen.until(&mut events, TIMEOUT, |s| !s.resets.is_empty())
         .await?;
     let reset = seen.resets[0].clone();
     assert!(reset.epoch_changed(), "{reset:?}");
     assert_eq!(reset.previous.epoch, old_epoch);
-    let before = seen.offsets(&old_epoch);
-    // What arrived before the crash came in order, without a repeat, up to the reset.
-    assert_eq!(before, (1..=before.len() as u64).collect::<Vec<_>>());
-    assert!(before.len() as u64 <= accepted);
-    assert_eq!(reset.previous.offset, before.len() as u64);
     let new_epoch = reset.current.epoch.clone();
+    // The application resyncs as docs/clients.md says: what the new epoch published before
+    // the resubscription comes from the history API.
+    let (status, _, history) = restarted
+        .request(
+            "GET",
+            "/api/topics/stream:b/history?since=0&limit=1000",
+            None,
+            true,
+        )
+        .await?;
+    assert_eq!(status, 200, "{history}");
+    assert_eq!(history["epoch"], json!(new_epoch));
+    let resynced: Vec<u64> = history["messages"]
+        .as_array()
+        .context("history messages")?
+        .iter()
+        .filter(|entry| entry["offset"].as_u64() <= Some(reset.current.offset))
+        .filter_map(|entry| entry["data"]["n"].as_u64())
+        .collect();
+    assert_eq!(resynced.len() as u64, reset.current.offset);
 
-    // After the restart, messages and events reach the resubscribed client.
-    for n in 1..=50 {
-        restarted.publish("stream:b", json!({ "n": n })).await?;
-    }
-    for i in 0..3 {
-        let body = json!({"event": "agent_thinking", "id": format!("after-{i}"), "data": i});
-        restarted.send_event("bob", &body).await?;
-    }
-    seen.until(&mut events, TIMEOUT, |s| {
-        s.offsets(&new_epoch).len() >= 50 && s.events.len() >= 3
+    let accepted = publisher.await??;
+    assert!(!accepted.before.is_empty() && !accepted.after.is_empty());
+    let live = accepted.after.len() as u64 - reset.current.offset;
+    seen.until(&mut events, 2 * TIMEOUT, |s| {
+        s.offsets(&new_epoch).len() as u64 >= live
+            && accepted
+                .events_after
+                .iter()
+                .all(|id| s.events.contains_key(id))
     })
     .await?;
-    assert_eq!(seen.offsets(&new_epoch), (1..=50).collect::<Vec<_>>());
-    assert!(seen.events.values().all(|&count| count == 1));
+
+    // Before the crash: in order, no repeat, up to where the reset says the client was.
+    let before = seen.offsets(&old_epoch);
+    assert_eq!(before, (1..=before.len() as u64).collect::<Vec<_>>());
+    assert_eq!(reset.previous.offset, before.len() as u64);
+    // The first server may have delivered one more than it confirmed: the one whose answer
+    // the crash cut off (the backend sent it again to the restarted server).
+    assert!(before.len() <= accepted.before.len() + 1);
+    assert!(
+        seen.messages
+            .iter()
+            .filter(|(epoch, _, _)| *epoch == old_epoch)
+            .all(|(_, offset, data)| data["n"] == json!(offset))
+    );
+    // After the restart: the live messages follow the resync point with no gap and no repeat,
+    // and resync plus live is exactly what the restarted server accepted, in order.
+    assert_eq!(
+        seen.offsets(&new_epoch),
+        ((reset.current.offset + 1)..=accepted.after.len() as u64).collect::<Vec<_>>()
+    );
+    let mut after: Vec<u64> = resynced;
+    after.extend(
+        seen.messages
+            .iter()
+            .filter(|(epoch, _, _)| *epoch == new_epoch)
+            .filter_map(|(_, _, data)| data["n"].as_u64()),
+    );
+    assert_eq!(after, accepted.after);
+    // Every critical event was handed over once; each one sent after the restart was acked.
+    assert!(
+        seen.events.values().all(|&count| count == 1),
+        "{:?}",
+        seen.events
+    );
+    let expected = accepted.events_after.len();
     restarted
-        .wait_for_stats(|s| s["events"]["pending"] == 0 && s["events"]["acknowledged"] == 3)
+        .wait_for_stats(|s| s["events"]["pending"] == 0 && s["events"]["acknowledged"] == expected)
         .await?;
+    assert_eq!(seen.resets.len(), 1, "{:?}", seen.resets);
     client.close().await;
     Ok(())
 }
@@ -341,6 +441,114 @@ async fn a_token_is_refreshed_in_place_before_it_expires() -> anyhow::Result<()>
     assert!(closes.is_empty(), "{closes:?}");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     assert_eq!(server.stats().await?["connections"], 1);
+    client.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn wss_connects_with_the_configured_roots_and_refuses_an_unknown_certificate()
+-> anyhow::Result<()> {
+    let ca = TestCa::new()?;
+    let leaf = ca.issue()?;
+    let files = TlsFiles::write("client-wss", &leaf)?;
+    let server = TestServer::start(&[
+        ("HERALD_TLS_CERT_FILE", &files.cert_str()),
+        ("HERALD_TLS_KEY_FILE", &files.key_str()),
+    ])
+    .await?;
+    let url = format!("wss://localhost:{}/ws", server.addr.port());
+    let calls = Arc::new(AtomicU32::new(0));
+    let config = ClientConfig::new(&url).tls_roots(ca.roots()?);
+    let (client, mut events) = Client::connect(config, provider("erin", None, Arc::clone(&calls)));
+    let mut seen = Seen::default();
+    seen.until(&mut events, TIMEOUT, |s| !s.connections.is_empty())
+        .await?;
+    client.subscribe("secure").await?;
+    let ack = client.publish("secure", &json!({"over": "tls"})).await?;
+    seen.until(&mut events, TIMEOUT, |s| !s.messages.is_empty())
+        .await?;
+    assert_eq!(seen.messages[0].1, ack.offset);
+    assert_eq!(seen.messages[0].2, json!({"over": "tls"}));
+    client.close().await;
+
+    // A client that trusts another authority does not connect; it says why and keeps trying.
+    let stranger = TestCa::new()?;
+    let config = ClientConfig::new(&url)
+        .tls_roots(stranger.roots()?)
+        .backoff(Backoff::default().initial(Duration::from_millis(50)));
+    let (client, mut events) = Client::connect(config, provider("erin", None, calls));
+    let deadline = Instant::now() + TIMEOUT;
+    let reason = loop {
+        let event = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .context("no disconnect reported")?
+            .context("the events ended")?;
+        match event {
+            ClientEvent::State(ConnectionState::Disconnected { reason, .. }) => break reason,
+            ClientEvent::State(ConnectionState::Connected(_)) => bail!("connected to a stranger"),
+            _ => {}
+        }
+    };
+    assert!(reason.contains("certificate"), "{reason}");
+    client.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_client_whose_node_dies_resumes_on_another_node_with_no_gap_and_no_reset()
+-> anyhow::Result<()> {
+    const TOTAL: u64 = 200;
+    let redis = RedisServer::start().await?;
+    let mut cluster = Cluster::start(&redis, 2, &[]).await?;
+    // The client dials a "load balancer" in front of node 0.
+    let proxy = DropProxy::start(cluster.nodes[0].addr).await?;
+    let config = ClientConfig::new(proxy.ws_url()).backoff(
+        Backoff::default()
+            .initial(Duration::from_millis(50))
+            .max(Duration::from_millis(300)),
+    );
+    let calls = Arc::new(AtomicU32::new(0));
+    let (client, mut events) = Client::connect(config, provider("gina", None, calls));
+    let mut seen = Seen::default();
+    seen.until(&mut events, TIMEOUT, |s| !s.connections.is_empty())
+        .await?;
+    client.subscribe("feed").await?;
+
+    // The backend publishes through node 1 throughout.
+    let backend = Arc::new(cluster.nodes.remove(1));
+    let publisher = tokio::spawn({
+        let backend = Arc::clone(&backend);
+        async move {
+            for n in 1..=TOTAL {
+                backend.publish("feed", json!({ "n": n })).await?;
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+            anyhow::Ok(())
+        }
+    });
+    seen.until(&mut events, TIMEOUT, |s| s.messages.len() >= 30)
+        .await?;
+    // Node 0 dies; the balancer sends new connections to node 1.
+    proxy.retarget(backend.addr);
+    cluster.nodes[0].sigkill().await?;
+    seen.until(&mut events, TIMEOUT, |s| s.connections.len() >= 2)
+        .await?;
+    publisher.await??;
+    seen.until(&mut events, 2 * TIMEOUT, |s| {
+        s.messages.len() as u64 >= TOTAL
+    })
+    .await?;
+
+    // One epoch (Redis numbers the topic), every offset once and in order, no reset.
+    let epoch = seen.messages[0].0.clone();
+    assert_eq!(seen.offsets(&epoch), (1..=TOTAL).collect::<Vec<_>>());
+    assert!(
+        seen.messages
+            .iter()
+            .all(|(_, offset, data)| data["n"] == json!(offset))
+    );
+    assert!(seen.resets.is_empty(), "{:?}", seen.resets);
+    assert_eq!(seen.closes, vec![None], "one abrupt drop");
     client.close().await;
     Ok(())
 }

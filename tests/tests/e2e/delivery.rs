@@ -1,18 +1,20 @@
 //! Guaranteed delivery: topic history and resume with `since`, critical events with acks,
-//! redelivery, thread isolation, and a chaos run with random TCP drops.
+//! redelivery, thread isolation (protocol-level, on raw sockets), and a chaos run with random
+//! TCP drops that `herald-client` must ride out (behaviour, through the Rust client).
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
 
-use herald_tests::{TestServer, WsClient};
+use anyhow::Context as _;
+use herald_client::{Backoff, Client, ClientConfig, ClientEvent, ConnectionState, TokenError};
+use herald_tests::{DropProxy, TestServer, WsClient, token};
 use serde_json::{Value, json};
-use tokio::sync::Mutex;
 
 #[tokio::test]
 async fn resume_replays_exactly_the_missed_messages_then_live() -> anyhow::Result<()> {
@@ -358,17 +360,100 @@ async fn resume_while_publishing_at_full_rate_has_no_gap_and_no_duplicate() -> a
 /// An event the chaos backend sent: its sequence number, thread (if any) and id.
 type SentEvent = (u64, Option<&'static str>, String);
 
-/// One logical client of the chaos run: a user's connection bound to a thread.
-struct ChaosClient {
+/// What one chaos client saw: the event ids handed to it, and how many topic messages.
+type ChaosSeen = (BTreeSet<String>, u64);
+
+/// One logical client of the chaos run: a user's `herald-client` bound to a thread, dialing
+/// through the proxy that cuts connections. It checks what the client hands it: topic
+/// messages exactly once and in order on each topic (no reset: history holds every gap),
+/// events of its own user and thread, first deliveries in the order they were sent; the
+/// client acknowledges each event when the handler drops it.
+async fn chaos_client(
+    url: String,
     user: &'static str,
     thread: &'static str,
+    topics: Vec<String>,
+    complete: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<ChaosSeen> {
+    let config = ClientConfig::new(url).thread(thread).backoff(
+        Backoff::default()
+            .initial(Duration::from_millis(20))
+            .max(Duration::from_millis(200)),
+    );
+    let (client, mut events) = Client::connect(config, move || async move {
+        Ok::<_, TokenError>(token(user, json!({})))
+    });
+    let mut last: BTreeMap<String, u64> = BTreeMap::new();
+    for topic in &topics {
+        let ack = client.subscribe(topic).await?;
+        last.insert(topic.clone(), ack.offset);
+    }
+    let mut seen = BTreeSet::new();
+    let mut last_seq = 0;
+    let mut messages = 0;
+    let mut counted = false;
+    while !stop.load(Ordering::SeqCst) {
+        let Ok(event) = tokio::time::timeout(Duration::from_millis(100), events.recv()).await
+        else {
+            continue;
+        };
+        match event.context("the client's events ended")? {
+            ClientEvent::Message(message) => {
+                let last = last
+                    .get_mut(&message.topic)
+                    .with_context(|| format!("a message on {}", message.topic))?;
+                anyhow::ensure!(
+                    message.offset == *last + 1,
+                    "{}: offset {} after {last}",
+                    message.topic,
+                    message.offset
+                );
+                *last = message.offset;
+                messages += 1;
+            }
+            ClientEvent::Event(event) => {
+                let data: Value = event.json()?;
+                anyhow::ensure!(
+                    data["user"] == user,
+                    "{user} got another user's event {data}"
+                );
+                if let Some(other) = &event.thread_id {
+                    anyhow::ensure!(other == thread, "thread {thread} got an event of {other}");
+                }
+                anyhow::ensure!(
+                    seen.insert(event.id.clone()),
+                    "{} handed over twice",
+                    event.id
+                );
+                let seq = data["seq"].as_u64().unwrap_or(0);
+                anyhow::ensure!(seq > last_seq, "event {seq} after {last_seq}: out of order");
+                last_seq = seq;
+                // Dropped here: acknowledged.
+            }
+            ClientEvent::Reset(reset) => anyhow::bail!("{user}/{thread}: unexpected {reset:?}"),
+            ClientEvent::State(ConnectionState::Closed { code, reason }) => {
+                anyhow::bail!("{user}/{thread} closed for good: {code:?} {reason}")
+            }
+            _ => {}
+        }
+        if !counted && last.values().all(|&offset| offset == CHAOS_MESSAGES / 2) {
+            counted = true;
+            complete.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    client.close().await;
+    while events.recv().await.is_some() {}
+    Ok((seen, messages))
 }
+
+/// How many topic messages the chaos backend publishes (half on each topic).
+const CHAOS_MESSAGES: u64 = 1_500;
 
 #[tokio::test]
 async fn chaos_with_random_drops_loses_nothing_and_leaves_no_residue() -> anyhow::Result<()> {
     const USERS: [&str; 3] = ["u1", "u2", "u3"];
     const THREADS: [&str; 2] = ["ta", "tb"];
-    const MESSAGES: u64 = 1_500;
     const EVENTS: u64 = 120;
     let server = Arc::new(
         TestServer::start(&[
@@ -378,25 +463,40 @@ async fn chaos_with_random_drops_loses_nothing_and_leaves_no_residue() -> anyhow
         ])
         .await?,
     );
+    let proxy = DropProxy::start(server.addr).await?;
     let topics: Vec<String> = vec!["room:all".into(), "room:odd".into()];
-    // Events the backend sent, per user: (seq, thread or None, id).
-    let sent_events: Arc<Mutex<HashMap<&'static str, Vec<SentEvent>>>> = Arc::default();
-    let backend_done = Arc::new(AtomicBool::new(false));
 
+    // The clients connect and subscribe first, so each must see every message.
+    let complete = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for (user, thread) in USERS
+        .iter()
+        .flat_map(|u| THREADS.iter().map(move |t| (*u, *t)))
+    {
+        let task = tokio::spawn(chaos_client(
+            proxy.ws_url(),
+            user,
+            thread,
+            topics.clone(),
+            Arc::clone(&complete),
+            Arc::clone(&stop),
+        ));
+        clients.push((user, task));
+    }
+    server.wait_for_stats(|s| s["subscriptions"] == 12).await?;
+
+    // Events the backend sent, per user: (seq, thread or None, id).
     let backend = {
-        let (server, sent_events, done) = (
-            Arc::clone(&server),
-            Arc::clone(&sent_events),
-            Arc::clone(&backend_done),
-        );
-        let topics = topics.clone();
+        let (server, topics) = (Arc::clone(&server), topics.clone());
         tokio::spawn(async move {
+            let mut sent: HashMap<&'static str, Vec<SentEvent>> = HashMap::new();
             let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
             let mut event_seq = 0u64;
-            for n in 1..=MESSAGES {
+            for n in 1..=CHAOS_MESSAGES {
                 let topic = &topics[(n % 2) as usize];
                 server.publish(topic, json!({"n": n})).await?;
-                if n % (MESSAGES / EVENTS) == 0 {
+                if n % (CHAOS_MESSAGES / EVENTS) == 0 {
                     rng ^= rng << 13;
                     rng ^= rng >> 7;
                     rng ^= rng << 17;
@@ -413,120 +513,42 @@ async fn chaos_with_random_drops_loses_nothing_and_leaves_no_residue() -> anyhow
                     }
                     let answer = server.send_event(user, &body).await?;
                     let id = answer["id"].as_str().unwrap_or_default().to_owned();
-                    sent_events
-                        .lock()
-                        .await
-                        .entry(user)
-                        .or_default()
-                        .push((event_seq, thread, id));
+                    sent.entry(user).or_default().push((event_seq, thread, id));
                 }
             }
-            done.store(true, Ordering::Relaxed);
-            anyhow::Ok(())
+            anyhow::Ok(sent)
         })
     };
 
-    // Event ids each user received (across its connections).
-    let received_events: Arc<Mutex<HashMap<&'static str, BTreeSet<String>>>> = Arc::default();
-    let mut clients = Vec::new();
-    for (index, (user, thread)) in USERS
-        .iter()
-        .flat_map(|u| THREADS.iter().map(move |t| (*u, *t)))
-        .enumerate()
-    {
-        let client = ChaosClient { user, thread };
-        let (server, topics, received_events, backend_done) = (
-            Arc::clone(&server),
-            topics.clone(),
-            Arc::clone(&received_events),
-            Arc::clone(&backend_done),
-        );
-        clients.push(tokio::spawn(async move {
-            let mut rng = 0x2545_f491_4f6c_dd1d_u64 ^ (index as u64 + 1);
-            let mut logs: BTreeMap<String, TopicLog> = topics.iter().map(|t| (t.clone(), TopicLog::default())).collect();
-            let mut seen_events: BTreeSet<String> = BTreeSet::new();
-            let mut last_event_seq = 0u64;
-            let mut drops = 0;
-            loop {
-                let (mut ws, _) = WsClient::connect_thread(&server, client.user, client.thread).await?;
-                for (topic, log) in &mut logs {
-                    let data = match &log.epoch {
-                        Some(epoch) => json!({"topic": topic, "since": {"offset": log.last, "epoch": epoch}}),
-                        None => json!({"topic": topic}),
-                    };
-                    ws.send(&json!({"type": "subscribe", "messageId": format!("s:{topic}"), "data": data})).await?;
-                }
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                let budget = 40 + (rng % 200) as usize;
-                let mut handled = 0;
-                loop {
-                    let finished = backend_done.load(Ordering::Relaxed)
-                        && logs.values().all(|log| log.last == MESSAGES / 2);
-                    if finished && handled > 0 {
-                        // Stay a little to receive and ack any last events, then leave politely.
-                        while let Some(frame) = ws.try_recv(Duration::from_millis(300)).await {
-                            handle_event(&frame, &client, &mut seen_events, &mut last_event_seq, &mut ws).await?;
-                        }
-                        ws.close().await?;
-                        received_events.lock().await.entry(client.user).or_default().extend(seen_events);
-                        return anyhow::Ok(drops);
-                    }
-                    let Some(frame) = ws.try_recv(Duration::from_millis(500)).await else {
-                        if finished {
-                            handled += 1;
-                        }
-                        continue;
-                    };
-                    handled += 1;
-                    match frame["type"].as_str() {
-                        Some("ack") => {
-                            let topic = frame["data"]["topic"].as_str().unwrap_or_default().to_owned();
-                            let log = logs.get_mut(&topic).ok_or_else(|| anyhow::anyhow!("ack for {topic}"))?;
-                            if log.epoch.is_some() {
-                                anyhow::ensure!(frame["data"]["recovered"] == true, "not recovered: {frame}");
-                            } else {
-                                log.epoch = Some(frame["data"]["epoch"].clone());
-                                log.last = frame["data"]["offset"].as_u64().unwrap_or(0);
-                            }
-                        }
-                        Some("message") => {
-                            let topic = frame["topic"].as_str().unwrap_or_default().to_owned();
-                            let log = logs.get_mut(&topic).ok_or_else(|| anyhow::anyhow!("message on {topic}"))?;
-                            let offset = frame["offset"].as_u64().unwrap_or(0);
-                            anyhow::ensure!(offset == log.last + 1, "{topic}: offset {offset} after {}", log.last);
-                            log.last = offset;
-                        }
-                        Some("event") => {
-                            handle_event(&frame, &client, &mut seen_events, &mut last_event_seq, &mut ws).await?;
-                        }
-                        Some("ping") => {}
-                        _ => anyhow::bail!("unexpected frame {frame}"),
-                    }
-                    if handled >= budget && !finished {
-                        drops += 1;
-                        ws.drop_tcp();
-                        break;
-                    }
-                }
-            }
-        }));
+    // Meanwhile the network cuts every connection at random moments.
+    let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+    let mut drops = 0;
+    while !backend.is_finished() {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        tokio::time::sleep(Duration::from_millis(50 + rng % 200)).await;
+        drops += proxy.sever_all();
     }
-    backend.await??;
-    let mut total_drops = 0;
-    for client in clients {
-        total_drops += client.await??;
-    }
+    let sent = backend.await??;
     assert!(
-        total_drops > 10,
-        "the run should have dropped connections ({total_drops})"
+        drops > 10,
+        "the run should have dropped connections ({drops})"
     );
 
-    // Every event reached its user and was acknowledged.
-    let sent = sent_events.lock().await;
-    let received = received_events.lock().await;
-    for (user, events) in sent.iter() {
+    // Every client catches up with both topics, and every event is acknowledged.
+    server
+        .wait_for_stats(|s| complete.load(Ordering::SeqCst) == 6 && s["events"]["pending"] == 0)
+        .await?;
+    stop.store(true, Ordering::SeqCst);
+    let mut received: HashMap<&'static str, BTreeSet<String>> = HashMap::new();
+    for (user, task) in clients {
+        let (seen, messages) = task.await??;
+        assert!(messages >= CHAOS_MESSAGES, "{user}: {messages} messages");
+        received.entry(user).or_default().extend(seen);
+    }
+    // Every event reached its user.
+    for (user, events) in &sent {
         let got = received.get(user).cloned().unwrap_or_default();
         for (_, _, id) in events {
             assert!(got.contains(id), "{user} never received event {id}");
@@ -539,40 +561,4 @@ async fn chaos_with_random_drops_loses_nothing_and_leaves_no_residue() -> anyhow
         .await?;
     assert_eq!(stats["users"], 0);
     Ok(())
-}
-
-/// Checks an event's user, thread and order, acknowledges it and records its id.
-async fn handle_event(
-    frame: &Value,
-    client: &ChaosClient,
-    seen: &mut BTreeSet<String>,
-    last_seq: &mut u64,
-    ws: &mut WsClient,
-) -> anyhow::Result<()> {
-    if frame["type"] != "event" {
-        return Ok(());
-    }
-    anyhow::ensure!(
-        frame["data"]["user"] == client.user,
-        "{} got another user's event {frame}",
-        client.user
-    );
-    if let Some(thread) = frame["threadId"].as_str() {
-        anyhow::ensure!(
-            thread == client.thread,
-            "thread {} got event of {thread}",
-            client.thread
-        );
-    }
-    let id = frame["id"].as_str().unwrap_or_default().to_owned();
-    if seen.insert(id.clone()) {
-        let seq = frame["data"]["seq"].as_u64().unwrap_or(0);
-        anyhow::ensure!(
-            seq > *last_seq,
-            "event {seq} after {last_seq}: out of order"
-        );
-        *last_seq = seq;
-    }
-    ws.send(&json!({"type": "ack", "data": {"ids": [id]}}))
-        .await
 }
