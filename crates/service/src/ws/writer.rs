@@ -14,6 +14,24 @@ use herald_core::Frame;
 use herald_protocol::encode_batch;
 use tokio::io::AsyncWrite;
 
+use crate::ws::deflate;
+
+/// How a connection that negotiated permessage-deflate sends data frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Compression {
+    /// Messages shorter than this go plain (`compression_threshold_bytes`, read live).
+    pub(super) threshold: usize,
+    /// Messages longer than this go plain (the client's window: `Deflate`).
+    pub(super) max_len: usize,
+}
+
+impl Compression {
+    /// Whether a message of `len` bytes goes compressed.
+    fn applies(self, len: usize) -> bool {
+        len >= self.threshold && len <= self.max_len
+    }
+}
+
 /// Encoded data frames on their way to the socket.
 ///
 /// The driver writes data frames itself, with vectored writes straight from the frames' shared
@@ -61,6 +79,21 @@ impl Chunk {
         Self::header(FIN_BINARY, len)
     }
 
+    /// The header of a final frame with RSV1 set (a permessage-deflate message) carrying `len`
+    /// compressed bytes: text, or binary when `binary`.
+    fn compressed_header(len: usize, binary: bool) -> Self {
+        const FIN_RSV1_TEXT: u8 = 0xc1;
+        const FIN_RSV1_BINARY: u8 = 0xc2;
+        Self::header(
+            if binary {
+                FIN_RSV1_BINARY
+            } else {
+                FIN_RSV1_TEXT
+            },
+            len,
+        )
+    }
+
     /// A server frame's header: `first` (FIN, RSV and opcode bits), then the payload length in
     /// the shortest of its three forms, unmasked.
     fn header(first: u8, len: usize) -> Self {
@@ -94,6 +127,33 @@ impl Chunk {
     }
 }
 
+/// Compressed messages staged in one go, counted in the metrics once.
+#[derive(Default)]
+struct Saved {
+    /// Messages sent compressed.
+    messages: u64,
+    /// Bytes their compression saved.
+    bytes: u64,
+}
+
+impl Saved {
+    /// One message of `plain` bytes sent as `compressed` bytes.
+    fn add(&mut self, plain: usize, compressed: usize) {
+        self.messages += 1;
+        self.bytes += plain.saturating_sub(compressed) as u64;
+    }
+
+    /// Adds them to `herald_compressed_messages_total` and
+    /// `herald_compression_saved_bytes_total` (nothing when none was compressed).
+    fn record(self) {
+        if self.messages > 0 {
+            metrics::counter!("herald_compressed_messages_total", "direction" => "out")
+                .increment(self.messages);
+            metrics::counter!("herald_compression_saved_bytes_total").increment(self.bytes);
+        }
+    }
+}
+
 impl Writer {
     /// Most chunks handed to one `writev`.
     const MAX_SLICES: usize = 128;
@@ -114,8 +174,10 @@ impl Writer {
     }
 
     /// Turns the drained frames into chunks: one `batch` frame when several wait and the
-    /// client allows batching, else one frame per message.
-    pub(super) fn stage(&mut self, batching: bool) {
+    /// client allows batching, else one frame per message; compressed as `compression` says.
+    /// A frame's compressed copy is computed once and shared by every connection that sends
+    /// it; a `batch` frame is this connection's own, compressed here.
+    pub(super) fn stage(&mut self, batching: bool, compression: Option<Compression>) {
         let earliest = self.drained.iter().filter_map(Frame::accepted).min();
         self.accepted = match (self.accepted, earliest) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -124,12 +186,55 @@ impl Writer {
         if batching && self.drained.len() > 1 {
             let batch = encode_batch(self.drained.iter().map(Frame::as_bytes));
             self.drained.clear();
-            self.push_frame(Bytes::from(batch));
+            self.push_message(Bytes::from(batch), false, compression);
         } else {
+            let mut saved = Saved::default();
             for frame in std::mem::take(&mut self.drained) {
+                let len = frame.len();
+                if compression.is_some_and(|c| c.applies(len)) {
+                    let compressed = frame.encoded_with(deflate::compress);
+                    if !compressed.is_empty() {
+                        saved.add(len, compressed.len());
+                        self.push_compressed(compressed, false);
+                        continue;
+                    }
+                }
                 self.push_frame(frame.into_bytes());
             }
+            saved.record();
         }
+    }
+
+    /// Stages one message of this connection's own (a `batch` frame, an echo): compressed here
+    /// when `compression` applies and it pays, else plain; binary when `binary`.
+    pub(super) fn push_message(
+        &mut self,
+        payload: Bytes,
+        binary: bool,
+        compression: Option<Compression>,
+    ) {
+        if compression.is_some_and(|c| c.applies(payload.len())) {
+            let compressed = deflate::compress(&payload);
+            if !compressed.is_empty() {
+                let mut saved = Saved::default();
+                saved.add(payload.len(), compressed.len());
+                saved.record();
+                self.push_compressed(compressed, binary);
+                return;
+            }
+        }
+        if binary {
+            self.push_binary_frame(payload);
+        } else {
+            self.push_frame(payload);
+        }
+    }
+
+    /// Stages one compressed message (RSV1 set).
+    fn push_compressed(&mut self, compressed: Bytes, binary: bool) {
+        self.out
+            .push_back(Chunk::compressed_header(compressed.len(), binary));
+        self.out.push_back(Chunk::Payload(compressed));
     }
 
     /// Stages one text frame carrying `payload`.

@@ -1,0 +1,780 @@
+//! permessage-deflate (RFC 7692): the extension's negotiation in the handshake, the compression
+//! of an outbound message (once per frame, the copy shared by every connection that negotiated
+//! it), and [`Inflating`], the layer under tungstenite that turns a client's compressed
+//! messages into the plain messages they encode, so that tungstenite stays the one reader and
+//! validator of every client frame.
+
+use std::{
+    cell::RefCell,
+    io,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The extension's name in `Sec-WebSocket-Extensions`.
+const EXTENSION: &str = "permessage-deflate";
+/// The tail of a sync-flushed deflate block, which RFC 7692 (7.2.1) strips from a message and
+/// the receiver appends again before inflating.
+const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
+/// The compression level of outbound messages: zlib's default, measured in docs/benchmarks.md
+/// ("Compression") against level 1.
+const LEVEL: u32 = 6;
+/// Bytes read from the socket at a time on a connection that negotiated compression.
+const READ_CHUNK: usize = 2048;
+
+/// What a connection agreed to in its handshake: the server compresses every message on its
+/// own (`server_no_context_takeover`, always), so one compressed copy of a publication serves
+/// every subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Deflate {
+    /// The client resets its compressor after each message (`client_no_context_takeover`), so
+    /// the server's inflater need not outlive a message.
+    client_no_context_takeover: bool,
+    /// The window the client allows the server (`server_max_window_bits`), when it limited it.
+    server_max_window_bits: Option<u8>,
+}
+
+impl Deflate {
+    /// The `Sec-WebSocket-Extensions` value of the 101 that accepts this agreement.
+    pub(crate) fn response_header(&self) -> String {
+        let mut header = format!("{EXTENSION}; server_no_context_takeover");
+        if self.client_no_context_takeover {
+            header.push_str("; client_no_context_takeover");
+        }
+        if let Some(bits) = self.server_max_window_bits {
+            header.push_str(&format!("; server_max_window_bits={bits}"));
+        }
+        header
+    }
+
+    /// The longest message this connection may receive compressed. Every message is
+    /// compressed on its own with a 32 KiB window; a back-reference never reaches further back
+    /// than the message's start, so a message no longer than the client's window is valid for
+    /// it, and a longer one goes plain.
+    pub(super) fn max_compressed_message(&self) -> usize {
+        self.server_max_window_bits
+            .map_or(usize::MAX, |bits| 1_usize << bits)
+    }
+}
+
+/// Why a `Sec-WebSocket-Extensions` header was refused (400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum OfferError {
+    /// Not the grammar of RFC 6455, 9.1.
+    #[error("malformed Sec-WebSocket-Extensions header: {0}")]
+    Malformed(&'static str),
+    /// A permessage-deflate parameter with a value RFC 7692 does not allow.
+    #[error("bad permessage-deflate parameter: {0}")]
+    BadParameter(String),
+}
+
+/// One extension of an offer: its name and its parameters, values unquoted.
+type Extension = (String, Vec<(String, Option<String>)>);
+
+/// Chooses among the client's offers (the `Sec-WebSocket-Extensions` header values, in order)
+/// the first permessage-deflate offer the server can honour; `None` when there is none.
+///
+/// An offer with a parameter the server does not know is declined (RFC 7692, 5), and the next
+/// one is tried. A header that breaks the grammar, or a permessage-deflate parameter that is
+/// repeated or out of range, is refused with the reason, rather than silently declined, so a
+/// client's mistake shows in its handshake.
+pub(crate) fn negotiate<'a>(
+    headers: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<Option<Deflate>, OfferError> {
+    let mut chosen = None;
+    for header in headers {
+        for (name, params) in parse_extensions(header)? {
+            if !name.eq_ignore_ascii_case(EXTENSION) {
+                continue;
+            }
+            let offer = deflate_offer(&params)?;
+            if chosen.is_none() {
+                chosen = offer;
+            }
+        }
+    }
+    Ok(chosen)
+}
+
+/// A permessage-deflate offer's parameters checked: the agreement, `None` when the offer has
+/// a parameter the server does not know.
+fn deflate_offer(params: &[(String, Option<String>)]) -> Result<Option<Deflate>, OfferError> {
+    let mut deflate = Deflate {
+        client_no_context_takeover: false,
+        server_max_window_bits: None,
+    };
+    let mut seen: Vec<&str> = Vec::new();
+    let mut unknown = false;
+    for (name, value) in params {
+        let name = name.as_str();
+        if seen.iter().any(|s| s.eq_ignore_ascii_case(name)) {
+            return Err(OfferError::BadParameter(format!("{name} given twice")));
+        }
+        seen.push(name);
+        let no_value = |value: &Option<String>| match value {
+            None => Ok(()),
+            Some(_) => Err(OfferError::BadParameter(format!("{name} takes no value"))),
+        };
+        match name.to_ascii_lowercase().as_str() {
+            "server_no_context_takeover" => no_value(value)?,
+            "client_no_context_takeover" => {
+                no_value(value)?;
+                deflate.client_no_context_takeover = true;
+            }
+            "server_max_window_bits" => {
+                let bits = value
+                    .as_deref()
+                    .and_then(window_bits)
+                    .ok_or_else(|| bad_window(name))?;
+                deflate.server_max_window_bits = Some(bits);
+            }
+            "client_max_window_bits" => {
+                // Any window the client uses is within the 32 KiB the server inflates with.
+                if value.as_deref().is_some_and(|v| window_bits(v).is_none()) {
+                    return Err(bad_window(name));
+                }
+            }
+            _ => unknown = true,
+        }
+    }
+    Ok((!unknown).then_some(deflate))
+}
+
+/// The refusal of a window-bits parameter's value.
+fn bad_window(name: &str) -> OfferError {
+    OfferError::BadParameter(format!("{name} must be an integer from 8 to 15"))
+}
+
+/// A window-bits value: 8 to 15, in decimal without leading zeros.
+fn window_bits(value: &str) -> Option<u8> {
+    if value.starts_with('0') || value.len() > 2 || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    value.parse().ok().filter(|bits| (8..=15).contains(bits))
+}
+
+/// The extensions of one header value (RFC 6455, 9.1): `name *( ";" param [ "=" value ] )`,
+/// comma-separated, a value a token or a quoted string.
+fn parse_extensions(header: &[u8]) -> Result<Vec<Extension>, OfferError> {
+    let mut parser = Parser {
+        bytes: header,
+        at: 0,
+    };
+    let mut extensions = Vec::new();
+    loop {
+        parser.skip_spaces();
+        if parser.eat(b',') {
+            // An empty element of the list.
+            continue;
+        }
+        if parser.done() {
+            return Ok(extensions);
+        }
+        let name = parser
+            .token()
+            .ok_or(OfferError::Malformed("expected an extension name"))?;
+        let mut params = Vec::new();
+        loop {
+            parser.skip_spaces();
+            if parser.done() || parser.eat(b',') {
+                break;
+            }
+            if !parser.eat(b';') {
+                return Err(OfferError::Malformed(
+                    "expected `;` or `,` after an extension",
+                ));
+            }
+            parser.skip_spaces();
+            let param = parser
+                .token()
+                .ok_or(OfferError::Malformed("expected a parameter name"))?;
+            parser.skip_spaces();
+            let value = if parser.eat(b'=') {
+                parser.skip_spaces();
+                Some(parser.value()?)
+            } else {
+                None
+            };
+            params.push((param, value));
+        }
+        extensions.push((name, params));
+    }
+}
+
+/// A cursor over a header value.
+struct Parser<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Parser<'_> {
+    fn done(&self) -> bool {
+        self.at >= self.bytes.len()
+    }
+
+    fn skip_spaces(&mut self) {
+        while self
+            .bytes
+            .get(self.at)
+            .is_some_and(|b| *b == b' ' || *b == b'\t')
+        {
+            self.at += 1;
+        }
+    }
+
+    /// Takes `byte` if it is next.
+    fn eat(&mut self, byte: u8) -> bool {
+        let next = self.bytes.get(self.at) == Some(&byte);
+        self.at += usize::from(next);
+        next
+    }
+
+    /// A token (RFC 7230's `tchar`s), if one is next.
+    fn token(&mut self) -> Option<String> {
+        let start = self.at;
+        while self.bytes.get(self.at).is_some_and(|b| is_tchar(*b)) {
+            self.at += 1;
+        }
+        (self.at > start).then(|| String::from_utf8_lossy(&self.bytes[start..self.at]).into_owned())
+    }
+
+    /// A parameter's value: a token, or a quoted string whose content must itself be a token
+    /// (RFC 6455, 9.1).
+    fn value(&mut self) -> Result<String, OfferError> {
+        if !self.eat(b'"') {
+            return self
+                .token()
+                .ok_or(OfferError::Malformed("expected a parameter value"));
+        }
+        let mut value = Vec::new();
+        loop {
+            match self.bytes.get(self.at) {
+                None => return Err(OfferError::Malformed("unterminated quoted string")),
+                Some(b'"') => {
+                    self.at += 1;
+                    break;
+                }
+                Some(b'\\') => {
+                    let escaped = *self
+                        .bytes
+                        .get(self.at + 1)
+                        .ok_or(OfferError::Malformed("unterminated quoted string"))?;
+                    value.push(escaped);
+                    self.at += 2;
+                }
+                Some(byte) => {
+                    value.push(*byte);
+                    self.at += 1;
+                }
+            }
+        }
+        if value.is_empty() || !value.iter().all(|b| is_tchar(*b)) {
+            return Err(OfferError::Malformed("a quoted value must be a token"));
+        }
+        Ok(String::from_utf8_lossy(&value).into_owned())
+    }
+}
+
+/// RFC 7230's `tchar`.
+fn is_tchar(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
+}
+
+thread_local! {
+    /// Each worker thread's compressor, reset before every message: a compressor's state is
+    /// hundreds of kilobytes, so it is kept per thread, never per connection or per message.
+    static COMPRESSOR: RefCell<Compress> = RefCell::new(Compress::new(Compression::new(LEVEL), false));
+}
+
+/// `message` compressed on its own as one permessage-deflate message (raw deflate, the tail
+/// stripped), or empty when that is no shorter than the message, which then goes plain.
+pub(super) fn compress(message: &[u8]) -> Bytes {
+    COMPRESSOR.with_borrow_mut(|compressor| {
+        compressor.reset();
+        let mut out = Vec::with_capacity(message.len() / 2 + 64);
+        loop {
+            let consumed = usize::try_from(compressor.total_in()).unwrap_or(usize::MAX);
+            let input = message.get(consumed..).unwrap_or_default();
+            if compressor
+                .compress_vec(input, &mut out, FlushCompress::Sync)
+                .is_err()
+            {
+                return Bytes::new();
+            }
+            let consumed = usize::try_from(compressor.total_in()).unwrap_or(usize::MAX);
+            // A sync flush is complete once it returns with room to spare.
+            if consumed >= message.len() && out.len() < out.capacity() {
+                break;
+            }
+            out.reserve(out.capacity().max(64));
+        }
+        if out.ends_with(&TAIL) {
+            out.truncate(out.len() - TAIL.len());
+        }
+        if out.len() >= message.len() {
+            Bytes::new()
+        } else {
+            Bytes::from(out)
+        }
+    })
+}
+
+/// Why [`Inflating`] stopped reading: the connection is closed with the matching code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(super) enum Failure {
+    /// A compressed message inflates past the message limit (1009).
+    #[error("a compressed message inflates past the message limit")]
+    TooLarge,
+    /// Compressed data that does not inflate, or a compressed message's frames out of order
+    /// (1002).
+    #[error("invalid compressed message")]
+    Invalid,
+}
+
+/// A connection's socket seen through permessage-deflate: writes pass straight through; reads
+/// pass every frame through untouched except a compressed message's, which tungstenite (which
+/// rejects RSV1) is handed as the one plain frame the message inflates to.
+///
+/// On a connection that did not negotiate compression this is a plain passthrough, and a
+/// frame with RSV1 reaches tungstenite, which fails the connection (RFC 6455, 5.2). Either
+/// way tungstenite reads and checks every frame (fragmentation, control frames, close codes,
+/// UTF-8, size), on one read path for all connections.
+pub(crate) struct Inflating<S> {
+    socket: S,
+    /// The connection's agreement, if it negotiated compression.
+    deflate: Option<Deflate>,
+    /// Only on a connection that negotiated compression.
+    state: Option<Box<InflateState>>,
+}
+
+/// The reading side of permessage-deflate on one connection.
+struct InflateState {
+    /// Whether the inflater is dropped after each message.
+    no_context_takeover: bool,
+    /// The largest message, inflated.
+    max_message: usize,
+    /// Read from the socket, not yet scanned.
+    input: Vec<u8>,
+    /// Scanned, for tungstenite: frames passed through and inflated messages re-framed.
+    output: Vec<u8>,
+    /// How much of `output` tungstenite has taken.
+    taken: usize,
+    /// Where the scan is in the stream of frames.
+    at: At,
+    /// The compressed message being inflated: its opcode and what it inflated to so far.
+    message: Option<(u8, Vec<u8>)>,
+    /// A plain message's first fragment passed through and its last one not yet.
+    plain_fragmented: bool,
+    /// Kept between messages unless the client resets its context.
+    inflater: Option<Decompress>,
+    /// Sticky: once set, every read fails.
+    failure: Option<Failure>,
+}
+
+/// The scan's position.
+#[derive(Debug, Clone, Copy)]
+enum At {
+    /// At a frame's header.
+    Header,
+    /// Inside a frame passed through: bytes left.
+    Forward(u64),
+    /// Inside a compressed frame's payload: bytes left, the mask, how far into the payload,
+    /// and whether the frame ends the message.
+    Inflate {
+        left: u64,
+        mask: [u8; 4],
+        offset: usize,
+        fin: bool,
+    },
+}
+
+/// A frame header.
+#[derive(Debug, Clone, Copy)]
+struct Header {
+    fin: bool,
+    rsv1: bool,
+    /// RSV2 or RSV3.
+    other_rsv: bool,
+    opcode: u8,
+    mask: Option<[u8; 4]>,
+    len: u64,
+    header_len: usize,
+}
+
+impl Header {
+    /// The header at the start of `bytes`, `None` while it is incomplete.
+    fn parse(bytes: &[u8]) -> Option<Self> {
+        let (first, second) = (*bytes.first()?, *bytes.get(1)?);
+        let (mut len, mut at) = (u64::from(second & 0x7f), 2);
+        if len == 126 {
+            len = u64::from(u16::from_be_bytes(bytes.get(2..4)?.try_into().ok()?));
+            at = 4;
+        } else if len == 127 {
+            len = u64::from_be_bytes(bytes.get(2..10)?.try_into().ok()?);
+            at = 10;
+        }
+        let mask = if second & 0x80 == 0 {
+            None
+        } else {
+            let mask: [u8; 4] = bytes.get(at..at + 4)?.try_into().ok()?;
+            at += 4;
+            Some(mask)
+        };
+        Some(Self {
+            fin: first & 0x80 != 0,
+            rsv1: first & 0x40 != 0,
+            other_rsv: first & 0x30 != 0,
+            opcode: first & 0x0f,
+            mask,
+            len,
+            header_len: at,
+        })
+    }
+}
+
+impl<S> Inflating<S> {
+    /// `socket` read through permessage-deflate when `deflate` was negotiated; `leftover` is
+    /// what the client sent after its request head, which the layer reads first.
+    ///
+    /// Returns the layer and what tungstenite should read before the socket: `leftover`
+    /// itself on a passthrough, else nothing (the layer has it).
+    pub(crate) fn new(
+        socket: S,
+        deflate: Option<Deflate>,
+        max_message: usize,
+        leftover: Vec<u8>,
+    ) -> (Self, Vec<u8>) {
+        let Some(deflate) = deflate else {
+            return (
+                Self {
+                    socket,
+                    deflate: None,
+                    state: None,
+                },
+                leftover,
+            );
+        };
+        let mut state = InflateState {
+            no_context_takeover: deflate.client_no_context_takeover,
+            max_message,
+            input: leftover,
+            output: Vec::new(),
+            taken: 0,
+            at: At::Header,
+            message: None,
+            plain_fragmented: false,
+            inflater: None,
+            failure: None,
+        };
+        state.scan();
+        (
+            Self {
+                socket,
+                deflate: Some(deflate),
+                state: Some(Box::new(state)),
+            },
+            Vec::new(),
+        )
+    }
+
+    /// The socket.
+    pub(crate) fn get_ref(&self) -> &S {
+        &self.socket
+    }
+
+    /// The socket, to write to.
+    pub(super) fn get_mut(&mut self) -> &mut S {
+        &mut self.socket
+    }
+
+    /// The connection's compression agreement, if any.
+    pub(super) fn deflate(&self) -> Option<Deflate> {
+        self.deflate
+    }
+
+    /// Why reading failed, if it failed on a compressed message.
+    pub(super) fn failure(&self) -> Option<Failure> {
+        self.state.as_ref().and_then(|state| state.failure)
+    }
+}
+
+impl InflateState {
+    /// Scans as much of `input` as it can into `output`.
+    fn scan(&mut self) {
+        let mut pos = 0;
+        while self.failure.is_none() {
+            match self.at {
+                At::Header => {
+                    let Some(header) = Header::parse(&self.input[pos..]) else {
+                        break;
+                    };
+                    match self.begin(header) {
+                        Ok(forward) => {
+                            if forward {
+                                let end = pos + header.header_len;
+                                self.output.extend_from_slice(&self.input[pos..end]);
+                            }
+                            pos += header.header_len;
+                        }
+                        Err(failure) => self.failure = Some(failure),
+                    }
+                }
+                At::Forward(left) => {
+                    let n = usize::try_from(left)
+                        .unwrap_or(usize::MAX)
+                        .min(self.input.len() - pos);
+                    if n == 0 && left > 0 {
+                        break;
+                    }
+                    self.output.extend_from_slice(&self.input[pos..pos + n]);
+                    pos += n;
+                    let left = left - n as u64;
+                    self.at = if left == 0 {
+                        At::Header
+                    } else {
+                        At::Forward(left)
+                    };
+                }
+                At::Inflate {
+                    left,
+                    mask,
+                    offset,
+                    fin,
+                } => {
+                    let n = usize::try_from(left)
+                        .unwrap_or(usize::MAX)
+                        .min(self.input.len() - pos);
+                    if n == 0 && left > 0 {
+                        break;
+                    }
+                    let chunk = &mut self.input[pos..pos + n];
+                    for (i, byte) in chunk.iter_mut().enumerate() {
+                        *byte ^= mask[(offset + i) % 4];
+                    }
+                    pos += n;
+                    let left = left - n as u64;
+                    let result = self.inflate(pos - n..pos, left == 0 && fin);
+                    if let Err(failure) = result {
+                        self.failure = Some(failure);
+                        break;
+                    }
+                    self.at = if left == 0 {
+                        At::Header
+                    } else {
+                        At::Inflate {
+                            left,
+                            mask,
+                            offset: (offset + n) % 4,
+                            fin,
+                        }
+                    };
+                }
+            }
+        }
+        self.input.drain(..pos);
+    }
+
+    /// Decides what becomes of the frame `header` begins: `Ok(true)` to pass it through,
+    /// `Ok(false)` to inflate its payload.
+    fn begin(&mut self, header: Header) -> Result<bool, Failure> {
+        let data = header.opcode == 1 || header.opcode == 2;
+        let continuation = header.opcode == 0;
+        let compressed = if self.message.is_some() {
+            if data {
+                // A new message inside a compressed one.
+                return Err(Failure::Invalid);
+            }
+            continuation
+        } else {
+            data && header.rsv1 && !self.plain_fragmented
+        };
+        if !compressed {
+            // tungstenite checks it, RSV bits included.
+            if data && !header.fin {
+                self.plain_fragmented = true;
+            } else if continuation && header.fin {
+                self.plain_fragmented = false;
+            }
+            self.at = At::Forward(header.len);
+            return Ok(true);
+        }
+        // RSV1 marks only a compressed message's first frame; clients mask every frame.
+        let first = self.message.is_none();
+        let Some(mask) = header.mask else {
+            return Err(Failure::Invalid);
+        };
+        if header.other_rsv || (!first && header.rsv1) {
+            return Err(Failure::Invalid);
+        }
+        if first {
+            self.message = Some((header.opcode, Vec::new()));
+        }
+        self.at = At::Inflate {
+            left: header.len,
+            mask,
+            offset: 0,
+            fin: header.fin,
+        };
+        if header.len == 0 {
+            self.inflate(0..0, header.fin)?;
+            self.at = At::Header;
+        }
+        Ok(false)
+    }
+
+    /// Inflates `input[range]` into the message; at its end, re-frames the message for
+    /// tungstenite.
+    fn inflate(&mut self, range: std::ops::Range<usize>, end: bool) -> Result<(), Failure> {
+        let limit = self.max_message;
+        let inflater = self.inflater.get_or_insert_with(|| Decompress::new(false));
+        let Some((opcode, inflated)) = self.message.as_mut() else {
+            return Err(Failure::Invalid);
+        };
+        inflate_bounded(inflater, &self.input[range], inflated, limit, false)?;
+        if !end {
+            return Ok(());
+        }
+        let ended = inflate_bounded(inflater, &TAIL, inflated, limit, true)?;
+        let (opcode, payload) = (*opcode, std::mem::take(inflated));
+        self.message = None;
+        if self.no_context_takeover || ended {
+            self.inflater = None;
+        }
+        // FIN, the opcode, then the length with the mask bit and an all-zero mask (a client
+        // frame must be masked; zeros leave the payload as it is).
+        self.output.push(0x80 | opcode);
+        let len = payload.len();
+        if len < 126 {
+            // Below 126 (checked), so the cast keeps it whole.
+            self.output.push(0x80 | len as u8);
+        } else if let Ok(short) = u16::try_from(len) {
+            self.output.push(0x80 | 126);
+            self.output.extend_from_slice(&short.to_be_bytes());
+        } else {
+            self.output.push(0x80 | 127);
+            self.output.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+        self.output.extend_from_slice(&[0; 4]);
+        self.output.extend_from_slice(&payload);
+        Ok(())
+    }
+}
+
+/// Inflates `input` onto `out`, failing once `out` would pass `limit` bytes. Returns whether
+/// the deflate stream ended (a final block), after which the inflater must be reset.
+fn inflate_bounded(
+    inflater: &mut Decompress,
+    input: &[u8],
+    out: &mut Vec<u8>,
+    limit: usize,
+    sync: bool,
+) -> Result<bool, Failure> {
+    let flush = if sync {
+        FlushDecompress::Sync
+    } else {
+        FlushDecompress::None
+    };
+    let mut consumed = 0;
+    loop {
+        if out.len() == out.capacity() {
+            if out.len() > limit {
+                return Err(Failure::TooLarge);
+            }
+            // Room up to one byte past the limit, so passing it shows.
+            let room = out.capacity().clamp(256, 64 * 1024);
+            out.reserve_exact(room.min(limit + 1 - out.len()));
+        }
+        let (in_before, out_before) = (inflater.total_in(), inflater.total_out());
+        let status = inflater
+            .decompress_vec(&input[consumed..], out, flush)
+            .map_err(|_| Failure::Invalid)?;
+        consumed += usize::try_from(inflater.total_in() - in_before).unwrap_or(usize::MAX);
+        if out.len() > limit {
+            return Err(Failure::TooLarge);
+        }
+        let progress = inflater.total_in() != in_before || inflater.total_out() != out_before;
+        match status {
+            Status::StreamEnd => return Ok(true),
+            _ if consumed >= input.len() && out.len() < out.capacity() => return Ok(false),
+            _ if !progress && out.len() < out.capacity() => return Ok(false),
+            _ => {}
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Inflating<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let Some(state) = this.state.as_deref_mut() else {
+            return Pin::new(&mut this.socket).poll_read(cx, buf);
+        };
+        loop {
+            if state.taken < state.output.len() {
+                let n = buf.remaining().min(state.output.len() - state.taken);
+                buf.put_slice(&state.output[state.taken..state.taken + n]);
+                state.taken += n;
+                if state.taken == state.output.len() {
+                    // Nothing kept between reads: an idle connection holds no buffer.
+                    state.output = Vec::new();
+                    state.taken = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if let Some(failure) = state.failure {
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, failure)));
+            }
+            let start = state.input.len();
+            state.input.resize(start + READ_CHUNK, 0);
+            let mut read = ReadBuf::new(&mut state.input[start..]);
+            let polled = Pin::new(&mut this.socket).poll_read(cx, &mut read);
+            let n = read.filled().len();
+            state.input.truncate(start + n);
+            if state.input.is_empty() {
+                state.input = Vec::new();
+            }
+            match polled {
+                Poll::Ready(Ok(())) if n == 0 => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => state.scan(),
+                other => return other,
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Inflating<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().socket).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().socket).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.socket.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().socket).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().socket).poll_shutdown(cx)
+    }
+}
