@@ -778,3 +778,529 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Inflating<S> {
         Pin::new(&mut self.get_mut().socket).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use futures_util::{FutureExt as _, StreamExt as _};
+    use proptest::prelude::*;
+    use tokio_tungstenite::{
+        WebSocketStream,
+        tungstenite::{self, Message, protocol::Role},
+    };
+
+    use super::*;
+    use crate::ws::handshake::ws_config;
+
+    fn offer(headers: &[&str]) -> Result<Option<Deflate>, OfferError> {
+        negotiate(headers.iter().map(|h| h.as_bytes()))
+    }
+
+    fn accepted(client_no_context_takeover: bool, bits: Option<u8>) -> Option<Deflate> {
+        Some(Deflate {
+            client_no_context_takeover,
+            server_max_window_bits: bits,
+        })
+    }
+
+    #[test]
+    fn a_plain_offer_is_accepted_with_server_no_context_takeover() {
+        let deflate = offer(&["permessage-deflate"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(deflate, accepted(false, None));
+        assert_eq!(
+            deflate.map(|d| d.response_header()).as_deref(),
+            Some("permessage-deflate; server_no_context_takeover")
+        );
+    }
+
+    #[test]
+    fn the_offers_browsers_and_python_send_are_accepted() {
+        // Chromium and Firefox; Python's `websockets`.
+        for header in [
+            "permessage-deflate; client_max_window_bits",
+            "permessage-deflate; server_max_window_bits=15; client_max_window_bits",
+        ] {
+            let deflate = offer(&[header]).unwrap_or_else(|e| panic!("{header}: {e}"));
+            assert!(deflate.is_some(), "{header}");
+        }
+    }
+
+    #[test]
+    fn the_clients_parameters_are_honoured() {
+        let deflate = offer(&[
+            "permessage-deflate; client_no_context_takeover; server_max_window_bits=\"10\"",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(deflate, accepted(true, Some(10)));
+        let deflate = deflate.unwrap_or_else(|| panic!("accepted"));
+        assert_eq!(
+            deflate.response_header(),
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover; \
+             server_max_window_bits=10"
+        );
+        // Longer messages than the client's window go plain.
+        assert_eq!(deflate.max_compressed_message(), 1024);
+        assert_eq!(
+            accepted(false, None).map(|d| d.max_compressed_message()),
+            Some(usize::MAX)
+        );
+    }
+
+    #[test]
+    fn an_offer_with_an_unknown_parameter_is_declined_for_the_next_one() {
+        assert_eq!(
+            offer(&[
+                "permessage-deflate; x-future, permessage-deflate; client_no_context_takeover"
+            ]),
+            Ok(accepted(true, None))
+        );
+        // Across header lines too, in order.
+        assert_eq!(
+            offer(&["permessage-deflate; x-future", "permessage-deflate"]),
+            Ok(accepted(false, None))
+        );
+        assert_eq!(offer(&["permessage-deflate; x-future"]), Ok(None));
+    }
+
+    #[test]
+    fn no_offer_and_other_extensions_are_no_agreement() {
+        assert_eq!(offer(&[]), Ok(None));
+        assert_eq!(offer(&["x-webkit-deflate-frame"]), Ok(None));
+        assert_eq!(
+            offer(&["x-other; a=1, permessage-deflate"]),
+            Ok(accepted(false, None))
+        );
+        // Empty list elements are allowed.
+        assert_eq!(
+            offer(&[", permessage-deflate ,"]),
+            Ok(accepted(false, None))
+        );
+    }
+
+    #[test]
+    fn bad_parameters_are_refused_with_the_reason() {
+        for (header, reason) in [
+            (
+                "permessage-deflate; server_max_window_bits=16",
+                "server_max_window_bits must be an integer from 8 to 15",
+            ),
+            (
+                "permessage-deflate; server_max_window_bits",
+                "server_max_window_bits must be an integer from 8 to 15",
+            ),
+            (
+                "permessage-deflate; server_max_window_bits=09",
+                "server_max_window_bits must be an integer from 8 to 15",
+            ),
+            (
+                "permessage-deflate; client_max_window_bits=7",
+                "client_max_window_bits must be an integer from 8 to 15",
+            ),
+            (
+                "permessage-deflate; server_no_context_takeover=1",
+                "server_no_context_takeover takes no value",
+            ),
+            (
+                "permessage-deflate; client_no_context_takeover; client_no_context_takeover",
+                "client_no_context_takeover given twice",
+            ),
+        ] {
+            assert_eq!(
+                offer(&[header]),
+                Err(OfferError::BadParameter(reason.to_owned())),
+                "{header}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_malformed_header_is_refused() {
+        for header in [
+            "permessage-deflate;",
+            "permessage-deflate; =1",
+            "permessage-deflate client_no_context_takeover",
+            "permessage-deflate; server_max_window_bits=\"10",
+            "permessage-deflate; server_max_window_bits=\"\"",
+            "(permessage-deflate)",
+        ] {
+            assert!(
+                matches!(offer(&[header]), Err(OfferError::Malformed(_))),
+                "{header}: {:?}",
+                offer(&[header])
+            );
+        }
+    }
+
+    /// A client's compressor: raw deflate, sync-flushed, the tail stripped; its context kept
+    /// from one message to the next unless reset.
+    fn client_compress(compressor: &mut Compress, message: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(message.len() + 64);
+        let before = compressor.total_in();
+        loop {
+            let consumed = usize::try_from(compressor.total_in() - before).unwrap_or(0);
+            compressor
+                .compress_vec(&message[consumed..], &mut out, FlushCompress::Sync)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let consumed = usize::try_from(compressor.total_in() - before).unwrap_or(0);
+            if consumed == message.len() && out.len() < out.capacity() {
+                break;
+            }
+            out.reserve(out.capacity());
+        }
+        assert!(out.ends_with(&TAIL));
+        out.truncate(out.len() - 4);
+        out
+    }
+
+    /// What the server inflates `compressed` to, as a client does.
+    fn inflate_all(compressed: &[u8]) -> Vec<u8> {
+        let mut inflater = Decompress::new(false);
+        let mut input = compressed.to_vec();
+        input.extend_from_slice(&TAIL);
+        let mut out = Vec::new();
+        inflate_bounded(&mut inflater, &input, &mut out, usize::MAX - 1, true)
+            .unwrap_or_else(|e| panic!("{e}"));
+        out
+    }
+
+    #[test]
+    fn an_outbound_message_is_compressed_to_what_a_client_inflates() {
+        let message =
+            br#"{"type":"message","topic":"chat:1","data":{"text":"hello hello hello hello"}}"#
+                .repeat(20);
+        let compressed = compress(&message);
+        assert!(!compressed.is_empty());
+        assert!(compressed.len() < message.len() / 4, "{}", compressed.len());
+        assert_eq!(inflate_all(&compressed), message);
+        // Compressed on its own: the same again, whatever came before.
+        assert_eq!(compress(&message), compressed);
+    }
+
+    #[test]
+    fn a_message_that_does_not_shrink_is_not_compressed() {
+        let noise: Vec<u8> = (0..200_u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        assert!(compress(&noise).is_empty());
+        assert!(compress(b"ab").is_empty());
+    }
+
+    /// A client frame: `first` (FIN, RSV, opcode), then the payload masked.
+    fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [0x12, 0x34, 0x56, 0x78];
+        let mut frame = vec![first];
+        let len = payload.len();
+        if len < 126 {
+            frame.push(0x80 | len as u8);
+        } else if let Ok(short) = u16::try_from(len) {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&short.to_be_bytes());
+        } else {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        frame
+    }
+
+    /// An in-memory socket that yields `bytes` in reads of the given sizes (cycling), then
+    /// the end of the stream.
+    struct Chunks {
+        bytes: VecDeque<u8>,
+        sizes: Vec<usize>,
+        reads: usize,
+    }
+
+    impl AsyncRead for Chunks {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let this = self.get_mut();
+            let size = this.sizes[this.reads % this.sizes.len()].max(1);
+            this.reads += 1;
+            let n = size.min(buf.remaining()).min(this.bytes.len());
+            let bytes: Vec<u8> = this.bytes.drain(..n).collect();
+            buf.put_slice(&bytes);
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Chunks {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// What tungstenite reads from `sent` through the inflating layer (all of it arriving as
+    /// `leftover` when `leftover`), in reads of `sizes`: the messages, then the error that
+    /// ended the stream with the layer's failure, if any.
+    fn read_through(
+        deflate: Option<Deflate>,
+        max: usize,
+        sent: &[u8],
+        sizes: Vec<usize>,
+        leftover: bool,
+    ) -> (Vec<Message>, Option<(String, Option<Failure>)>) {
+        let (socket_bytes, leftover_bytes) = if leftover {
+            (Vec::new(), sent.to_vec())
+        } else {
+            (sent.to_vec(), Vec::new())
+        };
+        let socket = Chunks {
+            bytes: socket_bytes.into(),
+            sizes,
+            reads: 0,
+        };
+        let (layer, leftover) = Inflating::new(socket, deflate, max, leftover_bytes);
+        let mut ws = WebSocketStream::from_partially_read(
+            layer,
+            leftover,
+            Role::Server,
+            Some(ws_config(max)),
+        )
+        .now_or_never()
+        .unwrap_or_else(|| panic!("no handshake to wait for"));
+        let mut messages = Vec::new();
+        loop {
+            match ws.next().now_or_never() {
+                Some(Some(Ok(message))) => messages.push(message),
+                // The end of the bytes sent.
+                Some(Some(Err(tungstenite::Error::Protocol(
+                    tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+                )))) if ws.get_ref().failure().is_none() => {
+                    return (messages, None);
+                }
+                Some(Some(Err(tungstenite::Error::ConnectionClosed)))
+                    if ws.get_ref().failure().is_none() =>
+                {
+                    return (messages, None);
+                }
+                Some(Some(Err(error))) => {
+                    return (messages, Some((error.to_string(), ws.get_ref().failure())));
+                }
+                Some(None) => return (messages, None),
+                None => panic!("the socket never waits"),
+            }
+        }
+    }
+
+    fn text(message: &str) -> Message {
+        Message::text(message)
+    }
+
+    const AGREED: Option<Deflate> = Some(Deflate {
+        client_no_context_takeover: false,
+        server_max_window_bits: None,
+    });
+
+    #[test]
+    fn a_compressed_client_message_is_read_as_the_plain_one() {
+        let mut compressor = Compress::new(Compression::default(), false);
+        let message = "subscribe to chat:1 please, subscribe to chat:1 please";
+        let mut sent = client_frame(0xc1, &client_compress(&mut compressor, message.as_bytes()));
+        // A plain one after it is read as it is.
+        sent.extend(client_frame(0x81, b"plain"));
+        // The client keeps its context: the second compressed message refers to the first.
+        sent.extend(client_frame(
+            0xc1,
+            &client_compress(&mut compressor, message.as_bytes()),
+        ));
+        for leftover in [false, true] {
+            for sizes in [vec![1], vec![3, 7], vec![4096]] {
+                let (messages, end) = read_through(AGREED, 1 << 20, &sent, sizes, leftover);
+                assert_eq!(end, None);
+                assert_eq!(messages, [text(message), text("plain"), text(message)]);
+            }
+        }
+    }
+
+    #[test]
+    fn a_fragmented_compressed_message_with_a_ping_between_fragments_is_read_whole() {
+        let mut compressor = Compress::new(Compression::default(), false);
+        // A text split inside a code point, and in its compressed form across three frames.
+        let message = "caf\u{e9} \u{1f600} ".repeat(40);
+        let compressed = client_compress(&mut compressor, message.as_bytes());
+        let third = compressed.len() / 3;
+        let mut sent = client_frame(0x41, &compressed[..third]);
+        sent.extend(client_frame(0x89, b"p"));
+        sent.extend(client_frame(0x00, &compressed[third..2 * third]));
+        sent.extend(client_frame(0x80, &compressed[2 * third..]));
+        let (messages, end) = read_through(AGREED, 1 << 20, &sent, vec![5], false);
+        assert_eq!(end, None);
+        assert_eq!(
+            messages,
+            [Message::Ping(Bytes::from_static(b"p")), text(&message)]
+        );
+    }
+
+    #[test]
+    fn a_compressed_binary_message_and_an_empty_one_are_read() {
+        let mut compressor = Compress::new(Compression::default(), false);
+        let mut sent = client_frame(0xc2, &client_compress(&mut compressor, &[0, 1, 2, 0, 1, 2]));
+        sent.extend(client_frame(0xc1, &client_compress(&mut compressor, b"")));
+        sent.extend(client_frame(0xc1, &[0x00]));
+        let (messages, end) = read_through(AGREED, 1 << 20, &sent, vec![64], false);
+        assert_eq!(end, None);
+        assert_eq!(
+            messages,
+            [
+                Message::Binary(Bytes::from_static(&[0, 1, 2, 0, 1, 2])),
+                text(""),
+                text("")
+            ]
+        );
+    }
+
+    #[test]
+    fn the_inflated_size_is_bounded_so_a_zip_bomb_fails_the_read() {
+        let mut compressor = Compress::new(Compression::best(), false);
+        let bomb = client_compress(&mut compressor, &vec![b'a'; 1 << 20]);
+        assert!(bomb.len() < 2_000, "{}", bomb.len());
+        let (messages, end) = read_through(
+            AGREED,
+            64 * 1024,
+            &client_frame(0xc1, &bomb),
+            vec![4096],
+            false,
+        );
+        assert!(messages.is_empty());
+        assert_eq!(
+            end.map(|(_, failure)| failure),
+            Some(Some(Failure::TooLarge))
+        );
+        // One byte under the limit is fine; the limit itself too.
+        for len in [64 * 1024 - 1, 64 * 1024] {
+            let mut compressor = Compress::new(Compression::best(), false);
+            let sent = client_frame(0xc1, &client_compress(&mut compressor, &vec![b'a'; len]));
+            let (messages, end) = read_through(AGREED, 64 * 1024, &sent, vec![4096], false);
+            assert_eq!(end, None, "{len}");
+            assert_eq!(messages.len(), 1);
+        }
+    }
+
+    #[test]
+    fn broken_compressed_messages_fail_the_read() {
+        let mut compressor = Compress::new(Compression::default(), false);
+        let good = client_compress(&mut compressor, b"hello hello");
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            (
+                "not deflate data",
+                client_frame(0xc1, &[0xff, 0xff, 0xff, 0xff]),
+            ),
+            ("RSV1 on a continuation", {
+                let mut sent = client_frame(0x41, &good[..2]);
+                sent.extend(client_frame(0xc0, &good[2..]));
+                sent
+            }),
+            ("a new message inside a compressed one", {
+                let mut sent = client_frame(0x41, &good[..2]);
+                sent.extend(client_frame(0x81, b"x"));
+                sent
+            }),
+            ("unmasked", {
+                let mut sent = vec![0xc1, u8::try_from(good.len()).unwrap_or(0)];
+                sent.extend_from_slice(&good);
+                sent
+            }),
+            ("RSV2 with RSV1", client_frame(0xe1, &good)),
+        ];
+        for (case, sent) in cases {
+            let (messages, end) = read_through(AGREED, 1 << 20, &sent, vec![4096], false);
+            assert!(messages.is_empty(), "{case}");
+            assert_eq!(end.map(|(_, f)| f), Some(Some(Failure::Invalid)), "{case}");
+        }
+    }
+
+    #[test]
+    fn tungstenite_still_checks_what_is_passed_through_and_what_is_inflated() {
+        let mut compressor = Compress::new(Compression::default(), false);
+        // RSV1 on a connection that did not negotiate compression.
+        let sent = client_frame(0xc1, &client_compress(&mut compressor, b"hello"));
+        let (messages, end) = read_through(None, 1 << 20, &sent, vec![4096], false);
+        assert!(messages.is_empty());
+        let (error, failure) = end.unwrap_or_else(|| panic!("accepted RSV1 without the extension"));
+        assert!(error.contains("Reserved bits are non-zero"), "{error}");
+        assert_eq!(failure, None);
+        // RSV1 on a control frame.
+        let (_, end) = read_through(AGREED, 1 << 20, &client_frame(0xc9, b""), vec![64], false);
+        assert!(end.is_some_and(|(e, _)| e.contains("Reserved bits")));
+        // Invalid UTF-8 inside a compressed text message.
+        let mut compressor = Compress::new(Compression::default(), false);
+        let sent = client_frame(0xc1, &client_compress(&mut compressor, &[b'a', 0xff, b'b']));
+        let (_, end) = read_through(AGREED, 1 << 20, &sent, vec![64], false);
+        assert!(end.is_some_and(|(e, f)| e.contains("UTF-8") && f.is_none()));
+        // A compressed message inside a plain fragmented one.
+        let mut sent = client_frame(0x01, b"ab");
+        sent.extend(client_frame(0xc1, &good_bytes()));
+        let (_, end) = read_through(AGREED, 1 << 20, &sent, vec![64], false);
+        assert!(end.is_some());
+    }
+
+    fn good_bytes() -> Vec<u8> {
+        client_compress(&mut Compress::new(Compression::default(), false), b"hello")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever a client sends, the layer never panics, and what it passes to tungstenite
+        /// ends in a message list or an error.
+        #[test]
+        fn any_bytes_are_read_without_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..600),
+            sizes in proptest::collection::vec(1_usize..64, 1..5),
+        ) {
+            let _ = read_through(AGREED, 4096, &bytes, sizes, false);
+        }
+
+        /// Frames that look like compressed messages, with random payloads and flags, never
+        /// make the layer panic either.
+        #[test]
+        fn random_compressed_looking_frames_are_read_without_panic(
+            frames in proptest::collection::vec(
+                (prop_oneof![Just(0xc1_u8), Just(0x41), Just(0x00), Just(0x80), Just(0x89), Just(0x81)],
+                 proptest::collection::vec(any::<u8>(), 0..200)),
+                1..6),
+            sizes in proptest::collection::vec(1_usize..64, 1..5),
+        ) {
+            let sent: Vec<u8> = frames.iter().flat_map(|(first, payload)| client_frame(*first, payload)).collect();
+            let _ = read_through(AGREED, 4096, &sent, sizes, false);
+        }
+
+        /// Compressed messages come out as sent, however the reads split them.
+        #[test]
+        fn compressed_messages_survive_any_split(
+            messages in proptest::collection::vec("[a-c ]{0,300}", 1..5),
+            sizes in proptest::collection::vec(1_usize..100, 1..5),
+            takeover in any::<bool>(),
+        ) {
+            let mut compressor = Compress::new(Compression::default(), false);
+            let mut sent = Vec::new();
+            for message in &messages {
+                if !takeover {
+                    compressor.reset();
+                }
+                sent.extend(client_frame(0xc1, &client_compress(&mut compressor, message.as_bytes())));
+            }
+            let (read, end) = read_through(AGREED, 4096, &sent, sizes, false);
+            prop_assert_eq!(end, None);
+            prop_assert_eq!(read, messages.iter().map(|m| text(m)).collect::<Vec<_>>());
+        }
+    }
+}

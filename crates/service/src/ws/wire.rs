@@ -387,7 +387,7 @@ mod tests {
                         feed(&mut wire, sent);
                     }
                 }
-                let pipe = wire.ws.get_mut();
+                let pipe = wire.ws.get_mut().get_mut();
                 pipe.room = pipe.room.saturating_add(*room);
                 read.extend(read_all(&mut wire, &mut cx));
                 let _ = wire.poll_write(&mut cx);
