@@ -8,6 +8,7 @@ mod body_limit;
 mod browser_client;
 mod client;
 mod cluster;
+mod compression;
 mod conformance;
 mod dashboard;
 mod delivery;

@@ -641,6 +641,7 @@ impl InflateState {
         let ended = inflate_bounded(inflater, &TAIL, inflated, limit, true)?;
         let (opcode, payload) = (*opcode, std::mem::take(inflated));
         self.message = None;
+        metrics::counter!("herald_compressed_messages_total", "direction" => "in").increment(1);
         if self.no_context_takeover || ended {
             self.inflater = None;
         }
