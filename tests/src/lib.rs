@@ -15,9 +15,12 @@
 //! - `redis.rs`: [`RedisServer`], a real `redis-server` the test starts and faults, and
 //!   [`Cluster`], several nodes joined through it.
 //! - `static_site.rs`: [`StaticSite`], files served over HTTP for pages Herald does not serve.
+//! - `python.rs`: [`python_websockets`], Python's `websockets` client in a virtual environment
+//!   under the target directory, for interoperability tests.
 
 mod browser;
 mod client;
+mod python;
 mod raw;
 mod redis;
 mod server;
@@ -32,6 +35,7 @@ pub use crate::{
     client::{
         Ended, WsClient, assert_error, connection_id, frames_in, read_until_ended, slow_subscriber,
     },
+    python::python_websockets,
     raw::{
         RawAnswer, SAMPLE_KEY, ServerFrame, client_frame, raw_exchange, read_close_code, read_head,
         read_server_frame, read_until_closed, read_until_contains, try_upgrade, upgrade_head,

@@ -2,15 +2,20 @@
 //! WebSocket (accepted, declined, refused), compressed server frames that inflate to the exact
 //! message, compressed client frames, one broadcast sent compressed to some subscribers and
 //! plain to others, the threshold (live), the switch, the inflated-size limit, and the echo
-//! endpoint.
+//! endpoint; and two clients that compress on their own, Python's `websockets` and Chromium's
+//! WebSocket.
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
+use std::time::Duration;
+
+use anyhow::Context as _;
 use herald_tests::{
-    ServerFrame, TestServer, client_frame, metric, raw_exchange, read_close_code, read_head,
-    read_server_frame, read_until_contains, token, upgrade_head, upgrade_head_for,
+    Browser, ServerFrame, StaticSite, TestServer, client_frame, metric, python_websockets,
+    raw_exchange, read_close_code, read_head, read_server_frame, read_until_contains, token,
+    upgrade_head, upgrade_head_for,
 };
 use serde_json::{Value, json};
-use tokio::{io::AsyncWriteExt as _, net::TcpStream};
+use tokio::{io::AsyncWriteExt as _, net::TcpStream, process::Command};
 
 /// What Chromium offers.
 const OFFER: &str = "permessage-deflate; client_max_window_bits";
@@ -413,6 +418,117 @@ async fn the_echo_endpoint_speaks_compression_for_conformance_suites() -> anyhow
     assert_eq!(
         (frame.first, frame.payload.as_slice()),
         (0x82, b"x".as_slice())
+    );
+    Ok(())
+}
+
+/// A Python `websockets` client (which offers permessage-deflate and compresses what it sends):
+/// subscribes to `chat:1`, publishes `data` there itself and prints, as one JSON line, the
+/// extensions it negotiated and the data of the message it got back.
+const PYTHON_CLIENT: &str = r#"
+import asyncio, json, sys
+from websockets.asyncio.client import connect
+
+async def main(url, data):
+    async with connect(url, max_size=None) as ws:
+        extensions = ws.response.headers.get("Sec-WebSocket-Extensions")
+        assert json.loads(await ws.recv())["type"] == "connected"
+        await ws.send(json.dumps({"type": "subscribe", "messageId": "s", "data": {"topic": "chat:1"}}))
+        assert json.loads(await ws.recv())["type"] == "ack"
+        await ws.send(json.dumps({"type": "publish", "messageId": "p", "data": {"topic": "chat:1", "data": json.loads(data)}}))
+        while True:
+            frame = json.loads(await ws.recv())
+            # The reply and the message may come in one `batch` frame.
+            for one in frame["data"] if frame["type"] == "batch" else [frame]:
+                if one["type"] == "message":
+                    print(json.dumps({"extensions": extensions, "data": one["data"]}))
+                    return
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"#;
+
+#[tokio::test]
+async fn pythons_websockets_client_negotiates_and_exchanges_compressed_messages()
+-> anyhow::Result<()> {
+    let python = python_websockets().await?;
+    let server = TestServer::start(&[]).await?;
+    let data = large_data();
+    let url = server.ws_url(&format!("?token={}", token("alice", json!({}))));
+    let run = Command::new(python)
+        .args(["-c", PYTHON_CLIENT, &url, &data.to_string()])
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .context("the Python client did not finish")??;
+    anyhow::ensure!(
+        output.status.success(),
+        "the Python client failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let result: Value = serde_json::from_slice(&output.stdout)?;
+    assert_eq!(result["extensions"], ANSWER);
+    assert_eq!(result["data"], data);
+    // It compressed what it sent (subscribe, publish), and got the message compressed.
+    assert!(
+        metric_value(
+            &server,
+            "herald_compressed_messages_total{direction=\"in\"}"
+        )
+        .await?
+            >= 2.0
+    );
+    assert_eq!(
+        metric_value(
+            &server,
+            "herald_compressed_messages_total{direction=\"out\"}"
+        )
+        .await?,
+        1.0
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn chromiums_websocket_negotiates_and_exchanges_compressed_messages() -> anyhow::Result<()> {
+    let server = TestServer::start(&[("HERALD_ALLOWED_ORIGINS", "*")]).await?;
+    let page = include_str!("../../pages/compression.html");
+    let site = StaticSite::serve(vec![(
+        "/",
+        "text/html; charset=utf-8",
+        page.as_bytes().to_vec(),
+    )])
+    .await?;
+    let browser = Browser::launch().await?;
+    browser.navigate(&site.url("/")).await?;
+    let url = server.ws_url(&format!("?token={}", token("alice", json!({}))));
+    let extensions = browser
+        .evaluate(&format!("window.start({}, \"chat:1\")", json!(url)))
+        .await?;
+    assert_eq!(extensions, json!(ANSWER));
+    let data = large_data();
+    browser
+        .evaluate(&format!("window.publish(\"chat:1\", {data}), true"))
+        .await?;
+    browser
+        .wait_for("window.log.messages.length", &json!(1))
+        .await?;
+    assert_eq!(browser.evaluate("window.log.messages[0]").await?, data);
+    assert!(
+        metric_value(
+            &server,
+            "herald_compressed_messages_total{direction=\"in\"}"
+        )
+        .await?
+            >= 1.0
+    );
+    assert_eq!(
+        metric_value(
+            &server,
+            "herald_compressed_messages_total{direction=\"out\"}"
+        )
+        .await?,
+        1.0
     );
     Ok(())
 }
