@@ -174,39 +174,61 @@ impl Writer {
     }
 
     /// Turns the drained frames into chunks: one `batch` frame when several wait and the
-    /// client allows batching, else one frame per message; compressed as `compression` says.
-    /// A frame's compressed copy is computed once and shared by every connection that sends
-    /// it; a `batch` frame is this connection's own, compressed here.
+    /// client allows batching, else one frame per message.
+    ///
+    /// On a connection that negotiated compression (`compression`), a frame worth compressing
+    /// goes alone, as its compressed copy, computed once and shared by every connection that
+    /// sends it; the frames between such frames are batched as above, and a `batch` frame
+    /// goes plain: compressing it would be this connection's own work, once per delivery.
     pub(super) fn stage(&mut self, batching: bool, compression: Option<Compression>) {
         let earliest = self.drained.iter().filter_map(Frame::accepted).min();
         self.accepted = match (self.accepted, earliest) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        if batching && self.drained.len() > 1 {
-            let batch = encode_batch(self.drained.iter().map(Frame::as_bytes));
-            self.drained.clear();
-            self.push_message(Bytes::from(batch), false, compression);
-        } else {
-            let mut saved = Saved::default();
-            for frame in std::mem::take(&mut self.drained) {
-                let len = frame.len();
-                if compression.is_some_and(|c| c.applies(len)) {
-                    let compressed = frame.encoded_with(deflate::compress);
-                    if !compressed.is_empty() {
-                        saved.add(len, compressed.len());
-                        self.push_compressed(compressed, false);
-                        continue;
-                    }
+        let mut drained = std::mem::take(&mut self.drained);
+        let Some(compression) = compression else {
+            self.push_plain(&mut drained, batching);
+            return;
+        };
+        let mut saved = Saved::default();
+        let mut plain = Vec::new();
+        for frame in drained {
+            let len = frame.len();
+            let compressed = if compression.applies(len) {
+                Some(frame.encoded_with(deflate::compress)).filter(|bytes| !bytes.is_empty())
+            } else {
+                None
+            };
+            match compressed {
+                Some(bytes) => {
+                    self.push_plain(&mut plain, batching);
+                    saved.add(len, bytes.len());
+                    self.push_compressed(bytes, false);
                 }
+                None => plain.push(frame),
+            }
+        }
+        self.push_plain(&mut plain, batching);
+        saved.record();
+    }
+
+    /// Stages `frames` plain, emptying it: as one `batch` frame when several wait and
+    /// `batching`, else one frame per message.
+    fn push_plain(&mut self, frames: &mut Vec<Frame>, batching: bool) {
+        if batching && frames.len() > 1 {
+            let batch = encode_batch(frames.iter().map(Frame::as_bytes));
+            frames.clear();
+            self.push_frame(Bytes::from(batch));
+        } else {
+            for frame in frames.drain(..) {
                 self.push_frame(frame.into_bytes());
             }
-            saved.record();
         }
     }
 
-    /// Stages one message of this connection's own (a `batch` frame, an echo): compressed here
-    /// when `compression` applies and it pays, else plain; binary when `binary`.
+    /// Stages one message of this connection's own (the echo endpoint's): compressed here when
+    /// `compression` applies and it pays, else plain; binary when `binary`.
     pub(super) fn push_message(
         &mut self,
         payload: Bytes,
@@ -479,6 +501,75 @@ mod tests {
         let mut expected = reference_of(b"\x00\xff", Data::Binary);
         expected.extend(reference(b"text"));
         assert_eq!(socket.out, expected);
+    }
+
+    /// The frames staged, as (first byte, payload) pairs.
+    fn staged(writer: &Writer) -> Vec<(u8, Bytes)> {
+        let mut frames = Vec::new();
+        let mut first = 0;
+        for chunk in &writer.out {
+            match chunk {
+                Chunk::Header { bytes, .. } => first = bytes[0],
+                Chunk::Payload(payload) => frames.push((first, payload.clone())),
+            }
+        }
+        frames
+    }
+
+    #[test]
+    fn frames_worth_compressing_go_alone_as_one_shared_copy_and_the_rest_are_batched_plain() {
+        let large = Frame::from(format!("{{\"text\":\"{}\"}}", "hello ".repeat(100)));
+        let small = |n: u32| Frame::from(format!("{{\"n\":{n}}}"));
+        let compression = Compression {
+            threshold: 100,
+            max_len: usize::MAX,
+        };
+        let mut writers = [Writer::default(), Writer::default()];
+        for writer in &mut writers {
+            writer
+                .drained()
+                .extend([small(1), large.clone(), small(2), small(3)]);
+            writer.stage(true, Some(compression));
+        }
+        let [first, second] = writers.map(|writer| staged(&writer));
+        let batch =
+            |frames: &[Frame]| Bytes::from(encode_batch(frames.iter().map(Frame::as_bytes)));
+        let compressed = deflate::compress(large.as_bytes());
+        assert_eq!(
+            first,
+            [
+                (0x81, Bytes::from_static(b"{\"n\":1}")),
+                (0xc1, compressed.clone()),
+                (0x81, batch(&[small(2), small(3)])),
+            ]
+        );
+        // The same compressed bytes, not a copy of them.
+        assert_eq!(first[1].1.as_ptr(), second[1].1.as_ptr());
+
+        // Without compression, as before: one batch.
+        let mut plain = Writer::default();
+        plain.drained().extend([small(1), large.clone(), small(2)]);
+        plain.stage(true, None);
+        assert_eq!(
+            staged(&plain),
+            [(0x81, batch(&[small(1), large.clone(), small(2)]))]
+        );
+        // Below the threshold, or above the client's window, plain.
+        for compression in [
+            Compression {
+                threshold: 10_000,
+                max_len: usize::MAX,
+            },
+            Compression {
+                threshold: 0,
+                max_len: 512,
+            },
+        ] {
+            let mut writer = Writer::default();
+            writer.drained().push(large.clone());
+            writer.stage(false, Some(compression));
+            assert_eq!(staged(&writer), [(0x81, large.clone().into_bytes())]);
+        }
     }
 
     /// A writer given `payloads` whose socket (taking `per_call` bytes per write) stopped
