@@ -20,7 +20,7 @@ use tokio::{io::AsyncWriteExt as _, net::TcpStream, process::Command};
 /// What Chromium offers.
 const OFFER: &str = "permessage-deflate; client_max_window_bits";
 /// What the server answers to it.
-const ANSWER: &str = "permessage-deflate; server_no_context_takeover";
+const ANSWER: &str = "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
 /// The tail RFC 7692 strips from a compressed message.
 const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 /// First bytes: FIN and a text opcode, with RSV1 (compressed) or without.

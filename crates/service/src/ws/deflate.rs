@@ -26,14 +26,12 @@ const LEVEL: u32 = 6;
 /// Bytes read from the socket at a time on a connection that negotiated compression.
 const READ_CHUNK: usize = 2048;
 
-/// What a connection agreed to in its handshake: the server compresses every message on its
-/// own (`server_no_context_takeover`, always), so one compressed copy of a publication serves
-/// every subscriber.
+/// What a connection agreed to in its handshake. Both sides compress every message on its own,
+/// always: `server_no_context_takeover`, so one compressed copy of a publication serves every
+/// subscriber, and `client_no_context_takeover` (which RFC 7692, 7.1.1.1, lets a server ask
+/// for unoffered), so the server keeps no inflate state between a client's messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Deflate {
-    /// The client resets its compressor after each message (`client_no_context_takeover`), so
-    /// the server's inflater need not outlive a message.
-    client_no_context_takeover: bool,
     /// The window the client allows the server (`server_max_window_bits`), when it limited it.
     server_max_window_bits: Option<u8>,
 }
@@ -41,10 +39,8 @@ pub(crate) struct Deflate {
 impl Deflate {
     /// The `Sec-WebSocket-Extensions` value of the 101 that accepts this agreement.
     pub(crate) fn response_header(&self) -> String {
-        let mut header = format!("{EXTENSION}; server_no_context_takeover");
-        if self.client_no_context_takeover {
-            header.push_str("; client_no_context_takeover");
-        }
+        let mut header =
+            format!("{EXTENSION}; server_no_context_takeover; client_no_context_takeover");
         if let Some(bits) = self.server_max_window_bits {
             header.push_str(&format!("; server_max_window_bits={bits}"));
         }
@@ -104,7 +100,6 @@ pub(crate) fn negotiate<'a>(
 /// a parameter the server does not know.
 fn deflate_offer(params: &[(String, Option<String>)]) -> Result<Option<Deflate>, OfferError> {
     let mut deflate = Deflate {
-        client_no_context_takeover: false,
         server_max_window_bits: None,
     };
     let mut seen: Vec<&str> = Vec::new();
@@ -120,11 +115,8 @@ fn deflate_offer(params: &[(String, Option<String>)]) -> Result<Option<Deflate>,
             Some(_) => Err(OfferError::BadParameter(format!("{name} takes no value"))),
         };
         match name.to_ascii_lowercase().as_str() {
-            "server_no_context_takeover" => no_value(value)?,
-            "client_no_context_takeover" => {
-                no_value(value)?;
-                deflate.client_no_context_takeover = true;
-            }
+            // Both are what the server answers anyway.
+            "server_no_context_takeover" | "client_no_context_takeover" => no_value(value)?,
             "server_max_window_bits" => {
                 let bits = value
                     .as_deref()
@@ -288,6 +280,9 @@ thread_local! {
     /// Each worker thread's compressor, reset before every message: a compressor's state is
     /// hundreds of kilobytes, so it is kept per thread, never per connection or per message.
     static COMPRESSOR: RefCell<Compress> = RefCell::new(Compress::new(Compression::new(LEVEL), false));
+    /// Each worker thread's inflater, reset before every client message (the client compresses
+    /// each on its own): no connection keeps one.
+    static INFLATER: RefCell<Decompress> = RefCell::new(Decompress::new(false));
 }
 
 /// `message` compressed on its own as one permessage-deflate message (raw deflate, the tail
@@ -353,8 +348,6 @@ pub(crate) struct Inflating<S> {
 
 /// The reading side of permessage-deflate on one connection.
 struct InflateState {
-    /// Whether the inflater is dropped after each message.
-    no_context_takeover: bool,
     /// The largest message, inflated.
     max_message: usize,
     /// Read from the socket, not yet scanned.
@@ -365,12 +358,11 @@ struct InflateState {
     taken: usize,
     /// Where the scan is in the stream of frames.
     at: At,
-    /// The compressed message being inflated: its opcode and what it inflated to so far.
+    /// The compressed message being read: its opcode and its compressed bytes so far,
+    /// inflated at once when its last frame is in.
     message: Option<(u8, Vec<u8>)>,
     /// A plain message's first fragment passed through and its last one not yet.
     plain_fragmented: bool,
-    /// Kept between messages unless the client resets its context.
-    inflater: Option<Decompress>,
     /// Sticky: once set, every read fails.
     failure: Option<Failure>,
 }
@@ -459,7 +451,6 @@ impl<S> Inflating<S> {
             );
         };
         let mut state = InflateState {
-            no_context_takeover: deflate.client_no_context_takeover,
             max_message,
             input: leftover,
             output: Vec::new(),
@@ -467,7 +458,6 @@ impl<S> Inflating<S> {
             at: At::Header,
             message: None,
             plain_fragmented: false,
-            inflater: None,
             failure: None,
         };
         state.scan();
@@ -626,25 +616,31 @@ impl InflateState {
         Ok(false)
     }
 
-    /// Inflates `input[range]` into the message; at its end, re-frames the message for
-    /// tungstenite.
+    /// Adds `input[range]` to the message's compressed bytes; at its end, inflates the message
+    /// and re-frames it for tungstenite.
     fn inflate(&mut self, range: std::ops::Range<usize>, end: bool) -> Result<(), Failure> {
         let limit = self.max_message;
-        let inflater = self.inflater.get_or_insert_with(|| Decompress::new(false));
-        let Some((opcode, inflated)) = self.message.as_mut() else {
+        let Some((opcode, compressed)) = self.message.as_mut() else {
             return Err(Failure::Invalid);
         };
-        inflate_bounded(inflater, &self.input[range], inflated, limit, false)?;
+        compressed.extend_from_slice(&self.input[range]);
+        // Deflate's stored blocks cost 5 bytes per 64 KiB: a message within the limit never
+        // takes more than this compressed.
+        if compressed.len() > limit.saturating_add(limit / 1024).saturating_add(1024) {
+            return Err(Failure::TooLarge);
+        }
         if !end {
             return Ok(());
         }
-        let ended = inflate_bounded(inflater, &TAIL, inflated, limit, true)?;
-        let (opcode, payload) = (*opcode, std::mem::take(inflated));
+        let opcode = *opcode;
+        compressed.extend_from_slice(&TAIL);
+        let payload = INFLATER.with_borrow_mut(|inflater| {
+            inflater.reset(false);
+            let mut inflated = Vec::new();
+            inflate_bounded(inflater, compressed, &mut inflated, limit).map(|()| inflated)
+        })?;
         self.message = None;
         metrics::counter!("herald_compressed_messages_total", "direction" => "in").increment(1);
-        if self.no_context_takeover || ended {
-            self.inflater = None;
-        }
         // FIN, the opcode, then the length with the mask bit and an all-zero mask (a client
         // frame must be masked; zeros leave the payload as it is).
         self.output.push(0x80 | opcode);
@@ -665,20 +661,14 @@ impl InflateState {
     }
 }
 
-/// Inflates `input` onto `out`, failing once `out` would pass `limit` bytes. Returns whether
-/// the deflate stream ended (a final block), after which the inflater must be reset.
+/// Inflates a whole message, `input` (its tail appended), onto `out`, failing once `out`
+/// would pass `limit` bytes.
 fn inflate_bounded(
     inflater: &mut Decompress,
     input: &[u8],
     out: &mut Vec<u8>,
     limit: usize,
-    sync: bool,
-) -> Result<bool, Failure> {
-    let flush = if sync {
-        FlushDecompress::Sync
-    } else {
-        FlushDecompress::None
-    };
+) -> Result<(), Failure> {
     let mut consumed = 0;
     loop {
         if out.len() == out.capacity() {
@@ -691,18 +681,18 @@ fn inflate_bounded(
         }
         let (in_before, out_before) = (inflater.total_in(), inflater.total_out());
         let status = inflater
-            .decompress_vec(&input[consumed..], out, flush)
+            .decompress_vec(&input[consumed..], out, FlushDecompress::Sync)
             .map_err(|_| Failure::Invalid)?;
         consumed += usize::try_from(inflater.total_in() - in_before).unwrap_or(usize::MAX);
         if out.len() > limit {
             return Err(Failure::TooLarge);
         }
         let progress = inflater.total_in() != in_before || inflater.total_out() != out_before;
-        match status {
-            Status::StreamEnd => return Ok(true),
-            _ if consumed >= input.len() && out.len() < out.capacity() => return Ok(false),
-            _ if !progress && out.len() < out.capacity() => return Ok(false),
-            _ => {}
+        // A message may end with a final block (BFINAL), and the tail after it is ignored.
+        if status == Status::StreamEnd
+            || (consumed >= input.len() || !progress) && out.len() < out.capacity()
+        {
+            return Ok(());
         }
     }
 }
@@ -743,7 +733,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Inflating<S> {
             }
             match polled {
                 Poll::Ready(Ok(())) if n == 0 => return Poll::Ready(Ok(())),
-                Poll::Ready(Ok(())) => state.scan(),
+                Poll::Ready(Ok(())) => {
+                    state.scan();
+                    if state.input.is_empty() {
+                        state.input = Vec::new();
+                    }
+                }
                 other => return other,
             }
         }
@@ -798,9 +793,8 @@ mod tests {
         negotiate(headers.iter().map(|h| h.as_bytes()))
     }
 
-    fn accepted(client_no_context_takeover: bool, bits: Option<u8>) -> Option<Deflate> {
+    fn accepted(bits: Option<u8>) -> Option<Deflate> {
         Some(Deflate {
-            client_no_context_takeover,
             server_max_window_bits: bits,
         })
     }
@@ -808,10 +802,10 @@ mod tests {
     #[test]
     fn a_plain_offer_is_accepted_with_server_no_context_takeover() {
         let deflate = offer(&["permessage-deflate"]).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(deflate, accepted(false, None));
+        assert_eq!(deflate, accepted(None));
         assert_eq!(
             deflate.map(|d| d.response_header()).as_deref(),
-            Some("permessage-deflate; server_no_context_takeover")
+            Some("permessage-deflate; server_no_context_takeover; client_no_context_takeover")
         );
     }
 
@@ -833,7 +827,7 @@ mod tests {
             "permessage-deflate; client_no_context_takeover; server_max_window_bits=\"10\"",
         ])
         .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(deflate, accepted(true, Some(10)));
+        assert_eq!(deflate, accepted(Some(10)));
         let deflate = deflate.unwrap_or_else(|| panic!("accepted"));
         assert_eq!(
             deflate.response_header(),
@@ -843,7 +837,7 @@ mod tests {
         // Longer messages than the client's window go plain.
         assert_eq!(deflate.max_compressed_message(), 1024);
         assert_eq!(
-            accepted(false, None).map(|d| d.max_compressed_message()),
+            accepted(None).map(|d| d.max_compressed_message()),
             Some(usize::MAX)
         );
     }
@@ -854,12 +848,12 @@ mod tests {
             offer(&[
                 "permessage-deflate; x-future, permessage-deflate; client_no_context_takeover"
             ]),
-            Ok(accepted(true, None))
+            Ok(accepted(None))
         );
         // Across header lines too, in order.
         assert_eq!(
             offer(&["permessage-deflate; x-future", "permessage-deflate"]),
-            Ok(accepted(false, None))
+            Ok(accepted(None))
         );
         assert_eq!(offer(&["permessage-deflate; x-future"]), Ok(None));
     }
@@ -870,13 +864,10 @@ mod tests {
         assert_eq!(offer(&["x-webkit-deflate-frame"]), Ok(None));
         assert_eq!(
             offer(&["x-other; a=1, permessage-deflate"]),
-            Ok(accepted(false, None))
+            Ok(accepted(None))
         );
         // Empty list elements are allowed.
-        assert_eq!(
-            offer(&[", permessage-deflate ,"]),
-            Ok(accepted(false, None))
-        );
+        assert_eq!(offer(&[", permessage-deflate ,"]), Ok(accepted(None)));
     }
 
     #[test]
@@ -960,7 +951,7 @@ mod tests {
         let mut input = compressed.to_vec();
         input.extend_from_slice(&TAIL);
         let mut out = Vec::new();
-        inflate_bounded(&mut inflater, &input, &mut out, usize::MAX - 1, true)
+        inflate_bounded(&mut inflater, &input, &mut out, usize::MAX - 1)
             .unwrap_or_else(|e| panic!("{e}"));
         out
     }
@@ -1106,7 +1097,6 @@ mod tests {
     }
 
     const AGREED: Option<Deflate> = Some(Deflate {
-        client_no_context_takeover: false,
         server_max_window_bits: None,
     });
 
@@ -1117,7 +1107,7 @@ mod tests {
         let mut sent = client_frame(0xc1, &client_compress(&mut compressor, message.as_bytes()));
         // A plain one after it is read as it is.
         sent.extend(client_frame(0x81, b"plain"));
-        // The client keeps its context: the second compressed message refers to the first.
+        compressor.reset();
         sent.extend(client_frame(
             0xc1,
             &client_compress(&mut compressor, message.as_bytes()),
@@ -1289,14 +1279,11 @@ mod tests {
         fn compressed_messages_survive_any_split(
             messages in proptest::collection::vec("[a-c ]{0,300}", 1..5),
             sizes in proptest::collection::vec(1_usize..100, 1..5),
-            takeover in any::<bool>(),
         ) {
             let mut compressor = Compress::new(Compression::default(), false);
             let mut sent = Vec::new();
             for message in &messages {
-                if !takeover {
-                    compressor.reset();
-                }
+                compressor.reset();
                 sent.extend(client_frame(0xc1, &client_compress(&mut compressor, message.as_bytes())));
             }
             let (read, end) = read_through(AGREED, 4096, &sent, sizes, false);
