@@ -5,6 +5,7 @@ use std::{
     collections::VecDeque,
     io::{self, IoSlice},
     pin::Pin,
+    sync::LazyLock,
     task::{Context, Poll, ready},
     time::Instant,
 };
@@ -12,6 +13,7 @@ use std::{
 use bytes::Bytes;
 use herald_core::Frame;
 use herald_protocol::encode_batch;
+use metrics::Counter;
 use tokio::io::AsyncWrite;
 
 use crate::ws::deflate;
@@ -146,10 +148,16 @@ impl Saved {
     /// Adds them to `herald_compressed_messages_total` and
     /// `herald_compression_saved_bytes_total` (nothing when none was compressed).
     fn record(self) {
+        /// The two counters, looked up once: this runs once per compressed delivery.
+        static COUNTERS: LazyLock<(Counter, Counter)> = LazyLock::new(|| {
+            (
+                metrics::counter!("herald_compressed_messages_total", "direction" => "out"),
+                metrics::counter!("herald_compression_saved_bytes_total"),
+            )
+        });
         if self.messages > 0 {
-            metrics::counter!("herald_compressed_messages_total", "direction" => "out")
-                .increment(self.messages);
-            metrics::counter!("herald_compression_saved_bytes_total").increment(self.bytes);
+            COUNTERS.0.increment(self.messages);
+            COUNTERS.1.increment(self.bytes);
         }
     }
 }
