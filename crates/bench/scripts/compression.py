@@ -53,7 +53,7 @@ def token(sub):
 def payload(size, seq, rng):
     """JSON of about `size` bytes, agent-progress-like, varied enough not to compress absurdly."""
     words = ["running", "tool", "search", "result", "file", "step", "done", "queued", "token"]
-    if size <= 200:
+    if size <= 150:
         return {"seq": seq, "status": rng.choice(words), "progress": rng.randint(0, 100),
                 "note": " ".join(rng.choice(words) for _ in range(6))}
     items = []
@@ -234,12 +234,15 @@ async def main():
                         help="publications per fan-out run; point to point sends a tenth")
     parser.add_argument("--threshold", type=int, default=0,
                         help="HERALD_COMPRESSION_THRESHOLD_BYTES for the runs")
+    parser.add_argument("--sizes", default="100,4096",
+                        help="payload sizes in bytes, comma-separated")
+    parser.add_argument("--scenarios", default="fanout,p2p")
     args = parser.parse_args()
     print("| scenario | payload (B) | compression | wire bytes / delivery | compressed | "
           "server CPU / delivery (us) | RSS / connection (B) |")
     print("|---|---|---|---|---|---|---|")
-    for scenario in ("fanout", "p2p"):
-        for size in (100, 4096):
+    for scenario in args.scenarios.split(","):
+        for size in (int(size) for size in args.sizes.split(",")):
             for offer in (False, True):
                 r = await run(args, scenario, size, offer)
                 print(f"| {scenario} | {r['payload_bytes_per_message']:.0f} | "
