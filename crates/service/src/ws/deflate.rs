@@ -342,12 +342,19 @@ pub(super) enum Failure {
 /// UTF-8, size), on one read path for all connections.
 pub(crate) struct Inflating<S> {
     socket: S,
-    /// The connection's agreement, if it negotiated compression.
-    deflate: Option<Deflate>,
+    /// Only on a connection that negotiated compression; one pointer, so a connection's task
+    /// grows by no more than that.
+    negotiated: Option<Box<Negotiated>>,
+}
+
+/// What [`Inflating`] keeps on a connection that negotiated compression.
+struct Negotiated {
+    /// The agreement.
+    deflate: Deflate,
     /// The largest message, inflated.
     max_message: usize,
-    /// Only on a connection that negotiated compression, and only while a read is under way
-    /// (inside a frame, or with bytes not yet taken): an idle connection holds none.
+    /// Only while a read is under way (inside a frame, or with bytes not yet taken): an idle
+    /// connection holds none.
     state: Option<Box<InflateState>>,
 }
 
@@ -445,23 +452,24 @@ impl<S> Inflating<S> {
         max_message: usize,
         leftover: Vec<u8>,
     ) -> (Self, Vec<u8>) {
-        if deflate.is_none() {
+        let Some(deflate) = deflate else {
             let layer = Self {
                 socket,
-                deflate,
-                max_message,
-                state: None,
+                negotiated: None,
             };
             return (layer, leftover);
-        }
+        };
         let mut state = InflateState::new(max_message);
         state.input = leftover;
         state.scan();
-        let layer = Self {
-            socket,
+        let negotiated = Negotiated {
             deflate,
             max_message,
             state: (!state.idle()).then(|| Box::new(state)),
+        };
+        let layer = Self {
+            socket,
+            negotiated: Some(Box::new(negotiated)),
         };
         (layer, Vec::new())
     }
@@ -478,12 +486,17 @@ impl<S> Inflating<S> {
 
     /// The connection's compression agreement, if any.
     pub(super) fn deflate(&self) -> Option<Deflate> {
-        self.deflate
+        self.negotiated
+            .as_ref()
+            .map(|negotiated| negotiated.deflate)
     }
 
     /// Why reading failed, if it failed on a compressed message.
     pub(super) fn failure(&self) -> Option<Failure> {
-        self.state.as_ref().and_then(|state| state.failure)
+        self.negotiated
+            .as_ref()
+            .and_then(|negotiated| negotiated.state.as_ref())
+            .and_then(|state| state.failure)
     }
 }
 
@@ -723,16 +736,16 @@ impl<S: AsyncRead + Unpin> AsyncRead for Inflating<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.deflate.is_none() {
+        let Some(negotiated) = this.negotiated.as_deref_mut() else {
             return Pin::new(&mut this.socket).poll_read(cx, buf);
-        }
-        let max_message = this.max_message;
-        let state = this
+        };
+        let max_message = negotiated.max_message;
+        let state = negotiated
             .state
             .get_or_insert_with(|| Box::new(InflateState::new(max_message)));
         let polled = state.poll_read(&mut this.socket, cx, buf);
         if state.idle() {
-            this.state = None;
+            negotiated.state = None;
         }
         polled
     }
