@@ -16,10 +16,13 @@
 //!   [`Cluster`], several nodes joined through it.
 //! - `static_site.rs`: [`StaticSite`], files served over HTTP for pages Herald does not serve.
 //! - `proxy.rs`: [`DropProxy`], a TCP relay that cuts every connection through it on demand.
+//! - `python.rs`: [`python_websockets`], Python's `websockets` client in a virtual environment
+//!   under the target directory, for interoperability tests.
 
 mod browser;
 mod client;
 mod proxy;
+mod python;
 mod raw;
 mod redis;
 mod server;
@@ -35,6 +38,7 @@ pub use crate::{
         Ended, WsClient, assert_error, connection_id, frames_in, read_until_ended, slow_subscriber,
     },
     proxy::DropProxy,
+    python::python_websockets,
     raw::{
         RawAnswer, SAMPLE_KEY, ServerFrame, client_frame, raw_exchange, read_close_code, read_head,
         read_server_frame, read_until_closed, read_until_contains, try_upgrade, upgrade_head,

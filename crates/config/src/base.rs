@@ -169,6 +169,9 @@ pub struct BaseConfig {
     /// `HERALD_MESSAGE_BATCH_DELAY_MS` / `message_batch_delay_ms`: wait to fill a batch; the
     /// initial runtime value. Default 0, range 0 to 10 s.
     pub message_batch_delay: Duration,
+    /// `HERALD_COMPRESSION_ENABLED` / `compression_enabled`: whether the server accepts a
+    /// client's permessage-deflate offer (RFC 7692). Default true.
+    pub compression_enabled: bool,
     /// `HERALD_COMPRESSION_THRESHOLD_BYTES` / `compression_threshold_bytes`: smallest message
     /// worth compressing; the initial runtime value. Default 1024, range 0 to 64 MiB.
     pub compression_threshold_bytes: usize,
@@ -296,6 +299,7 @@ impl Default for BaseConfig {
             dedupe_cache_size: 5_000,
             message_batch_size: 10,
             message_batch_delay: Duration::ZERO,
+            compression_enabled: true,
             compression_threshold_bytes: 1_024,
             memory_cleanup_interval: Duration::from_millis(180_000),
             shutdown_grace: Duration::from_millis(5_000),

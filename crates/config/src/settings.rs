@@ -845,6 +845,18 @@ pub(crate) static SETTINGS: &[Setting] = &[
         render: |c| Some(millis(c.message_batch_delay)),
     },
     Setting {
+        key: "compression_enabled",
+        env: "HERALD_COMPRESSION_ENABLED",
+        doc: "accept a client's permessage-deflate offer (RFC 7692); off, every frame goes plain",
+        kind: Kind::Other("`true` or `false`"),
+        secret: false,
+        apply: |_, c, v| {
+            c.compression_enabled = boolean(v)?;
+            Ok(())
+        },
+        render: |c| Some(c.compression_enabled.to_string()),
+    },
+    Setting {
         key: "compression_threshold_bytes",
         env: "HERALD_COMPRESSION_THRESHOLD_BYTES",
         doc: "smallest outbound message worth compressing (runtime-tunable)",
@@ -1155,6 +1167,16 @@ fn text<'a>(raw: &Raw<'a>) -> Result<&'a str, String> {
 fn optional_text<'a>(raw: &Raw<'a>) -> Result<Option<&'a str>, String> {
     let value = text(raw)?;
     Ok(Some(value).filter(|v| !v.trim().is_empty()))
+}
+
+/// A switch: a TOML boolean, or the text `true` or `false`.
+fn boolean(raw: &Raw<'_>) -> Result<bool, String> {
+    match *raw {
+        Raw::Toml(toml::Value::Boolean(value)) => Ok(*value),
+        Raw::Text("true") => Ok(true),
+        Raw::Text("false") => Ok(false),
+        _ => Err("expected `true` or `false`".to_owned()),
+    }
 }
 
 /// One of a choice enum's words.

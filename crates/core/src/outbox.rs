@@ -3,7 +3,7 @@
 
 use std::{
     fmt,
-    sync::{Mutex, MutexGuard, PoisonError},
+    sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError},
     task::{Context, Poll, Waker},
     time::Instant,
 };
@@ -25,37 +25,59 @@ use crate::counters::Counters;
 /// replies and pushes carry none. Two frames are equal when their bytes are.
 ///
 /// Invariant: the bytes are valid UTF-8, because a `Frame` can only be built from a `String`.
+///
+/// A transport may also keep one encoding of the bytes that every copy shares, computed at
+/// most once by whichever connection first needs it ([`Frame::encoded_with`]): the
+/// permessage-deflate copy of a publication, compressed once for every subscriber that
+/// negotiated compression.
 #[derive(Clone)]
 pub struct Frame {
-    bytes: Bytes,
+    shared: Arc<Shared>,
     accepted: Option<Instant>,
+}
+
+/// What every copy of a [`Frame`] shares.
+struct Shared {
+    bytes: Bytes,
+    /// The transport's encoding of `bytes`, once computed.
+    encoded: OnceLock<Bytes>,
 }
 
 impl Frame {
     /// The frame's bytes (valid UTF-8 JSON).
     pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes
+        &self.shared.bytes
     }
 
     /// The frame as text.
     pub fn as_str(&self) -> &str {
         // A `Frame` is only ever built from a `String`, so this validation cannot fail.
-        std::str::from_utf8(&self.bytes).expect("frame bytes are UTF-8 by construction")
+        std::str::from_utf8(&self.shared.bytes).expect("frame bytes are UTF-8 by construction")
     }
 
     /// The shared bytes, for a transport to write (valid UTF-8 JSON).
     pub fn into_bytes(self) -> Bytes {
-        self.bytes
+        self.shared.bytes.clone()
+    }
+
+    /// The transport's encoding of the bytes, shared by every copy of this frame: `encode`
+    /// runs at most once per frame, for the first copy that asks (others asking meanwhile
+    /// wait for it), and every later call returns the same bytes.
+    pub fn encoded_with(&self, encode: impl FnOnce(&[u8]) -> Bytes) -> Bytes {
+        self.shared
+            .encoded
+            .get_or_init(|| encode(&self.shared.bytes))
+            .clone()
     }
 
     /// Length in bytes.
     pub fn len(&self) -> usize {
-        self.bytes.len()
+        self.shared.bytes.len()
     }
 
     /// Whether the frame is empty (never true for an encoded message).
     pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
+        self.shared.bytes.is_empty()
     }
 
     /// When the gateway accepted the publication this frame carries live; `None` for every
@@ -73,10 +95,14 @@ impl Frame {
     }
 
     /// The same bytes without the acceptance mark: what history keeps, so a replay is not
-    /// measured as a late delivery.
+    /// measured as a late delivery. It shares the bytes but not the transport's encoding, so
+    /// history, which counts a frame's bytes against its bounds, holds no compressed copy.
     pub(crate) fn unstamped(&self) -> Self {
         Self {
-            bytes: self.bytes.clone(),
+            shared: Arc::new(Shared {
+                bytes: self.shared.bytes.clone(),
+                encoded: OnceLock::new(),
+            }),
             accepted: None,
         }
     }
@@ -85,7 +111,10 @@ impl Frame {
 impl From<String> for Frame {
     fn from(text: String) -> Self {
         Self {
-            bytes: Bytes::from(text),
+            shared: Arc::new(Shared {
+                bytes: Bytes::from(text),
+                encoded: OnceLock::new(),
+            }),
             accepted: None,
         }
     }
@@ -93,7 +122,7 @@ impl From<String> for Frame {
 
 impl PartialEq for Frame {
     fn eq(&self, other: &Self) -> bool {
-        self.bytes == other.bytes
+        self.shared.bytes == other.shared.bytes
     }
 }
 
@@ -102,7 +131,7 @@ impl Eq for Frame {}
 impl fmt::Debug for Frame {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("Frame")
-            .field(&String::from_utf8_lossy(&self.bytes))
+            .field(&String::from_utf8_lossy(&self.shared.bytes))
             .finish()
     }
 }
@@ -381,6 +410,32 @@ mod tests {
             .map(|f| String::from_utf8_lossy(f.as_bytes()).into_owned())
             .collect();
         (texts, close)
+    }
+
+    #[test]
+    fn a_frames_encoding_is_computed_once_and_shared_by_every_copy() {
+        let original = frame("hello");
+        let copies = [original.clone(), original.clone(), original];
+        let mut runs = 0;
+        for copy in &copies {
+            let encoded = copy.encoded_with(|bytes| {
+                runs += 1;
+                Bytes::from(bytes.to_ascii_uppercase())
+            });
+            assert_eq!(encoded, Bytes::from_static(b"HELLO"));
+        }
+        assert_eq!(runs, 1);
+        // A frame built apart from it has its own, and so has the copy history keeps.
+        assert_eq!(
+            frame("hello").encoded_with(|_| Bytes::from_static(b"other")),
+            Bytes::from_static(b"other")
+        );
+        assert_eq!(
+            copies[0]
+                .unstamped()
+                .encoded_with(|_| Bytes::from_static(b"history's")),
+            Bytes::from_static(b"history's")
+        );
     }
 
     #[test]

@@ -163,7 +163,7 @@ async fn open<S: Socket>(
         }
         return None;
     }
-    let (greeting, session) = match ws::answer_direct(app, request) {
+    let (greeting, session, deflate) = match ws::answer_direct(app, request) {
         Ok(upgrade) => upgrade,
         Err(refusal) => {
             if stream.write_all(&refusal).await.is_ok() {
@@ -175,7 +175,7 @@ async fn open<S: Socket>(
     // On failure, dropping the session is the connection's cleanup.
     stream.write_all(&greeting).await.ok()?;
     stream.flush().await.ok()?;
-    Some((ws::websocket(app, stream, leftover).await, session))
+    Some((ws::websocket(app, stream, leftover, deflate).await, session))
 }
 
 /// The answer to a trusted proxy's handshake for a client over a per-address limit.

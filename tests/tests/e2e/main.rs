@@ -10,6 +10,7 @@ mod client;
 mod cluster;
 mod cluster_events;
 mod cluster_faults;
+mod compression;
 mod conformance;
 mod dashboard;
 mod delivery;

@@ -198,6 +198,7 @@ fn drain_counted<S: Socket>(
     taken: &mut usize,
 ) -> Drained {
     let batch = app.gateway.runtime().message_batch_size();
+    let compression = wire.compression(app.gateway.runtime().compression_threshold_bytes());
     let connection = session.connection();
     let outbox = connection.outbox();
     for _ in 0..WRITE_BUDGET {
@@ -210,7 +211,7 @@ fn drain_counted<S: Socket>(
         match outbox.poll_drain(cx, batch, writer.drained()) {
             Poll::Ready(None) => {
                 *taken += writer.drained().len();
-                writer.stage(connection.batching());
+                writer.stage(connection.batching(), compression);
             }
             // A slow consumer's queue is the problem: close without the rest.
             Poll::Ready(Some(CloseCode::SlowConsumer)) => {
@@ -287,7 +288,7 @@ impl FillDelay {
 /// half-written when it ended (a close frame must not land inside it).
 pub(super) async fn goodbye<S: Socket>(mut ws: Ws<S>, end: End, unfinished: Vec<Bytes>) {
     for bytes in unfinished {
-        if ws.get_mut().write_all(&bytes).await.is_err() {
+        if ws.get_mut().get_mut().write_all(&bytes).await.is_err() {
             return;
         }
     }
@@ -310,7 +311,7 @@ pub(super) async fn goodbye<S: Socket>(mut ws: Ws<S>, end: End, unfinished: Vec<
             // that follows, and both leave as one segment: a packet less per connection, and
             // on loopback a packet is most of what a closing connection costs.
             #[cfg(target_os = "linux")]
-            let _ = socket2::SockRef::from(ws.get_ref().tcp()).set_tcp_cork(true);
+            let _ = socket2::SockRef::from(ws.get_ref().get_ref().tcp()).set_tcp_cork(true);
             let _ = ws.flush().await;
         }
         End::Dropped => {}

@@ -32,10 +32,10 @@ pub(crate) async fn serve_echo<S: Socket>(
     request: Request<()>,
     leftover: Vec<u8>,
 ) {
-    let answer = answer_echo(&request);
+    let answer = answer_echo(&app, &request);
     drop(request);
-    let greeting = match answer {
-        Ok(greeting) => greeting,
+    let (greeting, deflate) = match answer {
+        Ok(answer) => answer,
         Err(refusal) => {
             if stream.write_all(&refusal).await.is_ok() {
                 let _ = stream.shutdown().await;
@@ -46,8 +46,8 @@ pub(crate) async fn serve_echo<S: Socket>(
     if stream.write_all(&greeting).await.is_err() {
         return;
     }
-    let mut wire = Wire::new(websocket(&app, stream, leftover).await);
-    let end = poll_fn(|cx| poll_echo(cx, &mut wire)).await;
+    let mut wire = Wire::new(websocket(&app, stream, leftover, deflate).await);
+    let end = poll_fn(|cx| poll_echo(cx, &app, &mut wire)).await;
     let (ws, unfinished) = wire.into_goodbye(end != End::Dropped);
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, goodbye(ws, end, unfinished)).await;
 }
@@ -55,7 +55,8 @@ pub(crate) async fn serve_echo<S: Socket>(
 /// Echoes until the connection ends: writes what is staged, then reads one message and stages
 /// its echo. Nothing more is read while the socket does not take the echoes, so a client that
 /// does not read holds at most one message's echo here. `Ready` when the connection ends.
-fn poll_echo<S: Socket>(cx: &mut Context<'_>, wire: &mut Wire<S>) -> Poll<End> {
+fn poll_echo<S: Socket>(cx: &mut Context<'_>, app: &App, wire: &mut Wire<S>) -> Poll<End> {
+    let compression = wire.compression(app.gateway.runtime().compression_threshold_bytes());
     for _ in 0..READ_BUDGET {
         match wire.poll_write(cx) {
             Poll::Ready(Ok(())) => {}
@@ -64,8 +65,11 @@ fn poll_echo<S: Socket>(cx: &mut Context<'_>, wire: &mut Wire<S>) -> Poll<End> {
         }
         match wire.poll_read(cx) {
             Poll::Ready(Some(Ok(message))) => match message {
-                Message::Text(text) => wire.writer().push_frame(Bytes::from(text)),
-                Message::Binary(payload) => wire.writer().push_binary_frame(payload),
+                Message::Text(text) => {
+                    wire.writer()
+                        .push_message(Bytes::from(text), false, compression);
+                }
+                Message::Binary(payload) => wire.writer().push_message(payload, true, compression),
                 // A ping's pong is tungstenite's to write, in turn (`Wire`).
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
                 Message::Close(frame) => {

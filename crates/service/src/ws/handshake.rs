@@ -28,7 +28,12 @@ use crate::{
     app::App,
     prefixed::{Prefixed, Socket, TlsSocket},
     respond::{bearer_token, error_response, query_param},
-    ws::{Ws, driver::drive, writer::Chunk},
+    ws::{
+        Ws,
+        deflate::{self, Deflate, Inflating},
+        driver::drive,
+        writer::Chunk,
+    },
 };
 
 /// The optional subprotocol, echoed when offered.
@@ -48,20 +53,23 @@ struct Accepted {
     accept_key: String,
     /// Whether the client offered `herald.v1`, which the 101 then echoes.
     subprotocol: bool,
+    /// The permessage-deflate agreement, when the client offered one the server accepts.
+    deflate: Option<Deflate>,
 }
 
 /// Answers a `GET /ws` that arrived as a connection's first request (parsed by `conn`).
 ///
 /// Returns what to write: on success the 101 followed by the first frame (`connected`), so both
-/// leave in one write, and the open session; on a refusal the HTTP error, after which the
+/// leave in one write, the open session and the compression agreement; on a refusal the HTTP error, after which the
 /// connection closes. Synchronous on purpose: nothing of the request outlives this call, so
 /// the connection's long-lived task does not carry it.
 pub(crate) fn answer_direct(
     app: &App,
     request: Request<()>,
-) -> Result<(Vec<u8>, Session), Vec<u8>> {
+) -> Result<(Vec<u8>, Session, Option<Deflate>), Vec<u8>> {
     let accepted = handshake(app, request.uri(), request.headers()).map_err(encode_response)?;
     drop(request);
+    let deflate = accepted.deflate;
     let mut greeting = encode_response(accepted.switching_protocols());
     let mut session = app.gateway.open(accepted.admission);
     let mut first = Vec::with_capacity(1);
@@ -76,19 +84,23 @@ pub(crate) fn answer_direct(
         greeting.extend_from_slice(Chunk::text_header(frame.len()).as_bytes());
         greeting.extend_from_slice(frame.as_bytes());
     }
-    Ok((greeting, session))
+    Ok((greeting, session, deflate))
 }
 
 /// Answers a handshake to the echo endpoint (`echo_path`, for conformance suites), parsed by
 /// `conn` like a direct `GET /ws`: only the upgrade's own checks (version, key), no origin
 /// check, no token and no admission, because the echo endpoint reaches nothing of the gateway.
-/// Returns the 101 to write, or the HTTP refusal after which the connection closes.
-pub(crate) fn answer_echo(request: &Request<()>) -> Result<Vec<u8>, Vec<u8>> {
+/// Compression is negotiated as on `/ws`, so a suite's compression cases run against the same
+/// code. Returns the 101 to write and the compression agreement, or the HTTP refusal after
+/// which the connection closes.
+pub(crate) fn answer_echo(
+    app: &App,
+    request: &Request<()>,
+) -> Result<(Vec<u8>, Option<Deflate>), Vec<u8>> {
     let key = validate_handshake(request.headers()).map_err(encode_response)?;
-    Ok(encode_response(switching_protocols(
-        &derive_accept_key(key.as_bytes()),
-        false,
-    )))
+    let deflate = negotiate_deflate(app, request.headers()).map_err(encode_response)?;
+    let response = switching_protocols(&derive_accept_key(key.as_bytes()), false, deflate);
+    Ok((encode_response(response), deflate))
 }
 
 /// Answers a `GET /ws` that hyper parsed (one that followed other requests on a keep-alive
@@ -128,12 +140,13 @@ pub(crate) fn upgrade(
         // Every connection is served over `Prefixed` (see `conn`), on TCP or TLS, so one of
         // these succeeds; the bare socket spares each read and write the `Upgraded` box's
         // dynamic dispatch.
+        let (admission, deflate) = (accepted.admission, accepted.deflate);
         let upgraded = match upgraded.downcast::<TokioIo<Prefixed<TcpStream>>>() {
-            Ok(parts) => return run_upgraded(task_app, parts, accepted.admission, client).await,
+            Ok(parts) => return run_upgraded(task_app, parts, admission, deflate, client).await,
             Err(upgraded) => upgraded,
         };
         match upgraded.downcast::<TokioIo<Prefixed<TlsSocket>>>() {
-            Ok(parts) => run_upgraded(task_app, parts, accepted.admission, client).await,
+            Ok(parts) => run_upgraded(task_app, parts, admission, deflate, client).await,
             Err(_) => tracing::error!("upgraded connection of an unexpected type"),
         }
     });
@@ -147,12 +160,13 @@ async fn run_upgraded<S: Socket>(
     app: Arc<App>,
     parts: hyper::upgrade::Parts<TokioIo<Prefixed<S>>>,
     admission: Admission,
+    deflate: Option<Deflate>,
     client: Option<Client>,
 ) {
     let (stream, unread) = parts.io.into_inner().into_parts();
     let mut leftover = parts.read_buf.to_vec();
     leftover.extend_from_slice(&unread);
-    let ws = websocket(&app, stream, leftover).await;
+    let ws = websocket(&app, stream, leftover, deflate).await;
     let session = app.gateway.open(admission);
     // The connection lives in a task of its own, spawned now: its future holds only the
     // driver's state, not the upgrade's, which keeps an idle connection small.
@@ -164,10 +178,41 @@ async fn run_upgraded<S: Socket>(
 }
 
 /// The WebSocket over a socket whose handshake is done; `leftover` is what the client sent
-/// after the request head.
-pub(crate) async fn websocket<S: Socket>(app: &App, stream: S, leftover: Vec<u8>) -> Ws<S> {
-    let config = ws_config(app.config.max_payload_bytes);
-    WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(config)).await
+/// after the request head, `deflate` the compression agreement.
+pub(crate) async fn websocket<S: Socket>(
+    app: &App,
+    stream: S,
+    leftover: Vec<u8>,
+    deflate: Option<Deflate>,
+) -> Ws<S> {
+    let max_payload = app.config.max_payload_bytes;
+    let config = ws_config(max_payload);
+    let (socket, leftover) = Inflating::new(stream, deflate, max_payload, leftover);
+    WebSocketStream::from_partially_read(socket, leftover, Role::Server, Some(config)).await
+}
+
+/// The permessage-deflate agreement for a handshake's offers: none when compression is off
+/// (`compression_enabled`) or nothing acceptable was offered; a 400 when the offers are
+/// malformed.
+#[allow(clippy::result_large_err)] // The error is the response itself, built once.
+fn negotiate_deflate(
+    app: &App,
+    headers: &HeaderMap,
+) -> Result<Option<Deflate>, Response<Full<Bytes>>> {
+    if !app.config.compression_enabled {
+        return Ok(None);
+    }
+    let offers = headers
+        .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+        .iter()
+        .map(HeaderValue::as_bytes);
+    deflate::negotiate(offers).map_err(|error| {
+        error_response(
+            StatusCode::BAD_REQUEST,
+            herald_protocol::ErrorCode::BadRequest,
+            &error.to_string(),
+        )
+    })
 }
 
 /// The handshake's checks, shared by both paths to a WebSocket (`conn`'s direct one and
@@ -191,6 +236,7 @@ fn check_handshake(
     headers: &HeaderMap,
 ) -> Result<Accepted, Response<Full<Bytes>>> {
     let key = validate_handshake(headers)?;
+    let deflate = negotiate_deflate(app, headers)?;
     if let Err(message) = check_origin(app, headers) {
         return Err(error_response(
             StatusCode::FORBIDDEN,
@@ -216,18 +262,24 @@ fn check_handshake(
         admission,
         accept_key: derive_accept_key(key.as_bytes()),
         subprotocol,
+        deflate,
     })
 }
 
 impl Accepted {
     /// The 101 that completes the handshake.
     fn switching_protocols(&self) -> Response<Full<Bytes>> {
-        switching_protocols(&self.accept_key, self.subprotocol)
+        switching_protocols(&self.accept_key, self.subprotocol, self.deflate)
     }
 }
 
-/// A 101 with `Sec-WebSocket-Accept: accept_key`, echoing `herald.v1` when `subprotocol`.
-fn switching_protocols(accept_key: &str, subprotocol: bool) -> Response<Full<Bytes>> {
+/// A 101 with `Sec-WebSocket-Accept: accept_key`, echoing `herald.v1` when `subprotocol`, and
+/// accepting permessage-deflate as `deflate` says.
+fn switching_protocols(
+    accept_key: &str,
+    subprotocol: bool,
+    deflate: Option<Deflate>,
+) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
@@ -241,6 +293,10 @@ fn switching_protocols(accept_key: &str, subprotocol: bool) -> Response<Full<Byt
             header::SEC_WEBSOCKET_PROTOCOL,
             HeaderValue::from_static(SUBPROTOCOL),
         );
+    }
+    if let Some(extension) = deflate.and_then(|d| HeaderValue::from_str(&d.response_header()).ok())
+    {
+        headers.insert(header::SEC_WEBSOCKET_EXTENSIONS, extension);
     }
     response
 }

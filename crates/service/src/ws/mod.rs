@@ -7,12 +7,15 @@
 //!   path, `upgrade` for hyper's), and sets tungstenite up on the socket (`websocket`).
 //! - `driver`: the per-connection loop (`drive`), its read and write budgets, and the close
 //!   handshake.
+//! - `deflate`: permessage-deflate (RFC 7692): the negotiation, the compression of an
+//!   outbound message (once per frame, shared) and the inflating layer under tungstenite.
 //! - `wire`: the socket shared by tungstenite (reads, control replies) and the data-frame
 //!   writer, in turns, so that no control frame lands inside a data frame.
 //! - `writer`: data frames encoded and written with vectored writes.
 //! - `echo`: the echo endpoint for conformance suites (`echo_path`), on the same reader and
 //!   writer.
 
+mod deflate;
 mod driver;
 mod echo;
 mod handshake;
@@ -21,11 +24,14 @@ mod writer;
 
 use tokio_tungstenite::WebSocketStream;
 
+use crate::ws::deflate::Inflating;
+
 pub(crate) use crate::ws::{
     driver::drive,
     echo::serve_echo,
     handshake::{answer_direct, upgrade, websocket},
 };
 
-/// A WebSocket connection on its socket (`prefixed::Socket`: TCP, or TLS over it).
-pub(crate) type Ws<S> = WebSocketStream<S>;
+/// A WebSocket connection on its socket (`prefixed::Socket`: TCP, or TLS over it), read
+/// through permessage-deflate where the connection negotiated it.
+pub(crate) type Ws<S> = WebSocketStream<Inflating<S>>;

@@ -14,7 +14,11 @@ use tokio_tungstenite::{
     tungstenite::{self, Message},
 };
 
-use crate::ws::writer::Writer;
+use crate::ws::{
+    Ws,
+    deflate::{Failure, Inflating},
+    writer::{Compression, Writer},
+};
 
 /// A WebSocket's socket, written by two writers in turns: tungstenite reads client frames and
 /// writes the control frames it answers with (pong, close reply); the [`Writer`] writes data
@@ -34,7 +38,7 @@ use crate::ws::writer::Writer;
 /// - so tungstenite holds at most one reply, far below its write-buffer cap, and a flush that
 ///   succeeds leaves it holding nothing.
 pub(super) struct Wire<S> {
-    ws: WebSocketStream<S>,
+    ws: WebSocketStream<Inflating<S>>,
     writer: Writer,
     /// tungstenite holds a control reply that is not written yet.
     control_pending: bool,
@@ -42,7 +46,7 @@ pub(super) struct Wire<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
     /// The socket of `ws`, with nothing staged.
-    pub(super) fn new(ws: WebSocketStream<S>) -> Self {
+    pub(super) fn new(ws: Ws<S>) -> Self {
         Self {
             ws,
             writer: Writer::default(),
@@ -53,6 +57,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
     /// The data-frame writer, to stage frames or ask what it holds.
     pub(super) fn writer(&mut self) -> &mut Writer {
         &mut self.writer
+    }
+
+    /// How data frames are compressed on this connection, with messages of `threshold` bytes
+    /// and more worth it; `None` when it did not negotiate compression.
+    pub(super) fn compression(&self, threshold: usize) -> Option<Compression> {
+        self.ws.get_ref().deflate().map(|deflate| Compression {
+            threshold,
+            max_len: deflate.max_compressed_message(),
+        })
     }
 
     /// The next client message: `Pending` while none has arrived, and also while a control
@@ -70,7 +83,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
             // tungstenite queued the pong (or the close reply): see the type's docs.
             self.control_pending = true;
         }
-        Poll::Ready(message)
+        // A compressed message that failed to inflate reaches tungstenite as a read error:
+        // report it as what it is.
+        let failure = self.ws.get_ref().failure();
+        Poll::Ready(match (message, failure) {
+            (Some(Err(tungstenite::Error::Io(_))), Some(failure)) => Some(Err(match failure {
+                Failure::TooLarge => tungstenite::Error::Capacity(
+                    tungstenite::error::CapacityError::MessageTooLong {
+                        size: usize::MAX,
+                        max_size: 0,
+                    },
+                ),
+                Failure::Invalid => tungstenite::Error::Protocol(
+                    tungstenite::error::ProtocolError::InvalidOpcode(0),
+                ),
+            })),
+            (message, _) => message,
+        })
     }
 
     /// `Ready(Ok)` once tungstenite holds no control reply, so that data frames may be begun:
@@ -83,7 +112,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         if !self.control_pending {
             return Poll::Ready(Ok(()));
         }
-        ready!(self.writer.poll_finish_frame(cx, self.ws.get_mut()))?;
+        ready!(
+            self.writer
+                .poll_finish_frame(cx, self.ws.get_mut().get_mut())
+        )?;
         ready!(Pin::new(&mut self.ws).poll_flush(cx))?;
         self.control_pending = false;
         Poll::Ready(Ok(()))
@@ -97,17 +129,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), tungstenite::Error>> {
         ready!(self.poll_control(cx))?;
-        ready!(self.writer.poll_write_out(cx, self.ws.get_mut()))?;
+        let socket = self.ws.get_mut().get_mut();
+        ready!(self.writer.poll_write_out(cx, socket))?;
         // TLS may hold records it took but could not write yet; a bare socket holds nothing
         // and returns at once.
-        ready!(Pin::new(self.ws.get_mut()).poll_flush(cx))?;
+        ready!(Pin::new(socket).poll_flush(cx))?;
         Poll::Ready(Ok(()))
     }
 
     /// The WebSocket back, for the close handshake, with the rest of the half-written data
     /// frame when `finish_frame` is set (it must go out before any close frame); the other
     /// staged frames are dropped.
-    pub(super) fn into_goodbye(mut self, finish_frame: bool) -> (WebSocketStream<S>, Vec<Bytes>) {
+    pub(super) fn into_goodbye(mut self, finish_frame: bool) -> (Ws<S>, Vec<Bytes>) {
         let unfinished = if finish_frame {
             self.writer.take_unfinished_frame()
         } else {
@@ -201,7 +234,7 @@ mod tests {
     /// A server-side wire over an empty pipe, configured as in production.
     fn wire() -> Wire<Pipe> {
         let ws = WebSocketStream::from_raw_socket(
-            Pipe::default(),
+            Inflating::new(Pipe::default(), None, 1 << 20, Vec::new()).0,
             Role::Server,
             Some(ws_config(1 << 20)),
         )
@@ -221,14 +254,14 @@ mod tests {
         frame
             .format(&mut bytes)
             .unwrap_or_else(|e| panic!("formatting into a Vec failed: {e}"));
-        wire.ws.get_mut().inbound.extend(bytes);
+        wire.ws.get_mut().get_mut().inbound.extend(bytes);
     }
 
     /// Everything the server wrote, as (opcode, payload) frames; fails unless the bytes are a
     /// sequence of whole, unmasked frames.
     #[track_caller]
     fn frames_written(wire: &mut Wire<Pipe>) -> Vec<(OpCode, Vec<u8>)> {
-        let bytes = &wire.ws.get_mut().outbound;
+        let bytes = &wire.ws.get_mut().get_mut().outbound;
         let mut cursor = Cursor::new(bytes.as_slice());
         let mut frames = Vec::new();
         while usize::try_from(cursor.position()).is_ok_and(|at| at < bytes.len()) {
@@ -265,7 +298,7 @@ mod tests {
         let mut cx = Context::from_waker(Waker::noop());
         let mut wire = wire();
         wire.writer().push_frame(Bytes::from(vec![b'x'; 10_000]));
-        wire.ws.get_mut().room = 100;
+        wire.ws.get_mut().get_mut().room = 100;
         assert!(wire.poll_write(&mut cx).is_pending());
         assert!(!wire.writer().at_frame_boundary());
         for sent in [
@@ -279,12 +312,12 @@ mod tests {
         // The text is read mid-frame; after the ping nothing is, until the pong can go.
         assert_eq!(read_all(&mut wire, &mut cx), ["a", "ping p"]);
         assert_eq!(
-            wire.ws.get_mut().outbound.len(),
+            wire.ws.get_mut().get_mut().outbound.len(),
             100,
             "tungstenite wrote mid-frame"
         );
 
-        wire.ws.get_mut().room = usize::MAX;
+        wire.ws.get_mut().get_mut().room = usize::MAX;
         assert_eq!(read_all(&mut wire, &mut cx), ["b"]);
         assert!(wire.poll_write(&mut cx).is_ready());
         assert_eq!(
@@ -305,7 +338,7 @@ mod tests {
         // The pong could not be written: the data frame staged meanwhile waits for it.
         wire.writer().push_frame(Bytes::from_static(b"data"));
         assert!(wire.poll_write(&mut cx).is_pending());
-        wire.ws.get_mut().room = usize::MAX;
+        wire.ws.get_mut().get_mut().room = usize::MAX;
         assert!(wire.poll_write(&mut cx).is_ready());
         assert_eq!(
             frames_written(&mut wire),
@@ -354,7 +387,7 @@ mod tests {
                         feed(&mut wire, sent);
                     }
                 }
-                let pipe = wire.ws.get_mut();
+                let pipe = wire.ws.get_mut().get_mut();
                 pipe.room = pipe.room.saturating_add(*room);
                 read.extend(read_all(&mut wire, &mut cx));
                 let _ = wire.poll_write(&mut cx);

@@ -5,6 +5,7 @@ use std::{
     collections::VecDeque,
     io::{self, IoSlice},
     pin::Pin,
+    sync::LazyLock,
     task::{Context, Poll, ready},
     time::Instant,
 };
@@ -12,7 +13,26 @@ use std::{
 use bytes::Bytes;
 use herald_core::Frame;
 use herald_protocol::encode_batch;
+use metrics::Counter;
 use tokio::io::AsyncWrite;
+
+use crate::ws::deflate;
+
+/// How a connection that negotiated permessage-deflate sends data frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Compression {
+    /// Messages shorter than this go plain (`compression_threshold_bytes`, read live).
+    pub(super) threshold: usize,
+    /// Messages longer than this go plain (the client's window: `Deflate`).
+    pub(super) max_len: usize,
+}
+
+impl Compression {
+    /// Whether a message of `len` bytes goes compressed.
+    fn applies(self, len: usize) -> bool {
+        len >= self.threshold && len <= self.max_len
+    }
+}
 
 /// Encoded data frames on their way to the socket.
 ///
@@ -61,6 +81,21 @@ impl Chunk {
         Self::header(FIN_BINARY, len)
     }
 
+    /// The header of a final frame with RSV1 set (a permessage-deflate message) carrying `len`
+    /// compressed bytes: text, or binary when `binary`.
+    fn compressed_header(len: usize, binary: bool) -> Self {
+        const FIN_RSV1_TEXT: u8 = 0xc1;
+        const FIN_RSV1_BINARY: u8 = 0xc2;
+        Self::header(
+            if binary {
+                FIN_RSV1_BINARY
+            } else {
+                FIN_RSV1_TEXT
+            },
+            len,
+        )
+    }
+
     /// A server frame's header: `first` (FIN, RSV and opcode bits), then the payload length in
     /// the shortest of its three forms, unmasked.
     fn header(first: u8, len: usize) -> Self {
@@ -94,6 +129,39 @@ impl Chunk {
     }
 }
 
+/// Compressed messages staged in one go, counted in the metrics once.
+#[derive(Default)]
+struct Saved {
+    /// Messages sent compressed.
+    messages: u64,
+    /// Bytes their compression saved.
+    bytes: u64,
+}
+
+impl Saved {
+    /// One message of `plain` bytes sent as `compressed` bytes.
+    fn add(&mut self, plain: usize, compressed: usize) {
+        self.messages += 1;
+        self.bytes += plain.saturating_sub(compressed) as u64;
+    }
+
+    /// Adds them to `herald_compressed_messages_total` and
+    /// `herald_compression_saved_bytes_total` (nothing when none was compressed).
+    fn record(self) {
+        /// The two counters, looked up once: this runs once per compressed delivery.
+        static COUNTERS: LazyLock<(Counter, Counter)> = LazyLock::new(|| {
+            (
+                metrics::counter!("herald_compressed_messages_total", "direction" => "out"),
+                metrics::counter!("herald_compression_saved_bytes_total"),
+            )
+        });
+        if self.messages > 0 {
+            COUNTERS.0.increment(self.messages);
+            COUNTERS.1.increment(self.bytes);
+        }
+    }
+}
+
 impl Writer {
     /// Most chunks handed to one `writev`.
     const MAX_SLICES: usize = 128;
@@ -115,21 +183,88 @@ impl Writer {
 
     /// Turns the drained frames into chunks: one `batch` frame when several wait and the
     /// client allows batching, else one frame per message.
-    pub(super) fn stage(&mut self, batching: bool) {
+    ///
+    /// On a connection that negotiated compression (`compression`), a frame worth compressing
+    /// goes alone, as its compressed copy, computed once and shared by every connection that
+    /// sends it; the frames between such frames are batched as above, and a `batch` frame
+    /// goes plain: compressing it would be this connection's own work, once per delivery.
+    pub(super) fn stage(&mut self, batching: bool, compression: Option<Compression>) {
         let earliest = self.drained.iter().filter_map(Frame::accepted).min();
         self.accepted = match (self.accepted, earliest) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        if batching && self.drained.len() > 1 {
-            let batch = encode_batch(self.drained.iter().map(Frame::as_bytes));
-            self.drained.clear();
+        let mut drained = std::mem::take(&mut self.drained);
+        let Some(compression) = compression else {
+            self.push_plain(&mut drained, batching);
+            return;
+        };
+        let mut saved = Saved::default();
+        let mut plain = Vec::new();
+        for frame in drained {
+            let len = frame.len();
+            let compressed = if compression.applies(len) {
+                Some(frame.encoded_with(deflate::compress)).filter(|bytes| !bytes.is_empty())
+            } else {
+                None
+            };
+            match compressed {
+                Some(bytes) => {
+                    self.push_plain(&mut plain, batching);
+                    saved.add(len, bytes.len());
+                    self.push_compressed(bytes, false);
+                }
+                None => plain.push(frame),
+            }
+        }
+        self.push_plain(&mut plain, batching);
+        saved.record();
+    }
+
+    /// Stages `frames` plain, emptying it: as one `batch` frame when several wait and
+    /// `batching`, else one frame per message.
+    fn push_plain(&mut self, frames: &mut Vec<Frame>, batching: bool) {
+        if batching && frames.len() > 1 {
+            let batch = encode_batch(frames.iter().map(Frame::as_bytes));
+            frames.clear();
             self.push_frame(Bytes::from(batch));
         } else {
-            for frame in std::mem::take(&mut self.drained) {
+            for frame in frames.drain(..) {
                 self.push_frame(frame.into_bytes());
             }
         }
+    }
+
+    /// Stages one message of this connection's own (the echo endpoint's): compressed here when
+    /// `compression` applies and it pays, else plain; binary when `binary`.
+    pub(super) fn push_message(
+        &mut self,
+        payload: Bytes,
+        binary: bool,
+        compression: Option<Compression>,
+    ) {
+        if compression.is_some_and(|c| c.applies(payload.len())) {
+            let compressed = deflate::compress(&payload);
+            if !compressed.is_empty() {
+                let mut saved = Saved::default();
+                saved.add(payload.len(), compressed.len());
+                saved.record();
+                self.push_compressed(compressed, binary);
+                return;
+            }
+        }
+        if binary {
+            self.push_binary_frame(payload);
+        } else {
+            self.push_frame(payload);
+        }
+    }
+
+    /// Stages one compressed message (RSV1 set).
+    fn push_compressed(&mut self, compressed: Bytes, binary: bool) {
+        self.out
+            .push_back(Chunk::compressed_header(compressed.len(), binary));
+        self.out.push_back(Chunk::Payload(compressed));
     }
 
     /// Stages one text frame carrying `payload`.
@@ -374,6 +509,75 @@ mod tests {
         let mut expected = reference_of(b"\x00\xff", Data::Binary);
         expected.extend(reference(b"text"));
         assert_eq!(socket.out, expected);
+    }
+
+    /// The frames staged, as (first byte, payload) pairs.
+    fn staged(writer: &Writer) -> Vec<(u8, Bytes)> {
+        let mut frames = Vec::new();
+        let mut first = 0;
+        for chunk in &writer.out {
+            match chunk {
+                Chunk::Header { bytes, .. } => first = bytes[0],
+                Chunk::Payload(payload) => frames.push((first, payload.clone())),
+            }
+        }
+        frames
+    }
+
+    #[test]
+    fn frames_worth_compressing_go_alone_as_one_shared_copy_and_the_rest_are_batched_plain() {
+        let large = Frame::from(format!("{{\"text\":\"{}\"}}", "hello ".repeat(100)));
+        let small = |n: u32| Frame::from(format!("{{\"n\":{n}}}"));
+        let compression = Compression {
+            threshold: 100,
+            max_len: usize::MAX,
+        };
+        let mut writers = [Writer::default(), Writer::default()];
+        for writer in &mut writers {
+            writer
+                .drained()
+                .extend([small(1), large.clone(), small(2), small(3)]);
+            writer.stage(true, Some(compression));
+        }
+        let [first, second] = writers.map(|writer| staged(&writer));
+        let batch =
+            |frames: &[Frame]| Bytes::from(encode_batch(frames.iter().map(Frame::as_bytes)));
+        let compressed = deflate::compress(large.as_bytes());
+        assert_eq!(
+            first,
+            [
+                (0x81, Bytes::from_static(b"{\"n\":1}")),
+                (0xc1, compressed.clone()),
+                (0x81, batch(&[small(2), small(3)])),
+            ]
+        );
+        // The same compressed bytes, not a copy of them.
+        assert_eq!(first[1].1.as_ptr(), second[1].1.as_ptr());
+
+        // Without compression, as before: one batch.
+        let mut plain = Writer::default();
+        plain.drained().extend([small(1), large.clone(), small(2)]);
+        plain.stage(true, None);
+        assert_eq!(
+            staged(&plain),
+            [(0x81, batch(&[small(1), large.clone(), small(2)]))]
+        );
+        // Below the threshold, or above the client's window, plain.
+        for compression in [
+            Compression {
+                threshold: 10_000,
+                max_len: usize::MAX,
+            },
+            Compression {
+                threshold: 0,
+                max_len: 512,
+            },
+        ] {
+            let mut writer = Writer::default();
+            writer.drained().push(large.clone());
+            writer.stage(false, Some(compression));
+            assert_eq!(staged(&writer), [(0x81, large.clone().into_bytes())]);
+        }
     }
 
     /// A writer given `payloads` whose socket (taking `per_call` bytes per write) stopped
