@@ -22,7 +22,8 @@ pub(crate) struct JwtAuthenticator {
     audience: Option<String>,
     leeway_ms: u64,
     default_topics: Vec<String>,
-    tiers: Vec<String>,
+    /// The tiers a `tier` claim may name, shared by every principal of the tier.
+    tiers: Vec<Arc<str>>,
 }
 
 /// Settings of the [`JwtAuthenticator`], taken from the base configuration.
@@ -171,7 +172,11 @@ impl JwtAuthenticator {
             audience: settings.audience,
             leeway_ms: settings.leeway_ms,
             default_topics: settings.default_topics,
-            tiers: settings.tiers,
+            tiers: settings
+                .tiers
+                .iter()
+                .map(|t| Arc::from(t.as_str()))
+                .collect(),
         }
     }
 
@@ -236,16 +241,16 @@ impl Authenticator for JwtAuthenticator {
         {
             return Err(AuthError::NotYetValid);
         }
-        let tier = claims.tier.unwrap_or_else(|| "free".to_owned());
-        if !self.tiers.contains(&tier) {
-            return Err(AuthError::UnknownTier(tier));
-        }
+        let tier_name = claims.tier.as_deref().unwrap_or("free");
+        let Some(tier) = self.tiers.iter().find(|t| ***t == *tier_name) else {
+            return Err(AuthError::UnknownTier(tier_name.to_owned()));
+        };
         let user = UserId::new(&claims.sub);
         let patterns = |list: &[String]| list.iter().map(|p| TopicPattern::new(p, &user)).collect();
         Ok(Principal {
             topics: patterns(claims.topics.as_deref().unwrap_or(&self.default_topics)),
             publish: patterns(claims.publish.as_deref().unwrap_or(&[])),
-            tier: Arc::from(tier),
+            tier: Arc::clone(tier),
             expires_at_ms,
             close_at_ms: expires_at_ms.saturating_add(self.leeway_ms),
             user,
