@@ -29,8 +29,17 @@ options:
   --smoke                 CI mode: small sizes, debug binaries, Herald only; fails on any
                           loss, duplicate, reordering or failed connection (not on speed)
   --scenario NAME         fanout | p2p | idle | churn | curve (repeatable; default: all)
-  --target NAME           herald | nchan | both (default: both; --smoke: herald)
+  --target NAME           herald | nchan | both (default: both; --smoke, --cores and
+                          --redis: herald)
   --no-pin                do not pin the processes to cores
+  --cores LIST            scaling: Herald on N cores (0..N-1) and the generator on the others,
+                          for each N of the list (e.g. 1,2,4,8; default scenario: fanout)
+  --redis                 Herald behind a fresh redis-server (HERALD_REDIS_URL) beside Herald in
+                          memory, and redis-benchmark's PUBLISH rate as the ceiling (default
+                          scenarios: fanout, p2p)
+
+The churn scenario also runs a floor server (`herald-bench floor`: the same client answered
+with fixed bytes, no state) pinned like Herald: what Herald spends above it is Herald's.
 
 size overrides (defaults: full / --smoke):
   --subscribers N         fanout subscribers                 (10000 / 50)
@@ -71,6 +80,10 @@ struct Options {
     herald: bool,
     nchan: bool,
     pin: bool,
+    /// `--cores`: server core counts to scale over.
+    cores: Vec<usize>,
+    /// `--redis`: Herald behind Redis as well.
+    redis: bool,
     /// `--name value` overrides, in the names of the options.
     sizes: Vec<(String, String)>,
 }
@@ -100,6 +113,8 @@ impl Options {
             herald: true,
             nchan: true,
             pin: true,
+            cores: Vec::new(),
+            redis: false,
             sizes: Vec::new(),
         };
         let mut target = None;
@@ -114,6 +129,17 @@ impl Options {
                 "--help" | "-h" => return Ok(None),
                 "--smoke" => options.smoke = true,
                 "--no-pin" => options.pin = false,
+                "--redis" => options.redis = true,
+                "--cores" => {
+                    let given = value(arg)?;
+                    let cores: Option<Vec<usize>> = given
+                        .split(',')
+                        .map(|n| n.trim().parse::<usize>().ok().filter(|n| *n > 0))
+                        .collect();
+                    options.cores = cores.ok_or_else(|| {
+                        format!("--cores: `{given}` is not a list of core counts")
+                    })?;
+                }
                 "--scenario" => {
                     let name = value(arg)?;
                     if !SCENARIOS.contains(&name.as_str()) {
@@ -145,8 +171,9 @@ impl Options {
                 }
             }
         }
+        let special = options.redis || !options.cores.is_empty();
         (options.herald, options.nchan) = match target.as_deref() {
-            None if options.smoke => (true, false),
+            None if options.smoke || special => (true, false),
             None | Some("both") => (true, true),
             Some("herald") => (true, false),
             Some("nchan") => (false, true),
@@ -157,7 +184,14 @@ impl Options {
             }
         };
         if options.scenarios.is_empty() {
-            options.scenarios = SCENARIOS.iter().map(|s| (*s).to_owned()).collect();
+            let defaults: &[&str] = if options.redis {
+                &["fanout", "p2p"]
+            } else if options.cores.is_empty() {
+                &SCENARIOS
+            } else {
+                &["fanout"]
+            };
+            options.scenarios = defaults.iter().map(|s| (*s).to_owned()).collect();
         }
         Ok(Some(options))
     }
@@ -238,6 +272,8 @@ struct Setup {
     out: PathBuf,
     clk_tck: u64,
     pin: bool,
+    /// Cores on this machine.
+    cores: usize,
     /// The nginx binary and the nchan module, when nchan can run.
     nchan: Option<Nchan>,
 }
@@ -254,6 +290,8 @@ struct Nchan {
 enum Server {
     Herald,
     Nchan,
+    /// `herald-bench floor`: the churn client answered with fixed bytes.
+    Floor,
 }
 
 impl Server {
@@ -261,8 +299,104 @@ impl Server {
         match self {
             Self::Herald => "herald",
             Self::Nchan => "nchan",
+            Self::Floor => "floor",
         }
     }
+}
+
+/// One server in one setup: where it and the generator run, and whether Herald is behind Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Variant {
+    server: Server,
+    /// What the reports call it.
+    label: String,
+    /// The server's cores (a `taskset` list), when pinned.
+    server_cores: Option<String>,
+    /// The generator's cores, when pinned.
+    generator_cores: Option<String>,
+    /// The generator's runtime threads.
+    generator_threads: usize,
+    /// Herald behind a fresh redis-server.
+    redis: bool,
+}
+
+impl Variant {
+    /// The usual setup: the server on core 0, the generator on core 1.
+    fn plain(server: Server, pin: bool) -> Self {
+        Self {
+            server,
+            label: server.name().to_owned(),
+            server_cores: pin.then(|| "0".to_owned()),
+            generator_cores: pin.then(|| "1".to_owned()),
+            generator_threads: 1,
+            redis: false,
+        }
+    }
+
+    /// Herald on `n` cores (0..n-1) and the generator on the rest of the machine's `cores`;
+    /// where none is left, the generator shares them (and the label says so).
+    fn scaled(n: usize, cores: usize, pin: bool) -> Self {
+        let rest = cores.saturating_sub(n);
+        let shared = rest == 0;
+        Self {
+            server: Server::Herald,
+            label: if shared {
+                format!("herald {n}c shared")
+            } else {
+                format!("herald {n}c")
+            },
+            server_cores: pin.then(|| core_list(0, n)),
+            generator_cores: (pin && !shared).then(|| core_list(n, rest)),
+            generator_threads: rest.max(1),
+            redis: false,
+        }
+    }
+
+    /// The same setup with Herald behind Redis.
+    fn behind_redis(&self) -> Self {
+        Self {
+            label: format!("{}+redis", self.label),
+            redis: true,
+            ..self.clone()
+        }
+    }
+}
+
+/// `first`..`first + count - 1` as a `taskset` list.
+fn core_list(first: usize, count: usize) -> String {
+    if count <= 1 {
+        first.to_string()
+    } else {
+        format!("{first}-{}", first + count - 1)
+    }
+}
+
+/// The setups to run for `scenario`, in order.
+fn variants(options: &Options, setup: &Setup, scenario: &str) -> Vec<Variant> {
+    let mut list = Vec::new();
+    if options.herald {
+        let heralds: Vec<Variant> = if options.cores.is_empty() {
+            vec![Variant::plain(Server::Herald, setup.pin)]
+        } else {
+            options
+                .cores
+                .iter()
+                .map(|&n| Variant::scaled(n, setup.cores, setup.pin))
+                .collect()
+        };
+        for herald in heralds {
+            let twin = options.redis.then(|| herald.behind_redis());
+            list.push(herald);
+            list.extend(twin);
+        }
+        if scenario == "churn" && options.cores.is_empty() && !options.redis {
+            list.push(Variant::plain(Server::Floor, setup.pin));
+        }
+    }
+    if options.nchan && setup.nchan.is_some() {
+        list.push(Variant::plain(Server::Nchan, setup.pin));
+    }
+    list
 }
 
 /// Runs `cargo xtask bench` with `args`.
@@ -294,7 +428,19 @@ pub(crate) fn bench(args: &[String]) -> Result {
         .map_err(|e| format!("cannot create {}: {e}", out.display()))?;
 
     let clk_tck = clock_ticks();
-    let pin = options.pin && can_pin();
+    let cores = thread::available_parallelism().map_or(1, usize::from);
+    let pin = options.pin && can_pin(cores);
+    if let Some(&n) = options.cores.iter().find(|&&n| n > cores) {
+        return Err(format!(
+            "--cores {n}: this machine has {cores} cores (run the larger counts on a larger one)"
+        ));
+    }
+    if options.redis && redis_bin("redis-server").is_none() {
+        return Err(
+            "--redis needs redis-server (apt-get install redis-server, as cargo xtask ci does)"
+                .to_owned(),
+        );
+    }
     let nchan = if options.nchan {
         prepare_nchan(options.smoke)
     } else {
@@ -306,31 +452,31 @@ pub(crate) fn bench(args: &[String]) -> Result {
         out,
         clk_tck,
         pin,
+        cores,
         nchan,
     };
-    let mut servers = Vec::new();
-    if options.herald {
-        servers.push(Server::Herald);
-    }
-    if options.nchan && setup.nchan.is_some() {
-        servers.push(Server::Nchan);
-    }
-    if servers.is_empty() {
+    if !options.herald && setup.nchan.is_none() {
         return Err("no target to benchmark (nchan is unavailable)".to_owned());
     }
 
     let mut lines = Vec::new();
     let mut failures = Vec::new();
     for scenario in &options.scenarios {
-        for &server in &servers {
-            println!("xtask: bench {} {scenario}", server.name());
-            match run_one(&setup, &options, server, scenario) {
+        for variant in variants(&options, &setup, scenario) {
+            println!("xtask: bench {} {scenario}", variant.label);
+            match run_one(&setup, &options, &variant, scenario) {
                 Ok(output) => lines.extend(output),
                 Err(error) => {
-                    eprintln!("xtask: bench {} {scenario} failed: {error}", server.name());
-                    failures.push(format!("{} {scenario}: {error}", server.name()));
+                    eprintln!("xtask: bench {} {scenario} failed: {error}", variant.label);
+                    failures.push(format!("{} {scenario}: {error}", variant.label));
                 }
             }
+        }
+    }
+    if options.redis {
+        match redis_ceiling(&setup, &options) {
+            Ok(summary) => println!("{summary}"),
+            Err(error) => failures.push(format!("redis-benchmark: {error}")),
         }
     }
 
@@ -338,13 +484,14 @@ pub(crate) fn bench(args: &[String]) -> Result {
     // When the run happened, for the reader of the results: the system clock is the point.
     #[allow(clippy::disallowed_methods)]
     let document = format!(
-        "{{\"mode\":\"{}\",\"unix_time\":{},\"clk_tck\":{},\"pinned\":{},\"results\":[\n{}\n]}}\n",
+        "{{\"mode\":\"{}\",\"unix_time\":{},\"clk_tck\":{},\"pinned\":{},\"cores\":{},\"results\":[\n{}\n]}}\n",
         if options.smoke { "smoke" } else { "full" },
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
         setup.clk_tck,
         setup.pin,
+        setup.cores,
         lines.join(",\n"),
     );
     fs::write(&results, document)
@@ -366,28 +513,51 @@ pub(crate) fn bench(args: &[String]) -> Result {
     }
 }
 
-/// Starts a fresh server, runs one scenario against it, stops it; returns the JSON lines.
+/// Starts a fresh server (and a fresh Redis behind Herald when the variant asks), runs one
+/// scenario against it, stops them; returns the JSON lines.
 fn run_one(
     setup: &Setup,
     options: &Options,
-    server: Server,
+    variant: &Variant,
     scenario: &str,
 ) -> Result<Vec<String>> {
+    let server = variant.server;
     let port = free_port()?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let name = variant.label.replace(' ', "-");
     let log = setup
         .out
         .join("logs")
-        .join(format!("{}-{scenario}.log", server.name()));
-    let mut child = start_server(setup, server, addr, &log)?;
+        .join(format!("{name}-{scenario}.log"));
+    let mut redis = if variant.redis {
+        Some(start_redis(setup, variant)?)
+    } else {
+        None
+    };
+    let redis_url = redis.as_ref().map(|(_, url)| url.clone());
+    let mut child = match start_server(setup, variant, addr, &log, redis_url.as_deref()) {
+        Ok(child) => child,
+        Err(error) => {
+            if let Some((redis, _)) = &mut redis {
+                stop(redis);
+            }
+            return Err(error);
+        }
+    };
     let result = wait_until_listening(&mut child, addr, &log).and_then(|()| {
-        let mut command = limited(setup.pin.then_some(1));
+        let mut command = limited(variant.generator_cores.as_deref());
+        let target = match server {
+            Server::Nchan => "nchan",
+            Server::Herald | Server::Floor => "herald",
+        };
         command
             .arg(setup.bin.join("herald-bench"))
-            .args(["--target", server.name(), "--addr", &addr.to_string()])
+            .args(["--target", target, "--addr", &addr.to_string()])
+            .args(["--label", &variant.label])
+            .args(["--threads", &variant.generator_threads.to_string()])
             .args(["--server-pid", &child.id().to_string()])
             .args(["--clk-tck", &setup.clk_tck.to_string()]);
-        if server == Server::Herald {
+        if server != Server::Nchan {
             command.args(["--api-key", API_KEY, "--jwt-secret", JWT_SECRET]);
         }
         if options.smoke {
@@ -414,31 +584,41 @@ fn run_one(
         }
     });
     stop(&mut child);
+    if let Some((redis, _)) = &mut redis {
+        stop(redis);
+    }
     result
 }
 
-/// `sh -c 'ulimit -n 20000; exec "$@"'`, pinned to `core` when given: append the program and
-/// its arguments.
-fn limited(core: Option<u32>) -> Command {
+/// `sh -c 'ulimit -n 20000; exec "$@"'`, pinned to the `cores` list when given: append the
+/// program and its arguments.
+fn limited(cores: Option<&str>) -> Command {
     let mut command = Command::new("sh");
     command.args([
         "-c",
         &format!("ulimit -n {OPEN_FILES} 2>/dev/null || ulimit -n \"$(ulimit -Hn)\"; exec \"$@\""),
         "sh",
     ]);
-    if let Some(core) = core {
-        command.args(["taskset", "-c", &core.to_string()]);
+    if let Some(cores) = cores {
+        command.args(["taskset", "-c", cores]);
     }
     command
 }
 
-fn start_server(setup: &Setup, server: Server, addr: SocketAddr, log: &Path) -> Result<Child> {
+fn start_server(
+    setup: &Setup,
+    variant: &Variant,
+    addr: SocketAddr,
+    log: &Path,
+    redis_url: Option<&str>,
+) -> Result<Child> {
+    let server = variant.server;
     let log_file =
         fs::File::create(log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
     let log_err = log_file
         .try_clone()
         .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
-    let mut command = limited(setup.pin.then_some(0));
+    let mut command = limited(variant.server_cores.as_deref());
     match server {
         Server::Herald => {
             command
@@ -452,6 +632,16 @@ fn start_server(setup: &Setup, server: Server, addr: SocketAddr, log: &Path) -> 
                 // 10000 is the largest tier quota the configuration accepts.
                 .env("HERALD_TIERS", "free:10000:1000000")
                 .env("HERALD_MAX_CONNECTIONS_PER_USER", "10000");
+            if let Some(url) = redis_url {
+                command.env("HERALD_REDIS_URL", url);
+            }
+        }
+        Server::Floor => {
+            command.arg(setup.bin.join("herald-bench")).args([
+                "--addr",
+                &addr.to_string(),
+                "floor",
+            ]);
         }
         Server::Nchan => {
             let Some(nchan) = &setup.nchan else {
@@ -479,6 +669,90 @@ fn start_server(setup: &Setup, server: Server, addr: SocketAddr, log: &Path) -> 
         .stderr(log_err)
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", server.name()))
+}
+
+/// `redis-server` or `redis-benchmark`, when installed.
+fn redis_bin(name: &str) -> Option<PathBuf> {
+    let path = env::var_os("PATH").unwrap_or_default();
+    env::split_paths(&path)
+        .chain([PathBuf::from("/usr/bin")])
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Starts an empty, unpersisted redis-server on a free port, on the generator's cores (so the
+/// server's CPU figure is Herald's alone); returns it and its URL once it answers.
+fn start_redis(setup: &Setup, variant: &Variant) -> Result<(Child, String)> {
+    let bin = redis_bin("redis-server").ok_or("redis-server is not installed")?;
+    let port = free_port()?;
+    let mut child = limited(variant.generator_cores.as_deref())
+        .arg(bin)
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+        .current_dir(&setup.root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start redis-server: {e}"))?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let log = setup.out.join("logs").join("redis.log");
+    if let Err(error) = wait_until_listening(&mut child, addr, &log) {
+        stop(&mut child);
+        return Err(error);
+    }
+    Ok((child, format!("redis://{addr}")))
+}
+
+/// Runs `redis-benchmark` PUBLISH (the bench's payload size, one subscriber listening, without
+/// and with pipelining) against a fresh Redis: the ceiling of what a node behind it can
+/// publish. Returns the summary lines.
+fn redis_ceiling(setup: &Setup, options: &Options) -> Result<String> {
+    let benchmark = redis_bin("redis-benchmark").ok_or("redis-benchmark is not installed")?;
+    let variant = Variant::plain(Server::Herald, setup.pin);
+    let (mut redis, url) = start_redis(setup, &variant)?;
+    let port = url.rsplit(':').next().unwrap_or_default().to_owned();
+    let size: usize = options.size("size").parse().unwrap_or(256);
+    let payload = "x".repeat(size);
+    let requests = if options.smoke { "20000" } else { "500000" };
+    // One subscriber, so every PUBLISH is delivered once.
+    let subscriber = Command::new(redis_bin("redis-cli").unwrap_or_else(|| "redis-cli".into()))
+        .args(["-p", &port, "subscribe", "bench"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    thread::sleep(Duration::from_millis(200));
+    let mut summary = Vec::new();
+    for pipeline in ["1", "16"] {
+        let output = limited(variant.server_cores.as_deref())
+            .arg(&benchmark)
+            .args([
+                "-p", &port, "-n", requests, "-c", "50", "-P", pipeline, "--csv",
+            ])
+            .args(["PUBLISH", "bench", &payload])
+            .output()
+            .map_err(|e| format!("cannot run redis-benchmark: {e}"))?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        // `"test","rps",...` then one row per test.
+        let rps = text
+            .lines()
+            .nth(1)
+            .and_then(|row| row.split(',').nth(1))
+            .map(|rps| rps.trim_matches('"').to_owned())
+            .ok_or_else(|| format!("no figures from redis-benchmark: {text}"))?;
+        summary.push(format!(
+            "xtask: redis-benchmark PUBLISH {size} B, 1 subscriber, 50 clients, pipeline {pipeline}: {rps} publications/s"
+        ));
+    }
+    if let Ok(mut subscriber) = subscriber {
+        let _ = subscriber.kill();
+        let _ = subscriber.wait();
+    }
+    stop(&mut redis);
+    let summary = summary.join("\n");
+    let _ = fs::write(setup.out.join("redis-benchmark.txt"), &summary);
+    Ok(summary)
 }
 
 /// nginx + nchan with the same shape as Herald's setup: one worker, a publisher location and a
@@ -574,9 +848,8 @@ fn clock_ticks() -> u64 {
     })
 }
 
-/// Whether `taskset` exists and there are two cores to pin to.
-fn can_pin() -> bool {
-    let cores = thread::available_parallelism().map_or(1, usize::from);
+/// Whether `taskset` exists and there are two `cores` to pin to.
+fn can_pin(cores: usize) -> bool {
     let taskset = Command::new("taskset")
         .arg("--version")
         .stdout(Stdio::null())
@@ -708,6 +981,92 @@ mod tests {
                 .any(|w| w == ["--rate", "500"])
         );
         assert_eq!(options.size("curve"), "5,10");
+    }
+
+    fn setup(cores: usize, nchan: bool) -> Setup {
+        Setup {
+            root: PathBuf::new(),
+            bin: PathBuf::new(),
+            out: PathBuf::new(),
+            clk_tck: 100,
+            pin: true,
+            cores,
+            nchan: nchan.then(|| Nchan {
+                nginx: "nginx".to_owned(),
+                module: NCHAN_MODULE.to_owned(),
+            }),
+        }
+    }
+
+    fn labels(options: &Options, setup: &Setup, scenario: &str) -> Vec<String> {
+        variants(options, setup, scenario)
+            .into_iter()
+            .map(|v| v.label)
+            .collect()
+    }
+
+    #[test]
+    fn churn_runs_the_floor_beside_herald_and_nchan() {
+        let options = parse(&[]).unwrap().unwrap();
+        let setup = setup(2, true);
+        assert_eq!(
+            labels(&options, &setup, "churn"),
+            ["herald", "floor", "nchan"]
+        );
+        assert_eq!(labels(&options, &setup, "fanout"), ["herald", "nchan"]);
+        let floor = &variants(&options, &setup, "churn")[1];
+        assert_eq!(floor.server_cores.as_deref(), Some("0"));
+        assert_eq!(floor.generator_cores.as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn cores_put_the_server_and_the_generator_on_separate_cores() {
+        let options = parse(&["--cores", "1,2,4"]).unwrap().unwrap();
+        assert_eq!(options.scenarios, ["fanout"]);
+        assert!(options.herald && !options.nchan);
+        let list = variants(&options, &setup(8, true), "fanout");
+        let pins: Vec<_> = list
+            .iter()
+            .map(|v| {
+                (
+                    v.label.as_str(),
+                    v.server_cores.as_deref(),
+                    v.generator_cores.as_deref(),
+                    v.generator_threads,
+                )
+            })
+            .collect();
+        assert_eq!(
+            pins,
+            [
+                ("herald 1c", Some("0"), Some("1-7"), 7),
+                ("herald 2c", Some("0-1"), Some("2-7"), 6),
+                ("herald 4c", Some("0-3"), Some("4-7"), 4),
+            ]
+        );
+        // No core left for the generator: it shares, and says so.
+        let all = variants(
+            &parse(&["--cores", "2"]).unwrap().unwrap(),
+            &setup(2, false),
+            "fanout",
+        );
+        assert_eq!(all[0].label, "herald 2c shared");
+        assert_eq!(all[0].generator_cores, None);
+        assert!(parse(&["--cores", "0"]).is_err());
+        assert!(parse(&["--cores", "1,x"]).is_err());
+    }
+
+    #[test]
+    fn redis_runs_herald_behind_redis_beside_memory() {
+        let options = parse(&["--redis"]).unwrap().unwrap();
+        assert_eq!(options.scenarios, ["fanout", "p2p"]);
+        let list = variants(&options, &setup(2, true), "fanout");
+        assert_eq!(
+            list.iter()
+                .map(|v| (v.label.as_str(), v.redis))
+                .collect::<Vec<_>>(),
+            [("herald", false), ("herald+redis", true)]
+        );
     }
 
     #[test]

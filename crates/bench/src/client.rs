@@ -66,6 +66,8 @@ pub(crate) struct Target {
     /// Put between `bench` and the topic index, so runs against one server can use fresh
     /// topics (a fresh offset sequence for Herald, an empty message buffer for nchan).
     topic_prefix: String,
+    /// What reports call it, when not the kind's name.
+    label: Option<String>,
 }
 
 /// The claims of a bench client's token.
@@ -101,6 +103,7 @@ impl Target {
             jwt_key,
             ws_config,
             topic_prefix: String::new(),
+            label: None,
         })
     }
 
@@ -111,6 +114,16 @@ impl Target {
             topic_prefix: prefix.to_owned(),
             ..self.clone()
         }
+    }
+
+    /// The same target, named `label` in reports (its kind's name when `None`).
+    pub(crate) fn with_label(self, label: Option<String>) -> Self {
+        Self { label, ..self }
+    }
+
+    /// What reports call this target.
+    pub(crate) fn name(&self) -> &str {
+        self.label.as_deref().unwrap_or(self.kind.name())
     }
 
     /// The name of topic index `k` on this server.

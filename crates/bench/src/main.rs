@@ -16,6 +16,7 @@
 mod churn;
 mod client;
 mod fanout;
+mod floor;
 mod frame;
 mod histogram;
 mod procfs;
@@ -86,6 +87,10 @@ struct Common {
     /// core).
     #[arg(long, default_value_t = 1, global = true)]
     threads: usize,
+    /// The name the reports give the target (default: `herald` or `nchan`), for runs of one
+    /// server in several setups side by side (`floor`, `herald+redis`, `herald 2 cores`).
+    #[arg(long, global = true)]
+    label: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -101,6 +106,9 @@ enum Scenario {
     Churn(ChurnArgs),
     /// Fanout on one topic at several subscriber counts: server CPU per delivery at each.
     Curve(CurveArgs),
+    /// Serves the churn client at --addr with fixed bytes and no state: the floor under a
+    /// server's churn cost (see `floor.rs`). Runs until killed.
+    Floor,
     /// Prints a results file (JSON lines, an array, or {"results": [...]}) as a table.
     Report {
         /// The results file.
@@ -226,7 +234,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    let runtime = if cli.common.threads <= 1 {
+    let runtime = if cli.common.threads <= 1 || matches!(cli.scenario, Scenario::Floor) {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -243,6 +251,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if matches!(cli.scenario, Scenario::Floor) {
+        return match runtime.block_on(floor::serve(cli.common.addr)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("herald-bench: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match runtime.block_on(run(&cli)) {
         Ok(reports) => {
             let failed = reports.iter().any(|r| !r.ok);
@@ -278,7 +295,8 @@ async fn run(cli: &Cli) -> anyhow::Result<Vec<Report>> {
         common.api_key.clone(),
         common.jwt_secret.as_deref(),
         common.read_buffer,
-    )?;
+    )?
+    .with_label(common.label.clone());
     let server = common
         .server_pid
         .map(|pid| Server::new(pid, common.clk_tck));
@@ -364,7 +382,7 @@ async fn run(cli: &Cli) -> anyhow::Result<Vec<Report>> {
             let outcome = churn::run(&target, plan, server, generator).await;
             reports.push(churn_report(&target, json!(args), &outcome, server));
         }
-        Scenario::Report { .. } => {}
+        Scenario::Report { .. } | Scenario::Floor => {}
     }
     for report in &reports {
         emit(report);
@@ -421,7 +439,7 @@ fn fanout_plan(
 
 fn base_report(target: &Target, scenario: &str, params: Value) -> Report {
     Report {
-        target: target.kind.name().to_owned(),
+        target: target.name().to_owned(),
         scenario: scenario.to_owned(),
         params,
         ..Report::default()

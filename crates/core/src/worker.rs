@@ -22,9 +22,20 @@ use crate::{
 /// Operations the worker takes per turn before yielding to other tasks.
 const OPERATION_BATCH: usize = 64;
 
+/// A publisher's answer, held until the worker's turn ends.
+type Answer = (Reply<PublishOutcome>, Result<PublishOutcome, GatewayError>);
+
 /// Performs queued operations until shutdown has begun and the queue is empty.
+///
+/// The HTTP publishers of a turn are answered at its end, once every publication of the turn
+/// is queued to its subscribers: a task woken later runs earlier (the runtime's LIFO slot), so
+/// answering each publisher right after its own publication put every answer's socket write
+/// between the deliveries of a burst of publications, where the deliveries now leave first.
+/// A publisher is answered when its publication is queued, as before, never later than the
+/// turn it is performed in.
 pub(crate) async fn run(node: &Arc<Node>) {
     let mut batch = Vec::with_capacity(OPERATION_BATCH);
+    let mut answers: Vec<Answer> = Vec::with_capacity(OPERATION_BATCH);
     loop {
         node.operations.pop_batch(OPERATION_BATCH, &mut batch);
         if batch.is_empty() {
@@ -35,15 +46,19 @@ pub(crate) async fn run(node: &Arc<Node>) {
             continue;
         }
         for queued in batch.drain(..) {
-            perform(node, queued);
+            perform(node, queued, &mut answers);
+        }
+        for (sender, result) in answers.drain(..) {
+            answer(sender, result);
         }
         tokio::task::yield_now().await;
     }
 }
 
-/// Performs one operation and answers it. Every frame queued here for a publication, push or
-/// event is counted as delivered, once per operation.
-fn perform(node: &Arc<Node>, queued: Queued) {
+/// Performs one operation and answers it (an HTTP publisher's answer goes to `answers`, for
+/// the end of the turn). Every frame queued here for a publication, push or event is counted
+/// as delivered, once per operation.
+fn perform(node: &Arc<Node>, queued: Queued, answers: &mut Vec<Answer>) {
     let connections = &node.connections;
     let counters = &node.counters;
     let Queued {
@@ -81,7 +96,10 @@ fn perform(node: &Arc<Node>, queued: Queued) {
                     counters,
                 );
                 finish(node, envelope, outcome.delivered);
-                answer_publish(node, &topic, reply, Ok(outcome));
+                match reply {
+                    PublishReply::Caller(sender) => answers.push((sender, Ok(outcome))),
+                    ack => answer_publish(node, &topic, ack, Ok(outcome)),
+                }
             }
         }
         Operation::Broadcast(broadcast, sender) => {

@@ -148,10 +148,25 @@ pub(crate) fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
 }
 
 /// The percent-decoded value of `name` in a query string (`+` is a space).
+///
+/// A key or value with nothing to decode (a JWT in `?token=` has none) is compared or copied
+/// as it is: this runs on every WebSocket handshake.
 pub(crate) fn query_param(query: &str, name: &str) -> Option<String> {
+    let plain = |text: &str| !text.contains(['%', '+']);
     query.split('&').find_map(|pair| {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        (percent_decode(key) == name).then(|| percent_decode(&value.replace('+', " ")))
+        let matches = if plain(key) {
+            key == name
+        } else {
+            percent_decode(&key.replace('+', " ")) == name
+        };
+        matches.then(|| {
+            if plain(value) {
+                value.to_owned()
+            } else {
+                percent_decode(&value.replace('+', " "))
+            }
+        })
     })
 }
 
@@ -202,6 +217,12 @@ mod tests {
             Some("a.b.c")
         );
         assert_eq!(query_param("a=1", "b"), None);
+        assert_eq!(
+            query_param("t%68read=x+y&b=2", "thread").as_deref(),
+            Some("x y")
+        );
+        assert_eq!(query_param("a=1&token=", "token").as_deref(), Some(""));
+        assert_eq!(query_param("a=1&token", "token").as_deref(), Some(""));
         assert_eq!(percent_decode("chat%3A1"), "chat:1");
         assert_eq!(percent_decode("bad%zz%"), "bad%zz%");
     }

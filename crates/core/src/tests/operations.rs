@@ -90,3 +90,73 @@ fn api_operations_wait_in_the_bounded_queue_highest_priority_first() {
     );
     assert_eq!(harness.stats().operations.queued, 0);
 }
+
+/// Records, when the publisher it wakes is answered, how many frames another subscriber's
+/// queue holds.
+struct QueuedAtAnswer {
+    other: Arc<crate::Connection>,
+    seen: std::sync::Mutex<Option<usize>>,
+}
+
+impl std::task::Wake for QueuedAtAnswer {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        seen.get_or_insert(self.other.outbox().len());
+    }
+}
+
+#[test]
+fn http_publishers_are_answered_once_every_publication_of_the_turn_is_queued() {
+    let harness = Harness::new();
+    let mut alice = harness.connect("alice");
+    let mut bob = harness.connect("bob");
+    subscribe(&mut alice, "chat:1");
+    subscribe(&mut bob, "chat:2");
+    let gateway = &harness.gateway;
+    let publication = |name: &str| Publication {
+        topic: topic(name),
+        data: raw("1"),
+        priority: Priority::Normal,
+        id: None,
+    };
+    let probe = Arc::new(QueuedAtAnswer {
+        other: Arc::clone(bob.connection()),
+        seen: std::sync::Mutex::new(None),
+    });
+    let waker = Waker::from(Arc::clone(&probe));
+    let mut noop = Context::from_waker(Waker::noop());
+    let mut first = pin!(gateway.publish(publication("chat:1")));
+    let mut second = pin!(gateway.publish(publication("chat:2")));
+    assert!(
+        first
+            .as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending()
+    );
+    assert!(second.as_mut().poll(&mut noop).is_pending());
+    run_operations(gateway);
+    // The first publisher heard back only once bob's publication, performed after it in the
+    // same turn, was queued too.
+    let seen = *probe
+        .seen
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    assert_eq!(seen, Some(1));
+    assert!(matches!(first.as_mut().poll(&mut noop), Poll::Ready(Ok(o)) if o.offset == 1));
+    assert!(matches!(second.as_mut().poll(&mut noop), Poll::Ready(Ok(o)) if o.offset == 1));
+    assert_frames(
+        &frames(&alice),
+        &json!([{"type": "message", "topic": "chat:1"}]),
+    );
+    assert_frames(
+        &frames(&bob),
+        &json!([{"type": "message", "topic": "chat:2"}]),
+    );
+}
