@@ -738,6 +738,7 @@ mod tests {
     fn a_compressed_binary_message_and_an_empty_one_are_read() {
         let mut compressor = Compress::new(Compression::default(), false);
         let mut sent = client_frame(0xc2, &client_compress(&mut compressor, &[0, 1, 2, 0, 1, 2]));
+        compressor.reset();
         sent.extend(client_frame(0xc1, &client_compress(&mut compressor, b"")));
         sent.extend(client_frame(0xc1, &[0x00]));
         let (messages, end) = read_through(agreed(), 1 << 20, &sent, vec![64], false);
