@@ -12,7 +12,7 @@ use crate::server::herald_bin;
 /// The `websockets` release the tests run against.
 const WEBSOCKETS: &str = "websockets==17.4";
 
-/// The virtual environment's `python`, with [`WEBSOCKETS`] installed: made under
+/// The virtual environment's `python`, with the pinned `websockets` installed: made under
 /// `<target>/py-websockets` when it is not there yet (built aside and renamed into place, so an
 /// interrupted install is never taken for a finished one).
 pub async fn python_websockets() -> anyhow::Result<PathBuf> {

@@ -906,3 +906,26 @@ fn redis_settings_are_parsed_and_checked() {
         r#"invalid value "a b" for HERALD_NODE_ID (node_id): expected 1 to 64 bytes without whitespace"#,
     );
 }
+
+#[test]
+fn the_compression_switch_is_a_boolean_in_every_layer() {
+    assert!(load(None, &[], &[]).compression_enabled);
+    assert!(!load(None, &[("HERALD_COMPRESSION_ENABLED", "false")], &[]).compression_enabled);
+    assert!(!load(Some("compression_enabled = false\n"), &[], &[]).compression_enabled);
+    assert!(
+        load(
+            Some("compression_enabled = false\n"),
+            &[],
+            &[("compression_enabled", "true")]
+        )
+        .compression_enabled
+    );
+    check_env_error(
+        &[("HERALD_COMPRESSION_ENABLED", "no")],
+        r#"invalid value "no" for HERALD_COMPRESSION_ENABLED (compression_enabled): expected `true` or `false`"#,
+    );
+    check_file_error(
+        "compression_enabled = \"false\"\n",
+        "expected `true` or `false`",
+    );
+}

@@ -30,8 +30,9 @@ use crate::{
     respond::{bearer_token, error_response, query_param},
     ws::{
         Ws,
-        deflate::{self, Deflate, Inflating},
+        deflate::{self, Deflate},
         driver::drive,
+        inflate::Inflating,
         writer::Chunk,
     },
 };

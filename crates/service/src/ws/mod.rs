@@ -7,8 +7,9 @@
 //!   path, `upgrade` for hyper's), and sets tungstenite up on the socket (`websocket`).
 //! - `driver`: the per-connection loop (`drive`), its read and write budgets, and the close
 //!   handshake.
-//! - `deflate`: permessage-deflate (RFC 7692): the negotiation, the compression of an
-//!   outbound message (once per frame, shared) and the inflating layer under tungstenite.
+//! - `deflate`: permessage-deflate (RFC 7692): the negotiation and the compression of an
+//!   outbound message (once per frame, shared).
+//! - `inflate`: the layer under tungstenite that inflates a client's compressed messages.
 //! - `wire`: the socket shared by tungstenite (reads, control replies) and the data-frame
 //!   writer, in turns, so that no control frame lands inside a data frame.
 //! - `writer`: data frames encoded and written with vectored writes.
@@ -19,12 +20,13 @@ mod deflate;
 mod driver;
 mod echo;
 mod handshake;
+mod inflate;
 mod wire;
 mod writer;
 
 use tokio_tungstenite::WebSocketStream;
 
-use crate::ws::deflate::Inflating;
+use crate::ws::inflate::Inflating;
 
 pub(crate) use crate::ws::{
     driver::drive,

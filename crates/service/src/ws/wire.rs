@@ -16,7 +16,7 @@ use tokio_tungstenite::{
 
 use crate::ws::{
     Ws,
-    deflate::{Failure, Inflating},
+    inflate::{Failure, Inflating},
     writer::{Compression, Writer},
 };
 
