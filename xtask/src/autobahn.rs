@@ -1,5 +1,6 @@
-//! `cargo xtask autobahn`: the Autobahn|Testsuite fuzzing client (`wstest -m fuzzingclient`),
-//! every case (permessage-deflate's 12.* and 13.* included), against the echo endpoint of the
+//! `cargo xtask autobahn [--full]`: the Autobahn|Testsuite fuzzing client (`wstest -m
+//! fuzzingclient`), every case or the quick scope `ci` runs (permessage-deflate's 12.* and 13.*
+//! in part), against the echo endpoint of the
 //! real `herald` binary, which uses the same frame reader, inflating layer and writer as `/ws`; fails on any case that is not passed strictly, but for the few listed in
 //! [`KNOWN_NON_STRICT`] with the reason.
 //!
@@ -21,6 +22,13 @@ use crate::{
 
 /// The suite's release (its last, for Python 2.7).
 const VERSION: &str = "25.10.1";
+
+/// The compression cases of the quick run (`ci`): each kind of payload and each offer once with
+/// small messages, and the large, barely compressible messages that once came back truncated.
+const QUICK_COMPRESSION_CASES: &[&str] = &[
+    "12.1.1", "12.1.9", "12.2.9", "12.3.9", "12.4.9", "12.5.9", "12.5.18", "13.1.1", "13.2.1",
+    "13.3.1", "13.4.1", "13.5.1", "13.6.1", "13.7.1",
+];
 
 /// Cases that pass, but not strictly, with why. Anything else that is not `OK` (or
 /// `INFORMATIONAL`) fails the run.
@@ -78,8 +86,36 @@ fn which(name: &str) -> Option<PathBuf> {
         .find(|path| path.is_file())
 }
 
-/// Runs the suite against `target/debug/herald` (built by the caller).
-pub(crate) fn autobahn(root: &Path) -> Result {
+/// How much of the suite runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// Every case (about 15 minutes against a debug build on two cores).
+    Full,
+    /// Every case but the compression ones, and [`QUICK_COMPRESSION_CASES`] of those (about a
+    /// minute): what `ci` runs.
+    Quick,
+}
+
+impl Scope {
+    /// The spec's `cases`, as JSON.
+    fn cases(self) -> String {
+        match self {
+            Self::Full => r#"["*"]"#.to_owned(),
+            Self::Quick => {
+                let mut cases: Vec<String> = (1..=11).map(|n| format!(r#""{n}.*""#)).collect();
+                cases.extend(
+                    QUICK_COMPRESSION_CASES
+                        .iter()
+                        .map(|case| format!(r#""{case}""#)),
+                );
+                format!("[{}]", cases.join(", "))
+            }
+        }
+    }
+}
+
+/// Runs the suite's `scope` against `target/debug/herald` (built by the caller).
+pub(crate) fn autobahn(root: &Path, scope: Scope) -> Result {
     let python = python2()?;
     let target_dir =
         env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
@@ -94,8 +130,9 @@ pub(crate) fn autobahn(root: &Path) -> Result {
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let spec = out.join("fuzzingclient.json");
     let spec_text = format!(
-        r#"{{"outdir": "{}", "servers": [{{"agent": "herald", "url": "ws://{addr}/echo"}}], "cases": ["*"], "exclude-cases": [], "exclude-agent-cases": {{}}}}"#,
-        reports.display()
+        r#"{{"outdir": "{}", "servers": [{{"agent": "herald", "url": "ws://{addr}/echo"}}], "cases": {}, "exclude-cases": [], "exclude-agent-cases": {{}}}}"#,
+        reports.display(),
+        scope.cases()
     );
     fs::write(&spec, spec_text).map_err(|e| format!("cannot write {}: {e}", spec.display()))?;
 
@@ -256,7 +293,16 @@ fn verdict(case: &str, behavior: &str, close: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::verdict;
+    use super::{Scope, verdict};
+
+    #[test]
+    fn the_quick_scope_names_every_non_compression_group_and_some_compression_cases() {
+        let cases = Scope::Quick.cases();
+        assert!(cases.starts_with(r#"["1.*", "2.*""#), "{cases}");
+        assert!(cases.contains(r#""11.*", "12.1.1""#), "{cases}");
+        assert!(!cases.contains(r#""12.*""#), "{cases}");
+        assert_eq!(Scope::Full.cases(), r#"["*"]"#);
+    }
 
     #[test]
     fn only_strict_passes_and_the_listed_exceptions_pass() {

@@ -41,15 +41,38 @@ tasks:
           every fuzz target of fuzz/ for SECONDS each (installs cargo-fuzz 0.13.2)
   schemathesis
           the HTTP API against docs/openapi.yaml, on target/debug/herald (built first)
-  autobahn
+  autobahn [--full]
           the Autobahn|Testsuite fuzzing client against the echo endpoint of target/debug/herald
-          (built first); needs a Python 2.7 (pyenv's is found)
+          (built first): every non-compression case and some compression ones, or with --full
+          every case (about 15 minutes); needs a Python 2.7 (pyenv's is found)
   bench   load benchmarks of Herald (and nginx + nchan): fanout, p2p, idle, churn, curve;
           `cargo xtask bench --help` for the options
   dashboard-screenshot
           docs/images/dashboard.png: the dashboard in headless Chromium while herald-bench
           loads a release build of Herald
 ";
+
+/// `cargo xtask autobahn [--full]`: builds the binary, then runs the suite's quick or full
+/// scope against it.
+fn autobahn_task(args: &[String]) -> Result {
+    let scope = match args.first().map(String::as_str) {
+        None => autobahn::Scope::Quick,
+        Some("--full") => autobahn::Scope::Full,
+        Some(other) => return Err(format!("autobahn: unknown option `{other}`\n\n{USAGE}")),
+    };
+    cargo(
+        &[
+            "build",
+            "--locked",
+            "--package",
+            "herald-service",
+            "--bin",
+            "herald",
+        ],
+        &[],
+    )?;
+    autobahn::autobahn(&project_root(), scope)
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -59,18 +82,7 @@ fn main() -> ExitCode {
         Some("dashboard-screenshot") => dashboard_screenshot(),
         Some("fuzz") => fuzz::fuzz_task(&args[1..]),
         Some("schemathesis") => schemathesis::schemathesis(&project_root()),
-        Some("autobahn") => cargo(
-            &[
-                "build",
-                "--locked",
-                "--package",
-                "herald-service",
-                "--bin",
-                "herald",
-            ],
-            &[],
-        )
-        .and_then(|()| autobahn::autobahn(&project_root())),
+        Some("autobahn") => autobahn_task(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             print!("{USAGE}");
             Ok(())
@@ -149,7 +161,7 @@ fn ci() -> Result {
     schemathesis::schemathesis(&root)?;
     // WebSocket conformance of the same binary's reader and writer, where Python 2.7 exists.
     match autobahn::python2() {
-        Ok(_) => autobahn::autobahn(&root)?,
+        Ok(_) => autobahn::autobahn(&root, autobahn::Scope::Quick)?,
         Err(missing) => println!("xtask: autobahn skipped: {missing}"),
     }
     // A short fuzz pass over every parser target; a crash fails CI.
