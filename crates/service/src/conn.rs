@@ -370,9 +370,10 @@ mod tests {
     /// for the `closed` log, 792 with the connection's standing with the per-address limits
     /// (`abuse::Client`), 808 with the writer's acceptance instant of the oldest publication
     /// it holds (the delivery latency), 800 once the session tracker is no longer held across
-    /// the driver's await. Those 8 bytes took tokio's task cell (128-byte aligned) from
-    /// jemalloc's 1,024-byte class to its 896-byte one: 2,820 to 2,670 bytes per idle
-    /// connection in the bench. A captured value stored twice (an
+    /// the driver's await, 808 with the inflating layer's pointer to a compression agreement,
+    /// 800 again once the control-reply flag moved into the writer's spare room. 800 keeps
+    /// tokio's task cell (128-byte aligned) in jemalloc's 896-byte class rather than its
+    /// 1,024-byte one: 2,820 to 2,670 bytes per idle connection in the bench. A captured value stored twice (an
     /// `async fn`'s parameters, or a value moved out of a capture) costs hundreds more.
     #[test]
     fn an_idle_connections_task_stays_small() {

@@ -39,9 +39,8 @@ use crate::ws::{
 ///   succeeds leaves it holding nothing.
 pub(super) struct Wire<S> {
     ws: WebSocketStream<Inflating<S>>,
+    /// The data frames, and whether tungstenite holds a control reply not written yet.
     writer: Writer,
-    /// tungstenite holds a control reply that is not written yet.
-    control_pending: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
@@ -50,7 +49,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         Self {
             ws,
             writer: Writer::default(),
-            control_pending: false,
         }
     }
 
@@ -81,7 +79,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         let message = ready!(Pin::new(&mut self.ws).poll_next(cx));
         if let Some(Ok(Message::Ping(_) | Message::Close(_))) = &message {
             // tungstenite queued the pong (or the close reply): see the type's docs.
-            self.control_pending = true;
+            self.writer.control_pending = true;
         }
         // A compressed message that failed to inflate reaches tungstenite as a read error:
         // report it as what it is.
@@ -109,7 +107,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), tungstenite::Error>> {
-        if !self.control_pending {
+        if !self.writer.control_pending {
             return Poll::Ready(Ok(()));
         }
         ready!(
@@ -117,7 +115,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
                 .poll_finish_frame(cx, self.ws.get_mut().get_mut())
         )?;
         ready!(Pin::new(&mut self.ws).poll_flush(cx))?;
-        self.control_pending = false;
+        self.writer.control_pending = false;
         Poll::Ready(Ok(()))
     }
 

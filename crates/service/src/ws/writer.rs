@@ -48,11 +48,16 @@ pub(super) struct Writer {
     drained: Vec<Frame>,
     /// Frame headers and payloads, oldest first.
     out: VecDeque<Chunk>,
-    /// Bytes of the front chunk already written.
-    written: usize,
     /// The earliest acceptance of a live publication among the staged frames, reported as
     /// the delivery latency once they are all written.
     accepted: Option<Instant>,
+    /// Bytes of the front chunk already written: a chunk is a header or one message's payload,
+    /// at most `max_payload_bytes` (64 MiB) or the compressed copy of one, so far below 4 GiB.
+    written: u32,
+    /// Whether tungstenite, the socket's other writer, holds a control reply not written yet.
+    /// `Wire` sets and clears it; it lives here, beside `written`, where it takes no room of
+    /// its own (an idle connection's task stays in its allocator class).
+    pub(super) control_pending: bool,
 }
 
 /// A piece of an encoded data frame.
@@ -165,6 +170,11 @@ impl Saved {
 impl Writer {
     /// Most chunks handed to one `writev`.
     const MAX_SLICES: usize = 128;
+
+    /// Bytes of the front chunk already written.
+    fn written(&self) -> usize {
+        self.written as usize
+    }
 
     /// Whether no data frame is half-written, so another writer (tungstenite) may write.
     pub(super) fn at_frame_boundary(&self) -> bool {
@@ -324,8 +334,8 @@ impl Writer {
         let mut rest = Vec::with_capacity(chunks);
         for _ in 0..chunks {
             let bytes = match self.out.pop_front() {
-                Some(Chunk::Payload(payload)) => payload.slice(self.written..),
-                Some(header) => Bytes::copy_from_slice(&header.as_bytes()[self.written..]),
+                Some(Chunk::Payload(payload)) => payload.slice(self.written()..),
+                Some(header) => Bytes::copy_from_slice(&header.as_bytes()[self.written()..]),
                 None => break,
             };
             rest.push(bytes);
@@ -363,7 +373,7 @@ impl Writer {
             for (i, chunk) in self.out.iter().take(take).enumerate() {
                 let bytes = chunk.as_bytes();
                 slices[i] = IoSlice::new(if i == 0 {
-                    &bytes[self.written..]
+                    &bytes[self.written()..]
                 } else {
                     bytes
                 });
@@ -376,9 +386,10 @@ impl Writer {
             while chunks > 0
                 && let Some(front) = self.out.front()
             {
-                let left = front.as_bytes().len() - self.written;
+                let left = front.as_bytes().len() - self.written();
                 if n < left {
-                    self.written += n;
+                    // Less than the rest of one chunk, so below 4 GiB (see `written`).
+                    self.written += n as u32;
                     break;
                 }
                 n -= left;
