@@ -17,7 +17,7 @@
 //! `<len>:<id>` per id; every other node drops its copies.
 //!
 //! Every Redis call of this module goes through one task ([`run_calls`]) and one time bound
-//! ([`bounded`]); a call that fails or times out is answered with
+//! (`link::bounded`, through the node's circuit breaker); a call that fails or times out is answered with
 //! [`EventStoreError::Unavailable`], so the gateway refuses the event (HTTP 503) instead of
 //! accepting what it could not keep.
 
@@ -30,22 +30,17 @@ use herald_core::{
     AckedElsewhere, Appended, EventStore, EventStoreError, EventStoreReply, Frame, StoredEvent,
     ThreadId, UserId,
 };
-use redis::{
-    Client, IntoConnectionInfo as _, ProtocolVersion, PushInfo, PushKind, RedisError, Script,
-    Value,
-    aio::{ConnectionManager, ConnectionManagerConfig},
-};
+use redis::{PushInfo, PushKind, Script, Value, aio::ConnectionManager};
 use tokio::sync::mpsc;
 
 use crate::{
     broker::{RedisBrokerError, RedisSettings},
     guard::RedisBreaker,
+    link::{self, bounded},
 };
 
 /// Calls queued for the store's task before callers are refused.
 const CALL_QUEUE: usize = 10_000;
-/// How often the acknowledgement subscriber is pinged, which also drives its reconnection.
-const KEEP_ALIVE: Duration = Duration::from_secs(1);
 
 /// Drops the user's events older than the time-to-live from the head of the list.
 /// `KEYS`: list, hash. `ARGV[1]`: now (ms), `ARGV[2]`: time-to-live (ms).
@@ -182,10 +177,9 @@ impl RedisEventStore {
         settings: RedisSettings,
         breaker: RedisBreaker,
     ) -> Result<Self, RedisBrokerError> {
-        let (push_sender, pushes) = mpsc::unbounded_channel::<PushInfo>();
-        let connection = open(&settings, None)?;
-        let subscriber = open(&settings, Some(push_sender))?;
         let channel = acks_channel(&settings.key_prefix);
+        let (connection, subscription, pushes) =
+            link::connect(&settings, &breaker, channel).await?;
         let (calls, queue) = mpsc::channel(CALL_QUEUE);
         let shared = Arc::new(Shared {
             settings,
@@ -193,11 +187,13 @@ impl RedisEventStore {
             local: Mutex::new(None),
             breaker: breaker.clone(),
         });
-        let subscription =
-            Subscription::start(&shared.settings, &breaker, subscriber, channel).await;
         tokio::spawn(run_calls(Arc::downgrade(&shared), connection, queue));
         tokio::spawn(receive_acks(Arc::downgrade(&shared), pushes));
-        tokio::spawn(keep_alive(Arc::downgrade(&shared), breaker, subscription));
+        tokio::spawn(link::keep_alive(
+            Arc::downgrade(&shared),
+            breaker,
+            subscription,
+        ));
         Ok(Self { shared })
     }
 
@@ -271,31 +267,6 @@ impl EventStore for RedisEventStore {
     }
 }
 
-/// A connection manager to the configured Redis (RESP3), each command bounded by the command
-/// timeout; with `pushes`, a subscriber that resubscribes after a reconnect.
-pub(crate) fn open(
-    settings: &RedisSettings,
-    pushes: Option<mpsc::UnboundedSender<PushInfo>>,
-) -> Result<ConnectionManager, RedisBrokerError> {
-    let info = settings.url.as_str().into_connection_info()?;
-    let redis_settings = info
-        .redis_settings()
-        .clone()
-        .set_protocol(ProtocolVersion::RESP3);
-    let client = Client::open(info.set_redis_settings(redis_settings))?;
-    let mut config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(settings.connect_timeout))
-        .set_response_timeout(Some(settings.command_timeout))
-        .set_number_of_retries(2)
-        .set_max_delay(Duration::from_millis(500));
-    if let Some(pushes) = pushes {
-        config = config
-            .set_push_sender(pushes)
-            .set_automatic_resubscription();
-    }
-    Ok(ConnectionManager::new_lazy_with_config(client, config)?)
-}
-
 /// A per-user key: `<prefix><kind>:<byte length>:{<user>}`.
 pub(crate) fn user_key(prefix: &str, kind: &str, user: &UserId) -> String {
     format!(
@@ -307,19 +278,6 @@ pub(crate) fn user_key(prefix: &str, kind: &str, user: &UserId) -> String {
 
 fn acks_channel(prefix: &str) -> String {
     format!("{prefix}acks")
-}
-
-/// `work`, through the node's circuit breaker and bounded by `timeout`: refused at once while
-/// the breaker is open; a failure is the message to answer with.
-pub(crate) async fn bounded<T>(
-    breaker: &RedisBreaker,
-    timeout: Duration,
-    work: impl Future<Output = Result<T, RedisError>>,
-) -> Result<T, String> {
-    breaker
-        .call(timeout, work)
-        .await
-        .map_err(|error| error.to_string())
 }
 
 /// The store's task: performs the calls one at a time, in the order they were made. Every
@@ -509,77 +467,6 @@ async fn receive_acks(shared: Weak<Shared>, mut pushes: mpsc::UnboundedReceiver<
         if let Some(local) = local {
             let ids: Vec<String> = ids.into_iter().map(str::to_owned).collect();
             local.acknowledged(&UserId::new(user), &ids);
-        }
-    }
-}
-
-/// A store's subscriber connection and the one channel it listens on.
-pub(crate) struct Subscription {
-    subscriber: ConnectionManager,
-    channel: String,
-    timeout: Duration,
-    /// Whether the channel was subscribed to; the connection manager resubscribes a new
-    /// connection to it from then on.
-    subscribed: bool,
-}
-
-impl Subscription {
-    /// Subscribes `subscriber` to `channel` if Redis answers within the connect timeout;
-    /// otherwise [`keep_alive`] subscribes once it does.
-    pub(crate) async fn start(
-        settings: &RedisSettings,
-        breaker: &RedisBreaker,
-        mut subscriber: ConnectionManager,
-        channel: String,
-    ) -> Self {
-        let subscribed = breaker
-            .call(settings.connect_timeout * 2, subscriber.subscribe(&channel))
-            .await
-            .is_ok();
-        Self {
-            subscriber,
-            channel,
-            timeout: settings.command_timeout,
-            subscribed,
-        }
-    }
-}
-
-/// Pings a store's subscriber connection every [`KEEP_ALIVE`] through the breaker, which
-/// makes the connection manager notice a lost connection and reconnect (and resubscribe) even
-/// when nothing is published; subscribes first if that has not happened yet. Ends with its
-/// owner.
-pub(crate) async fn keep_alive<T: Send + Sync + 'static>(
-    owner: Weak<T>,
-    breaker: RedisBreaker,
-    mut subscription: Subscription,
-) {
-    let mut interval = tokio::time::interval(KEEP_ALIVE);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        interval.tick().await;
-        if owner.strong_count() == 0 {
-            return;
-        }
-        let Subscription {
-            subscriber,
-            channel,
-            timeout,
-            subscribed,
-        } = &mut subscription;
-        let answered = if *subscribed {
-            breaker
-                .call(*timeout, redis::cmd("PING").query_async::<()>(subscriber))
-                .await
-        } else {
-            let result = breaker
-                .call(*timeout, subscriber.subscribe(&*channel))
-                .await;
-            *subscribed = result.is_ok();
-            result
-        };
-        if let Err(error) = answered {
-            tracing::debug!(%error, channel = %channel, "redis: a store's subscriber did not answer");
         }
     }
 }

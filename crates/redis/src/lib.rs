@@ -16,6 +16,7 @@ mod broker;
 mod events;
 mod fallback;
 mod guard;
+mod link;
 mod preferences;
 mod script;
 mod wire;

@@ -25,8 +25,9 @@ use tokio::sync::mpsc;
 
 use crate::{
     broker::{RedisBrokerError, RedisSettings},
-    events::{Subscription, bounded, field, keep_alive, next_field, open, user_key},
+    events::{field, next_field, user_key},
     guard::RedisBreaker,
+    link::{self, bounded},
 };
 
 /// Calls queued for the store's task before callers are refused.
@@ -89,10 +90,9 @@ impl RedisPreferenceStore {
         settings: RedisSettings,
         breaker: RedisBreaker,
     ) -> Result<Self, RedisBrokerError> {
-        let (push_sender, pushes) = mpsc::unbounded_channel::<PushInfo>();
-        let connection = open(&settings, None)?;
-        let subscriber = open(&settings, Some(push_sender))?;
         let channel = changes_channel(&settings.key_prefix);
+        let (connection, subscription, pushes) =
+            link::connect(&settings, &breaker, channel).await?;
         let (calls, queue) = mpsc::channel(CALL_QUEUE);
         let shared = Arc::new(Shared {
             settings,
@@ -100,11 +100,13 @@ impl RedisPreferenceStore {
             local: Mutex::new(None),
             breaker: breaker.clone(),
         });
-        let subscription =
-            Subscription::start(&shared.settings, &breaker, subscriber, channel).await;
         tokio::spawn(run_calls(Arc::downgrade(&shared), connection, queue));
         tokio::spawn(receive_changes(Arc::downgrade(&shared), pushes));
-        tokio::spawn(keep_alive(Arc::downgrade(&shared), breaker, subscription));
+        tokio::spawn(link::keep_alive(
+            Arc::downgrade(&shared),
+            breaker,
+            subscription,
+        ));
         Ok(Self { shared })
     }
 
