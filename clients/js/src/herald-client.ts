@@ -145,6 +145,12 @@ export interface HeraldClientOptions {
   shouldReconnect?: (code: number) => boolean;
   /** Event ids remembered to drop repeats (default 10 000). */
   rememberedEvents?: number;
+  /**
+   * How long a request (`subscribe`, `publish`, preferences, `ack`, ...) waits for its reply
+   * before it fails with the code `timed_out`, in milliseconds (default 10 000). The
+   * connection stays up; a reply that arrives later is ignored.
+   */
+  requestTimeoutMs?: number;
   /** The WebSocket constructor (default `globalThis.WebSocket`). */
   WebSocket?: typeof WebSocket;
   /** A random number in [0, 1) for the jitter (default `Math.random`). */
@@ -358,8 +364,23 @@ export class HeraldClient {
       return Promise.reject(new HeraldError("disconnected", "not connected"));
     }
     const messageId = String(++this.nextId);
+    const timeoutMs = this.options.requestTimeoutMs ?? 10_000;
     return new Promise<T>((resolve, reject) => {
-      this.pending.set(messageId, { resolve, reject });
+      const timer = setTimeout(() => {
+        if (this.pending.delete(messageId)) {
+          reject(new HeraldError("timed_out", `no reply to ${type} within ${timeoutMs} ms`));
+        }
+      }, timeoutMs);
+      this.pending.set(messageId, {
+        resolve: (data) => {
+          clearTimeout(timer);
+          resolve(data);
+        },
+        reject: (error) => {
+          clearTimeout(timer);
+          reject(error);
+        },
+      });
       const frame: Record<string, unknown> = { type, messageId };
       if (data !== undefined) frame.data = data;
       socket.send(JSON.stringify(frame));

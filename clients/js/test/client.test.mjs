@@ -255,3 +255,27 @@ test("reconnection delays are jittered below the exponential bound", async () =>
   assert.deepEqual(delays, [0, 1, 3, 3]);
   herald.close();
 });
+
+test("a request without a reply fails with timed_out and the connection stays up", async () => {
+  const { herald } = client({ requestTimeoutMs: 30 });
+  herald.connect();
+  await tick();
+  const socket = ScriptedSocket.all[0];
+  await connected(socket);
+  const started = Date.now();
+  await assert.rejects(herald.publish("chat:1", { text: "hi" }), (error) => {
+    assert.equal(error.code, "timed_out");
+    return true;
+  });
+  assert.ok(Date.now() - started >= 25, "it waited for the timeout");
+  assert.equal(herald.state, "connected");
+  // A late reply is ignored; the next request still gets its own.
+  const late = socket.last("publish");
+  socket.deliver({ type: "ack", messageId: late.messageId, data: { topic: "chat:1", offset: 1, epoch: "e1" } });
+  const next = herald.publish("chat:1", { text: "again" });
+  await tick();
+  const sent = socket.last("publish");
+  socket.deliver({ type: "ack", messageId: sent.messageId, data: { topic: "chat:1", offset: 2, epoch: "e1", deduplicated: false } });
+  assert.equal((await next).offset, 2);
+  herald.close();
+});
