@@ -2,6 +2,7 @@
 //! close request that ends the connection.
 
 use std::{
+    cell::RefCell,
     fmt,
     sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError},
     task::{Context, Poll, Waker},
@@ -183,12 +184,74 @@ impl Inner {
     }
 }
 
-/// Releases the lock, then wakes the transport task if it is waiting.
+/// Releases the lock, then wakes the transport task if it is waiting (or, while a
+/// [`HeldWakes`] lives on this thread, leaves the wake to it).
 fn wake(mut inner: MutexGuard<'_, Inner>) {
     let waker = inner.waker.take();
     drop(inner);
-    if let Some(waker) = waker {
+    let Some(waker) = waker else {
+        return;
+    };
+    // Woken outside the borrow, so that a waker that queues a frame itself cannot re-enter it.
+    let now = HELD.with_borrow_mut(|held| match held {
+        Some(held) => {
+            held.push(waker);
+            None
+        }
+        None => Some(waker),
+    });
+    if let Some(waker) = now {
         waker.wake();
+    }
+}
+
+thread_local! {
+    /// The transport wakes held back on this thread while a [`HeldWakes`] lives; the vector
+    /// is kept between holds so a fan-out's wakes do not allocate each turn.
+    static HELD: RefCell<Option<Vec<Waker>>> = const { RefCell::new(None) };
+    /// The vector of the last hold, for the next one.
+    static SPARE: RefCell<Vec<Waker>> = const { RefCell::new(Vec::new()) };
+}
+
+/// While it lives, the transport tasks woken on this thread by frames and close requests are
+/// not woken at once but remembered; dropping it wakes them, in the order they were due.
+///
+/// The fan-out worker holds one over a turn so that the transports it filled are woken after
+/// the HTTP publishers it answers: the runtime runs the task woken last first, so the
+/// deliveries' socket writes go out before the answers and before the rest of a burst of
+/// requests, instead of behind them. Holds do not nest; a hold taken while one lives on the
+/// thread holds nothing and the outer one wakes everything.
+#[must_use = "the wakes are released when this is dropped"]
+pub(crate) struct HeldWakes {
+    outer: bool,
+}
+
+impl HeldWakes {
+    /// Starts holding this thread's transport wakes.
+    pub(crate) fn hold() -> Self {
+        let outer = HELD.with_borrow_mut(|held| {
+            if held.is_some() {
+                return false;
+            }
+            *held = Some(SPARE.take());
+            true
+        });
+        Self { outer }
+    }
+}
+
+impl Drop for HeldWakes {
+    fn drop(&mut self) {
+        if !self.outer {
+            return;
+        }
+        let Some(mut wakers) = HELD.with_borrow_mut(Option::take) else {
+            return;
+        };
+        for waker in wakers.drain(..) {
+            waker.wake();
+        }
+        SPARE.set(wakers);
     }
 }
 
@@ -510,6 +573,61 @@ mod tests {
             outbox.poll_close_requested(&mut cx),
             Poll::Ready(CloseCode::SlowConsumer)
         );
+    }
+
+    /// A waker that appends `n` to `log` when woken.
+    fn logging_waker(log: &std::sync::Arc<std::sync::Mutex<Vec<usize>>>, n: usize) -> Waker {
+        struct One(std::sync::Arc<std::sync::Mutex<Vec<usize>>>, usize);
+        impl std::task::Wake for One {
+            fn wake(self: std::sync::Arc<Self>) {
+                self.0
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(self.1);
+            }
+        }
+        Waker::from(std::sync::Arc::new(One(std::sync::Arc::clone(log), n)))
+    }
+
+    #[test]
+    fn held_wakes_are_released_in_order_when_the_hold_ends() {
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let counters = Counters::default();
+        let outboxes: Vec<Outbox> = (0..3).map(|_| Outbox::new(8, 1 << 20)).collect();
+        let wait = |outbox: &Outbox, n| {
+            let waker = logging_waker(&log, n);
+            assert_eq!(
+                outbox.poll_close_requested(&mut Context::from_waker(&waker)),
+                Poll::Pending
+            );
+        };
+        for (n, outbox) in outboxes.iter().enumerate() {
+            wait(outbox, n);
+        }
+        let taken = || log.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        {
+            let _held = HeldWakes::hold();
+            outboxes[2].offer(frame("c"), Priority::Normal, &counters);
+            {
+                // A hold inside a hold holds nothing of its own.
+                let _inner = HeldWakes::hold();
+                outboxes[0].offer(frame("a"), Priority::Normal, &counters);
+            }
+            outboxes[1].close(CloseCode::SlowConsumer);
+            assert!(taken().is_empty(), "nothing is woken while held");
+        }
+        assert_eq!(taken(), [2, 0, 1]);
+        // Without a hold a wake is at once, and a hold after a hold starts empty.
+        wait(&outboxes[0], 0);
+        outboxes[0].offer(frame("d"), Priority::Normal, &counters);
+        assert_eq!(taken(), [2, 0, 1, 0]);
+        wait(&outboxes[2], 2);
+        {
+            let _held = HeldWakes::hold();
+            outboxes[2].offer(frame("e"), Priority::Normal, &counters);
+            assert_eq!(taken().len(), 4);
+        }
+        assert_eq!(taken(), [2, 0, 1, 0, 2]);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::{
     events::{EventOutcome, EventSend},
     node::Node,
     operations::{Operation, PublishReply, Queued, Reply},
-    outbox::Frame,
+    outbox::{Frame, HeldWakes},
     publish::{PublishOutcome, Publisher},
 };
 
@@ -27,15 +27,25 @@ type Answer = (Reply<PublishOutcome>, Result<PublishOutcome, GatewayError>);
 
 /// Performs queued operations until shutdown has begun and the queue is empty.
 ///
-/// The HTTP publishers of a turn are answered at its end, once every publication of the turn
-/// is queued to its subscribers: a task woken later runs earlier (the runtime's LIFO slot), so
-/// answering each publisher right after its own publication put every answer's socket write
-/// between the deliveries of a burst of publications, where the deliveries now leave first.
-/// A publisher is answered when its publication is queued, as before, never later than the
-/// turn it is performed in.
+/// Ordered for delivery latency, given that the runtime runs the task woken last first (its
+/// LIFO slot) and every other woken task behind the ones already runnable, such as the rest
+/// of a burst of HTTP requests that arrived together:
+/// - the HTTP publishers of a turn are answered at its end, once every publication of the turn
+///   is queued to its subscribers, and the transports those publications filled are woken
+///   after the answers ([`HeldWakes`]), so that a delivery's socket write runs right after the
+///   turn, before the answers' writes and the rest of the burst, instead of behind them;
+/// - the worker yields once every [`OPERATION_BATCH`] operations, not after every turn: the
+///   runtime runs a yielded task again only after its next I/O poll, which would leave every
+///   publication of a burst but the first waiting behind the whole burst.
+///
+/// A publisher is answered when its publication is queued, never later than the turn it is
+/// performed in.
 pub(crate) async fn run(node: &Arc<Node>) {
     let mut batch = Vec::with_capacity(OPERATION_BATCH);
     let mut answers: Vec<Answer> = Vec::with_capacity(OPERATION_BATCH);
+    // Operations performed since the worker last yielded (waiting for work that is already
+    // signalled does not give the thread up, so it does not count).
+    let mut unbroken = 0;
     loop {
         node.operations.pop_batch(OPERATION_BATCH, &mut batch);
         if batch.is_empty() {
@@ -45,13 +55,19 @@ pub(crate) async fn run(node: &Arc<Node>) {
             node.operations.wait().await;
             continue;
         }
+        unbroken += batch.len();
+        let held = HeldWakes::hold();
         for queued in batch.drain(..) {
             perform(node, queued, &mut answers);
         }
         for (sender, result) in answers.drain(..) {
             answer(sender, result);
         }
-        tokio::task::yield_now().await;
+        drop(held);
+        if unbroken >= OPERATION_BATCH {
+            unbroken = 0;
+            tokio::task::yield_now().await;
+        }
     }
 }
 

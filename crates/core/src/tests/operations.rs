@@ -160,3 +160,71 @@ fn http_publishers_are_answered_once_every_publication_of_the_turn_is_queued() {
         &json!([{"type": "message", "topic": "chat:2"}]),
     );
 }
+
+/// Appends its name to a shared log when woken.
+struct Logged {
+    name: &'static str,
+    log: Arc<std::sync::Mutex<Vec<&'static str>>>,
+}
+
+impl std::task::Wake for Logged {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(self.name);
+    }
+}
+
+#[test]
+fn a_turns_transports_are_woken_after_its_http_publishers_are_answered() {
+    let harness = Harness::new();
+    let mut alice = harness.connect("alice");
+    subscribe(&mut alice, "chat:1");
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let waker = |name| {
+        Waker::from(Arc::new(Logged {
+            name,
+            log: Arc::clone(&log),
+        }))
+    };
+    // Alice's transport waits for frames, as its task does.
+    let transport = waker("transport");
+    let mut drained = Vec::new();
+    assert!(
+        alice
+            .connection()
+            .outbox()
+            .poll_drain(&mut Context::from_waker(&transport), 8, &mut drained)
+            .is_pending()
+    );
+    let gateway = &harness.gateway;
+    let publisher = waker("publisher");
+    let mut publish = pin!(gateway.publish(Publication {
+        topic: topic("chat:1"),
+        data: raw("1"),
+        priority: Priority::Normal,
+        id: None,
+    }));
+    assert!(
+        publish
+            .as_mut()
+            .poll(&mut Context::from_waker(&publisher))
+            .is_pending()
+    );
+    run_operations(gateway);
+    // The runtime runs the task woken last first: the delivery's writer, then the answer.
+    assert_eq!(
+        *log.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+        ["publisher", "transport"]
+    );
+    assert_frames(
+        &frames(&alice),
+        &json!([{"type": "message", "topic": "chat:1"}]),
+    );
+}
