@@ -118,7 +118,9 @@ enum Subscribers {
     None,
     /// One connection.
     One(Arc<Connection>),
-    /// Two or more connections.
+    /// Two or more connections. Boxed on purpose: inline, the map (48 bytes) would take
+    /// a topic's state from jemalloc's 80-byte class to its 128-byte one.
+    #[allow(clippy::box_collection)]
     Many(Box<HashMap<ConnectionId, Arc<Connection>>>),
 }
 
@@ -138,7 +140,9 @@ impl Subscribers {
                 *self = Self::Many(Box::new(map));
                 true
             }
-            Self::Many(map) => map.insert(connection.id(), Arc::clone(connection)).is_none(),
+            Self::Many(map) => map
+                .insert(connection.id(), Arc::clone(connection))
+                .is_none(),
         }
     }
 
@@ -620,8 +624,8 @@ mod tests {
 
     fn is_inline(index: &SubscriptionManager, topic: &Topic) -> bool {
         let state = index.lookup(topic).expect("a known topic");
-        let inline = !matches!(state.lock().subscribers, Subscribers::Many(_));
-        inline
+        let subscribers = state.lock();
+        !matches!(subscribers.subscribers, Subscribers::Many(_))
     }
 
     /// A topic's state is one allocation of jemalloc's 80-byte class (its `Arc`'s two counts
@@ -631,7 +635,10 @@ mod tests {
     fn a_topics_state_stays_small() {
         let size = std::mem::size_of::<TopicState>() + 2 * std::mem::size_of::<usize>();
         eprintln!("a topic's state is {size} bytes with its counts");
-        assert!(size <= 80, "a topic's state is {size} bytes with its counts");
+        assert!(
+            size <= 80,
+            "a topic's state is {size} bytes with its counts"
+        );
     }
 
     #[test]

@@ -398,23 +398,3 @@ pub(super) fn end_for(error: &tungstenite::Error) -> End {
         _ => End::Dropped,
     }
 }
-
-#[cfg(test)]
-mod size_probe {
-    #[test]
-    fn print_sizes() {
-        use std::mem::size_of;
-        type S = tokio::net::TcpStream;
-        eprintln!("TcpStream {}", size_of::<S>());
-        eprintln!("Inflating {}", size_of::<super::super::inflate::Inflating<S>>());
-        eprintln!("Ws {}", size_of::<super::super::Ws<S>>());
-        eprintln!("WebSocketConfig {}", size_of::<tokio_tungstenite::tungstenite::protocol::WebSocketConfig>());
-        eprintln!("Writer {}", size_of::<super::super::writer::Writer>());
-        eprintln!("Wire {}", size_of::<super::super::wire::Wire<S>>());
-        eprintln!("Session {}", size_of::<herald_core::Session>());
-        eprintln!("FillDelay {}", size_of::<super::FillDelay>());
-        eprintln!("Client {}", size_of::<crate::abuse::Client>());
-        fn fsize<A, B, C, F>(_: fn(A, B, C) -> F) -> usize { size_of::<F>() }
-        eprintln!("drive fut {}", fsize(super::drive::<S> as fn(_, _, _) -> _));
-    }
-}
