@@ -158,44 +158,166 @@ impl Connection {
     }
 }
 
-/// A connection's subscriptions: a sorted `Vec`, which costs 16 bytes a topic where a
-/// `BTreeSet` would allocate a whole node for the first one (most connections hold a few).
-#[derive(Debug, Default)]
-pub(crate) struct TopicSet(Vec<Topic>);
+/// A connection's subscriptions, sorted: one topic inline (most connections hold one, and a
+/// `Vec` would allocate room for four), more in a sorted `Vec`, which costs 16 bytes a topic
+/// where a `BTreeSet` would allocate a whole node for the first one.
+#[derive(Debug)]
+pub(crate) enum TopicSet {
+    /// Exactly one topic.
+    One(Topic),
+    /// Any other number, sorted (an empty `Vec` allocates nothing).
+    Many(Vec<Topic>),
+}
+
+impl Default for TopicSet {
+    fn default() -> Self {
+        Self::Many(Vec::new())
+    }
+}
 
 impl TopicSet {
+    fn as_slice(&self) -> &[Topic] {
+        match self {
+            Self::One(one) => std::slice::from_ref(one),
+            Self::Many(many) => many,
+        }
+    }
+
     pub(crate) fn contains(&self, topic: &Topic) -> bool {
-        self.0.binary_search(topic).is_ok()
+        self.as_slice().binary_search(topic).is_ok()
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.0.len()
+        self.as_slice().len()
     }
 
     /// Adds `topic`; returns whether it was new.
     pub(crate) fn insert(&mut self, topic: Topic) -> bool {
-        match self.0.binary_search(&topic) {
-            Ok(_) => false,
-            Err(at) => {
-                self.0.insert(at, topic);
-                true
+        let Err(at) = self.as_slice().binary_search(&topic) else {
+            return false;
+        };
+        *self = match std::mem::take(self) {
+            Self::Many(many) if many.is_empty() => Self::One(topic),
+            Self::One(one) => {
+                let mut many = Vec::with_capacity(2);
+                many.push(one);
+                many.insert(at, topic);
+                Self::Many(many)
             }
-        }
+            Self::Many(mut many) => {
+                many.insert(at, topic);
+                Self::Many(many)
+            }
+        };
+        true
     }
 
     /// Removes `topic`; returns whether it was there.
     pub(crate) fn remove(&mut self, topic: &Topic) -> bool {
-        match self.0.binary_search(topic) {
-            Ok(at) => {
-                self.0.remove(at);
-                true
+        let Ok(at) = self.as_slice().binary_search(topic) else {
+            return false;
+        };
+        *self = match std::mem::take(self) {
+            Self::One(_) => Self::default(),
+            Self::Many(mut many) => {
+                many.remove(at);
+                match (many.len(), many.pop()) {
+                    (1, Some(last)) => Self::One(last),
+                    (_, Some(last)) => {
+                        many.push(last);
+                        Self::Many(many)
+                    }
+                    (_, None) => Self::Many(many),
+                }
             }
-            Err(_) => false,
-        }
+        };
+        true
     }
 
     pub(crate) fn iter(&self) -> std::slice::Iter<'_, Topic> {
-        self.0.iter()
+        self.as_slice().iter()
+    }
+}
+
+/// A user's registered connections, oldest first. Most users hold one, kept inline: no
+/// allocation of its own (a `Vec` would allocate room for four); two or more are a `Vec`.
+#[derive(Debug)]
+enum UserConnections {
+    /// Exactly one connection.
+    One(Arc<Connection>),
+    /// Any other number (an empty `Vec` allocates nothing).
+    Many(Vec<Arc<Connection>>),
+}
+
+impl Default for UserConnections {
+    fn default() -> Self {
+        Self::Many(Vec::new())
+    }
+}
+
+impl UserConnections {
+    fn as_slice(&self) -> &[Arc<Connection>] {
+        match self {
+            Self::One(one) => std::slice::from_ref(one),
+            Self::Many(many) => many,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.as_slice().is_empty()
+    }
+
+    /// Adds `connection` as the newest.
+    fn push(&mut self, connection: Arc<Connection>) {
+        *self = match std::mem::take(self) {
+            Self::Many(many) if many.is_empty() => Self::One(connection),
+            Self::One(one) => Self::Many(vec![one, connection]),
+            Self::Many(mut many) => {
+                many.push(connection);
+                Self::Many(many)
+            }
+        };
+    }
+
+    /// Takes the `count` oldest connections out.
+    fn take_oldest(&mut self, count: usize) -> Vec<Arc<Connection>> {
+        let mut many = match std::mem::take(self) {
+            Self::One(one) => vec![one],
+            Self::Many(many) => many,
+        };
+        let taken = many.drain(..count.min(many.len())).collect();
+        *self = Self::from_vec(many);
+        taken
+    }
+
+    /// Removes the connection `id`, if it is here.
+    fn remove(&mut self, id: ConnectionId) {
+        match self {
+            Self::One(one) if one.id() == id => *self = Self::default(),
+            Self::One(_) => {}
+            Self::Many(many) => {
+                many.retain(|c| c.id() != id);
+                if many.len() == 1 {
+                    *self = Self::from_vec(std::mem::take(many));
+                }
+            }
+        }
+    }
+
+    /// One connection inline, any other number as they are.
+    fn from_vec(mut many: Vec<Arc<Connection>>) -> Self {
+        match (many.pop(), many.is_empty()) {
+            (Some(one), true) => Self::One(one),
+            (Some(last), false) => {
+                many.push(last);
+                Self::Many(many)
+            }
+            (None, _) => Self::Many(many),
+        }
     }
 }
 
@@ -263,7 +385,7 @@ pub struct LimitExceeded {
 #[derive(Debug)]
 pub(crate) struct ConnectionManager {
     by_id: papaya::HashMap<ConnectionId, Arc<Connection>>,
-    by_user: Mutex<HashMap<UserId, Vec<Arc<Connection>>>>,
+    by_user: Mutex<HashMap<UserId, UserConnections>>,
     /// Lock order: `by_user` before `reserved`.
     reserved: Reserved,
     slots: Arc<AtomicUsize>,
@@ -314,7 +436,7 @@ impl ConnectionManager {
     /// How many of `user`'s connections are registered.
     #[cfg(test)]
     pub(crate) fn user_connection_count(&self, user: &UserId) -> usize {
-        self.lock_users().get(user).map_or(0, Vec::len)
+        self.lock_users().get(user).map_or(0, UserConnections::len)
     }
 
     /// Promises `user` a place under `limit`, counting registered connections and places
@@ -326,7 +448,8 @@ impl ConnectionManager {
     ) -> Result<UserPlace, LimitExceeded> {
         let users = self.lock_users();
         let mut reserved = lock_reserved(&self.reserved);
-        let taken = users.get(user).map_or(0, Vec::len) + reserved.get(user).copied().unwrap_or(0);
+        let taken = users.get(user).map_or(0, UserConnections::len)
+            + reserved.get(user).copied().unwrap_or(0);
         if taken >= limit {
             return Err(LimitExceeded { limit });
         }
@@ -341,7 +464,7 @@ impl ConnectionManager {
 
     fn taken_by_others(
         &self,
-        users: &HashMap<UserId, Vec<Arc<Connection>>>,
+        users: &HashMap<UserId, UserConnections>,
         user: &UserId,
         place: Option<&UserPlace>,
     ) -> usize {
@@ -350,7 +473,7 @@ impl ConnectionManager {
             .copied()
             .unwrap_or(0)
             .saturating_sub(usize::from(place.is_some()));
-        users.get(user).map_or(0, Vec::len) + promised
+        users.get(user).map_or(0, UserConnections::len) + promised
     }
 
     /// Registers `connection` under `key.user`, applying the per-user `limit` with `policy`,
@@ -382,7 +505,7 @@ impl ConnectionManager {
                 return Err(LimitExceeded { limit });
             }
             let excess = (list.len() + 1).saturating_sub(limit.max(1));
-            evicted.extend(list.drain(..excess));
+            evicted = list.take_oldest(excess);
         }
         list.push(Arc::clone(connection));
         drop(users);
@@ -399,7 +522,7 @@ impl ConnectionManager {
         let Some(key) = connection.key() else { return };
         let mut users = self.lock_users();
         if let Some(list) = users.get_mut(&key.user) {
-            list.retain(|c| c.id() != connection.id());
+            list.remove(connection.id());
             if list.is_empty() {
                 users.remove(&key.user);
             }
@@ -408,7 +531,10 @@ impl ConnectionManager {
 
     /// The connections of `user`, oldest first (a snapshot, for cold paths).
     pub(crate) fn user_connections(&self, user: &UserId) -> Vec<Arc<Connection>> {
-        self.lock_users().get(user).cloned().unwrap_or_default()
+        self.lock_users()
+            .get(user)
+            .map(|list| list.as_slice().to_vec())
+            .unwrap_or_default()
     }
 
     /// Offers `frame` at `priority` to every connection of `user` that receives traffic
@@ -429,7 +555,7 @@ impl ConnectionManager {
         let Some(list) = users.get(user) else {
             return 0;
         };
-        let receivers = list.iter().filter(|connection| {
+        let receivers = list.as_slice().iter().filter(|connection| {
             connection
                 .key()
                 .is_some_and(|key| key.receives(user, thread))
@@ -522,7 +648,7 @@ impl ConnectionManager {
         self.lock_users().len()
     }
 
-    fn lock_users(&self) -> MutexGuard<'_, HashMap<UserId, Vec<Arc<Connection>>>> {
+    fn lock_users(&self) -> MutexGuard<'_, HashMap<UserId, UserConnections>> {
         // Each critical section leaves the map consistent, so poison is ignored.
         self.by_user.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -620,5 +746,94 @@ mod tests {
             Some(LimitExceeded { limit: 1 })
         );
         assert_eq!(manager.user_connection_count(&alice), 0);
+    }
+
+    fn ids(list: &UserConnections) -> Vec<u64> {
+        list.as_slice().iter().map(|c| c.id().get()).collect()
+    }
+
+    fn bare(id: u64) -> Arc<Connection> {
+        Arc::new(Connection::new(
+            ConnectionId::new(id),
+            None,
+            Outbox::new(16, 1 << 16),
+            0,
+            0,
+        ))
+    }
+
+    #[test]
+    fn a_users_connections_stay_oldest_first_and_one_is_inline() {
+        let mut list = UserConnections::default();
+        assert!(list.is_empty());
+        list.push(bare(1));
+        assert!(matches!(list, UserConnections::One(_)));
+        list.push(bare(2));
+        list.push(bare(3));
+        assert_eq!(ids(&list), [1, 2, 3]);
+        list.remove(ConnectionId::new(2));
+        list.remove(ConnectionId::new(7));
+        assert_eq!(ids(&list), [1, 3]);
+        let taken = list.take_oldest(1);
+        assert_eq!(taken.iter().map(|c| c.id().get()).collect::<Vec<_>>(), [1]);
+        assert!(matches!(list, UserConnections::One(_)));
+        assert_eq!(ids(&list), [3]);
+        list.push(bare(4));
+        assert_eq!(list.take_oldest(5).len(), 2);
+        assert!(list.is_empty());
+        list.push(bare(5));
+        list.remove(ConnectionId::new(5));
+        assert!(list.is_empty());
+    }
+
+    #[test]
+    fn a_user_leaves_the_index_with_their_last_connection() {
+        let manager = ConnectionManager::new(100);
+        let alice = UserId::new("alice");
+        assert!(register(&manager, &alice, 3, None).is_ok());
+        assert!(register(&manager, &alice, 3, None).is_ok());
+        let list = manager.user_connections(&alice);
+        assert_eq!(list.len(), 2);
+        assert!(list[0].id() < list[1].id());
+        manager.remove(&list[0]);
+        assert_eq!(manager.user_connections(&alice)[0].id(), list[1].id());
+        manager.remove(&list[1]);
+        assert_eq!(manager.user_count(), 0);
+        assert!(manager.user_connections(&alice).is_empty());
+    }
+
+    /// A connection is one allocation (its `Arc`'s two counts and the `Connection`, with its
+    /// outbox) in jemalloc's 384-byte class, and a user's entry in the user index holds one
+    /// connection without an allocation of its own.
+    #[test]
+    fn a_connection_stays_small() {
+        let size = std::mem::size_of::<Connection>() + 2 * std::mem::size_of::<usize>();
+        eprintln!("a connection is {size} bytes with its counts");
+        assert!(size <= 384, "a connection is {size} bytes with its counts");
+        let entry = std::mem::size_of::<UserConnections>();
+        assert!(entry <= 24, "a user's connections are {entry} bytes inline");
+    }
+
+    #[test]
+    fn a_connections_topics_stay_sorted_and_one_is_inline() {
+        let topic = |name: &str| Topic::new(name).expect("a valid topic");
+        let mut set = TopicSet::default();
+        assert!(set.insert(topic("m")));
+        assert!(!set.insert(topic("m")));
+        assert!(matches!(set, TopicSet::One(_)));
+        assert!(set.insert(topic("z")));
+        assert!(set.insert(topic("a")));
+        let names = |set: &TopicSet| set.iter().map(|t| t.to_string()).collect::<Vec<_>>();
+        assert_eq!(names(&set), ["a", "m", "z"]);
+        assert!(set.contains(&topic("z")) && !set.contains(&topic("b")));
+        assert!(set.remove(&topic("m")));
+        assert!(!set.remove(&topic("m")));
+        assert!(set.remove(&topic("a")));
+        assert!(matches!(set, TopicSet::One(_)));
+        assert_eq!(names(&set), ["z"]);
+        assert!(set.remove(&topic("z")));
+        assert_eq!(set.len(), 0);
+        assert!(set.insert(topic("b")));
+        assert!(matches!(set, TopicSet::One(_)));
     }
 }

@@ -39,28 +39,58 @@ const WRITE_BUDGET: usize = 4;
 pub(crate) fn drive<S: Socket>(
     app: Arc<App>,
     ws: Ws<S>,
-    mut session: Session,
+    session: Session,
 ) -> impl Future<Output = ()> {
     // Not an `async fn`: its parameters would be stored twice in the future (rust-lang/rust
     // #62958); an `async move` block uses the captured values in place. For the same reason
     // the wire is built here and captured, not built inside the block from a captured `ws`,
     // which would keep room for the socket twice (320 bytes more per connection). With one
-    // task per connection this is most of an idle connection's task.
-    let mut wire = Wire::new(ws);
+    // task per connection this is most of an idle connection's task. Everything the loop
+    // uses is one value, so the loop's closure holds one reference, not four.
+    let mut live = Live {
+        app,
+        wire: Wire::new(ws),
+        session,
+        fill: FillDelay::default(),
+    };
     async move {
-        let mut fill = FillDelay::default();
-        let end = poll_fn(|cx| poll_connection(cx, &app, &mut wire, &mut session, &mut fill)).await;
-        log_closed(&session, end);
+        let end = poll_fn(|cx| live.poll(cx)).await;
+        log_closed(&live.session, end);
         // The one cleanup path: every index forgets the connection before the (bounded) goodbye.
-        drop(session);
-        drop(fill);
+        drop(live.session);
+        drop(live.fill);
         // A dropped socket takes nothing more; otherwise a half-written frame is finished
         // before any close frame.
-        let (ws, unfinished) = wire.into_goodbye(end != End::Dropped);
-        // Boxed: the close handshake's state is only needed while closing, so an idle
-        // connection's task does not carry room for it.
-        let goodbye = Box::pin(goodbye(ws, end, unfinished));
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, goodbye).await;
+        let (ws, unfinished) = live.wire.into_goodbye(end != End::Dropped);
+        // Boxed with its timer: the close handshake's state and the timer that bounds it are
+        // only needed while closing, so an idle connection's task does not carry room for
+        // them (the timer alone is over 60 bytes).
+        let goodbye = Box::pin(tokio::time::timeout(
+            CLOSE_TIMEOUT,
+            goodbye(ws, end, unfinished),
+        ));
+        let _ = goodbye.await;
+    }
+}
+
+/// What a live connection's loop works on.
+struct Live<S> {
+    app: Arc<App>,
+    wire: Wire<S>,
+    session: Session,
+    fill: FillDelay,
+}
+
+impl<S: Socket> Live<S> {
+    /// One round of the connection's work ([`poll_connection`]).
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+        poll_connection(
+            cx,
+            &self.app,
+            &mut self.wire,
+            &mut self.session,
+            &mut self.fill,
+        )
     }
 }
 
