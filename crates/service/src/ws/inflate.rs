@@ -203,17 +203,22 @@ fn scan_plain(layer: &mut Option<Box<Layer>>, bytes: &[u8]) {
     if bytes.is_empty() {
         return;
     }
-    if let Some(Layer::Plain(scan)) = layer.as_deref_mut() {
-        scan.feed(bytes);
-        if scan.idle() {
-            *layer = None;
+    match layer.as_deref_mut() {
+        Some(Layer::Plain(scan)) => {
+            scan.feed(bytes);
+            if scan.idle() {
+                *layer = None;
+            }
         }
-        return;
-    }
-    let mut scan = Utf8Scan::default();
-    scan.feed(bytes);
-    if !scan.idle() {
-        *layer = Some(Box::new(Layer::Plain(scan)));
+        // Its scan follows what its `InflateState` hands tungstenite.
+        Some(Layer::Negotiated(_)) => {}
+        None => {
+            let mut scan = Utf8Scan::default();
+            scan.feed(bytes);
+            if !scan.idle() {
+                *layer = Some(Box::new(Layer::Plain(scan)));
+            }
+        }
     }
 }
 

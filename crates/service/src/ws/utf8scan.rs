@@ -223,8 +223,17 @@ impl Utf8Scan {
     /// Checks `payload`, masked with `mask` (turned to its first byte), as the next bytes of
     /// a text message.
     fn check(&mut self, payload: &[u8], mut mask: [u8; 4]) {
-        let mut scratch = [0; SCRATCH];
         let mut payload = payload;
+        if self.carry_len == 0 {
+            // Client frames are mostly ASCII (JSON): judged in place, never copied.
+            let ascii = ascii_prefix(payload, mask);
+            payload = &payload[ascii..];
+            mask.rotate_left(ascii % 4);
+            if payload.is_empty() {
+                return;
+            }
+        }
+        let mut scratch = [0; SCRATCH];
         while !payload.is_empty() {
             let carried = usize::from(self.carry_len);
             scratch[..carried].copy_from_slice(&self.carry[..carried]);
@@ -250,21 +259,40 @@ impl Utf8Scan {
     }
 }
 
+/// How many of `masked`'s first bytes are ASCII once unmasked with `mask` (turned to its first
+/// byte), judged eight at a time without unmasking them: all of them when all are, else a
+/// multiple of eight that stops before the first word with a byte that is not.
+fn ascii_prefix(masked: &[u8], mask: [u8; 4]) -> usize {
+    let [a, b, c, d] = mask;
+    let key = u64::from_ne_bytes([a, b, c, d, a, b, c, d]);
+    let (words, rest) = masked.as_chunks::<8>();
+    for (i, word) in words.iter().enumerate() {
+        if (u64::from_ne_bytes(*word) ^ key) & 0x8080_8080_8080_8080 != 0 {
+            return i * 8;
+        }
+    }
+    // What is left after whole words starts at a multiple of eight: the mask as it was.
+    if rest
+        .iter()
+        .zip(mask.iter().cycle())
+        .all(|(byte, key)| (byte ^ key) < 0x80)
+    {
+        masked.len()
+    } else {
+        words.len() * 8
+    }
+}
+
 /// `masked` unmasked into `out` (as long), `mask` turned to `masked`'s first byte.
 fn unmask(masked: &[u8], out: &mut [u8], mask: [u8; 4]) {
-    let mut words = masked.chunks_exact(4);
-    let mut outs = out.chunks_exact_mut(4);
-    for (out, word) in (&mut outs).zip(&mut words) {
+    let (words, rest) = masked.as_chunks::<4>();
+    let (outs, out_rest) = out.as_chunks_mut::<4>();
+    for (out, word) in outs.iter_mut().zip(words) {
         for ((out, byte), key) in out.iter_mut().zip(word).zip(mask) {
             *out = byte ^ key;
         }
     }
-    for ((out, byte), key) in outs
-        .into_remainder()
-        .iter_mut()
-        .zip(words.remainder())
-        .zip(mask)
-    {
+    for ((out, byte), key) in out_rest.iter_mut().zip(rest).zip(mask) {
         *out = byte ^ key;
     }
 }
@@ -454,6 +482,31 @@ mod tests {
     }
 
     #[test]
+    fn ascii_is_found_in_whole_words_under_any_mask() {
+        for mask in [[0, 0, 0, 0], [0x80, 0, 0, 0x7f], [1, 2, 3, 0xff]] {
+            for len in 0..40 {
+                for bad in 0..=len {
+                    let mut plain = vec![b'a'; len];
+                    if bad < len {
+                        plain[bad] = 0xc3;
+                    }
+                    let masked: Vec<u8> = plain
+                        .iter()
+                        .zip(mask.iter().cycle())
+                        .map(|(b, k)| b ^ k)
+                        .collect();
+                    let expected = if bad == len { len } else { bad / 8 * 8 };
+                    assert_eq!(
+                        ascii_prefix(&masked, mask),
+                        expected,
+                        "{mask:?} {len} {bad}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn a_failed_scan_stays_failed_and_an_idle_one_holds_nothing() {
         let mut scan = Utf8Scan::default();
         assert!(scan.idle());
@@ -503,20 +556,18 @@ mod tests {
             // Cut short at the end of the message.
             Just(b"\xe2\x82".to_vec()),
         ];
-        (
-            "\\PC{0,40}",
-            proptest::option::of(broken),
-            "\\PC{0,40}",
-            any::<bool>(),
-        )
-            .prop_map(|(before, broken, after, at_end)| {
+        // Any text, or ASCII (judged without copying) in runs long enough for whole words.
+        let text = || prop_oneof!["\\PC{0,40}", "[ -~]{0,80}"];
+        (text(), proptest::option::of(broken), text(), any::<bool>()).prop_map(
+            |(before, broken, after, at_end)| {
                 let (before, after) = (before.into_bytes(), after.into_bytes());
                 match broken {
                     None => [before, after].concat(),
                     Some(broken) if at_end => [before, after, broken].concat(),
                     Some(broken) => [before, broken, after].concat(),
                 }
-            })
+            },
+        )
     }
 
     proptest! {
