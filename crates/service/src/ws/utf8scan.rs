@@ -13,10 +13,12 @@
 //! code (1002, 1009) is the one the client gets. A close frame's reason is short and checked
 //! by tungstenite once whole.
 //!
-//! The check is a linear pass: each payload byte is unmasked once, into a stack buffer (never
-//! into tungstenite's, which still holds it masked), and validated by `std::str::from_utf8`
-//! (word-at-a-time over ASCII), with an incomplete code point (at most three bytes) carried to
-//! the next read or the next fragment. Validity of a prefix is decided byte by byte by
+//! The check is one linear pass over bytes tungstenite's buffer already holds (the scan has no
+//! buffer of its own and tungstenite's still holds them masked): a run of ASCII, most of a
+//! JSON client frame, is judged in place eight bytes at a time against the mask; from the
+//! first word that is not ASCII on, each byte is unmasked once, into a stack buffer, and
+//! validated by `std::str::from_utf8`, with an incomplete code point (at most three bytes)
+//! carried to the next read or the next fragment. Validity of a prefix is decided byte by byte by
 //! `from_utf8`'s error: `error_len() == None` is a valid prefix cut short, anything else can
 //! never become valid.
 //!
