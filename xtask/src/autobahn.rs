@@ -1,8 +1,8 @@
 //! `cargo xtask autobahn [--full]`: the Autobahn|Testsuite fuzzing client (`wstest -m
 //! fuzzingclient`), every case or the quick scope `ci` runs (permessage-deflate's 12.* and 13.*
-//! in part), against the echo endpoint of the
-//! real `herald` binary, which uses the same frame reader, inflating layer and writer as `/ws`; fails on any case that is not passed strictly, but for the few listed in
-//! [`KNOWN_NON_STRICT`] with the reason.
+//! in part), against the echo endpoint of the real `herald` binary, which uses the same frame
+//! reader, inflating layer and writer as `/ws`; fails on any case that is not passed strictly
+//! (`OK`, or `INFORMATIONAL` where the suite only reports): a `NON-STRICT` case fails the run.
 //!
 //! The suite is Python 2 only. It is installed with pip into `target/autobahn/site` from the
 //! first Python 2.7 found (`python2.7` on `PATH`, else pyenv's); a machine without one cannot
@@ -28,17 +28,6 @@ const VERSION: &str = "25.10.1";
 const QUICK_COMPRESSION_CASES: &[&str] = &[
     "12.1.1", "12.1.9", "12.2.9", "12.3.9", "12.4.9", "12.5.9", "12.5.18", "13.1.1", "13.2.1",
     "13.3.1", "13.4.1", "13.5.1", "13.6.1", "13.7.1",
-];
-
-/// Cases that pass, but not strictly, with why. Anything else that is not `OK` (or
-/// `INFORMATIONAL`) fails the run.
-const KNOWN_NON_STRICT: &[(&str, &str)] = &[
-    (
-        "6.4.3",
-        "invalid UTF-8 inside one frame that arrives in chops: the frame is refused (1007) once \
-         it is whole, not at the chop that broke it",
-    ),
-    ("6.4.4", "as 6.4.3"),
 ];
 
 /// Whether this machine has what the suite needs; `None` says why not.
@@ -258,13 +247,8 @@ fn judge(index: &Path) -> Result {
         return Err(format!("{} lists no case", index.display()));
     }
     println!(
-        "xtask: autobahn: {cases} cases, {} known non-strict ({}), reports in {}",
-        KNOWN_NON_STRICT.len(),
-        KNOWN_NON_STRICT
-            .iter()
-            .map(|(case, _)| *case)
-            .collect::<Vec<_>>()
-            .join(", "),
+        "xtask: autobahn: {cases} cases, {} not passed strictly, reports in {}",
+        broken.len(),
         index.parent().unwrap_or(index).display()
     );
     if broken.is_empty() {
@@ -278,14 +262,10 @@ fn judge(index: &Path) -> Result {
     }
 }
 
-/// `None` when a case's result passes; otherwise what is wrong with it.
+/// `None` when a case's result passes strictly; otherwise what is wrong with it.
 fn verdict(case: &str, behavior: &str, close: &str) -> Option<String> {
     let passes = |result: &str| matches!(result, "OK" | "INFORMATIONAL");
     if passes(behavior) && passes(close) {
-        return None;
-    }
-    let known = KNOWN_NON_STRICT.iter().any(|(known, _)| *known == case);
-    if known && behavior == "NON-STRICT" && passes(close) {
         return None;
     }
     Some(format!("{case}: {behavior}, close {close}"))
@@ -305,14 +285,17 @@ mod tests {
     }
 
     #[test]
-    fn only_strict_passes_and_the_listed_exceptions_pass() {
+    fn only_strict_passes() {
         assert_eq!(verdict("1.1.1", "OK", "OK"), None);
         assert_eq!(verdict("7.1.6", "INFORMATIONAL", "INFORMATIONAL"), None);
-        assert_eq!(verdict("6.4.3", "NON-STRICT", "OK"), None);
-        assert_eq!(
-            verdict("6.4.1", "NON-STRICT", "OK").as_deref(),
-            Some("6.4.1: NON-STRICT, close OK")
-        );
+        // 6.4.3 and 6.4.4 (invalid UTF-8 in one frame sent in chops) were once passed only
+        // non-strictly; they are refused at the chop now, and a regression fails the run.
+        for case in ["6.4.1", "6.4.3", "6.4.4"] {
+            assert_eq!(
+                verdict(case, "NON-STRICT", "OK"),
+                Some(format!("{case}: NON-STRICT, close OK"))
+            );
+        }
         assert!(verdict("6.4.3", "FAILED", "OK").is_some());
         assert!(verdict("5.1", "OK", "FAILED").is_some());
         assert!(verdict("2.1", "UNIMPLEMENTED", "OK").is_some());

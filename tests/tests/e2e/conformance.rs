@@ -1,9 +1,10 @@
 //! RFC 6455 conformance, with raw frames over TCP: against the echo endpoint
 //! (`HERALD_ECHO_PATH`, which reads with `/ws`'s tungstenite settings and writes with its
 //! hand-written data-frame writer) and, where the rule is the reader's, against `/ws` too:
-//! fragmentation, control frames between fragments, UTF-8 (split inside a code point), close
-//! codes, control-frame limits, reserved opcodes and bits, masking, and the writer's three
-//! length forms checked against tungstenite's encoding.
+//! fragmentation, control frames between fragments, UTF-8 (split inside a code point, and
+//! refused at the chop that breaks it, before the frame is whole), close codes, control-frame
+//! limits, reserved opcodes and bits, masking, and the writer's three length forms checked
+//! against tungstenite's encoding.
 
 use herald_tests::{
     ServerFrame, TestServer, client_frame, raw_exchange, read_close_code, read_server_frame,
@@ -228,6 +229,40 @@ async fn invalid_utf8_closes_1007_but_a_code_point_split_across_fragments_is_acc
         vec![frame(FIN | CLOSE, b"\x03\xe8\xff")],
     ] {
         both_close_with(&server, &frames, 1007).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn invalid_utf8_closes_1007_at_the_chop_that_breaks_it_before_the_rest_of_the_frame()
+-> anyhow::Result<()> {
+    let server = echo_server().await?;
+    // Autobahn 6.4.1's message: "κόσμε" (11 bytes), then U+110000 in UTF-8's form (no code
+    // point), then "edited"; sent as one frame whose end never comes.
+    let message = ["κόσμε".as_bytes(), b"\xf4\x90\x80\x80", b"edited"].concat();
+    let whole = frame(FIN | TEXT, &message);
+    let header = whole.len() - message.len();
+    // Autobahn 6.4.3: the valid start, then the bad code point; 6.4.4: the valid start and
+    // 0xf4, then the one byte (0x90) that no code point continues with.
+    for (first, bad) in [(header + 11, header + 15), (header + 12, header + 13)] {
+        for path in ["echo", "/ws"] {
+            let mut stream = if path == "echo" {
+                echo_socket(&server).await?
+            } else {
+                ws_socket(&server).await?
+            };
+            stream.set_nodelay(true)?;
+            stream.write_all(&whole[..first]).await?;
+            stream.write_all(&whole[first..bad]).await?;
+            // The rest of the frame is not sent: the close must not wait for it.
+            assert_eq!(
+                read_close_code(&mut stream).await?,
+                Some(1007),
+                "{path}: chops at {first} and {bad}"
+            );
+            // The server is done with the connection; the rest changes nothing.
+            let _ = stream.write_all(&whole[bad..]).await;
+        }
     }
     Ok(())
 }

@@ -1,7 +1,18 @@
-//! The reading side of permessage-deflate (RFC 7692): [`Inflating`], the layer under
-//! tungstenite that collects a client's compressed message and hands tungstenite the plain
-//! frame it inflates to, so that tungstenite stays the one reader and validator of every
-//! client frame.
+//! The layer under tungstenite on every connection's read path: [`Inflating`], the reading
+//! side of permessage-deflate (RFC 7692), which collects a client's compressed message and
+//! hands tungstenite the plain frame it inflates to, and the watch that fails a text message
+//! at its first byte that is not UTF-8 (`utf8scan`), so that tungstenite stays the one reader
+//! and validator of every client frame while invalid text is refused as soon as it arrives.
+//!
+//! Why a layer and not a second reader: tungstenite's reader checks framing, fragmentation,
+//! control frames, close codes, sizes and UTF-8, but checks a text frame's UTF-8 only once the
+//! frame is whole, so a client that sends a frame's bad bytes and then pauses held the
+//! connection open until the rest came (Autobahn 6.4.3, 6.4.4). The layer sees every byte
+//! before tungstenite does, in the same order, so it can follow the frames and judge the UTF-8
+//! early without taking anything else from tungstenite. It never withholds bytes: when it
+//! finds bad text it still hands over the read that held it and fails the next read, so
+//! tungstenite first judges every whole frame before it (a frame it refuses for another reason
+//! keeps that reason's close code).
 
 use std::{
     cell::RefCell,
@@ -13,7 +24,11 @@ use std::{
 use flate2::{Decompress, FlushDecompress, Status};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::ws::deflate::{Deflate, TAIL};
+use crate::ws::{
+    deflate::{Deflate, TAIL},
+    frame::Header,
+    utf8scan::Utf8Scan,
+};
 
 /// Bytes read from the socket at a time on a connection that negotiated compression.
 const READ_CHUNK: usize = 2048;
@@ -34,21 +49,36 @@ pub(super) enum Failure {
     /// (1002).
     #[error("invalid compressed message")]
     Invalid,
+    /// A text message's bytes are not UTF-8, found before the frame that holds them is whole
+    /// (1007).
+    #[error("invalid UTF-8 in a text message")]
+    Utf8,
 }
 
 /// A connection's socket seen through permessage-deflate: writes pass straight through; reads
 /// pass every frame through untouched except a compressed message's, which tungstenite (which
 /// rejects RSV1) is handed as the one plain frame the message inflates to.
 ///
-/// On a connection that did not negotiate compression this is a plain passthrough, and a
-/// frame with RSV1 reaches tungstenite, which fails the connection (RFC 6455, 5.2). Either
-/// way tungstenite reads and checks every frame (fragmentation, control frames, close codes,
-/// UTF-8, size), on one read path for all connections.
+/// On a connection that did not negotiate compression the bytes pass straight from the socket
+/// into tungstenite's buffer, and a frame with RSV1 reaches tungstenite, which fails the
+/// connection (RFC 6455, 5.2). Either way tungstenite reads and checks every frame
+/// (fragmentation, control frames, close codes, UTF-8, size), on one read path for all
+/// connections, and a [`Utf8Scan`] watches what it is handed so that a text message fails
+/// ([`Failure::Utf8`]) at the read that brings its first bad byte.
 pub(crate) struct Inflating<S> {
     socket: S,
-    /// Only on a connection that negotiated compression; one pointer, so a connection's task
-    /// grows by no more than that.
-    negotiated: Option<Box<Negotiated>>,
+    /// One pointer, so a connection's task grows by no more than that: a connection that
+    /// negotiated compression always holds its [`Negotiated`]; one that did not holds its scan
+    /// only while a frame or a fragmented message is partly received, none between messages.
+    layer: Option<Box<Layer>>,
+}
+
+/// What [`Inflating`] keeps beyond the socket.
+enum Layer {
+    /// A connection without compression, inside a frame or a fragmented message (or failed).
+    Plain(Utf8Scan),
+    /// A connection that negotiated compression.
+    Negotiated(Negotiated),
 }
 
 /// What [`Inflating`] keeps on a connection that negotiated compression.
@@ -79,8 +109,10 @@ struct InflateState {
     message: Option<(u8, Vec<u8>)>,
     /// A plain message's first fragment passed through and its last one not yet.
     plain_fragmented: bool,
-    /// Sticky: once set, every read fails.
+    /// Sticky: once set, every read fails once `output` is taken.
     failure: Option<Failure>,
+    /// What tungstenite has taken of `output`, followed for its text messages' UTF-8.
+    utf8: Utf8Scan,
 }
 
 /// The scan's position.
@@ -100,50 +132,6 @@ enum At {
     },
 }
 
-/// A frame header.
-#[derive(Debug, Clone, Copy)]
-struct Header {
-    fin: bool,
-    rsv1: bool,
-    /// RSV2 or RSV3.
-    other_rsv: bool,
-    opcode: u8,
-    mask: Option<[u8; 4]>,
-    len: u64,
-    header_len: usize,
-}
-
-impl Header {
-    /// The header at the start of `bytes`, `None` while it is incomplete.
-    fn parse(bytes: &[u8]) -> Option<Self> {
-        let (first, second) = (*bytes.first()?, *bytes.get(1)?);
-        let (mut len, mut at) = (u64::from(second & 0x7f), 2);
-        if len == 126 {
-            len = u64::from(u16::from_be_bytes(bytes.get(2..4)?.try_into().ok()?));
-            at = 4;
-        } else if len == 127 {
-            len = u64::from_be_bytes(bytes.get(2..10)?.try_into().ok()?);
-            at = 10;
-        }
-        let mask = if second & 0x80 == 0 {
-            None
-        } else {
-            let mask: [u8; 4] = bytes.get(at..at + 4)?.try_into().ok()?;
-            at += 4;
-            Some(mask)
-        };
-        Some(Self {
-            fin: first & 0x80 != 0,
-            rsv1: first & 0x40 != 0,
-            other_rsv: first & 0x30 != 0,
-            opcode: first & 0x0f,
-            mask,
-            len,
-            header_len: at,
-        })
-    }
-}
-
 impl<S> Inflating<S> {
     /// `socket` read through permessage-deflate when `deflate` was negotiated; `leftover` is
     /// what the client sent after its request head, which the layer reads first.
@@ -157,10 +145,12 @@ impl<S> Inflating<S> {
         leftover: Vec<u8>,
     ) -> (Self, Vec<u8>) {
         let Some(deflate) = deflate else {
-            let layer = Self {
+            // tungstenite reads `leftover` first, then the socket: the scan follows it there.
+            let mut layer = Self {
                 socket,
-                negotiated: None,
+                layer: None,
             };
+            scan_plain(&mut layer.layer, &leftover);
             return (layer, leftover);
         };
         let mut state = InflateState::new(max_message);
@@ -173,7 +163,7 @@ impl<S> Inflating<S> {
         };
         let layer = Self {
             socket,
-            negotiated: Some(Box::new(negotiated)),
+            layer: Some(Box::new(Layer::Negotiated(negotiated))),
         };
         (layer, Vec::new())
     }
@@ -190,17 +180,45 @@ impl<S> Inflating<S> {
 
     /// The connection's compression agreement, if any.
     pub(super) fn deflate(&self) -> Option<Deflate> {
-        self.negotiated
-            .as_ref()
-            .map(|negotiated| negotiated.deflate)
+        match self.layer.as_deref() {
+            Some(Layer::Negotiated(negotiated)) => Some(negotiated.deflate),
+            _ => None,
+        }
     }
 
-    /// Why reading failed, if it failed on a compressed message.
+    /// Why reading failed, if the layer failed it (on a compressed message or on text that is
+    /// not UTF-8).
     pub(super) fn failure(&self) -> Option<Failure> {
-        self.negotiated
-            .as_ref()
-            .and_then(|negotiated| negotiated.state.as_ref())
-            .and_then(|state| state.failure)
+        match self.layer.as_deref()? {
+            Layer::Plain(scan) => scan.failed().then_some(Failure::Utf8),
+            Layer::Negotiated(negotiated) => negotiated.state.as_ref()?.failure(),
+        }
+    }
+}
+
+/// Follows `bytes`, the next ones tungstenite reads on a connection without compression, with
+/// the scan in `layer`; keeps a scan there only while it is not idle (the common read, whole
+/// frames, allocates nothing).
+fn scan_plain(layer: &mut Option<Box<Layer>>, bytes: &[u8]) {
+    if bytes.is_empty() {
+        return;
+    }
+    match layer.as_deref_mut() {
+        Some(Layer::Plain(scan)) => {
+            scan.feed(bytes);
+            if scan.idle() {
+                *layer = None;
+            }
+        }
+        // Its scan follows what its `InflateState` hands tungstenite.
+        Some(Layer::Negotiated(_)) => {}
+        None => {
+            let mut scan = Utf8Scan::default();
+            scan.feed(bytes);
+            if !scan.idle() {
+                *layer = Some(Box::new(Layer::Plain(scan)));
+            }
+        }
     }
 }
 
@@ -216,6 +234,17 @@ impl InflateState {
             message: None,
             plain_fragmented: false,
             failure: None,
+            utf8: Utf8Scan::default(),
+        }
+    }
+
+    /// Why reading failed, if it did: bad text tungstenite was handed comes first, since it
+    /// was found in what came before the failure the scan of `input` ran into.
+    fn failure(&self) -> Option<Failure> {
+        if self.utf8.failed() {
+            Some(Failure::Utf8)
+        } else {
+            self.failure
         }
     }
 
@@ -227,6 +256,7 @@ impl InflateState {
             && self.input.is_empty()
             && self.taken >= self.output.len()
             && self.failure.is_none()
+            && self.utf8.idle()
     }
 
     /// Scans as much of `input` as it can into `output`.
@@ -440,8 +470,19 @@ impl<S: AsyncRead + Unpin> AsyncRead for Inflating<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let Some(negotiated) = this.negotiated.as_deref_mut() else {
-            return Pin::new(&mut this.socket).poll_read(cx, buf);
+        let Some(Layer::Negotiated(negotiated)) = this.layer.as_deref_mut() else {
+            if this.failure().is_some() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    Failure::Utf8,
+                )));
+            }
+            let before = buf.filled().len();
+            let polled = Pin::new(&mut this.socket).poll_read(cx, buf);
+            if let Poll::Ready(Ok(())) = polled {
+                scan_plain(&mut this.layer, &buf.filled()[before..]);
+            }
+            return polled;
         };
         let max_message = negotiated.max_message;
         let state = negotiated
@@ -465,9 +506,17 @@ impl InflateState {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         loop {
+            if self.utf8.failed() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    Failure::Utf8,
+                )));
+            }
             if self.taken < self.output.len() {
                 let n = buf.remaining().min(self.output.len() - self.taken);
-                buf.put_slice(&self.output[self.taken..self.taken + n]);
+                let handed = &self.output[self.taken..self.taken + n];
+                buf.put_slice(handed);
+                self.utf8.feed(handed);
                 self.taken += n;
                 if self.taken == self.output.len() {
                     // Nothing kept between reads: an idle connection holds no buffer.
@@ -641,6 +690,30 @@ mod tests {
         sizes: Vec<usize>,
         leftover: bool,
     ) -> (Vec<Message>, Option<(String, Option<Failure>)>) {
+        let read = read_until_end(deflate, max, sent, sizes, leftover);
+        (read.messages, read.end)
+    }
+
+    /// What [`read_until_end`] saw.
+    struct Read {
+        /// The messages tungstenite read.
+        messages: Vec<Message>,
+        /// The error that ended the stream with the layer's failure, if any.
+        end: Option<(String, Option<Failure>)>,
+        /// The bytes sent that were never read from the socket.
+        unread: usize,
+        /// Whether the layer held no state in the end.
+        holds_nothing: bool,
+    }
+
+    /// [`read_through`], with how much was never read and what the layer held in the end.
+    fn read_until_end(
+        deflate: Option<Deflate>,
+        max: usize,
+        sent: &[u8],
+        sizes: Vec<usize>,
+        leftover: bool,
+    ) -> Read {
         let (socket_bytes, leftover_bytes) = if leftover {
             (Vec::new(), sent.to_vec())
         } else {
@@ -661,27 +734,82 @@ mod tests {
         .now_or_never()
         .unwrap_or_else(|| panic!("no handshake to wait for"));
         let mut messages = Vec::new();
-        loop {
+        let end = loop {
             match ws.next().now_or_never() {
                 Some(Some(Ok(message))) => messages.push(message),
                 // The end of the bytes sent.
                 Some(Some(Err(tungstenite::Error::Protocol(
                     tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
-                )))) if ws.get_ref().failure().is_none() => {
-                    return (messages, None);
-                }
+                )))) if ws.get_ref().failure().is_none() => break None,
                 Some(Some(Err(tungstenite::Error::ConnectionClosed)))
                     if ws.get_ref().failure().is_none() =>
                 {
-                    return (messages, None);
+                    break None;
                 }
                 Some(Some(Err(error))) => {
-                    return (messages, Some((error.to_string(), ws.get_ref().failure())));
+                    break Some((error.to_string(), ws.get_ref().failure()));
                 }
-                Some(None) => return (messages, None),
+                Some(None) => break None,
                 None => panic!("the socket never waits"),
             }
+        };
+        let layer = ws.get_ref();
+        Read {
+            messages,
+            end,
+            unread: layer.socket.bytes.len(),
+            holds_nothing: match layer.layer.as_deref() {
+                None => true,
+                Some(Layer::Plain(_)) => false,
+                Some(Layer::Negotiated(negotiated)) => negotiated.state.is_none(),
+            },
         }
+    }
+
+    /// The bounds of the fragments of a `len`-byte message cut at `splits`.
+    fn bounds(len: usize, splits: &[usize]) -> Vec<(usize, usize)> {
+        let mut cuts: Vec<usize> = splits
+            .iter()
+            .copied()
+            .filter(|&c| c > 0 && c < len)
+            .collect();
+        cuts.sort_unstable();
+        cuts.dedup();
+        let starts = std::iter::once(0).chain(cuts.iter().copied());
+        let ends = cuts.iter().copied().chain(std::iter::once(len));
+        starts.zip(ends).collect()
+    }
+
+    /// `message` as a text message in frames cut at `splits`, a ping between every two.
+    fn fragments(message: &[u8], splits: &[usize]) -> Vec<u8> {
+        let bounds = bounds(message.len(), splits);
+        let mut sent = Vec::new();
+        for (i, &(start, end)) in bounds.iter().enumerate() {
+            let opcode = if i == 0 { 0x01 } else { 0x00 };
+            let fin = if i + 1 == bounds.len() { 0x80 } else { 0x00 };
+            sent.extend(client_frame(fin | opcode, &message[start..end]));
+            if fin == 0 {
+                sent.extend(client_frame(0x89, b"\xff"));
+            }
+        }
+        sent
+    }
+
+    /// Where byte `at` of `message` lies in [`fragments`]' stream.
+    fn stream_offset(message: &[u8], splits: &[usize], at: usize) -> usize {
+        let bounds = bounds(message.len(), splits);
+        let mut offset = 0;
+        for (i, &(start, end)) in bounds.iter().enumerate() {
+            let header = client_frame(0x00, &message[start..end]).len() - (end - start);
+            if at < end {
+                return offset + header + at - start;
+            }
+            offset += header + end - start;
+            if i + 1 < bounds.len() {
+                offset += client_frame(0x89, b"\xff").len();
+            }
+        }
+        offset
     }
 
     fn text(message: &str) -> Message {
@@ -830,12 +958,94 @@ mod tests {
         let mut compressor = Compress::new(Compression::default(), false);
         let sent = client_frame(0xc1, &client_compress(&mut compressor, &[b'a', 0xff, b'b']));
         let (_, end) = read_through(agreed(), 1 << 20, &sent, vec![64], false);
-        assert!(end.is_some_and(|(e, f)| e.contains("UTF-8") && f.is_none()));
+        // The scan watches the inflated frame too, whole as tungstenite gets it, which refuses
+        // it itself: the same close (1007).
+        assert!(end.is_some_and(|(e, f)| e.contains("UTF-8") && f == Some(Failure::Utf8)));
         // A compressed message inside a plain fragmented one.
         let mut sent = client_frame(0x01, b"ab");
         sent.extend(client_frame(0xc1, &good_bytes()));
         let (_, end) = read_through(agreed(), 1 << 20, &sent, vec![64], false);
         assert!(end.is_some());
+    }
+
+    /// Autobahn 6.4.1's message: "κόσμε", then U+110000 in UTF-8's form (no code point),
+    /// then "edited".
+    const PART1: &[u8] = "\u{3ba}\u{1f79}\u{3c3}\u{3bc}\u{3b5}".as_bytes();
+    const PART2: &[u8] = b"\xf4\x90\x80\x80";
+    const PART3: &[u8] = b"edited";
+
+    #[test]
+    fn invalid_utf8_fails_the_read_that_brings_it_before_the_rest_of_the_frame() {
+        let message = [PART1, PART2, PART3].concat();
+        let sent = client_frame(0x81, &message);
+        let header = sent.len() - message.len();
+        // Autobahn 6.4.3: up to the bad code point, the bad code point, the rest; 6.4.4: the
+        // first 12 bytes of the payload, the one byte that breaks it (0x90), the rest.
+        let chops = [
+            [header + PART1.len(), PART2.len(), PART3.len()],
+            [header + 12, 1, message.len() - 13],
+        ];
+        for sizes in chops {
+            for deflate in [None, agreed()] {
+                let read = read_until_end(deflate, 1 << 20, &sent, sizes.to_vec(), false);
+                assert!(read.messages.is_empty());
+                assert_eq!(read.end.map(|(_, f)| f), Some(Some(Failure::Utf8)));
+                assert_eq!(read.unread, sizes[2], "{sizes:?}: the rest is never read");
+            }
+        }
+    }
+
+    #[test]
+    fn what_came_before_bad_text_is_read_and_binary_is_not_checked() {
+        let mut sent = client_frame(0x81, b"first");
+        sent.extend(client_frame(0x82, b"\xff binary"));
+        sent.extend(client_frame(0x01, b"split \xe2\x82"));
+        sent.extend(client_frame(0x89, b"\xff"));
+        sent.extend(client_frame(0x80, b"\xac"));
+        sent.extend(client_frame(0x81, b"bad \xff, and the rest of the frame"));
+        for deflate in [None, agreed()] {
+            let read = read_until_end(deflate, 1 << 20, &sent, vec![sent.len() - 10, 10], false);
+            assert_eq!(
+                read.messages,
+                [
+                    text("first"),
+                    Message::Binary(Bytes::from_static(b"\xff binary")),
+                    Message::Ping(Bytes::from_static(b"\xff")),
+                    text("split \u{20ac}"),
+                ]
+            );
+            assert_eq!(read.end.map(|(_, f)| f), Some(Some(Failure::Utf8)));
+            assert_eq!(read.unread, 10);
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_in_what_followed_the_request_head_fails_the_first_read() {
+        // Half a frame, its bad byte in what the client sent with its handshake: nothing more
+        // is needed to fail it.
+        let frame = client_frame(0x81, b"ab\xffcd");
+        let sent = &frame[..frame.len() - 2];
+        for deflate in [None, agreed()] {
+            let read = read_until_end(deflate, 1 << 20, sent, vec![64], true);
+            assert_eq!(read.end.map(|(_, f)| f), Some(Some(Failure::Utf8)));
+        }
+        // Without a bad byte, it waits for the rest.
+        let frame = client_frame(0x81, b"abcd");
+        let read = read_until_end(None, 1 << 20, &frame[..frame.len() - 2], vec![64], true);
+        assert_eq!(read.end, None);
+        assert!(!read.holds_nothing);
+    }
+
+    #[test]
+    fn the_layer_stays_one_small_allocation() {
+        // A connection's task holds one pointer; the allocation behind it is no larger than a
+        // compressed connection's state was before the scan (jemalloc's 32-byte class).
+        assert_eq!(std::mem::size_of::<Option<Box<Layer>>>(), 8);
+        assert!(
+            std::mem::size_of::<Layer>() <= 32,
+            "{}",
+            std::mem::size_of::<Layer>()
+        );
     }
 
     fn good_bytes() -> Vec<u8> {
@@ -867,6 +1077,51 @@ mod tests {
         ) {
             let sent: Vec<u8> = frames.iter().flat_map(|(first, payload)| client_frame(*first, payload)).collect();
             let _ = read_through(agreed(), 4096, &sent, sizes, false);
+        }
+
+        /// Valid text, fragmented anywhere with pings between fragments, masked and read in
+        /// any chops, comes out whole on every connection, and the layer holds nothing after.
+        #[test]
+        fn valid_text_in_any_chops_is_read_and_leaves_nothing_held(
+            messages in proptest::collection::vec(("\\PC{0,60}", proptest::collection::vec(0_usize..200, 0..3)), 1..4),
+            sizes in proptest::collection::vec(1_usize..40, 1..5),
+        ) {
+            let mut sent = Vec::new();
+            for (message, splits) in &messages {
+                sent.extend(fragments(message.as_bytes(), splits));
+            }
+            for deflate in [None, agreed()] {
+                let read = read_until_end(deflate, 4096, &sent, sizes.clone(), false);
+                prop_assert_eq!(read.end, None);
+                let texts: Vec<Message> = read.messages.into_iter().filter(|m| m.is_text()).collect();
+                prop_assert_eq!(texts, messages.iter().map(|(m, _)| text(m)).collect::<Vec<_>>());
+                prop_assert!(read.holds_nothing);
+            }
+        }
+
+        /// Text broken anywhere fails with 1007's failure (the layer's, or tungstenite's once
+        /// the frame is whole) no later than the read that brings the first bad byte.
+        #[test]
+        fn broken_text_fails_at_the_read_with_the_bad_byte(
+            before in "\\PC{0,60}",
+            bad in prop_oneof![Just(&b"\xff"[..]), Just(&b"\xed\xa0\x80"[..]), Just(&b"\xf4\x90"[..]), Just(&b"\xc3\x28"[..])],
+            after in "[a-z]{0,60}",
+            splits in proptest::collection::vec(0_usize..200, 0..3),
+            sizes in proptest::collection::vec(1_usize..40, 1..5),
+        ) {
+            let message = [before.as_bytes(), bad, after.as_bytes()].concat();
+            let sent = fragments(&message, &splits);
+            // The stream offset of the bad sequence's last byte, an upper bound on the byte
+            // that breaks it: its frame's header and pings before it move it on.
+            let last_bad = before.len() + bad.len() - 1;
+            let offset = stream_offset(&message, &splits, last_bad);
+            for deflate in [None, agreed()] {
+                let read = read_until_end(deflate, 4096, &sent, sizes.clone(), false);
+                let (error, _) = read.end.clone().unwrap_or_default();
+                prop_assert!(error.contains("UTF-8"), "{:?}", read.end);
+                let consumed = sent.len() - read.unread;
+                prop_assert!(consumed <= offset + sizes.iter().max().copied().unwrap_or(1), "{} {}", consumed, offset);
+            }
         }
 
         /// Compressed messages come out as sent, however the reads split them.

@@ -9,7 +9,11 @@
 //!   handshake.
 //! - `deflate`: permessage-deflate (RFC 7692): the negotiation and the compression of an
 //!   outbound message (once per frame, shared).
-//! - `inflate`: the layer under tungstenite that inflates a client's compressed messages.
+//! - `inflate`: the layer under tungstenite that inflates a client's compressed messages and
+//!   fails a text message at its first byte that is not UTF-8.
+//! - `utf8scan`: follows a client's frames as tungstenite will read them and checks text
+//!   messages' UTF-8 as their bytes arrive (for `inflate`).
+//! - `frame`: a client frame's header, parsed (for `inflate` and `utf8scan`).
 //! - `wire`: the socket shared by tungstenite (reads, control replies) and the data-frame
 //!   writer, in turns, so that no control frame lands inside a data frame.
 //! - `writer`: data frames encoded and written with vectored writes.
@@ -19,8 +23,10 @@
 mod deflate;
 mod driver;
 mod echo;
+mod frame;
 mod handshake;
 mod inflate;
+mod utf8scan;
 mod wire;
 mod writer;
 

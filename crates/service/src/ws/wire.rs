@@ -81,8 +81,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
             // tungstenite queued the pong (or the close reply): see the type's docs.
             self.writer.control_pending = true;
         }
-        // A compressed message that failed to inflate reaches tungstenite as a read error:
-        // report it as what it is.
+        // A compressed message that failed to inflate, or text found not to be UTF-8 before
+        // its frame was whole, reaches tungstenite as a read error: report it as what it is.
         let failure = self.ws.get_ref().failure();
         Poll::Ready(match (message, failure) {
             (Some(Err(tungstenite::Error::Io(_))), Some(failure)) => Some(Err(match failure {
@@ -95,6 +95,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
                 Failure::Invalid => tungstenite::Error::Protocol(
                     tungstenite::error::ProtocolError::InvalidOpcode(0),
                 ),
+                Failure::Utf8 => tungstenite::Error::Utf8(Failure::Utf8.to_string()),
             })),
             (message, _) => message,
         })
