@@ -185,7 +185,7 @@ async fn open<S: Socket>(
     // On failure, dropping the session is the connection's cleanup.
     stream.write_all(&greeting).await.ok()?;
     stream.flush().await.ok()?;
-    let ws = ws::websocket(app, stream, leftover, deflate).await;
+    let ws = ws::websocket(app, stream, leftover, deflate);
     Some((ws, session, client))
 }
 

@@ -11,11 +11,10 @@ use std::{
 };
 
 use bytes::Bytes;
-use futures_util::{SinkExt as _, StreamExt as _};
 use herald_core::Session;
 use herald_protocol::CloseCode;
 use tokio::{io::AsyncWriteExt as _, time::Sleep};
-use tokio_tungstenite::tungstenite::{
+use tungstenite::{
     self, Message, Utf8Bytes,
     protocol::{CloseFrame, frame::coding::CloseCode as WsCloseCode},
 };

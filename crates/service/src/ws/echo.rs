@@ -11,7 +11,7 @@ use std::{
 use bytes::Bytes;
 use http::Request;
 use tokio::io::AsyncWriteExt as _;
-use tokio_tungstenite::tungstenite::Message;
+use tungstenite::Message;
 
 use crate::{
     app::App,
@@ -46,7 +46,7 @@ pub(crate) async fn serve_echo<S: Socket>(
     if stream.write_all(&greeting).await.is_err() {
         return;
     }
-    let mut wire = Wire::new(websocket(&app, stream, leftover, deflate).await);
+    let mut wire = Wire::new(websocket(&app, stream, leftover, deflate));
     let end = poll_fn(|cx| poll_echo(cx, &app, &mut wire)).await;
     let (ws, unfinished) = wire.into_goodbye(end != End::Dropped);
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, goodbye(ws, end, unfinished)).await;

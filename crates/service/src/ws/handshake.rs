@@ -15,13 +15,7 @@ use http_body_util::Full;
 use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio_tungstenite::{
-    WebSocketStream,
-    tungstenite::{
-        handshake::derive_accept_key,
-        protocol::{Role, WebSocketConfig},
-    },
-};
+use tungstenite::{handshake::derive_accept_key, protocol::WebSocketConfig};
 
 use crate::{
     abuse::{Client, Standing},
@@ -167,7 +161,7 @@ async fn run_upgraded<S: Socket>(
     let (stream, unread) = parts.io.into_inner().into_parts();
     let mut leftover = parts.read_buf.to_vec();
     leftover.extend_from_slice(&unread);
-    let ws = websocket(&app, stream, leftover, deflate).await;
+    let ws = websocket(&app, stream, leftover, deflate);
     let session = app.gateway.open(admission);
     // The connection lives in a task of its own, spawned now: its future holds only the
     // driver's state, not the upgrade's, which keeps an idle connection small.
@@ -180,7 +174,7 @@ async fn run_upgraded<S: Socket>(
 
 /// The WebSocket over a socket whose handshake is done; `leftover` is what the client sent
 /// after the request head, `deflate` the compression agreement.
-pub(crate) async fn websocket<S: Socket>(
+pub(crate) fn websocket<S: Socket>(
     app: &App,
     stream: S,
     leftover: Vec<u8>,
@@ -189,7 +183,7 @@ pub(crate) async fn websocket<S: Socket>(
     let max_payload = app.config.max_payload_bytes;
     let config = ws_config(max_payload);
     let (socket, leftover) = Inflating::new(stream, deflate, max_payload, leftover);
-    WebSocketStream::from_partially_read(socket, leftover, Role::Server, Some(config)).await
+    Ws::from_partially_read(socket, leftover, config)
 }
 
 /// The permessage-deflate agreement for a handshake's offers: none when compression is off

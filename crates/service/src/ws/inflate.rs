@@ -588,15 +588,12 @@ mod tests {
     use bytes::Bytes;
 
     use flate2::{Compress, Compression, FlushCompress};
-    use futures_util::{FutureExt as _, StreamExt as _};
+    use futures_util::FutureExt as _;
     use proptest::prelude::*;
-    use tokio_tungstenite::{
-        WebSocketStream,
-        tungstenite::{self, Message, protocol::Role},
-    };
+    use tungstenite::{self, Message};
 
     use super::*;
-    use crate::ws::handshake::ws_config;
+    use crate::ws::{Ws, handshake::ws_config};
 
     /// A client's compressor: raw deflate, sync-flushed, the tail stripped; its context kept
     /// from one message to the next unless reset.
@@ -725,14 +722,7 @@ mod tests {
             reads: 0,
         };
         let (layer, leftover) = Inflating::new(socket, deflate, max, leftover_bytes);
-        let mut ws = WebSocketStream::from_partially_read(
-            layer,
-            leftover,
-            Role::Server,
-            Some(ws_config(max)),
-        )
-        .now_or_never()
-        .unwrap_or_else(|| panic!("no handshake to wait for"));
+        let mut ws = Ws::from_partially_read(layer, leftover, ws_config(max));
         let mut messages = Vec::new();
         let end = loop {
             match ws.next().now_or_never() {

@@ -11,6 +11,8 @@
 //!   outbound message (once per frame, shared).
 //! - `inflate`: the layer under tungstenite that inflates a client's compressed messages and
 //!   fails a text message at its first byte that is not UTF-8.
+//! - `stream`: tungstenite's protocol state on the async socket (`Ws`), driven with the
+//!   connection task's own waker.
 //! - `utf8scan`: follows a client's frames as tungstenite will read them and checks text
 //!   messages' UTF-8 as their bytes arrive (for `inflate`).
 //! - `frame`: a client frame's header, parsed (for `inflate` and `utf8scan`).
@@ -26,20 +28,14 @@ mod echo;
 mod frame;
 mod handshake;
 mod inflate;
+mod stream;
 mod utf8scan;
 mod wire;
 mod writer;
-
-use tokio_tungstenite::WebSocketStream;
-
-use crate::ws::inflate::Inflating;
 
 pub(crate) use crate::ws::{
     driver::drive,
     echo::serve_echo,
     handshake::{answer_direct, upgrade, websocket},
+    stream::Ws,
 };
-
-/// A WebSocket connection on its socket (`prefixed::Socket`: TCP, or TLS over it), read
-/// through permessage-deflate where the connection negotiated it.
-pub(crate) type Ws<S> = WebSocketStream<Inflating<S>>;

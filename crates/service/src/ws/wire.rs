@@ -7,16 +7,12 @@ use std::{
 };
 
 use bytes::Bytes;
-use futures_util::{Sink as _, Stream as _};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::{
-    WebSocketStream,
-    tungstenite::{self, Message},
-};
+use tungstenite::{self, Message};
 
 use crate::ws::{
     Ws,
-    inflate::{Failure, Inflating},
+    inflate::Failure,
     writer::{Compression, Writer},
 };
 
@@ -26,7 +22,7 @@ use crate::ws::{
 ///
 /// tungstenite 0.30 writes a queued control reply the next time it is asked to read
 /// (`WebSocketContext::read` flushes `additional_send` before reading a frame) or to flush,
-/// and never otherwise; tokio-tungstenite's `poll_next` is that `read` and nothing more. A
+/// and never otherwise; `Ws::poll_next` is that `read` and nothing more. A
 /// reply written while a data frame is half-written would corrupt the stream, so:
 ///
 /// - tungstenite is asked to read only while it holds no reply, and such a read writes
@@ -38,7 +34,7 @@ use crate::ws::{
 /// - so tungstenite holds at most one reply, far below its write-buffer cap, and a flush that
 ///   succeeds leaves it holding nothing.
 pub(super) struct Wire<S> {
-    ws: WebSocketStream<Inflating<S>>,
+    ws: Ws<S>,
     /// The data frames, and whether tungstenite holds a control reply not written yet.
     writer: Writer,
 }
@@ -76,7 +72,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         if let Err(error) = ready!(self.poll_control(cx)) {
             return Poll::Ready(Some(Err(error)));
         }
-        let message = ready!(Pin::new(&mut self.ws).poll_next(cx));
+        let message = ready!(self.ws.poll_next(cx));
         if let Some(Ok(Message::Ping(_) | Message::Close(_))) = &message {
             // tungstenite queued the pong (or the close reply): see the type's docs.
             self.writer.control_pending = true;
@@ -115,7 +111,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
             self.writer
                 .poll_finish_frame(cx, self.ws.get_mut().get_mut())
         )?;
-        ready!(Pin::new(&mut self.ws).poll_flush(cx))?;
+        ready!(self.ws.poll_flush(cx))?;
         self.writer.control_pending = false;
         Poll::Ready(Ok(()))
     }
@@ -157,19 +153,15 @@ mod tests {
         task::Waker,
     };
 
-    use futures_util::FutureExt as _;
     use proptest::prelude::*;
     use tokio::io::ReadBuf;
-    use tokio_tungstenite::tungstenite::protocol::{
-        Role,
-        frame::{
-            Frame as WireFrame, FrameHeader,
-            coding::{Control, Data, OpCode},
-        },
+    use tungstenite::protocol::frame::{
+        Frame as WireFrame, FrameHeader,
+        coding::{Control, Data, OpCode},
     };
 
     use super::*;
-    use crate::ws::handshake::ws_config;
+    use crate::ws::{handshake::ws_config, inflate::Inflating};
 
     /// An in-memory socket: reads return what the test fed in (`Pending` when nothing is
     /// left), and writes take at most `room` bytes in all until the test makes more room
@@ -232,13 +224,11 @@ mod tests {
 
     /// A server-side wire over an empty pipe, configured as in production.
     fn wire() -> Wire<Pipe> {
-        let ws = WebSocketStream::from_raw_socket(
+        let ws = Ws::from_partially_read(
             Inflating::new(Pipe::default(), None, 1 << 20, Vec::new()).0,
-            Role::Server,
-            Some(ws_config(1 << 20)),
-        )
-        .now_or_never()
-        .unwrap_or_else(|| panic!("a raw socket needs no handshake"));
+            Vec::new(),
+            ws_config(1 << 20),
+        );
         Wire::new(ws)
     }
 

@@ -407,7 +407,7 @@ mod tests {
     use std::task::Waker;
 
     use proptest::prelude::*;
-    use tokio_tungstenite::tungstenite::protocol::frame::{
+    use tungstenite::protocol::frame::{
         Frame as WireFrame,
         coding::{Data, OpCode},
     };

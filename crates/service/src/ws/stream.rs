@@ -1,0 +1,307 @@
+//! A WebSocket on an async socket: tungstenite's protocol state (`WebSocketContext`) driven
+//! with the polling task's own `Context`, lent to the socket for each call and never stored.
+//!
+//! tokio-tungstenite's `WebSocketStream` does the same job with two `Arc`'d waker proxies per
+//! connection (so that a reading and a writing task can share one socket); a connection here
+//! is driven by one task, which needs no proxy, and an idle connection is 128 bytes smaller.
+
+use std::{
+    future::poll_fn,
+    io::{self, Read, Write},
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tungstenite::{
+    Error, Message,
+    protocol::{CloseFrame, Role, WebSocketConfig, WebSocketContext},
+};
+
+use crate::ws::inflate::Inflating;
+
+/// A WebSocket connection on its socket (`prefixed::Socket`: TCP, or TLS over it), read
+/// through permessage-deflate where the connection negotiated it.
+pub(crate) struct Ws<S> {
+    /// tungstenite's side: the read buffer, the frame and message being read, the queued
+    /// control reply and the close state.
+    context: WebSocketContext,
+    socket: Inflating<S>,
+    /// Whether reading has ended (an error or the close was returned): nothing more is read.
+    ended: bool,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Ws<S> {
+    /// A server-side WebSocket on `socket`, whose handshake is done; `part` is what the client
+    /// sent after it that was already read.
+    pub(crate) fn from_partially_read(
+        socket: Inflating<S>,
+        part: Vec<u8>,
+        config: WebSocketConfig,
+    ) -> Self {
+        Self {
+            context: WebSocketContext::from_partially_read(part, Role::Server, Some(config)),
+            socket,
+            ended: false,
+        }
+    }
+
+    /// The socket, under tungstenite.
+    pub(crate) fn get_ref(&self) -> &Inflating<S> {
+        &self.socket
+    }
+
+    /// The socket, under tungstenite, to write to it directly (data frames).
+    pub(crate) fn get_mut(&mut self) -> &mut Inflating<S> {
+        &mut self.socket
+    }
+
+    /// The next client message, as tokio-tungstenite's `Stream` gives it: `Ready(None)` once
+    /// the connection is closed, and after an error has been returned once. A read also writes
+    /// a control reply that tungstenite has queued (see `wire::Wire`).
+    pub(crate) fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Message, Error>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        match pending_on_would_block(self.context.read(&mut Lent::new(&mut self.socket, cx))) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(message)) => Poll::Ready(Some(Ok(message))),
+            Poll::Ready(Err(error)) => {
+                self.ended = true;
+                match error {
+                    Error::AlreadyClosed | Error::ConnectionClosed => Poll::Ready(None),
+                    error => Poll::Ready(Some(Err(error))),
+                }
+            }
+        }
+    }
+
+    /// [`Ws::poll_next`] as a future.
+    pub(crate) async fn next(&mut self) -> Option<Result<Message, Error>> {
+        poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    /// Writes the control reply tungstenite holds, if any, and flushes the socket: `Ready(Ok)`
+    /// once all is written, also once the close handshake is complete.
+    pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        match pending_on_would_block(self.context.flush(&mut Lent::new(&mut self.socket, cx))) {
+            Poll::Ready(Err(Error::ConnectionClosed)) => Poll::Ready(Ok(())),
+            other => other,
+        }
+    }
+
+    /// [`Ws::poll_flush`] as a future.
+    pub(crate) async fn flush(&mut self) -> Result<(), Error> {
+        poll_fn(|cx| self.poll_flush(cx)).await
+    }
+
+    /// Begins the close handshake with `frame` (nothing more when it has begun) and writes it
+    /// out.
+    pub(crate) async fn close(&mut self, frame: Option<CloseFrame>) -> Result<(), Error> {
+        let mut frame = Some(frame);
+        poll_fn(|cx| {
+            let mut lent = Lent::new(&mut self.socket, cx);
+            let result = match frame.take() {
+                // Queues the close frame and flushes; a flush that would block is finished
+                // by the next polls.
+                Some(frame) => self.context.close(&mut lent, frame),
+                None => self.context.flush(&mut lent),
+            };
+            match pending_on_would_block(result) {
+                Poll::Ready(Err(Error::ConnectionClosed)) => Poll::Ready(Ok(())),
+                other => other,
+            }
+        })
+        .await
+    }
+}
+
+/// `Pending` for a result that failed only because the socket would block (the task is then
+/// registered to be woken by the socket: see [`Lent`]).
+fn pending_on_would_block<T>(result: Result<T, Error>) -> Poll<Result<T, Error>> {
+    match result {
+        Err(Error::Io(error)) if error.kind() == io::ErrorKind::WouldBlock => Poll::Pending,
+        other => Poll::Ready(other),
+    }
+}
+
+/// The async socket lent to tungstenite as a blocking-style `Read + Write` for one call, with
+/// the polling task's context: an operation the socket cannot do now registers the task's
+/// waker with it and fails with `WouldBlock`, which tungstenite passes up (it keeps what it
+/// had read or queued) and [`pending_on_would_block`] turns into `Pending`.
+struct Lent<'a, 'b, S> {
+    socket: &'a mut S,
+    cx: &'a mut Context<'b>,
+}
+
+impl<'a, 'b, S> Lent<'a, 'b, S> {
+    fn new(socket: &'a mut S, cx: &'a mut Context<'b>) -> Self {
+        Self { socket, cx }
+    }
+}
+
+/// The `WouldBlock` of an operation the socket cannot do now.
+fn would_block<T>(poll: Poll<io::Result<T>>) -> io::Result<T> {
+    match poll {
+        Poll::Ready(result) => result,
+        Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+    }
+}
+
+impl<S: AsyncRead + Unpin> Read for Lent<'_, '_, S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut buf = ReadBuf::new(buf);
+        would_block(Pin::new(&mut *self.socket).poll_read(self.cx, &mut buf))?;
+        Ok(buf.filled().len())
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Write for Lent<'_, '_, S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        would_block(Pin::new(&mut *self.socket).poll_write(self.cx, buf))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        would_block(Pin::new(&mut *self.socket).poll_flush(self.cx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        sync::{
+            Arc,
+            atomic::{AtomicUsize, Ordering},
+        },
+        task::{Wake, Waker},
+    };
+
+    use futures_util::FutureExt as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream, duplex};
+
+    use super::*;
+    use crate::ws::handshake::ws_config;
+
+    /// A task's waker that counts its wakes.
+    #[derive(Default)]
+    struct Task(AtomicUsize);
+
+    impl Wake for Task {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A server-side WebSocket over one end of an in-memory pipe, and the client's end.
+    fn ws() -> (Ws<DuplexStream>, DuplexStream) {
+        let (server, client) = duplex(1024);
+        let (socket, part) = Inflating::new(server, None, 1 << 20, Vec::new());
+        (
+            Ws::from_partially_read(socket, part, ws_config(1 << 20)),
+            client,
+        )
+    }
+
+    /// A client's masked text frame (a zero mask, so the payload reads as sent).
+    fn text_frame(text: &str) -> Vec<u8> {
+        let mut frame = vec![
+            0x81,
+            0x80 | u8::try_from(text.len()).unwrap_or(0),
+            0,
+            0,
+            0,
+            0,
+        ];
+        frame.extend_from_slice(text.as_bytes());
+        frame
+    }
+
+    #[test]
+    fn a_read_that_must_wait_leaves_the_tasks_own_waker_with_the_socket_and_no_other() {
+        let task = Arc::new(Task::default());
+        let waker = Waker::from(task.clone());
+        let mut cx = Context::from_waker(&waker);
+        let (mut ws, mut client) = ws();
+
+        assert!(ws.poll_next(&mut cx).is_pending());
+        // Ours, the test's, and the one the socket keeps to wake the task: no proxy holds it.
+        assert_eq!(Arc::strong_count(&task), 3);
+
+        client
+            .write_all(&text_frame("hi"))
+            .now_or_never()
+            .unwrap_or_else(|| panic!("the pipe has room"))
+            .unwrap_or_else(|e| panic!("the pipe is open: {e}"));
+        assert_eq!(task.0.load(Ordering::SeqCst), 1, "the task was not woken");
+        match ws.poll_next(&mut cx) {
+            Poll::Ready(Some(Ok(Message::Text(text)))) => assert_eq!(text.as_str(), "hi"),
+            other => panic!("unexpected read: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_ping_is_answered_on_the_next_read_and_a_close_ends_reading() {
+        let mut cx = Context::from_waker(Waker::noop());
+        let (mut ws, mut client) = ws();
+        let ping = [0x89, 0x81, 0, 0, 0, 0, b'p'];
+        let close = [0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8];
+        let sent = [&ping[..], &close[..]].concat();
+        assert!(client.write_all(&sent).now_or_never().is_some());
+
+        assert!(matches!(
+            ws.poll_next(&mut cx),
+            Poll::Ready(Some(Ok(Message::Ping(_))))
+        ));
+        assert!(matches!(
+            ws.poll_next(&mut cx),
+            Poll::Ready(Some(Ok(Message::Close(Some(_)))))
+        ));
+        // The close reply, queued by the read, goes out with a flush; then reading has ended.
+        assert!(matches!(ws.poll_flush(&mut cx), Poll::Ready(Ok(()))));
+        assert!(matches!(ws.poll_next(&mut cx), Poll::Ready(None)));
+        assert!(matches!(ws.poll_next(&mut cx), Poll::Ready(None)));
+
+        let mut written = [0_u8; 7];
+        assert!(client.read_exact(&mut written).now_or_never().is_some());
+        assert_eq!(written, [0x8a, 1, b'p', 0x88, 2, 0x03, 0xe8]);
+    }
+
+    #[test]
+    fn close_writes_the_close_frame_once_the_socket_takes_it() {
+        let (server, mut client) = duplex(4);
+        let (socket, part) = Inflating::new(server, None, 1 << 20, Vec::new());
+        let mut ws = Ws::from_partially_read(socket, part, ws_config(1 << 20));
+        let mut close = Box::pin(ws.close(Some(CloseFrame {
+            code: tungstenite::protocol::frame::coding::CloseCode::Normal,
+            reason: "bye".into(),
+        })));
+        let mut cx = Context::from_waker(Waker::noop());
+        // Seven bytes into a pipe of four: the close waits for the client to read.
+        assert!(close.as_mut().poll(&mut cx).is_pending());
+        let mut written = [0_u8; 7];
+        let mut read = 0;
+        let mut closed = None;
+        while read < written.len() {
+            if closed.is_none()
+                && let Poll::Ready(result) = close.as_mut().poll(&mut cx)
+            {
+                closed = Some(result);
+            }
+            read += client
+                .read(&mut written[read..])
+                .now_or_never()
+                .and_then(Result::ok)
+                .unwrap_or(0);
+        }
+        if closed.is_none()
+            && let Poll::Ready(result) = close.as_mut().poll(&mut cx)
+        {
+            closed = Some(result);
+        }
+        assert!(matches!(closed, Some(Ok(()))), "{closed:?}");
+        assert_eq!(written, [0x88, 5, 0x03, 0xe8, b'b', b'y', b'e']);
+    }
+}
