@@ -33,9 +33,12 @@ use crate::{
 
 /// The optional subprotocol, echoed when offered.
 const SUBPROTOCOL: &str = "herald.v1";
-/// tungstenite's read buffer, allocated per connection. Client frames are small control
-/// messages; a larger one grows the buffer as needed. Measured: 4 KiB cost 8.2 KB per idle
-/// connection in all, 512 bytes 4.5 KB (`cargo xtask bench --scenario idle`).
+/// tungstenite's read buffer, allocated per connection, and the most it reads from the socket
+/// at a time. Client frames are small control messages; a larger one grows the buffer as
+/// needed. Measured: 4 KiB cost 8.2 KB per idle connection in all, 512 bytes 4.5 KB (`cargo
+/// xtask bench --scenario idle`). 128 bytes saves nothing: tungstenite reserves a frame's
+/// length again once its header is read, with the frame already in the buffer, so any frame
+/// over about 61 bytes (a `subscribe` is more) grows 128 to 256 (docs/benchmarks.md).
 const READ_BUFFER_BYTES: usize = 256;
 /// Control frames (pong and close replies) tungstenite may hold for a peer that does not read.
 /// `Wire` lets it hold one at a time, so this is a backstop, not a limit that is reached.
