@@ -15,7 +15,7 @@ use http_body_util::Full;
 use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tungstenite::{handshake::derive_accept_key, protocol::WebSocketConfig};
+use tungstenite::handshake::derive_accept_key;
 
 use crate::{
     abuse::{Client, Standing},
@@ -33,16 +33,6 @@ use crate::{
 
 /// The optional subprotocol, echoed when offered.
 const SUBPROTOCOL: &str = "herald.v1";
-/// tungstenite's read buffer, allocated per connection, and the most it reads from the socket
-/// at a time. Client frames are small control messages; a larger one grows the buffer as
-/// needed. Measured: 4 KiB cost 8.2 KB per idle connection in all, 512 bytes 4.5 KB (`cargo
-/// xtask bench --scenario idle`). 128 bytes saves nothing: tungstenite reserves a frame's
-/// length again once its header is read, with the frame already in the buffer, so any frame
-/// over about 61 bytes (a `subscribe` is more) grows 128 to 256 (docs/benchmarks.md).
-const READ_BUFFER_BYTES: usize = 256;
-/// Control frames (pong and close replies) tungstenite may hold for a peer that does not read.
-/// `Wire` lets it hold one at a time, so this is a backstop, not a limit that is reached.
-const CONTROL_BUFFER_BYTES: usize = 64 * 1024;
 
 /// A handshake that passed every check: the connection is admitted.
 struct Accepted {
@@ -184,9 +174,8 @@ pub(crate) fn websocket<S: Socket>(
     deflate: Option<Deflate>,
 ) -> Ws<S> {
     let max_payload = app.config.max_payload_bytes;
-    let config = ws_config(max_payload);
     let (socket, leftover) = Inflating::new(stream, deflate, max_payload, leftover);
-    Ws::from_partially_read(socket, leftover, config)
+    Ws::from_partially_read(socket, leftover, max_payload)
 }
 
 /// The permessage-deflate agreement for a handshake's offers: none when compression is off
@@ -329,21 +318,6 @@ fn encode_response(response: Response<Full<Bytes>>) -> Vec<u8> {
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&body);
     out
-}
-
-/// tungstenite's per-connection buffers, sized for many mostly idle connections, and the
-/// limit on a client's messages and frames (`max_payload_bytes`).
-pub(super) fn ws_config(max_payload: usize) -> WebSocketConfig {
-    WebSocketConfig::default()
-        // Client frames are small control messages; the buffer is allocated per connection.
-        .read_buffer_size(READ_BUFFER_BYTES)
-        // Only control frames (pong and close replies) go through tungstenite's write buffer:
-        // written as soon as they are queued, and capped (a backstop: `Wire` lets it hold one
-        // at a time). Data frames are the driver's (`Writer`).
-        .write_buffer_size(0)
-        .max_write_buffer_size(CONTROL_BUFFER_BYTES)
-        .max_message_size(Some(max_payload))
-        .max_frame_size(Some(max_payload))
 }
 
 /// Checks what tungstenite's own handshake would (hyper did the HTTP part): `Upgrade` and

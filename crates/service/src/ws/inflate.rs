@@ -186,6 +186,16 @@ impl<S> Inflating<S> {
         }
     }
 
+    /// Whether every byte tungstenite was handed ends a whole frame outside any fragmented
+    /// message, with nothing read and not yet handed held here (nor a failure).
+    pub(super) fn between_messages(&self) -> bool {
+        match self.layer.as_deref() {
+            None => true,
+            Some(Layer::Plain(_)) => false,
+            Some(Layer::Negotiated(negotiated)) => negotiated.state.is_none(),
+        }
+    }
+
     /// Why reading failed, if the layer failed it (on a compressed message or on text that is
     /// not UTF-8).
     pub(super) fn failure(&self) -> Option<Failure> {
@@ -593,7 +603,7 @@ mod tests {
     use tungstenite::{self, Message};
 
     use super::*;
-    use crate::ws::{Ws, handshake::ws_config};
+    use crate::ws::Ws;
 
     /// A client's compressor: raw deflate, sync-flushed, the tail stripped; its context kept
     /// from one message to the next unless reset.
@@ -722,7 +732,7 @@ mod tests {
             reads: 0,
         };
         let (layer, leftover) = Inflating::new(socket, deflate, max, leftover_bytes);
-        let mut ws = Ws::from_partially_read(layer, leftover, ws_config(max));
+        let mut ws = Ws::from_partially_read(layer, leftover, max);
         let mut messages = Vec::new();
         let end = loop {
             match ws.next().now_or_never() {

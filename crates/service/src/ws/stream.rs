@@ -1,9 +1,10 @@
 //! A WebSocket on an async socket: tungstenite's protocol state (`WebSocketContext`) driven
-//! with the polling task's own `Context`, lent to the socket for each call and never stored.
+//! with the polling task's own `Context`, lent to the socket for each call and never stored,
+//! and dropped while the connection is idle.
 //!
 //! tokio-tungstenite's `WebSocketStream` does the same job with two `Arc`'d waker proxies per
 //! connection (so that a reading and a writing task can share one socket); a connection here
-//! is driven by one task, which needs no proxy, and an idle connection is 128 bytes smaller.
+//! is driven by one task, which needs no proxy.
 
 use std::{
     future::poll_fn,
@@ -20,29 +21,69 @@ use tungstenite::{
 
 use crate::ws::inflate::Inflating;
 
+/// tungstenite's read buffer, allocated per connection, and the most it reads from the socket
+/// at a time. Client frames are small control messages; a larger one grows the buffer as
+/// needed. Measured: 4 KiB cost 8.2 KB per idle connection in all, 512 bytes 4.5 KB (`cargo
+/// xtask bench --scenario idle`). 128 bytes saves nothing: tungstenite reserves a frame's
+/// length again once its header is read, with the frame already in the buffer, so any frame
+/// over about 61 bytes (a `subscribe` is more) grows 128 to 256 (docs/benchmarks.md).
+const READ_BUFFER_BYTES: usize = 256;
+/// Control frames (pong and close replies) tungstenite may hold for a peer that does not read.
+/// `Wire` lets it hold one at a time, so this is a backstop, not a limit that is reached.
+const CONTROL_BUFFER_BYTES: usize = 64 * 1024;
+
+/// tungstenite's per-connection buffers, sized for many mostly idle connections, and the
+/// limit on a client's messages and frames (`max_payload_bytes`).
+pub(super) fn ws_config(max_payload: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        // Client frames are small control messages; the buffer is allocated per connection.
+        .read_buffer_size(READ_BUFFER_BYTES)
+        // Only control frames (pong and close replies) go through tungstenite's write buffer:
+        // written as soon as they are queued, and capped (a backstop: `Wire` lets it hold one
+        // at a time). Data frames are the driver's (`Writer`).
+        .write_buffer_size(0)
+        .max_write_buffer_size(CONTROL_BUFFER_BYTES)
+        .max_message_size(Some(max_payload))
+        .max_frame_size(Some(max_payload))
+}
+
 /// A WebSocket connection on its socket (`prefixed::Socket`: TCP, or TLS over it), read
 /// through permessage-deflate where the connection negotiated it.
 pub(crate) struct Ws<S> {
     /// tungstenite's side: the read buffer, the frame and message being read, the queued
-    /// control reply and the close state.
-    context: WebSocketContext,
+    /// control reply and the close state. `None` while the connection is idle (see
+    /// [`Ws::poll_next`]): a new one is made, with a new read buffer, when it is next needed.
+    context: Option<WebSocketContext>,
     socket: Inflating<S>,
+    /// The limit on a client's messages and frames, for a new `context`.
+    max_payload: usize,
     /// Whether reading has ended (an error or the close was returned): nothing more is read.
     ended: bool,
+    /// Whether tungstenite may hold a control reply (it read a ping or a close) that no flush
+    /// has written yet.
+    reply_queued: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Ws<S> {
     /// A server-side WebSocket on `socket`, whose handshake is done; `part` is what the client
-    /// sent after it that was already read.
+    /// sent after it that was already read, `max_payload` the limit on a client's messages and
+    /// frames.
     pub(crate) fn from_partially_read(
         socket: Inflating<S>,
         part: Vec<u8>,
-        config: WebSocketConfig,
+        max_payload: usize,
     ) -> Self {
+        let config = ws_config(max_payload);
         Self {
-            context: WebSocketContext::from_partially_read(part, Role::Server, Some(config)),
+            context: Some(WebSocketContext::from_partially_read(
+                part,
+                Role::Server,
+                Some(config),
+            )),
             socket,
+            max_payload,
             ended: false,
+            reply_queued: false,
         }
     }
 
@@ -56,9 +97,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Ws<S> {
         &mut self.socket
     }
 
+    /// Whether tungstenite's state is held (it is dropped while the connection is idle).
+    #[cfg(test)]
+    pub(super) fn holds_context(&self) -> bool {
+        self.context.is_some()
+    }
+
     /// The next client message, as tokio-tungstenite's `Stream` gives it: `Ready(None)` once
     /// the connection is closed, and after an error has been returned once. A read also writes
     /// a control reply that tungstenite has queued (see `wire::Wire`).
+    ///
+    /// A read that must wait for the client with tungstenite between messages (every byte it
+    /// was handed ends a whole frame outside any fragmented message, as the socket's scan
+    /// knows), no control reply queued and the connection open, drops tungstenite's state: it
+    /// then holds nothing a new one would not (an empty read buffer, no partial frame or
+    /// message, nothing to write, the state `Active`), and an idle connection holds no read
+    /// buffer.
     pub(crate) fn poll_next(
         &mut self,
         cx: &mut Context<'_>,
@@ -66,9 +120,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Ws<S> {
         if self.ended {
             return Poll::Ready(None);
         }
-        match pending_on_would_block(self.context.read(&mut Lent::new(&mut self.socket, cx))) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Ok(message)) => Poll::Ready(Some(Ok(message))),
+        let context = context(&mut self.context, self.max_payload);
+        match pending_on_would_block(context.read(&mut Lent::new(&mut self.socket, cx))) {
+            Poll::Pending => {
+                if !self.reply_queued && context.can_write() && self.socket.between_messages() {
+                    self.context = None;
+                }
+                Poll::Pending
+            }
+            Poll::Ready(Ok(message)) => {
+                if matches!(message, Message::Ping(_) | Message::Close(_)) {
+                    self.reply_queued = true;
+                }
+                Poll::Ready(Some(Ok(message)))
+            }
             Poll::Ready(Err(error)) => {
                 self.ended = true;
                 match error {
@@ -87,10 +152,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Ws<S> {
     /// Writes the control reply tungstenite holds, if any, and flushes the socket: `Ready(Ok)`
     /// once all is written, also once the close handshake is complete.
     pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        match pending_on_would_block(self.context.flush(&mut Lent::new(&mut self.socket, cx))) {
-            Poll::Ready(Err(Error::ConnectionClosed)) => Poll::Ready(Ok(())),
-            other => other,
+        let context = context(&mut self.context, self.max_payload);
+        let flushed =
+            match pending_on_would_block(context.flush(&mut Lent::new(&mut self.socket, cx))) {
+                Poll::Ready(Err(Error::ConnectionClosed)) => Poll::Ready(Ok(())),
+                other => other,
+            };
+        if let Poll::Ready(Ok(())) = flushed {
+            self.reply_queued = false;
         }
+        flushed
     }
 
     /// [`Ws::poll_flush`] as a future.
@@ -103,12 +174,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Ws<S> {
     pub(crate) async fn close(&mut self, frame: Option<CloseFrame>) -> Result<(), Error> {
         let mut frame = Some(frame);
         poll_fn(|cx| {
+            let context = context(&mut self.context, self.max_payload);
             let mut lent = Lent::new(&mut self.socket, cx);
             let result = match frame.take() {
                 // Queues the close frame and flushes; a flush that would block is finished
                 // by the next polls.
-                Some(frame) => self.context.close(&mut lent, frame),
-                None => self.context.flush(&mut lent),
+                Some(frame) => context.close(&mut lent, frame),
+                None => context.flush(&mut lent),
             };
             match pending_on_would_block(result) {
                 Poll::Ready(Err(Error::ConnectionClosed)) => Poll::Ready(Ok(())),
@@ -117,6 +189,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Ws<S> {
         })
         .await
     }
+}
+
+/// tungstenite's state in `slot`, a new one (between messages, `Active`) if it was dropped.
+fn context(slot: &mut Option<WebSocketContext>, max_payload: usize) -> &mut WebSocketContext {
+    slot.get_or_insert_with(|| WebSocketContext::new(Role::Server, Some(ws_config(max_payload))))
 }
 
 /// `Pending` for a result that failed only because the socket would block (the task is then
@@ -183,7 +260,6 @@ mod tests {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream, duplex};
 
     use super::*;
-    use crate::ws::handshake::ws_config;
 
     /// A task's waker that counts its wakes.
     #[derive(Default)]
@@ -199,10 +275,7 @@ mod tests {
     fn ws() -> (Ws<DuplexStream>, DuplexStream) {
         let (server, client) = duplex(1024);
         let (socket, part) = Inflating::new(server, None, 1 << 20, Vec::new());
-        (
-            Ws::from_partially_read(socket, part, ws_config(1 << 20)),
-            client,
-        )
+        (Ws::from_partially_read(socket, part, 1 << 20), client)
     }
 
     /// A client's masked text frame (a zero mask, so the payload reads as sent).
@@ -229,19 +302,19 @@ mod tests {
         allocated.saturating_sub(deallocated)
     }
 
-    /// What an idle connection's WebSocket costs on the heap, before and after it has read a
-    /// client frame: tungstenite's read buffer (256 bytes, `READ_BUFFER_BYTES`), once read
-    /// with the 48-byte record of the `BytesMut` it shares with the frame it split off, and
-    /// nothing else (tokio-tungstenite added two waker proxies, 128 bytes). Measured when
-    /// written: 256 bytes, then 304.
+    /// What an idle connection's WebSocket costs on the heap: tungstenite's read buffer (256
+    /// bytes, `READ_BUFFER_BYTES`) until it has read, and nothing once it waits between
+    /// messages (tungstenite's state is dropped; it then held the buffer and the 48-byte
+    /// record of the `BytesMut` it shares with the frames it split off, and tokio-tungstenite
+    /// added two waker proxies, 128 bytes). Measured when written: 256 bytes, then 0.
     #[test]
-    fn an_idle_websocket_holds_only_its_read_buffer() {
+    fn an_idle_websocket_holds_nothing_on_the_heap() {
         let (server, mut client) = duplex(1024);
         // Sent first: the pipe's own buffer is not the WebSocket's.
         assert!(client.write_all(&text_frame("hi")).now_or_never().is_some());
         let before = held_by_this_thread();
         let (socket, part) = Inflating::new(server, None, 1 << 20, Vec::new());
-        let mut ws = Ws::from_partially_read(socket, part, ws_config(1 << 20));
+        let mut ws = Ws::from_partially_read(socket, part, 1 << 20);
         let fresh = held_by_this_thread() - before;
         eprintln!("a new WebSocket holds {fresh} bytes");
         assert!(fresh <= 256, "a new WebSocket holds {fresh} bytes");
@@ -249,12 +322,77 @@ mod tests {
         let mut cx = Context::from_waker(Waker::noop());
         assert!(matches!(ws.poll_next(&mut cx), Poll::Ready(Some(Ok(_)))));
         assert!(ws.poll_next(&mut cx).is_pending());
+        assert!(!ws.holds_context());
         let idle = held_by_this_thread() - before;
-        eprintln!("after a frame, an idle WebSocket holds {idle} bytes");
+        eprintln!("an idle WebSocket holds {idle} bytes");
+        assert_eq!(idle, 0, "an idle WebSocket holds {idle} bytes");
+
+        // The next frame is read with a new read buffer.
         assert!(
-            idle <= 304,
-            "after a frame, an idle WebSocket holds {idle} bytes"
+            client
+                .write_all(&text_frame("again"))
+                .now_or_never()
+                .is_some()
         );
+        match ws.poll_next(&mut cx) {
+            Poll::Ready(Some(Ok(Message::Text(text)))) => assert_eq!(text.as_str(), "again"),
+            other => panic!("unexpected read: {other:?}"),
+        }
+    }
+
+    /// Whatever the split of the client's bytes into reads, tungstenite's state is dropped only
+    /// between messages with no reply waiting, and every message is read whole and in order:
+    /// a text message in two fragments with a ping between them, then a ping, then a text.
+    #[test]
+    fn tungstenite_is_dropped_only_between_messages_whatever_the_reads() {
+        let mask = [0x11, 0x22, 0x33, 0x44];
+        let masked = |first: u8, payload: &[u8]| {
+            let mut frame = vec![first, 0x80 | u8::try_from(payload.len()).unwrap_or(0)];
+            frame.extend_from_slice(&mask);
+            frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+            frame
+        };
+        let sent = [
+            masked(0x01, "héllo ".as_bytes()),
+            masked(0x89, b"p1"),
+            masked(0x80, b"world"),
+            masked(0x89, b"p2"),
+            masked(0x81, b"last"),
+        ]
+        .concat();
+        for chunk in 1..=sent.len() {
+            let mut cx = Context::from_waker(Waker::noop());
+            let (mut ws, mut client) = ws();
+            let mut read = Vec::new();
+            // Where the state was dropped, as the count of messages read by then.
+            let mut dropped_after = Vec::new();
+            for piece in sent.chunks(chunk) {
+                assert!(client.write_all(piece).now_or_never().is_some());
+                loop {
+                    match ws.poll_next(&mut cx) {
+                        Poll::Ready(Some(Ok(message))) => read.push(message.to_string()),
+                        Poll::Ready(other) => panic!("unexpected read: {other:?}"),
+                        Poll::Pending => break,
+                    }
+                    // A pong goes out as `Wire` sends it: flushed before the next read.
+                    assert!(matches!(ws.poll_flush(&mut cx), Poll::Ready(Ok(()))));
+                }
+                if !ws.holds_context() {
+                    dropped_after.push(read.len());
+                }
+            }
+            assert_eq!(
+                read,
+                ["p1", "héllo world", "p2", "last"],
+                "reads of {chunk}"
+            );
+            assert!(
+                // Never inside the fragmented message (after the first ping, read within it).
+                dropped_after.iter().all(|&n| (2..=4).contains(&n)),
+                "reads of {chunk}: dropped after {dropped_after:?} messages"
+            );
+            assert_eq!(dropped_after.last(), Some(&4), "reads of {chunk}");
+        }
     }
 
     #[test]
@@ -325,7 +463,7 @@ mod tests {
     fn close_writes_the_close_frame_once_the_socket_takes_it() {
         let (server, mut client) = duplex(4);
         let (socket, part) = Inflating::new(server, None, 1 << 20, Vec::new());
-        let mut ws = Ws::from_partially_read(socket, part, ws_config(1 << 20));
+        let mut ws = Ws::from_partially_read(socket, part, 1 << 20);
         let mut close = Box::pin(ws.close(Some(CloseFrame {
             code: tungstenite::protocol::frame::coding::CloseCode::Normal,
             reason: "bye".into(),

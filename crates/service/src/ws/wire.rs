@@ -161,7 +161,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::ws::{handshake::ws_config, inflate::Inflating};
+    use crate::ws::inflate::Inflating;
 
     /// An in-memory socket: reads return what the test fed in (`Pending` when nothing is
     /// left), and writes take at most `room` bytes in all until the test makes more room
@@ -227,7 +227,7 @@ mod tests {
         let ws = Ws::from_partially_read(
             Inflating::new(Pipe::default(), None, 1 << 20, Vec::new()).0,
             Vec::new(),
-            ws_config(1 << 20),
+            1 << 20,
         );
         Wire::new(ws)
     }
