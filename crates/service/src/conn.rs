@@ -371,18 +371,21 @@ mod tests {
     }
 
     /// An idle WebSocket costs its task (the driver's state, in the accepting task on the direct
-    /// path), its `Connection` and its read buffer, and little else (`cargo xtask bench
-    /// --scenario idle`). Measured when written: 752 bytes, 760 with the session's frame counters
-    /// for the `closed` log, 792 with the connection's standing with the per-address limits
-    /// (`abuse::Client`), 808 with the writer's acceptance instant of the oldest publication
-    /// it holds (the delivery latency), 800 once the session tracker is no longer held across
-    /// the driver's await, 808 with the inflating layer's pointer to a compression agreement,
+    /// path) and its `Connection`, and little else (no read buffer: `ws::stream`; `cargo xtask
+    /// bench --scenario idle`). Measured when written: 752 bytes, 760 with the session's frame
+    /// counters for the `closed` log, 792 with the connection's standing with the per-address
+    /// limits (`abuse::Client`), 808 with the writer's acceptance instant of the oldest
+    /// publication it holds (the delivery latency), 800 once the session tracker is no longer
+    /// held across the driver's await, 808 with the inflating layer's pointer to a compression
+    /// agreement,
     /// 800 again once the control-reply flag moved into the writer's spare room (800 kept
     /// tokio's task cell, 128-byte aligned, in jemalloc's 896-byte class rather than its
     /// 1,024-byte one: 2,820 to 2,670 bytes per idle connection in the bench), 648 once the
     /// close handshake's timer went into its box, the socket and the stop token out of the
-    /// task's captures and the driver's loop closure held one reference instead of four.
-    /// At most 672 keeps the cell in the 768-byte class. A captured value stored twice (an
+    /// task's captures and the driver's loop closure held one reference instead of four,
+    /// 632 without tokio-tungstenite's stream (its two waker proxies' pointers and its flags),
+    /// 640 with tungstenite's state made droppable while idle and the payload limit to remake
+    /// it. At most 672 keeps the cell in the 768-byte class. A captured value stored twice (an
     /// `async fn`'s parameters, or a value moved out of a capture into a binding) costs
     /// hundreds more.
     #[test]
