@@ -822,6 +822,37 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// On a connection that negotiated compression, tungstenite's state is dropped only once
+    /// a compressed message is whole, and the next one is read with a new state.
+    #[test]
+    fn compressed_messages_split_across_reads_are_read_whole_around_idle_drops() {
+        use futures_util::FutureExt as _;
+        use tokio::io::AsyncWriteExt as _;
+
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let (server, mut client) = tokio::io::duplex(4096);
+        let (layer, part) = Inflating::new(server, agreed(), 1 << 20, Vec::new());
+        let mut ws = Ws::from_partially_read(layer, part, 1 << 20);
+        for message in [
+            "first, first, first message",
+            "second, second, second message",
+        ] {
+            let mut compressor = Compress::new(Compression::default(), false);
+            let sent = client_frame(0xc1, &client_compress(&mut compressor, message.as_bytes()));
+            let (head, tail) = sent.split_at(sent.len() / 2);
+            assert!(client.write_all(head).now_or_never().is_some());
+            assert!(ws.poll_next(&mut cx).is_pending());
+            assert!(ws.holds_context(), "dropped inside a compressed frame");
+            assert!(client.write_all(tail).now_or_never().is_some());
+            match ws.poll_next(&mut cx) {
+                Poll::Ready(Some(Ok(read))) => assert_eq!(read, text(message)),
+                other => panic!("unexpected read: {other:?}"),
+            }
+            assert!(ws.poll_next(&mut cx).is_pending());
+            assert!(!ws.holds_context(), "kept between messages");
+        }
+    }
+
     #[test]
     fn a_compressed_client_message_is_read_as_the_plain_one() {
         let mut compressor = Compress::new(Compression::default(), false);

@@ -12,7 +12,7 @@
 //! - `inflate`: the layer under tungstenite that inflates a client's compressed messages and
 //!   fails a text message at its first byte that is not UTF-8.
 //! - `stream`: tungstenite's protocol state on the async socket (`Ws`), driven with the
-//!   connection task's own waker.
+//!   connection task's own waker and dropped while the connection is idle.
 //! - `utf8scan`: follows a client's frames as tungstenite will read them and checks text
 //!   messages' UTF-8 as their bytes arrive (for `inflate`).
 //! - `frame`: a client frame's header, parsed (for `inflate` and `utf8scan`).

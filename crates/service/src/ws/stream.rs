@@ -396,6 +396,45 @@ mod tests {
     }
 
     #[test]
+    fn a_pong_the_socket_cannot_take_yet_keeps_tungstenites_state_until_it_is_written() {
+        let mut cx = Context::from_waker(Waker::noop());
+        let (server, mut client) = duplex(8);
+        let (socket, part) = Inflating::new(server, None, 1 << 20, Vec::new());
+        let mut ws = Ws::from_partially_read(socket, part, 1 << 20);
+        // The way to the client is full.
+        assert!(
+            ws.get_mut()
+                .get_mut()
+                .write_all(&[0; 8])
+                .now_or_never()
+                .is_some()
+        );
+        assert!(
+            client
+                .write_all(&[0x89, 0x81, 0, 0, 0, 0, b'p'])
+                .now_or_never()
+                .is_some()
+        );
+
+        assert!(matches!(
+            ws.poll_next(&mut cx),
+            Poll::Ready(Some(Ok(Message::Ping(_))))
+        ));
+        assert!(ws.poll_next(&mut cx).is_pending());
+        assert!(ws.holds_context(), "dropped with the pong unwritten");
+        assert!(ws.poll_flush(&mut cx).is_pending());
+
+        let mut filler = [0_u8; 8];
+        assert!(client.read_exact(&mut filler).now_or_never().is_some());
+        assert!(matches!(ws.poll_flush(&mut cx), Poll::Ready(Ok(()))));
+        let mut pong = [0_u8; 3];
+        assert!(client.read_exact(&mut pong).now_or_never().is_some());
+        assert_eq!(pong, [0x8a, 1, b'p']);
+        assert!(ws.poll_next(&mut cx).is_pending());
+        assert!(!ws.holds_context());
+    }
+
+    #[test]
     fn a_frame_larger_than_the_read_buffer_is_read_whole() {
         let mut cx = Context::from_waker(Waker::noop());
         let (mut ws, mut client) = ws();
