@@ -67,6 +67,25 @@ impl Header {
     }
 }
 
+/// A client frame for tests: `first` (FIN, RSV, opcode), then `payload` masked with `mask`.
+#[cfg(test)]
+pub(super) fn masked(first: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let mut frame = vec![first];
+    let len = payload.len();
+    if len < 126 {
+        frame.push(0x80 | len as u8);
+    } else if let Ok(short) = u16::try_from(len) {
+        frame.push(0x80 | 126);
+        frame.extend_from_slice(&short.to_be_bytes());
+    } else {
+        frame.push(0x80 | 127);
+        frame.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;

@@ -628,21 +628,7 @@ mod tests {
 
     /// A client frame: `first` (FIN, RSV, opcode), then the payload masked.
     fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
-        let mask = [0x12, 0x34, 0x56, 0x78];
-        let mut frame = vec![first];
-        let len = payload.len();
-        if len < 126 {
-            frame.push(0x80 | len as u8);
-        } else if let Ok(short) = u16::try_from(len) {
-            frame.push(0x80 | 126);
-            frame.extend_from_slice(&short.to_be_bytes());
-        } else {
-            frame.push(0x80 | 127);
-            frame.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-        frame.extend_from_slice(&mask);
-        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        frame
+        crate::ws::frame::masked(first, payload, [0x12, 0x34, 0x56, 0x78])
     }
 
     /// An in-memory socket that yields `bytes` in reads of the given sizes (cycling), then

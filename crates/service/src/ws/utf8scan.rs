@@ -304,28 +304,11 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::ws::frame::masked as frame;
 
     const FIN: u8 = 0x80;
     const PING: u8 = 0x9;
     const CLOSE: u8 = 0x8;
-
-    /// A client frame: `first` (FIN, RSV, opcode), then `payload` masked with `mask`.
-    fn frame(first: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-        let mut frame = vec![first];
-        let len = payload.len();
-        if len < 126 {
-            frame.push(0x80 | len as u8);
-        } else if let Ok(short) = u16::try_from(len) {
-            frame.push(0x80 | 126);
-            frame.extend_from_slice(&short.to_be_bytes());
-        } else {
-            frame.push(0x80 | 127);
-            frame.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-        frame.extend_from_slice(&mask);
-        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        frame
-    }
 
     /// Feeds `stream` cut at `cuts` (sorted offsets); returns the index of the chop after which
     /// the scan had failed, if any, and the scan.
