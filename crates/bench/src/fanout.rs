@@ -26,6 +26,7 @@ use crate::{
     client::{Target, TargetKind, unix_ns},
     frame::{self, Kind},
     histogram::Histogram,
+    pacer::Pacer,
     procfs::{Sample, Server},
     publisher::{Publication, PublishCounts, PublishMode, Publisher, wait_for_nchan_subscribers},
     tracker::{Counts, Tracker, Verdict},
@@ -521,6 +522,10 @@ async fn publish_all(
     let topics = plan.topics.max(1);
     let tasks = plan.publishers.clamp(1, topics);
     let mut handles = Vec::with_capacity(tasks);
+    let pacer = match plan.rate {
+        Some(_) => Some(Arc::new(Pacer::start()?)),
+        None => None,
+    };
     for task in 0..tasks {
         // Topic k belongs to task k % tasks; its share of the messages is spread evenly.
         let owned: Vec<(usize, u64)> = (task..topics)
@@ -531,15 +536,20 @@ async fn publish_all(
         let rate = plan
             .rate
             .map(|r| r * task_messages as f64 / plan.messages.max(1) as f64);
+        // At a fixed rate, task `task` of `tasks` starts `task / tasks` of its interval late, so
+        // the tasks' publications interleave evenly instead of leaving together.
+        let phase = rate.map_or(Duration::ZERO, |r| {
+            Duration::from_secs_f64(task as f64 / (tasks as f64 * r.max(f64::MIN_POSITIVE)))
+        });
         let publisher = Publisher::connect(target, plan.mode, plan.size).await?;
         handles.push(tokio::spawn(publish_task(
             publisher,
             owned,
             PaceSettings {
-                rate,
+                rate: rate.zip(pacer.clone()),
                 batch: plan.batch.max(1),
                 window: plan.window,
-                start,
+                start: start + phase,
                 deadline,
             },
             Arc::clone(shared),
@@ -576,10 +586,11 @@ fn share(messages: u64, topics: usize, k: usize) -> u64 {
 }
 
 /// How a publisher task paces itself.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct PaceSettings {
-    /// This task's publications per second, or `None` for as fast as the window allows.
-    rate: Option<f64>,
+    /// This task's publications per second and the pacer that times them, or `None` for as
+    /// fast as the window allows.
+    rate: Option<(f64, Arc<Pacer>)>,
     batch: usize,
     window: u64,
     start: Instant,
@@ -612,11 +623,12 @@ async fn publish_task(
             break;
         }
         let mut room = pace.batch;
-        if let Some(rate) = pace.rate {
+        if let Some((rate, pacer)) = &pace.rate {
+            let rate = *rate;
             let due = (pace.start.elapsed().as_secs_f64() * rate) as u64;
             if due <= sent {
                 let next = pace.start + Duration::from_secs_f64((sent + 1) as f64 / rate);
-                tokio::time::sleep_until(next.min(pace.deadline)).await;
+                pacer.sleep_until(next.min(pace.deadline)).await;
                 continue;
             }
             room = room.min((due - sent) as usize);

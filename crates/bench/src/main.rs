@@ -19,6 +19,7 @@ mod fanout;
 mod floor;
 mod frame;
 mod histogram;
+mod pacer;
 mod procfs;
 mod publisher;
 mod report;
