@@ -13,6 +13,7 @@ use std::{
 
 use herald_protocol::{CloseCode, Topic};
 use herald_utils::Priority;
+use smallvec::SmallVec;
 
 use crate::{
     counters::Counters,
@@ -159,165 +160,85 @@ impl Connection {
 }
 
 /// A connection's subscriptions, sorted: one topic inline (most connections hold one, and a
-/// `Vec` would allocate room for four), more in a sorted `Vec`, which costs 16 bytes a topic
-/// where a `BTreeSet` would allocate a whole node for the first one.
-#[derive(Debug)]
-pub(crate) enum TopicSet {
-    /// Exactly one topic.
-    One(Topic),
-    /// Any other number, sorted (an empty `Vec` allocates nothing).
-    Many(Vec<Topic>),
-}
-
-impl Default for TopicSet {
-    fn default() -> Self {
-        Self::Many(Vec::new())
-    }
-}
+/// `Vec` would allocate room for four), more on the heap at 16 bytes a topic, where a
+/// `BTreeSet` would allocate a whole node for the first one.
+#[derive(Debug, Default)]
+pub(crate) struct TopicSet(SmallVec<[Topic; 1]>);
 
 impl TopicSet {
-    fn as_slice(&self) -> &[Topic] {
-        match self {
-            Self::One(one) => std::slice::from_ref(one),
-            Self::Many(many) => many,
-        }
-    }
-
     pub(crate) fn contains(&self, topic: &Topic) -> bool {
-        self.as_slice().binary_search(topic).is_ok()
+        self.0.binary_search(topic).is_ok()
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.as_slice().len()
+        self.0.len()
     }
 
     /// Adds `topic`; returns whether it was new.
     pub(crate) fn insert(&mut self, topic: Topic) -> bool {
-        let Err(at) = self.as_slice().binary_search(&topic) else {
+        let Err(at) = self.0.binary_search(&topic) else {
             return false;
         };
-        *self = match std::mem::take(self) {
-            Self::Many(many) if many.is_empty() => Self::One(topic),
-            Self::One(one) => {
-                let mut many = Vec::with_capacity(2);
-                many.push(one);
-                many.insert(at, topic);
-                Self::Many(many)
-            }
-            Self::Many(mut many) => {
-                many.insert(at, topic);
-                Self::Many(many)
-            }
-        };
+        self.0.insert(at, topic);
         true
     }
 
     /// Removes `topic`; returns whether it was there.
     pub(crate) fn remove(&mut self, topic: &Topic) -> bool {
-        let Ok(at) = self.as_slice().binary_search(topic) else {
+        let Ok(at) = self.0.binary_search(topic) else {
             return false;
         };
-        *self = match std::mem::take(self) {
-            Self::One(_) => Self::default(),
-            Self::Many(mut many) => {
-                many.remove(at);
-                match (many.len(), many.pop()) {
-                    (1, Some(last)) => Self::One(last),
-                    (_, Some(last)) => {
-                        many.push(last);
-                        Self::Many(many)
-                    }
-                    (_, None) => Self::Many(many),
-                }
-            }
-        };
+        self.0.remove(at);
+        back_inline(&mut self.0);
         true
     }
 
     pub(crate) fn iter(&self) -> std::slice::Iter<'_, Topic> {
-        self.as_slice().iter()
+        self.0.iter()
     }
 }
 
 /// A user's registered connections, oldest first. Most users hold one, kept inline: no
-/// allocation of its own (a `Vec` would allocate room for four); two or more are a `Vec`.
-#[derive(Debug)]
-enum UserConnections {
-    /// Exactly one connection.
-    One(Arc<Connection>),
-    /// Any other number (an empty `Vec` allocates nothing).
-    Many(Vec<Arc<Connection>>),
-}
-
-impl Default for UserConnections {
-    fn default() -> Self {
-        Self::Many(Vec::new())
-    }
-}
+/// allocation of its own (a `Vec` would allocate room for four).
+#[derive(Debug, Default)]
+struct UserConnections(SmallVec<[Arc<Connection>; 1]>);
 
 impl UserConnections {
     fn as_slice(&self) -> &[Arc<Connection>] {
-        match self {
-            Self::One(one) => std::slice::from_ref(one),
-            Self::Many(many) => many,
-        }
+        &self.0
     }
 
     fn len(&self) -> usize {
-        self.as_slice().len()
+        self.0.len()
     }
 
     fn is_empty(&self) -> bool {
-        self.as_slice().is_empty()
+        self.0.is_empty()
     }
 
     /// Adds `connection` as the newest.
     fn push(&mut self, connection: Arc<Connection>) {
-        *self = match std::mem::take(self) {
-            Self::Many(many) if many.is_empty() => Self::One(connection),
-            Self::One(one) => Self::Many(vec![one, connection]),
-            Self::Many(mut many) => {
-                many.push(connection);
-                Self::Many(many)
-            }
-        };
+        self.0.push(connection);
     }
 
     /// Takes the `count` oldest connections out.
     fn take_oldest(&mut self, count: usize) -> Vec<Arc<Connection>> {
-        let mut many = match std::mem::take(self) {
-            Self::One(one) => vec![one],
-            Self::Many(many) => many,
-        };
-        let taken = many.drain(..count.min(many.len())).collect();
-        *self = Self::from_vec(many);
+        let taken = self.0.drain(..count.min(self.0.len())).collect();
+        back_inline(&mut self.0);
         taken
     }
 
     /// Removes the connection `id`, if it is here.
     fn remove(&mut self, id: ConnectionId) {
-        match self {
-            Self::One(one) if one.id() == id => *self = Self::default(),
-            Self::One(_) => {}
-            Self::Many(many) => {
-                many.retain(|c| c.id() != id);
-                if many.len() == 1 {
-                    *self = Self::from_vec(std::mem::take(many));
-                }
-            }
-        }
+        self.0.retain(|c| c.id() != id);
+        back_inline(&mut self.0);
     }
+}
 
-    /// One connection inline, any other number as they are.
-    fn from_vec(mut many: Vec<Arc<Connection>>) -> Self {
-        match (many.pop(), many.is_empty()) {
-            (Some(one), true) => Self::One(one),
-            (Some(last), false) => {
-                many.push(last);
-                Self::Many(many)
-            }
-            (None, _) => Self::Many(many),
-        }
+/// Moves what is left back inline, freeing the heap, once it fits there again.
+fn back_inline<T>(items: &mut SmallVec<[T; 1]>) {
+    if items.spilled() && items.len() <= items.inline_size() {
+        items.shrink_to_fit();
     }
 }
 
@@ -767,7 +688,7 @@ mod tests {
         let mut list = UserConnections::default();
         assert!(list.is_empty());
         list.push(bare(1));
-        assert!(matches!(list, UserConnections::One(_)));
+        assert!(!list.0.spilled());
         list.push(bare(2));
         list.push(bare(3));
         assert_eq!(ids(&list), [1, 2, 3]);
@@ -776,7 +697,7 @@ mod tests {
         assert_eq!(ids(&list), [1, 3]);
         let taken = list.take_oldest(1);
         assert_eq!(taken.iter().map(|c| c.id().get()).collect::<Vec<_>>(), [1]);
-        assert!(matches!(list, UserConnections::One(_)));
+        assert!(!list.0.spilled());
         assert_eq!(ids(&list), [3]);
         list.push(bare(4));
         assert_eq!(list.take_oldest(5).len(), 2);
@@ -820,7 +741,7 @@ mod tests {
         let mut set = TopicSet::default();
         assert!(set.insert(topic("m")));
         assert!(!set.insert(topic("m")));
-        assert!(matches!(set, TopicSet::One(_)));
+        assert!(!set.0.spilled());
         assert!(set.insert(topic("z")));
         assert!(set.insert(topic("a")));
         let names = |set: &TopicSet| set.iter().map(|t| t.to_string()).collect::<Vec<_>>();
@@ -829,11 +750,11 @@ mod tests {
         assert!(set.remove(&topic("m")));
         assert!(!set.remove(&topic("m")));
         assert!(set.remove(&topic("a")));
-        assert!(matches!(set, TopicSet::One(_)));
+        assert!(!set.0.spilled());
         assert_eq!(names(&set), ["z"]);
         assert!(set.remove(&topic("z")));
         assert_eq!(set.len(), 0);
         assert!(set.insert(topic("b")));
-        assert!(matches!(set, TopicSet::One(_)));
+        assert!(!set.0.spilled());
     }
 }
