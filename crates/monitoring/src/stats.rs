@@ -135,7 +135,7 @@ pub struct LatencyStats {
     #[serde(rename = "p999Us")]
     pub p999_us: u64,
     /// Deliveries the percentiles are taken over: the most recent socket writes that carried a
-    /// publication, at most [`RECENT_SAMPLES`](crate::RECENT_SAMPLES).
+    /// publication, at most [`RECENT_SAMPLES`](crate::RECENT_SAMPLES) per runtime thread that wrote.
     pub samples: u64,
 }
 
