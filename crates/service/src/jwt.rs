@@ -1,21 +1,38 @@
 //! The JWT adapter: [`JwtAuthenticator`] implements core's `Authenticator` seam with
 //! `jsonwebtoken`, the algorithm and key pinned by configuration.
 
-use std::{fmt, path::Path, sync::Arc};
+use std::{
+    cell::RefCell,
+    fmt,
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use herald_config::{BaseConfig, JwtAlgorithm};
 use herald_core::{AuthError, Authenticator, Principal, TopicPattern, UserId};
-use jsonwebtoken::{Algorithm, DecodingKey, errors::ErrorKind};
+use jsonwebtoken::{
+    Algorithm, DecodingKey,
+    crypto::{JwtVerifier, aws_lc::DEFAULT_PROVIDER},
+};
 use serde::Deserialize;
 
 /// Verifies JWTs with `jsonwebtoken`, the algorithm pinned by configuration.
 ///
-/// A token is taken apart once: its header is read for `alg`, its signature checked over the
-/// encoded header and payload, and only then its payload decoded, once, into [`Claims`], which
-/// also carries `iss` and `aud`. (`jsonwebtoken::decode` reads the header twice and the payload
-/// twice, once for the caller's claims and once for its own validation; on the connect path
-/// that was most of the token's cost after the signature.)
+/// A token is taken apart once: its header is read for `alg` alone, its signature checked over
+/// the encoded header and payload, and only then its payload decoded, once, into [`Claims`],
+/// which also carries `iss` and `aud`. (`jsonwebtoken::decode` reads the header twice and the
+/// payload twice, once for the caller's claims and once for its own validation; its
+/// `crypto::verify` builds a verifier from the key for every token, an HMAC key schedule or a
+/// public key parse; its `decode_header` fills every JOSE field. On the connect path those
+/// were most of the token's cost after the signature.) The verifier is built once per thread
+/// that verifies ([`with_verifier`]).
 pub(crate) struct JwtAuthenticator {
+    /// Tells this authenticator's verifiers from another's in a thread's cache.
+    id: u64,
     key: Option<DecodingKey>,
     algorithm: Algorithm,
     issuer: Option<String>,
@@ -161,11 +178,52 @@ impl Audience {
     }
 }
 
+/// The JOSE header fields Herald reads: only `alg`, checked against the pinned algorithm.
+#[derive(Deserialize)]
+struct JoseHeader {
+    alg: Algorithm,
+}
+
+/// Where the next [`JwtAuthenticator`] takes its id.
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// This thread's verifier, with the id of the authenticator it was built for. The
+    /// verifiers `jsonwebtoken` builds are neither `Send` nor `Sync`, so each thread that
+    /// verifies keeps its own; a runtime has one authenticator, so each thread builds one
+    /// verifier in the process's life (tests that build several rebuild on a change).
+    static VERIFIER: RefCell<Option<(u64, Box<dyn JwtVerifier>)>> = const { RefCell::new(None) };
+}
+
+/// Runs `check` with this thread's verifier for the authenticator `id`, of `key` and
+/// `algorithm`, built first when the thread has none for it.
+fn with_verifier<R>(
+    id: u64,
+    key: &DecodingKey,
+    algorithm: Algorithm,
+    check: impl FnOnce(&dyn JwtVerifier) -> R,
+) -> Result<R, AuthError> {
+    VERIFIER.with_borrow_mut(|cached| {
+        let verifier = match cached {
+            Some((cached_id, verifier)) if *cached_id == id => verifier,
+            _ => {
+                // Fails only for a key of another family than the algorithm, which loading
+                // the configuration rules out.
+                let verifier = (DEFAULT_PROVIDER.verifier_factory)(&algorithm, key)
+                    .map_err(|e| AuthError::Invalid(e.to_string()))?;
+                &mut cached.insert((id, verifier)).1
+            }
+        };
+        Ok(check(verifier.as_ref()))
+    })
+}
+
 impl JwtAuthenticator {
     /// Builds the authenticator. What is accepted comes from `settings` only, never from a
     /// token.
     pub(crate) fn new(settings: JwtSettings) -> Self {
         Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             key: settings.key,
             algorithm: settings.algorithm,
             issuer: settings.issuer,
@@ -188,23 +246,27 @@ impl JwtAuthenticator {
         let (message, signature) = token
             .rsplit_once('.')
             .ok_or_else(|| invalid("not a JWT (header.payload.signature)"))?;
-        if !message.contains('.') {
-            return Err(invalid("not a JWT (header.payload.signature)"));
-        }
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let (header, _payload) = message
+            .rsplit_once('.')
+            .ok_or_else(|| invalid("not a JWT (header.payload.signature)"))?;
+        let header: JoseHeader = URL_SAFE_NO_PAD
+            .decode(header)
+            .map_err(|e| AuthError::Invalid(format!("header: {e}")))
+            .and_then(|json| {
+                serde_json::from_slice(&json)
+                    .map_err(|e| AuthError::Invalid(format!("header: {e}")))
+            })?;
         if header.alg != self.algorithm {
             return Err(invalid("algorithm not allowed"));
         }
-        match jsonwebtoken::crypto::verify(signature, message.as_bytes(), key, self.algorithm) {
-            Ok(true) => {}
-            Ok(false) => return Err(invalid("bad signature")),
-            Err(error) => {
-                return Err(match error.kind() {
-                    ErrorKind::InvalidSignature => invalid("bad signature"),
-                    _ => AuthError::Invalid(error.to_string()),
-                });
-            }
+        let signature = URL_SAFE_NO_PAD
+            .decode(signature)
+            .map_err(|_| invalid("bad signature"))?;
+        let verified = with_verifier(self.id, key, self.algorithm, |verifier| {
+            verifier.verify(message.as_bytes(), &signature).is_ok()
+        })?;
+        if !verified {
+            return Err(invalid("bad signature"));
         }
         let claims: Claims = jsonwebtoken::dangerous::insecure_decode_claims(token)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
@@ -423,6 +485,49 @@ mod tests {
             authenticator(|s| s.key = None).authenticate("x", NOW),
             Err(AuthError::NoKey)
         );
+    }
+
+    #[test]
+    fn authenticators_with_other_keys_on_one_thread_never_share_a_verifier() {
+        // The thread's cached verifier belongs to one authenticator: used in turns on the same
+        // thread, each accepts its own tokens and refuses the other's.
+        let other_secret: &[u8] = b"another-secret";
+        let ours = authenticator(|_| {});
+        let theirs = authenticator(|s| s.key = Some(DecodingKey::from_secret(other_secret)));
+        let claims = json!({"sub": "a", "exp": NOW / 1000 + 60});
+        let signed = |secret: &[u8]| {
+            encode(
+                &Header::default(),
+                &claims,
+                &EncodingKey::from_secret(secret),
+            )
+            .expect("encodes")
+        };
+        let (for_ours, for_theirs) = (signed(SECRET), signed(other_secret));
+        let bad = Err(AuthError::Invalid("bad signature".to_owned()));
+        for _ in 0..2 {
+            assert!(ours.authenticate(&for_ours, NOW).is_ok());
+            assert_eq!(theirs.authenticate(&for_ours, NOW).map(|_| ()), bad);
+            assert!(theirs.authenticate(&for_theirs, NOW).is_ok());
+            assert_eq!(ours.authenticate(&for_theirs, NOW).map(|_| ()), bad);
+        }
+    }
+
+    #[test]
+    fn malformed_tokens_are_refused_with_what_is_wrong() {
+        let valid = token(json!({"sub": "a", "exp": NOW / 1000 + 60}));
+        let (_, payload_and_signature) = valid.split_once('.').expect("three parts");
+        let refused = |token: &str| match authenticator(|_| {}).authenticate(token, NOW) {
+            Err(AuthError::Invalid(message)) => message,
+            other => panic!("{token}: {other:?}"),
+        };
+        assert_eq!(refused("abc"), "not a JWT (header.payload.signature)");
+        assert_eq!(refused("abc.def"), "not a JWT (header.payload.signature)");
+        assert!(refused(&format!("!!.{payload_and_signature}")).starts_with("header: "));
+        // `{"typ":"JWT"}`: no `alg`.
+        assert!(refused(&format!("eyJ0eXAiOiJKV1QifQ.{payload_and_signature}")).contains("alg"));
+        let (message, _) = valid.rsplit_once('.').expect("three parts");
+        assert_eq!(refused(&format!("{message}.!!")), "bad signature");
     }
 
     #[test]
