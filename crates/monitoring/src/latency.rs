@@ -160,27 +160,20 @@ impl LatencyHistogram {
     /// Percentiles (nearest rank) of the most recent samples of every recording thread; zeros
     /// before the first.
     pub fn stats(&self) -> LatencyStats {
-        let mut recent: Vec<f64> = Vec::new();
+        let mut recent = CircularBuffer::new(RECENT_SAMPLES * SHARDS);
         for shard in &self.shards {
-            recent.extend(shard.recent().iter());
-        }
-        let n = recent.len();
-        let mut at = |p: f64| {
-            if n == 0 {
-                return 0;
+            for &us in shard.recent().iter() {
+                recent.push(us);
             }
-            // Nearest rank is ceil(p/100 * n), counted from 1; the float lies in 0..=n.
-            let rank = ((p / 100.0 * n as f64).ceil() as usize).clamp(1, n);
-            let (_, value, _) = recent.select_nth_unstable_by(rank - 1, f64::total_cmp);
-            // Latencies are non-negative whole microseconds, so `as` is exact.
-            value.round() as u64
-        };
+        }
+        // Latencies are non-negative whole microseconds, so `as` is exact.
+        let at = |p: f64| recent.percentile(p).map_or(0, |v| v.round() as u64);
         LatencyStats {
             p50_us: at(50.0),
             p90_us: at(90.0),
             p99_us: at(99.0),
             p999_us: at(99.9),
-            samples: n as u64,
+            samples: recent.len() as u64,
         }
     }
 

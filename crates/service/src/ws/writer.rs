@@ -138,6 +138,11 @@ impl Chunk {
             Self::Shared(frame) => frame.as_bytes(),
         }
     }
+
+    /// Whether this is a frame's payload (of either kind) rather than its header.
+    fn is_payload(&self) -> bool {
+        !matches!(self, Self::Header { .. })
+    }
 }
 
 /// Compressed messages staged in one go, counted in the metrics once.
@@ -184,7 +189,7 @@ impl Writer {
 
     /// Whether no data frame is half-written, so another writer (tungstenite) may write.
     pub(super) fn at_frame_boundary(&self) -> bool {
-        self.written == 0 && !matches!(self.out.front(), Some(Chunk::Payload(_) | Chunk::Shared(_)))
+        self.written == 0 && !self.out.front().is_some_and(Chunk::is_payload)
     }
 
     /// Whether staged frames wait to be written.
@@ -362,7 +367,7 @@ impl Writer {
             .out
             .iter()
             .skip(1)
-            .take_while(|chunk| matches!(chunk, Chunk::Payload(_) | Chunk::Shared(_)))
+            .take_while(|chunk| chunk.is_payload())
             .count();
         1 + payloads
     }
