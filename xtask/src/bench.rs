@@ -231,6 +231,9 @@ impl Options {
                 push("--rate", self.size("p2p-rate"));
                 push("--duration-secs", self.size("p2p-secs"));
                 push("--size", self.size("size"));
+                // One request per publication, as nchan publishes: the scenario compares the
+                // two servers' single-publish path.
+                push("--publish", "single".to_owned());
             }
             "idle" => {
                 push("--connections", self.size("idle-connections"));
@@ -979,6 +982,12 @@ mod tests {
                 .scenario_args("p2p")
                 .windows(2)
                 .any(|w| w == ["--rate", "500"])
+        );
+        assert!(
+            options
+                .scenario_args("p2p")
+                .windows(2)
+                .any(|w| w == ["--publish", "single"])
         );
         assert_eq!(options.size("curve"), "5,10");
     }
