@@ -24,7 +24,7 @@ use std::{
 
 use arc_swap::ArcSwap;
 use herald_monitoring::RedisStats;
-use herald_protocol::Topic;
+use herald_protocol::{Topic, complete_message};
 use herald_utils::Priority;
 
 use crate::{
@@ -175,10 +175,13 @@ pub enum SequencedDelivery {
 }
 
 /// The complete `message` frame from the head a [`SequenceRequest`] carries, its offset and
-/// its epoch. `epoch` must need no JSON escaping (sequencers make epochs of letters, digits
-/// and `-`).
+/// its epoch.
 pub fn complete_message_frame(head: &str, offset: u64, epoch: &str) -> Frame {
-    Frame::from(format!("{head}{offset},\"epoch\":\"{epoch}\"}}"))
+    // The most digits of a `u64`, the epoch's key, quotes and the closing brace.
+    let mut text = String::with_capacity(head.len() + 20 + 12 + epoch.len());
+    text.push_str(head);
+    complete_message(&mut text, offset, epoch);
+    Frame::from(text)
 }
 
 /// An operation accepted by one node, as it travels to the others.

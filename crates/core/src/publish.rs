@@ -11,7 +11,7 @@ use std::{
 };
 
 use herald_config::RuntimeConfig;
-use herald_protocol::{ServerMessage, Topic};
+use herald_protocol::{Topic, encode_message, encode_message_head};
 use herald_utils::{Clock, LruCache, Priority};
 use serde_json::value::RawValue;
 
@@ -22,10 +22,6 @@ use crate::{
     sizes::scaled,
     subscription::{Published, SubscriptionManager},
 };
-
-/// The end of a `message` frame encoded with offset 0 and an empty epoch: what
-/// [`message_frame_head`] cuts off.
-const PLACEHOLDER_TAIL: &str = "0,\"epoch\":\"\"}";
 
 /// A publication to a topic, as the HTTP API (`POST /api/publish`) or a client `publish`
 /// requests it.
@@ -112,13 +108,7 @@ impl Publisher {
             self.check_duplicate(runtime, &topic, id.as_deref()?, next_offset, epoch)
         };
         let encode = |offset: u64, epoch: &Arc<str>| {
-            let message = ServerMessage::Message {
-                topic: topic.clone(),
-                data,
-                offset,
-                epoch: epoch.to_string(),
-            };
-            Frame::from(message.encode()).stamped(accepted)
+            Frame::from(encode_message(&topic, &data, offset, epoch)).stamped(accepted)
         };
         match topics.publish(&topic, priority, now_ms, counters, dedupe, encode) {
             Published::Duplicate { offset, epoch } => {
@@ -169,7 +159,8 @@ impl Publisher {
             priority,
             id,
         } = publication;
-        let frame_head = message_frame_head(&topic, data);
+        // The sequencer appends offset and epoch (`complete_message_frame`).
+        let frame_head = encode_message_head(&topic, &data, 0);
         SequenceRequest {
             topic,
             priority,
@@ -252,25 +243,10 @@ impl Publisher {
     }
 }
 
-/// The `message` frame of `data` on `topic`, encoded once, up to and including `"offset":`;
-/// [`complete_message_frame`](crate::broker::complete_message_frame) appends offset and epoch.
-fn message_frame_head(topic: &Topic, data: Box<RawValue>) -> String {
-    let mut text = ServerMessage::Message {
-        topic: topic.clone(),
-        data,
-        offset: 0,
-        epoch: String::new(),
-    }
-    .encode();
-    // `offset` and `epoch` are the frame's last fields (the protocol's golden tests pin the
-    // field order), so the text ends with the placeholder's tail.
-    debug_assert!(text.ends_with(PLACEHOLDER_TAIL));
-    text.truncate(text.len().saturating_sub(PLACEHOLDER_TAIL.len()));
-    text
-}
-
 #[cfg(test)]
 mod tests {
+    use herald_protocol::ServerMessage;
+
     use super::*;
     use crate::broker::complete_message_frame;
 
@@ -286,7 +262,7 @@ mod tests {
             epoch: "18c-7".to_owned(),
         }
         .encode();
-        let head = message_frame_head(&topic, data);
+        let head = encode_message_head(&topic, &data, 0);
         assert!(head.ends_with("\"offset\":"), "{head}");
         assert_eq!(
             complete_message_frame(&head, 42, "18c-7").as_str(),

@@ -5,6 +5,9 @@
 //!   [`ProtocolError`] that carries what the `error` reply must echo. It never panics.
 //! - [`ServerMessage`] is every frame the server sends; [`ServerMessage::encode`] writes it
 //!   once and [`encode_batch`] joins encoded frames into a `batch` without re-parsing.
+//!   [`encode_message`] writes the hottest frame, a publication's `message`, directly (the
+//!   same text), and [`encode_message_head`] with [`complete_message`] in two steps for a
+//!   cluster's sequencer.
 //! - The HTTP API bodies ([`PublishRequest`], [`EventRequest`], ...) are decoded with
 //!   [`parse_body`].
 //! - [`Limits`] holds the bounds an operator sets on nesting and batch sizes.
@@ -25,6 +28,7 @@ mod error;
 mod event;
 mod json;
 mod limits;
+mod message_frame;
 mod request_kind;
 mod server;
 #[cfg(test)]
@@ -46,6 +50,7 @@ pub use crate::{
         DEFAULT_MAX_BATCH_TOPICS, DEFAULT_MAX_JSON_DEPTH, DEFAULT_MAX_PUBLISH_BATCH, Limits,
         MAX_JSON_DEPTH_CEILING,
     },
+    message_frame::{complete_message, encode_message, encode_message_head},
     request_kind::RequestKind,
     server::{
         ConnectedData, PushScope, RefreshResult, ServerMessage, SubscribeResult, encode_batch,
