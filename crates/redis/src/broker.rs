@@ -23,17 +23,16 @@ use herald_core::{
 };
 use herald_monitoring::RedisStats;
 use herald_protocol::Topic;
-use herald_utils::{BreakerSettings, BreakerState, Clock};
+use herald_utils::{BreakerState, Clock};
 use redis::{
-    AsyncCommands as _, Client, IntoConnectionInfo as _, ProtocolVersion, PushInfo, PushKind,
-    RedisError, Script, Value,
-    aio::{ConnectionManager, ConnectionManagerConfig},
+    AsyncCommands as _, PushInfo, PushKind, RedisError, Script, Value, aio::ConnectionManager,
 };
 use tokio::sync::mpsc;
 
 use crate::{
     fallback::{Fallback, Pending},
     guard::RedisBreaker,
+    link::{self, Connections, RedisBrokerError, RedisSettings},
     script::{PublishArgs, publish_script},
     wire::{BusMessage, Keys, decode, encode_envelope},
 };
@@ -58,38 +57,6 @@ const REPLAY_INTERVAL: Duration = Duration::from_millis(200);
 /// for the burst one pipeline of publish scripts brings back ([`PIPELINE`]); a longer burst
 /// is taken in several turns.
 const RECEIVE_BATCH: usize = PIPELINE;
-
-/// How a node joins a cluster over Redis.
-#[derive(Debug, Clone)]
-pub struct RedisSettings {
-    /// `redis://[user:password@]host:port[/db]`; RESP3 is always used.
-    pub url: String,
-    /// The start of every key and channel.
-    pub key_prefix: String,
-    /// This node's id on the bus (operations it forwarded are not delivered back to it).
-    pub node_id: String,
-    /// How long one command may take before it counts as failed.
-    pub command_timeout: Duration,
-    /// How long connecting may take.
-    pub connect_timeout: Duration,
-    /// Publications kept per topic in the shared history (0: none).
-    pub history_size: usize,
-    /// How long a topic's offsets, epoch and history outlive its last publication.
-    pub history_retention: Duration,
-    /// When the circuit breaker around every Redis call opens and closes.
-    pub breaker: BreakerSettings,
-    /// Operations kept while Redis is unreachable, replayed when it is back (0: none kept,
-    /// every publication is refused while the breaker is open).
-    pub outbox_size: usize,
-}
-
-/// Why the broker could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum RedisBrokerError {
-    /// The URL or the client configuration is not usable.
-    #[error("redis: {0}")]
-    Redis(#[from] RedisError),
-}
 
 /// Core's broker and sequencer over Redis. Cheap to clone; the tasks it spawned run until the
 /// runtime stops.
@@ -171,30 +138,14 @@ impl RedisBroker {
         settings: RedisSettings,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, RedisBrokerError> {
-        let info = settings.url.as_str().into_connection_info()?;
-        let redis_settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let client = Client::open(info.set_redis_settings(redis_settings))?;
+        let Connections {
+            commands: connection,
+            mut subscriber,
+            pushes,
+        } = Connections::open(&settings)?;
         let keys = Keys::new(&settings.key_prefix);
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(settings.connect_timeout))
-            .set_response_timeout(Some(settings.command_timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let (push_sender, pushes) = mpsc::unbounded_channel::<PushInfo>();
-        let subscriber_config = config
-            .clone()
-            .set_push_sender(push_sender)
-            .set_automatic_resubscription();
-        let connection = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
-        let mut subscriber = ConnectionManager::new_lazy_with_config(client, subscriber_config)?;
         let breaker = RedisBreaker::new(Arc::clone(&clock), settings.breaker);
-        // The first contact: connecting and subscribing, each bounded by the connect timeout.
-        let bound = settings.connect_timeout * 2;
-        let subscribed = breaker
-            .call(bound, subscriber.subscribe(keys.bus()))
+        let subscribed = link::subscribe_at_start(&settings, &breaker, &mut subscriber, &keys.bus())
             .await
             .inspect_err(|error| {
                 tracing::warn!(

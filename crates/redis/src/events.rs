@@ -16,31 +16,24 @@
 //! receives and `PUBLISH`es them on `<prefix>acks` as `<len>:<node><len>:<user>` followed by
 //! `<len>:<id>` per id; every other node drops its copies.
 //!
-//! Every Redis call of this module goes through one task ([`run_calls`]) and one time bound
-//! (`link::bounded`, through the node's circuit breaker); a call that fails or times out is answered with
+//! Every Redis call of this module goes through the store's one task ([`Store`]) and one time
+//! bound (through the node's circuit breaker); a call that fails or times out is answered with
 //! [`EventStoreError::Unavailable`], so the gateway refuses the event (HTTP 503) instead of
 //! accepting what it could not keep.
 
-use std::{
-    sync::{Arc, Mutex, PoisonError, Weak},
-    time::Duration,
-};
+use std::time::Duration;
 
 use herald_core::{
     AckedElsewhere, Appended, EventStore, EventStoreError, EventStoreReply, Frame, StoredEvent,
     ThreadId, UserId,
 };
-use redis::{PushInfo, PushKind, Script, Value, aio::ConnectionManager};
-use tokio::sync::mpsc;
+use redis::Script;
 
 use crate::{
-    broker::{RedisBrokerError, RedisSettings},
     guard::RedisBreaker,
-    link::{self, bounded},
+    link::{RedisBrokerError, RedisSettings},
+    store::{self, Commands, Store, user_key},
 };
-
-/// Calls queued for the store's task before callers are refused.
-const CALL_QUEUE: usize = 10_000;
 
 /// Drops the user's events older than the time-to-live from the head of the list.
 /// `KEYS`: list, hash. `ARGV[1]`: now (ms), `ARGV[2]`: time-to-live (ms).
@@ -147,24 +140,15 @@ impl Call {
 /// Core's event store over Redis. Cheap to clone; its tasks run until the runtime stops.
 #[derive(Clone)]
 pub struct RedisEventStore {
-    shared: Arc<Shared>,
+    store: Store<Events>,
 }
 
 impl std::fmt::Debug for RedisEventStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisEventStore")
-            .field("node", &self.shared.settings.node_id)
+            .field("node", &self.store.settings().node_id)
             .finish_non_exhaustive()
     }
-}
-
-struct Shared {
-    settings: RedisSettings,
-    calls: mpsc::Sender<Call>,
-    /// This node, once the gateway attached: told of acknowledgements made elsewhere.
-    local: Mutex<Option<AckedElsewhere>>,
-    /// The node's circuit breaker, shared with its broker: one outage opens it for all.
-    breaker: RedisBreaker,
 }
 
 impl RedisEventStore {
@@ -178,47 +162,23 @@ impl RedisEventStore {
         breaker: RedisBreaker,
     ) -> Result<Self, RedisBrokerError> {
         let channel = acks_channel(&settings.key_prefix);
-        let (connection, subscription, pushes) =
-            link::connect(&settings, &breaker, channel).await?;
-        let (calls, queue) = mpsc::channel(CALL_QUEUE);
-        let shared = Arc::new(Shared {
-            settings,
-            calls,
-            local: Mutex::new(None),
-            breaker: breaker.clone(),
-        });
-        tokio::spawn(run_calls(Arc::downgrade(&shared), connection, queue));
-        tokio::spawn(receive_acks(Arc::downgrade(&shared), pushes));
-        tokio::spawn(link::keep_alive(
-            Arc::downgrade(&shared),
-            breaker,
-            subscription,
-        ));
-        Ok(Self { shared })
-    }
-
-    fn queue(&self, call: Call) {
-        if let Err(refused) = self.shared.calls.try_send(call) {
-            let (mpsc::error::TrySendError::Full(call) | mpsc::error::TrySendError::Closed(call)) =
-                refused;
-            call.refuse(EventStoreError::Unavailable(
-                "redis: the event store's queue is full".to_owned(),
-            ));
-        }
+        let events = Events {
+            append: Script::new(&format!("{TRIM}{APPEND}")),
+            pending: Script::new(&format!("{TRIM}{PENDING}")),
+            acknowledge: Script::new(ACKNOWLEDGE),
+        };
+        let store = Store::connect(settings, breaker, channel, events).await?;
+        Ok(Self { store })
     }
 }
 
 impl EventStore for RedisEventStore {
     fn attach(&self, local: AckedElsewhere) {
-        *self
-            .shared
-            .local
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(local);
+        self.store.attach(local);
     }
 
     fn node(&self) -> &str {
-        &self.shared.settings.node_id
+        &self.store.settings().node_id
     }
 
     fn append(
@@ -228,7 +188,7 @@ impl EventStore for RedisEventStore {
         ttl: Duration,
         reply: EventStoreReply<Appended>,
     ) {
-        self.queue(Call::Append {
+        self.store.queue(Call::Append {
             event,
             limit,
             ttl,
@@ -243,7 +203,7 @@ impl EventStore for RedisEventStore {
         ttl: Duration,
         reply: EventStoreReply<Vec<StoredEvent>>,
     ) {
-        self.queue(Call::Pending {
+        self.store.queue(Call::Pending {
             user: user.clone(),
             now_unix_ms,
             ttl,
@@ -258,7 +218,7 @@ impl EventStore for RedisEventStore {
         ids: Vec<String>,
         reply: EventStoreReply<Vec<String>>,
     ) {
-        self.queue(Call::Acknowledge {
+        self.store.queue(Call::Acknowledge {
             user: user.clone(),
             thread: thread.cloned(),
             ids,
@@ -267,36 +227,34 @@ impl EventStore for RedisEventStore {
     }
 }
 
-/// A per-user key: `<prefix><kind>:<byte length>:{<user>}`.
-pub(crate) fn user_key(prefix: &str, kind: &str, user: &UserId) -> String {
-    format!(
-        "{prefix}{kind}:{}:{{{}}}",
-        user.as_str().len(),
-        user.as_str()
-    )
-}
-
 fn acks_channel(prefix: &str) -> String {
     format!("{prefix}acks")
 }
 
-/// The store's task: performs the calls one at a time, in the order they were made. Every
-/// Redis call of the store is made here.
-async fn run_calls(
-    shared: Weak<Shared>,
-    mut connection: ConnectionManager,
-    mut queue: mpsc::Receiver<Call>,
-) {
-    let append = Script::new(&format!("{TRIM}{APPEND}"));
-    let pending = Script::new(&format!("{TRIM}{PENDING}"));
-    let acknowledge = Script::new(ACKNOWLEDGE);
-    while let Some(call) = queue.recv().await {
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        let settings = &shared.settings;
+/// The event store's part of its [`Store`]: its scripts, made once for its task, and the
+/// acknowledgements other nodes publish.
+struct Events {
+    append: Script,
+    pending: Script,
+    acknowledge: Script,
+}
+
+impl store::Kind for Events {
+    type Call = Call;
+    type Local = AckedElsewhere;
+    /// The acknowledged ids.
+    type Change<'a> = Vec<&'a str>;
+
+    const CHANGE: &'static str = "an acknowledgement";
+
+    fn refuse(call: Call) {
+        call.refuse(EventStoreError::Unavailable(
+            "redis: the event store's queue is full".to_owned(),
+        ));
+    }
+
+    async fn perform(&self, settings: &RedisSettings, commands: &mut Commands, call: Call) {
         let prefix = settings.key_prefix.as_str();
-        let timeout = settings.command_timeout;
         match call {
             Call::Append {
                 event,
@@ -304,7 +262,7 @@ async fn run_calls(
                 ttl,
                 reply,
             } => {
-                let mut invocation = append.prepare_invoke();
+                let mut invocation = self.append.prepare_invoke();
                 invocation
                     .key(user_key(prefix, "events", &event.user))
                     .key(user_key(prefix, "event", &event.user))
@@ -313,12 +271,7 @@ async fn run_calls(
                     .arg(&event.id)
                     .arg(record(&event))
                     .arg(limit);
-                let answer: Result<(u8, usize), String> = bounded(
-                    &shared.breaker,
-                    timeout,
-                    invocation.invoke_async(&mut connection),
-                )
-                .await;
+                let answer: Result<(u8, usize), String> = commands.invoke(&invocation).await;
                 reply(
                     answer
                         .map(|(kind, pending)| match kind {
@@ -335,18 +288,13 @@ async fn run_calls(
                 ttl,
                 reply,
             } => {
-                let mut invocation = pending.prepare_invoke();
+                let mut invocation = self.pending.prepare_invoke();
                 invocation
                     .key(user_key(prefix, "events", &user))
                     .key(user_key(prefix, "event", &user))
                     .arg(now_unix_ms)
                     .arg(millis(ttl));
-                let answer: Result<Vec<String>, String> = bounded(
-                    &shared.breaker,
-                    timeout,
-                    invocation.invoke_async(&mut connection),
-                )
-                .await;
+                let answer: Result<Vec<String>, String> = commands.invoke(&invocation).await;
                 reply(
                     answer
                         .map(|flat| {
@@ -363,28 +311,35 @@ async fn run_calls(
                 ids,
                 reply,
             } => {
-                let mut head = String::new();
-                field(&mut head, &settings.node_id);
-                field(&mut head, user.as_str());
-                let mut invocation = acknowledge.prepare_invoke();
+                let mut invocation = self.acknowledge.prepare_invoke();
                 invocation
                     .key(user_key(prefix, "events", &user))
                     .key(user_key(prefix, "event", &user))
                     .arg(acks_channel(prefix))
-                    .arg(head)
+                    .arg(store::head(&settings.node_id, &user))
                     .arg(thread.as_ref().map_or("", ThreadId::as_str));
                 for id in &ids {
                     invocation.arg(id);
                 }
-                let answer: Result<Vec<String>, String> = bounded(
-                    &shared.breaker,
-                    timeout,
-                    invocation.invoke_async(&mut connection),
-                )
-                .await;
+                let answer: Result<Vec<String>, String> = commands.invoke(&invocation).await;
                 reply(answer.map_err(EventStoreError::Unavailable));
             }
         }
+    }
+
+    /// Reads the ids of an acknowledgement, each a `<len>:<id>` field.
+    fn read(rest: &str) -> Option<Vec<&str>> {
+        let mut rest = rest;
+        let mut ids = Vec::new();
+        while let Some(id) = store::next_field(&mut rest) {
+            ids.push(id);
+        }
+        Some(ids)
+    }
+
+    fn tell(local: &AckedElsewhere, user: &UserId, ids: Vec<&str>) {
+        let ids: Vec<String> = ids.into_iter().map(str::to_owned).collect();
+        local.acknowledged(user, &ids);
     }
 }
 
@@ -411,64 +366,6 @@ fn parse_record(user: &UserId, id: &str, record: &str) -> Option<StoredEvent> {
         frame: Frame::from(frame.to_owned()),
         created_unix_ms: created.parse().ok()?,
     })
-}
-
-/// Appends `value` to `out` as a `<len>:<value>` field.
-pub(crate) fn field(out: &mut String, value: &str) {
-    out.push_str(&value.len().to_string());
-    out.push(':');
-    out.push_str(value);
-}
-
-/// Takes the next `<len>:<value>` field off the front of `rest`.
-pub(crate) fn next_field<'a>(rest: &mut &'a str) -> Option<&'a str> {
-    let (len, tail) = rest.split_once(':')?;
-    let (value, tail) = tail.split_at_checked(len.parse().ok()?)?;
-    *rest = tail;
-    Some(value)
-}
-
-/// Reads an acknowledgement message: the origin node, the user and the ids.
-fn parse_ack(message: &str) -> Option<(&str, &str, Vec<&str>)> {
-    let mut rest = message;
-    let node = next_field(&mut rest)?;
-    let user = next_field(&mut rest)?;
-    let mut ids = Vec::new();
-    while let Some(id) = next_field(&mut rest) {
-        ids.push(id);
-    }
-    Some((node, user, ids))
-}
-
-/// Tells this node of the acknowledgements other nodes published.
-async fn receive_acks(shared: Weak<Shared>, mut pushes: mpsc::UnboundedReceiver<PushInfo>) {
-    while let Some(push) = pushes.recv().await {
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        if push.kind != PushKind::Message {
-            continue;
-        }
-        let Some(Value::BulkString(payload)) = push.data.get(1) else {
-            continue;
-        };
-        let Some((node, user, ids)) = std::str::from_utf8(payload).ok().and_then(parse_ack) else {
-            tracing::warn!("redis: an acknowledgement Herald cannot read was ignored");
-            continue;
-        };
-        if node == shared.settings.node_id {
-            continue;
-        }
-        let local = shared
-            .local
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        if let Some(local) = local {
-            let ids: Vec<String> = ids.into_iter().map(str::to_owned).collect();
-            local.acknowledged(&UserId::new(user), &ids);
-        }
-    }
 }
 
 fn millis(duration: Duration) -> u64 {
@@ -502,19 +399,12 @@ mod tests {
     }
 
     #[test]
-    fn acknowledgements_read_back_and_keys_keep_users_apart() {
-        let mut message = String::new();
-        for value in ["node:1", "al:ice", "e1", "e:2"] {
-            field(&mut message, value);
-        }
+    fn acknowledgements_read_back() {
+        let message = format!("{}2:e13:e:2", store::head("node:1", &UserId::new("al:ice")));
         assert_eq!(
-            parse_ack(&message),
+            store::read_change::<Events>(&message),
             Some(("node:1", "al:ice", vec!["e1", "e:2"]))
         );
-        assert_eq!(parse_ack("x"), None);
-        assert_eq!(
-            user_key("h:", "events", &UserId::new("a}b")),
-            "h:events:3:{a}b}"
-        );
+        assert_eq!(store::read_change::<Events>("x"), None);
     }
 }

@@ -7,7 +7,7 @@
 //! over one pub/sub channel. [`RedisEventStore`] keeps every user's pending critical events
 //! (so they outlive the node that accepted them, and an ack on one node removes them on all)
 //! and [`RedisPreferenceStore`] the users' preferences. The key and channel layout is in
-//! `wire.rs`, `events.rs`, `preferences.rs` and docs/operations.md.
+//! `wire.rs`, `store.rs`, `events.rs`, `preferences.rs` and docs/operations.md.
 //!
 //! Architecture invariant: this crate knows core's seams and Redis, nothing of sockets, HTTP or
 //! the environment; the service builds it from the configuration.
@@ -19,11 +19,13 @@ mod guard;
 mod link;
 mod preferences;
 mod script;
+mod store;
 mod wire;
 
 pub use crate::{
-    broker::{RedisBroker, RedisBrokerError, RedisSettings},
+    broker::RedisBroker,
     events::RedisEventStore,
     guard::RedisBreaker,
+    link::{RedisBrokerError, RedisSettings},
     preferences::RedisPreferenceStore,
 };

@@ -1,49 +1,94 @@
-//! What the event and preference stores share of their link to Redis: lazily connecting
-//! connection managers, every call through the node's circuit breaker, and a subscriber
-//! connection kept alive (and subscribed once Redis answers) by a ping every second.
+//! How a node reaches Redis: its settings ([`RedisSettings`]), the error when they cannot be
+//! used ([`RedisBrokerError`]), and the two lazily connecting connections the broker and every
+//! store open the same way (one for commands, one subscriber whose pushes come through a
+//! channel).
 
-use std::{sync::Weak, time::Duration};
+use std::time::Duration;
 
+use herald_core::BrokerError;
+use herald_utils::BreakerSettings;
 use redis::{
     Client, IntoConnectionInfo as _, ProtocolVersion, PushInfo, RedisError,
     aio::{ConnectionManager, ConnectionManagerConfig},
 };
 use tokio::sync::mpsc;
 
-use crate::{
-    broker::{RedisBrokerError, RedisSettings},
-    guard::RedisBreaker,
-};
+use crate::guard::RedisBreaker;
 
-/// How often a store's subscriber is pinged, which also drives its reconnection.
-const KEEP_ALIVE: Duration = Duration::from_secs(1);
+/// How a node joins a cluster over Redis.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// `redis://[user:password@]host:port[/db]`; RESP3 is always used.
+    pub url: String,
+    /// The start of every key and channel.
+    pub key_prefix: String,
+    /// This node's id on the bus (operations it forwarded are not delivered back to it).
+    pub node_id: String,
+    /// How long one command may take before it counts as failed.
+    pub command_timeout: Duration,
+    /// How long connecting may take.
+    pub connect_timeout: Duration,
+    /// Publications kept per topic in the shared history (0: none).
+    pub history_size: usize,
+    /// How long a topic's offsets, epoch and history outlive its last publication.
+    pub history_retention: Duration,
+    /// When the circuit breaker around every Redis call opens and closes.
+    pub breaker: BreakerSettings,
+    /// Operations kept while Redis is unreachable, replayed when it is back (0: none kept,
+    /// every publication is refused while the breaker is open).
+    pub outbox_size: usize,
+}
 
-/// A store's link: its command connection, its subscription to `channel` and the pushes that
-/// subscription brings. Both connections connect at their first call; the channel is
-/// subscribed to now if Redis answers within the connect timeout, else by [`keep_alive`] once
-/// it does. Fails only on a URL that cannot be used.
-pub(crate) async fn connect(
+/// Why the broker or a store could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisBrokerError {
+    /// The URL or the client configuration is not usable.
+    #[error("redis: {0}")]
+    Redis(#[from] RedisError),
+}
+
+/// A node's two connections to Redis for one user of them (the broker, or a store).
+///
+/// Both connect at their first call, so a node starts without Redis, and reconnect on their
+/// own; the subscriber resubscribes a new connection to what it was subscribed to.
+pub(crate) struct Connections {
+    /// For commands: scripts, `PUBLISH`, reads.
+    pub(crate) commands: ConnectionManager,
+    /// For `SUBSCRIBE` and the keep-alive `PING`; its messages arrive on [`Self::pushes`].
+    pub(crate) subscriber: ConnectionManager,
+    /// What the subscriber's connection pushes: messages, and notices of disconnection.
+    pub(crate) pushes: mpsc::UnboundedReceiver<PushInfo>,
+}
+
+impl Connections {
+    /// Opens both connections to the configured Redis. Fails only on a URL that cannot be
+    /// used.
+    pub(crate) fn open(settings: &RedisSettings) -> Result<Self, RedisBrokerError> {
+        let (push_sender, pushes) = mpsc::unbounded_channel::<PushInfo>();
+        Ok(Self {
+            commands: manager(settings, None)?,
+            subscriber: manager(settings, Some(push_sender))?,
+            pushes,
+        })
+    }
+}
+
+/// Subscribes `subscriber` to `channel`, the first contact with Redis: connecting and
+/// subscribing, each bounded by the connect timeout, through `breaker`.
+pub(crate) async fn subscribe_at_start(
     settings: &RedisSettings,
     breaker: &RedisBreaker,
-    channel: String,
-) -> Result<
-    (
-        ConnectionManager,
-        Subscription,
-        mpsc::UnboundedReceiver<PushInfo>,
-    ),
-    RedisBrokerError,
-> {
-    let (push_sender, pushes) = mpsc::unbounded_channel::<PushInfo>();
-    let connection = open(settings, None)?;
-    let subscriber = open(settings, Some(push_sender))?;
-    let subscription = Subscription::start(settings, breaker, subscriber, channel).await;
-    Ok((connection, subscription, pushes))
+    subscriber: &mut ConnectionManager,
+    channel: &str,
+) -> Result<(), BrokerError> {
+    breaker
+        .call(settings.connect_timeout * 2, subscriber.subscribe(channel))
+        .await
 }
 
 /// A connection manager to the configured Redis (RESP3), each command bounded by the command
 /// timeout; with `pushes`, a subscriber that resubscribes after a reconnect.
-pub(crate) fn open(
+fn manager(
     settings: &RedisSettings,
     pushes: Option<mpsc::UnboundedSender<PushInfo>>,
 ) -> Result<ConnectionManager, RedisBrokerError> {
@@ -64,88 +109,4 @@ pub(crate) fn open(
             .set_automatic_resubscription();
     }
     Ok(ConnectionManager::new_lazy_with_config(client, config)?)
-}
-
-/// `work`, through the node's circuit breaker and bounded by `timeout`: refused at once while
-/// the breaker is open; a failure is the message to answer with.
-pub(crate) async fn bounded<T>(
-    breaker: &RedisBreaker,
-    timeout: Duration,
-    work: impl Future<Output = Result<T, RedisError>>,
-) -> Result<T, String> {
-    breaker
-        .call(timeout, work)
-        .await
-        .map_err(|error| error.to_string())
-}
-
-/// A store's subscriber connection and the one channel it listens on.
-pub(crate) struct Subscription {
-    subscriber: ConnectionManager,
-    channel: String,
-    timeout: Duration,
-    /// Whether the channel was subscribed to; the connection manager resubscribes a new
-    /// connection to it from then on.
-    subscribed: bool,
-}
-
-impl Subscription {
-    /// Subscribes `subscriber` to `channel` if Redis answers within the connect timeout;
-    /// otherwise [`keep_alive`] subscribes once it does.
-    pub(crate) async fn start(
-        settings: &RedisSettings,
-        breaker: &RedisBreaker,
-        mut subscriber: ConnectionManager,
-        channel: String,
-    ) -> Self {
-        let subscribed = breaker
-            .call(settings.connect_timeout * 2, subscriber.subscribe(&channel))
-            .await
-            .is_ok();
-        Self {
-            subscriber,
-            channel,
-            timeout: settings.command_timeout,
-            subscribed,
-        }
-    }
-}
-
-/// Pings a store's subscriber connection every [`KEEP_ALIVE`] through the breaker, which
-/// makes the connection manager notice a lost connection and reconnect (and resubscribe) even
-/// when nothing is published; subscribes first if that has not happened yet. Ends with its
-/// owner.
-pub(crate) async fn keep_alive<T: Send + Sync + 'static>(
-    owner: Weak<T>,
-    breaker: RedisBreaker,
-    mut subscription: Subscription,
-) {
-    let mut interval = tokio::time::interval(KEEP_ALIVE);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        interval.tick().await;
-        if owner.strong_count() == 0 {
-            return;
-        }
-        let Subscription {
-            subscriber,
-            channel,
-            timeout,
-            subscribed,
-        } = &mut subscription;
-        let answered = if *subscribed {
-            breaker
-                .call(*timeout, redis::cmd("PING").query_async::<()>(subscriber))
-                .await
-        } else {
-            let result = breaker
-                .call(*timeout, subscriber.subscribe(&*channel))
-                .await;
-            *subscribed = result.is_ok();
-            result
-        };
-        if let Err(error) = answered {
-            tracing::debug!(%error, channel = %channel, "redis: a store's subscriber did not answer");
-        }
-    }
 }

@@ -10,28 +10,21 @@
 //! store's node does to the user's other connections. Preferences have no time-to-live in
 //! Redis: they stay until the user clears them (Redis's own memory policy is the bound).
 //!
-//! Every Redis call of this module goes through one task ([`run_calls`]) and the command
-//! timeout; a call that fails or times out is answered with [`PreferenceError::Unavailable`].
+//! Every Redis call of this module goes through the store's one task ([`Store`]) and the
+//! command timeout; a call that fails or times out is answered with
+//! [`PreferenceError::Unavailable`].
 
-use std::{
-    collections::BTreeMap,
-    sync::{Arc, Mutex, PoisonError, Weak},
-};
+use std::collections::BTreeMap;
 
 use herald_core::{ChangedElsewhere, PreferenceError, PreferenceReply, PreferenceStore, UserId};
-use redis::{PushInfo, PushKind, Script, aio::ConnectionManager};
+use redis::Script;
 use serde_json::{Map, Value};
-use tokio::sync::mpsc;
 
 use crate::{
-    broker::{RedisBrokerError, RedisSettings},
-    events::{field, next_field, user_key},
     guard::RedisBreaker,
-    link::{self, bounded},
+    link::{RedisBrokerError, RedisSettings},
+    store::{self, Commands, Store, user_key},
 };
-
-/// Calls queued for the store's task before callers are refused.
-const CALL_QUEUE: usize = 10_000;
 
 /// `KEYS[1]`: the user's hash. `ARGV[1]`: the change channel, `ARGV[2]`: the message head,
 /// `ARGV[3..]`: pairs of key and JSON text (empty: remove the key). Publishes the head and the
@@ -62,7 +55,7 @@ enum Call {
 /// Core's preference store over Redis. Cheap to clone; its task runs until the runtime stops.
 #[derive(Clone)]
 pub struct RedisPreferenceStore {
-    shared: Arc<Shared>,
+    store: Store<Preferences>,
 }
 
 impl std::fmt::Debug for RedisPreferenceStore {
@@ -70,15 +63,6 @@ impl std::fmt::Debug for RedisPreferenceStore {
         f.debug_struct("RedisPreferenceStore")
             .finish_non_exhaustive()
     }
-}
-
-struct Shared {
-    settings: RedisSettings,
-    calls: mpsc::Sender<Call>,
-    /// This node, once the gateway attached: told of changes made elsewhere.
-    local: Mutex<Option<ChangedElsewhere>>,
-    /// The node's circuit breaker, shared with its broker: one outage opens it for all.
-    breaker: RedisBreaker,
 }
 
 impl RedisPreferenceStore {
@@ -91,92 +75,67 @@ impl RedisPreferenceStore {
         breaker: RedisBreaker,
     ) -> Result<Self, RedisBrokerError> {
         let channel = changes_channel(&settings.key_prefix);
-        let (connection, subscription, pushes) =
-            link::connect(&settings, &breaker, channel).await?;
-        let (calls, queue) = mpsc::channel(CALL_QUEUE);
-        let shared = Arc::new(Shared {
-            settings,
-            calls,
-            local: Mutex::new(None),
-            breaker: breaker.clone(),
-        });
-        tokio::spawn(run_calls(Arc::downgrade(&shared), connection, queue));
-        tokio::spawn(receive_changes(Arc::downgrade(&shared), pushes));
-        tokio::spawn(link::keep_alive(
-            Arc::downgrade(&shared),
-            breaker,
-            subscription,
-        ));
-        Ok(Self { shared })
-    }
-
-    fn queue(&self, call: Call) {
-        if let Err(refused) = self.shared.calls.try_send(call) {
-            let (mpsc::error::TrySendError::Full(call) | mpsc::error::TrySendError::Closed(call)) =
-                refused;
-            let (Call::Get(_, reply) | Call::Update(_, _, reply)) = call;
-            reply(Err(PreferenceError::Unavailable(
-                "redis: the preference store's queue is full".to_owned(),
-            )));
-        }
+        let preferences = Preferences {
+            update: Script::new(UPDATE),
+        };
+        let store = Store::connect(settings, breaker, channel, preferences).await?;
+        Ok(Self { store })
     }
 }
 
 impl PreferenceStore for RedisPreferenceStore {
     fn attach(&self, local: ChangedElsewhere) {
-        *self
-            .shared
-            .local
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(local);
+        self.store.attach(local);
     }
 
     fn get(&self, user: &UserId, reply: PreferenceReply) {
-        self.queue(Call::Get(user.clone(), reply));
+        self.store.queue(Call::Get(user.clone(), reply));
     }
 
     fn update(&self, user: &UserId, patch: Map<String, Value>, reply: PreferenceReply) {
-        self.queue(Call::Update(user.clone(), patch, reply));
+        self.store.queue(Call::Update(user.clone(), patch, reply));
     }
 }
 
-/// The store's task: performs the calls one at a time, in the order they were made. Every
-/// Redis call of the store is made here.
-async fn run_calls(
-    shared: Weak<Shared>,
-    mut connection: ConnectionManager,
-    mut queue: mpsc::Receiver<Call>,
-) {
-    let update = Script::new(UPDATE);
-    while let Some(call) = queue.recv().await {
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        let settings = &shared.settings;
+fn changes_channel(prefix: &str) -> String {
+    format!("{prefix}prefs")
+}
+
+/// The preference store's part of its [`Store`]: its script, made once for its task, and the
+/// changes other nodes publish.
+struct Preferences {
+    update: Script,
+}
+
+impl store::Kind for Preferences {
+    type Call = Call;
+    type Local = ChangedElsewhere;
+    /// The user's preferences after the change.
+    type Change<'a> = Map<String, Value>;
+
+    const CHANGE: &'static str = "a preference change";
+
+    fn refuse(call: Call) {
+        let (Call::Get(_, reply) | Call::Update(_, _, reply)) = call;
+        reply(Err(PreferenceError::Unavailable(
+            "redis: the preference store's queue is full".to_owned(),
+        )));
+    }
+
+    async fn perform(&self, settings: &RedisSettings, commands: &mut Commands, call: Call) {
         let prefix = settings.key_prefix.as_str();
-        let timeout = settings.command_timeout;
         let (answer, reply) = match call {
             Call::Get(user, reply) => {
-                let key = user_key(prefix, "prefs", &user);
-                let answer = bounded(
-                    &shared.breaker,
-                    timeout,
-                    redis::cmd("HGETALL")
-                        .arg(key)
-                        .query_async::<BTreeMap<String, String>>(&mut connection),
-                )
-                .await;
-                (answer, reply)
+                let mut command = redis::cmd("HGETALL");
+                command.arg(user_key(prefix, "prefs", &user));
+                (commands.query(&command).await, reply)
             }
             Call::Update(user, patch, reply) => {
-                let mut head = String::new();
-                field(&mut head, &settings.node_id);
-                field(&mut head, user.as_str());
-                let mut invocation = update.prepare_invoke();
+                let mut invocation = self.update.prepare_invoke();
                 invocation
                     .key(user_key(prefix, "prefs", &user))
                     .arg(changes_channel(prefix))
-                    .arg(head);
+                    .arg(store::head(&settings.node_id, &user));
                 for (key, value) in &patch {
                     let text = if value.is_null() {
                         String::new()
@@ -185,13 +144,7 @@ async fn run_calls(
                     };
                     invocation.arg(key).arg(text);
                 }
-                let answer = bounded(
-                    &shared.breaker,
-                    timeout,
-                    invocation.invoke_async(&mut connection),
-                )
-                .await;
-                (answer, reply)
+                (commands.invoke(&invocation).await, reply)
             }
         };
         reply(
@@ -200,50 +153,14 @@ async fn run_calls(
                 .map_err(PreferenceError::Unavailable),
         );
     }
-}
 
-fn changes_channel(prefix: &str) -> String {
-    format!("{prefix}prefs")
-}
+    /// Reads the preferences after the change, one JSON object.
+    fn read(rest: &str) -> Option<Map<String, Value>> {
+        serde_json::from_str(rest).ok()
+    }
 
-/// Reads a change message: the origin node, the user and the preferences after the change.
-fn parse_change(message: &str) -> Option<(&str, &str, Map<String, Value>)> {
-    let mut rest = message;
-    let node = next_field(&mut rest)?;
-    let user = next_field(&mut rest)?;
-    let preferences = serde_json::from_str(rest).ok()?;
-    Some((node, user, preferences))
-}
-
-/// Tells this node of the changes other nodes published.
-async fn receive_changes(shared: Weak<Shared>, mut pushes: mpsc::UnboundedReceiver<PushInfo>) {
-    while let Some(push) = pushes.recv().await {
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        if push.kind != PushKind::Message {
-            continue;
-        }
-        let Some(redis::Value::BulkString(payload)) = push.data.get(1) else {
-            continue;
-        };
-        let Some((node, user, preferences)) =
-            std::str::from_utf8(payload).ok().and_then(parse_change)
-        else {
-            tracing::warn!("redis: a preference change Herald cannot read was ignored");
-            continue;
-        };
-        if node == shared.settings.node_id {
-            continue;
-        }
-        let local = shared
-            .local
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        if let Some(local) = local {
-            local.changed(&UserId::new(user), preferences);
-        }
+    fn tell(local: &ChangedElsewhere, user: &UserId, preferences: Map<String, Value>) {
+        local.changed(user, preferences);
     }
 }
 
@@ -263,17 +180,15 @@ mod tests {
 
     #[test]
     fn change_messages_read_back() {
-        let mut message = String::new();
-        field(&mut message, "node:1");
-        field(&mut message, "al:ice");
+        let mut message = store::head("node:1", &UserId::new("al:ice"));
         message.push_str(r#"{"theme":"dark","a\/b":[1]}"#);
-        let (node, user, preferences) = parse_change(&message).expect("reads");
+        let (node, user, preferences) = store::read_change::<Preferences>(&message).expect("reads");
         assert_eq!((node, user), ("node:1", "al:ice"));
         assert_eq!(
             Value::Object(preferences),
             json!({"theme": "dark", "a/b": [1]})
         );
-        assert!(parse_change("5:node").is_none());
+        assert!(store::read_change::<Preferences>("5:node").is_none());
     }
 
     #[test]
