@@ -203,6 +203,44 @@ impl Gateway {
             .await
     }
 
+    /// Publishes each of `publications` as [`publish`](Self::publish) does, in order, and
+    /// returns their results in the same order, one per publication. On an idle gateway they
+    /// are performed together, in place; otherwise each goes through the queue and may be
+    /// refused alone ([`GatewayError::Overloaded`]).
+    pub async fn publish_batch(
+        &self,
+        publications: Vec<Publication>,
+    ) -> Vec<Result<PublishOutcome, GatewayError>> {
+        if self.is_shutting_down() {
+            return publications
+                .iter()
+                .map(|_| Err(GatewayError::ShuttingDown))
+                .collect();
+        }
+        let mut replies = Vec::with_capacity(publications.len());
+        let operations: Vec<Operation> = publications
+            .into_iter()
+            .map(|publication| {
+                let (sender, receiver) = oneshot::channel();
+                replies.push(Ok(receiver));
+                Operation::Publish(publication, PublishReply::Caller(sender))
+            })
+            .collect();
+        worker::submit(&self.node, operations, |index, error| {
+            replies[index] = Err(error);
+        })
+        .await;
+        let mut outcomes = Vec::with_capacity(replies.len());
+        for reply in replies {
+            outcomes.push(match reply {
+                // As for one operation: a dropped reply means the gateway went away.
+                Ok(receiver) => receiver.await.unwrap_or(Err(GatewayError::ShuttingDown)),
+                Err(error) => Err(error),
+            });
+        }
+        outcomes
+    }
+
     /// Sends a `push` (scope `broadcast`) to every authenticated connection but the excluded
     /// ones, here and on the other nodes; through the operation queue like
     /// [`publish`](Self::publish).
@@ -237,7 +275,8 @@ impl Gateway {
         self.submit(|reply| Operation::Event(event, reply)).await
     }
 
-    /// Queues an operation, built around its reply channel, and waits for its result.
+    /// Performs an operation, built around its reply channel, in place when the gateway is
+    /// idle or through the operation queue, and waits for its result.
     async fn submit<T>(
         &self,
         operation: impl FnOnce(Reply<T>) -> Operation,
@@ -246,9 +285,14 @@ impl Gateway {
             return Err(GatewayError::ShuttingDown);
         }
         let (sender, receiver) = oneshot::channel();
-        self.node.enqueue(operation(sender))?;
-        // The worker answers every operation it takes; a dropped reply means the operation
-        // was dropped unperformed, which only happens when the gateway goes away.
+        let mut taken = Ok(());
+        worker::submit(&self.node, [operation(sender)], |_, error| {
+            taken = Err(error)
+        })
+        .await;
+        taken?;
+        // Every operation performed is answered; a dropped reply means the operation was
+        // dropped unperformed, which only happens when the gateway goes away.
         receiver.await.unwrap_or(Err(GatewayError::ShuttingDown))
     }
 

@@ -29,7 +29,7 @@ use crate::{
     event_store::{AckedElsewhere, EventStore, Forget},
     events::{Incoming, PendingEvents},
     ids::{IsolationKey, UserId},
-    operations::{Operation, OperationQueue},
+    operations::{Operation, OperationQueue, Queued},
     outbox::Frame,
     parts::{GatewayParts, GatewaySettings},
     preferences::{Changed, ChangedElsewhere, PreferenceStore, batching_preference},
@@ -297,6 +297,14 @@ impl Node {
     /// estimated bytes freed. (The history store and the rate buckets compact their own maps.)
     pub(crate) fn compact(&self) -> usize {
         self.connections.compact() + self.topics.compact() + self.events.compact()
+    }
+
+    /// `operation`, accepted now (for one performed in place, without the queue).
+    pub(crate) fn accept(&self, operation: Operation) -> Queued {
+        Queued {
+            operation,
+            accepted: self.clock.now(),
+        }
     }
 
     /// Queues `operation` for the fan-out worker, or refuses it (counted) when the queue is

@@ -2,9 +2,17 @@
 //! publishes, the `Emitter`) and the fan-out worker, so bursts are absorbed, `critical` work
 //! goes first, and a full queue is a visible refusal (HTTP 429, `rate_limited`) instead of a
 //! silent loss. Each queued [`Operation`] carries its own typed reply.
+//!
+//! Operations are performed one turn at a time: whoever performs them holds the queue's
+//! [`Turn`], the fan-out worker for what it takes from the queue, or an API caller that finds
+//! the queue empty and nobody performing, for its own operation in place (no queue, no task
+//! switch). Either way, nothing accepted earlier is overtaken and no two turns overlap.
 
 use std::{
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Instant,
 };
 
@@ -78,12 +86,17 @@ pub(crate) struct Queued {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct QueueFull;
 
-/// The bounded queue and the signal that wakes the fan-out worker.
+/// The bounded queue, the signal that wakes the fan-out worker, and the turn.
 #[derive(Debug)]
 pub(crate) struct OperationQueue {
     queue: Mutex<PriorityQueue<Queued>>,
     capacity: usize,
     notify: Notify,
+    /// Whether someone holds the [`Turn`].
+    performing: AtomicBool,
+    /// Set by the worker before it asks for the turn, so that a caller's turn that turned it
+    /// away wakes it when it ends.
+    worker_waits: AtomicBool,
 }
 
 impl OperationQueue {
@@ -93,7 +106,41 @@ impl OperationQueue {
             queue: Mutex::new(PriorityQueue::new(capacity, usize::MAX)),
             capacity,
             notify: Notify::new(),
+            performing: AtomicBool::new(false),
+            worker_waits: AtomicBool::new(false),
         }
+    }
+
+    /// The fan-out worker's turn, unless a caller holds it (the caller wakes the worker when
+    /// its turn ends).
+    pub(crate) fn worker_turn(&self) -> Option<Turn<'_>> {
+        // Announced before the attempt, and both sides use sequentially consistent
+        // operations: either the attempt sees the caller's turn ended, or the caller's end
+        // sees the announcement and wakes the worker.
+        self.worker_waits.store(true, Ordering::SeqCst);
+        let turn = self.take_turn(false)?;
+        self.worker_waits.store(false, Ordering::SeqCst);
+        Some(turn)
+    }
+
+    /// A caller's turn to perform its own operation in place: only when nobody holds the turn
+    /// and nothing waits in the queue, so that it overtakes nothing accepted before it.
+    pub(crate) fn caller_turn(&self) -> Option<Turn<'_>> {
+        let turn = self.take_turn(true)?;
+        // A push between this check and the caller's operation is performed after it, as
+        // if it had come later, which it did.
+        if self.len() == 0 { Some(turn) } else { None }
+    }
+
+    fn take_turn(&self, caller: bool) -> Option<Turn<'_>> {
+        self.performing
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+            // Built only when taken: a `Turn` dropped ends the turn.
+            .then(|| Turn {
+                queue: self,
+                caller,
+            })
     }
 
     /// Queues `operation`, accepted at `accepted`, or refuses it (dropping it, so a waiting
@@ -147,6 +194,25 @@ impl OperationQueue {
     fn lock(&self) -> MutexGuard<'_, PriorityQueue<Queued>> {
         // Each critical section leaves the queue consistent, so poison is ignored.
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The right to perform operations, held by one performer at a time; ends when dropped.
+#[must_use = "the turn ends when this is dropped"]
+#[derive(Debug)]
+pub(crate) struct Turn<'a> {
+    queue: &'a OperationQueue,
+    /// Whether an API caller holds it (its end wakes a worker it turned away).
+    caller: bool,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let queue = self.queue;
+        queue.performing.store(false, Ordering::SeqCst);
+        if self.caller && queue.worker_waits.swap(false, Ordering::SeqCst) {
+            queue.notify.notify_one();
+        }
     }
 }
 
@@ -204,5 +270,45 @@ mod tests {
         let taken: Vec<&str> = out.iter().map(topic_of).collect();
         assert_eq!(taken, ["critical", "normal"]);
         assert_eq!(queue.len(), 1);
+    }
+
+    #[test]
+    fn turns_exclude_each_other_and_a_callers_turn_wakes_the_worker_it_turned_away() {
+        let queue = OperationQueue::new(4);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let caller = queue.caller_turn();
+        assert!(caller.is_some());
+        assert!(queue.worker_turn().is_none());
+        assert!(queue.caller_turn().is_none());
+        // The worker, turned away, waits; the caller's turn ending wakes it.
+        let mut wait = std::pin::pin!(queue.wait());
+        assert!(wait.as_mut().poll(&mut cx).is_pending());
+        drop(caller);
+        assert!(wait.as_mut().poll(&mut cx).is_ready());
+        let worker = queue.worker_turn();
+        assert!(worker.is_some());
+        assert!(queue.caller_turn().is_none());
+        drop(worker);
+        // A worker's turn ending wakes nobody: the worker goes on by itself.
+        let mut wait = std::pin::pin!(queue.wait());
+        assert!(wait.as_mut().poll(&mut cx).is_pending());
+    }
+
+    #[test]
+    fn a_caller_gets_no_turn_while_anything_is_queued() {
+        let queue = OperationQueue::new(4);
+        assert_eq!(
+            queue.push(
+                publication(Priority::Low, "queued"),
+                ManualClock::new().now()
+            ),
+            Ok(())
+        );
+        assert!(queue.caller_turn().is_none());
+        // And the refused turn is not left taken.
+        assert!(queue.worker_turn().is_some());
+        let mut out = Vec::new();
+        queue.pop_batch(4, &mut out);
+        assert!(queue.caller_turn().is_some());
     }
 }

@@ -1,7 +1,12 @@
 //! Per-tier rate limits on client writes and the operation queue bound.
 
-use herald_tests::{Ended, TestServer, WsClient, frames_in};
+use anyhow::Context as _;
+use herald_tests::{
+    Ended, TestServer, WsClient, client_frame, frames_in, raw_exchange, read_server_frame, token,
+    upgrade_head,
+};
 use serde_json::json;
+use tokio::io::AsyncWriteExt as _;
 
 #[tokio::test]
 async fn client_writes_are_rate_limited_by_tier_and_abuse_closes_4008() -> anyhow::Result<()> {
@@ -47,33 +52,58 @@ async fn client_writes_are_rate_limited_by_tier_and_abuse_closes_4008() -> anyho
 #[tokio::test]
 async fn a_full_operation_queue_refuses_with_rate_limited_and_loses_nothing_accepted()
 -> anyhow::Result<()> {
-    let server = TestServer::start(&[("HERALD_OPERATION_QUEUE_SIZE", "1")]).await?;
-    let (mut client, _) = WsClient::connect_as(&server, "alice").await?;
-    client.subscribe("burst").await?;
-    let messages: Vec<_> = (0..200)
-        .map(|n| json!({"topic": "burst", "data": n}))
-        .collect();
-    let body = server.publish_batch(&messages).await?;
-    let results = body["results"].as_array().cloned().unwrap_or_default();
-    let accepted: Vec<u64> = results
-        .iter()
-        .filter_map(|r| r["offset"].as_u64())
-        .collect();
-    let refused = results
-        .iter()
-        .filter(|r| r["error"]["code"] == "rate_limited")
-        .count();
-    assert_eq!(accepted.len() + refused, 200, "{body}");
+    let server = TestServer::start(&[
+        ("HERALD_OPERATION_QUEUE_SIZE", "1"),
+        ("HERALD_TIERS", "free:10:100000"),
+    ])
+    .await?;
+    let (mut alice, _) = WsClient::connect_as(&server, "alice").await?;
+    alice.subscribe("burst").await?;
+    // A client's publishes always wait in the queue for the worker (an API publish on an idle
+    // gateway is performed in place instead), and 200 of them written at once, behind the
+    // `auth`, arrive together: a queue of one is full for most of them.
+    let (answer, mut bob) = raw_exchange(&server, &upgrade_head(&server, "", &[])).await?;
+    assert_eq!(answer.status, 101, "{answer:?}");
+    let auth = json!({"type": "auth", "data": {"token": token("bob", json!({}))}});
+    let mut burst = client_frame(0x81, auth.to_string().as_bytes(), true);
+    for n in 0..200 {
+        let publish = json!({"type": "publish", "messageId": format!("p{n}"),
+            "data": {"topic": "burst", "data": n}});
+        burst.extend(client_frame(0x81, publish.to_string().as_bytes(), true));
+    }
+    bob.write_all(&burst).await?;
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    while accepted.len() + refused < 200 {
+        let frame = read_server_frame(&mut bob)
+            .await?
+            .context("bob's connection ended before every publish was answered")?;
+        for reply in frames_in(&String::from_utf8(frame.payload)?) {
+            match reply["type"].as_str() {
+                Some("ack") => accepted.push(reply["data"]["offset"].as_u64()),
+                Some("error") => {
+                    assert_eq!(reply["error"]["code"], "rate_limited", "{reply}");
+                    assert!(reply["error"]["retryAfter"].as_u64().is_some(), "{reply}");
+                    refused += 1;
+                }
+                _ => {}
+            }
+        }
+    }
     assert!(
         refused > 0,
         "a queue of one operation should refuse some of a burst of 200"
     );
-    // Every accepted publication arrives, in offset order.
-    for expected in 1..=accepted.len() as u64 {
-        let frame = client.recv_data().await?;
-        assert_eq!(frame["offset"], expected);
+    // Every accepted publication is acknowledged with its offset, and arrives, in order.
+    let expected: Vec<Option<u64>> = (1..=accepted.len() as u64).map(Some).collect();
+    assert_eq!(accepted, expected);
+    for offset in 1..=accepted.len() as u64 {
+        let frame = alice.recv_data().await?;
+        assert_eq!(frame["offset"], offset);
     }
-    // A single publish refused by a full queue answers 429 with Retry-After.
+    alice.expect_quiet("alice").await?;
+    // A single API publish refused by a full queue answers 429 with Retry-After: concurrent
+    // publishes find the queue taken while another caller or the worker performs.
     let mut saw_429 = false;
     for _ in 0..20 {
         let bodies: Vec<_> = (0..100)

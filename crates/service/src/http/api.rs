@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use herald_config::{ChangeReason, RuntimeConfigError, RuntimeKey};
 use herald_core::{
     Broadcast, ConnectionId, ConnectionSend, ConnectionSummary, Delivered, EventSend, EventTarget,
-    GatewayError, Publication, ThreadId, UserId, UserSend,
+    GatewayError, Publication, PublishOutcome, ThreadId, UserId, UserSend,
 };
 use herald_memory::LeakSeverity;
 use herald_protocol::{
@@ -34,8 +34,9 @@ use crate::{
 pub(super) fn publish(call: Call) -> Reply {
     Box::pin(async move {
         let body: PublishRequest = read_json(&call.app, call.request).await?;
-        let answer = publish_one(&call.app, body).await?;
-        Ok(json(StatusCode::OK, &answer))
+        let topic = body.topic.clone();
+        let outcome = call.app.gateway.publish(publication(body)).await?;
+        Ok(json(StatusCode::OK, &published(topic, outcome)))
     })
 }
 
@@ -44,19 +45,33 @@ pub(super) fn publish_batch(call: Call) -> Reply {
     Box::pin(async move {
         let app = &call.app;
         let body: PublishBatchRequest = read_json(app, call.request).await?;
-        // Every item is queued before any is awaited, so a batch costs one trip.
+        // The valid items go to the gateway together, so a batch costs one trip (one turn).
         let limits = &app.gateway.settings().limits;
-        let pending = body.items(limits)?.map(|item| async move {
-            let published = match item {
-                Ok(request) => publish_one(app, request).await.map_err(ApiError::from),
-                Err(error) => Err(ApiError::from(error)),
-            };
-            match published {
-                Ok(answer) => PublishBatchResult::Published(answer),
-                Err(error) => PublishBatchResult::Failed(error.into_body()),
-            }
-        });
-        let results = futures_util::future::join_all(pending).await;
+        let mut publications = Vec::new();
+        let decoded: Vec<Result<Topic, ApiError>> = body
+            .items(limits)?
+            .map(|item| {
+                let request = item.map_err(ApiError::from)?;
+                let topic = request.topic.clone();
+                publications.push(publication(request));
+                Ok(topic)
+            })
+            .collect();
+        let mut outcomes = app.gateway.publish_batch(publications).await.into_iter();
+        let results = decoded
+            .into_iter()
+            .map(|decoded| {
+                let published = decoded.and_then(|topic| {
+                    // One outcome per publication, in order; the fallback is never taken.
+                    let outcome = outcomes.next().unwrap_or(Err(GatewayError::ShuttingDown))?;
+                    Ok(published(topic, outcome))
+                });
+                match published {
+                    Ok(answer) => PublishBatchResult::Published(answer),
+                    Err(error) => PublishBatchResult::Failed(error.into_body()),
+                }
+            })
+            .collect();
         Ok(json(StatusCode::OK, &PublishBatchResponse { results }))
     })
 }
@@ -423,23 +438,24 @@ pub(super) fn patch_runtime_config(call: Call) -> Reply {
 }
 
 /// Queues one publication and waits until it is queued for every subscriber.
-async fn publish_one(app: &App, body: PublishRequest) -> Result<PublishResponse, GatewayError> {
-    let topic = body.topic.clone();
-    let outcome = app
-        .gateway
-        .publish(Publication {
-            topic: body.topic,
-            data: body.data,
-            priority: body.priority.unwrap_or_default(),
-            id: body.id,
-        })
-        .await?;
-    Ok(PublishResponse {
+/// The publication a publish request asks for.
+fn publication(request: PublishRequest) -> Publication {
+    Publication {
+        topic: request.topic,
+        data: request.data,
+        priority: request.priority.unwrap_or_default(),
+        id: request.id,
+    }
+}
+
+/// The answer to a publication to `topic` that the gateway took.
+fn published(topic: Topic, outcome: PublishOutcome) -> PublishResponse {
+    PublishResponse {
         topic,
         offset: outcome.offset,
         epoch: outcome.epoch.to_string(),
         deduplicated: outcome.deduplicated,
-    })
+    }
 }
 
 /// `{delivered}` for a push.
