@@ -4,6 +4,8 @@
 //! `bad_request` carrying serde's message. Topics and identifiers are validated while decoding.
 //! Every type also serializes, so tests and Rust backends can build the bodies.
 
+use std::fmt::Write as _;
+
 use herald_utils::Priority;
 use serde::{Deserialize, Deserializer, Serialize, de::DeserializeOwned};
 use serde_json::value::RawValue;
@@ -11,7 +13,7 @@ use serde_json::value::RawValue;
 use crate::{
     error::{ErrorCode, ErrorDetail, ProtocolError},
     event::EventName,
-    json::exceeds_depth,
+    json::{exceeds_depth, push_json_string},
     limits::Limits,
     topic::Topic,
     validate::validate_id,
@@ -65,6 +67,27 @@ pub struct PublishResponse {
     pub epoch: String,
     /// Whether the `id` was seen within the dedupe window, so nothing was delivered.
     pub deduplicated: bool,
+}
+
+impl PublishResponse {
+    /// The answer as JSON text, written directly: the same text as serde writes (the property
+    /// tests pin it), without serde's map machinery, since every HTTP publish answers one.
+    pub fn encode(&self) -> String {
+        let topic = self.topic.as_str();
+        // The keys, quotes, 20 digits and `false`.
+        let mut text = String::with_capacity(64 + topic.len() + self.epoch.len());
+        text.push_str(r#"{"topic":"#);
+        push_json_string(&mut text, topic);
+        // Writing to a `String` cannot fail.
+        let _ = write!(text, r#","offset":{},"epoch":"#, self.offset);
+        push_json_string(&mut text, &self.epoch);
+        text.push_str(if self.deduplicated {
+            r#","deduplicated":true}"#
+        } else {
+            r#","deduplicated":false}"#
+        });
+        text
+    }
 }
 
 /// `POST /api/publish/batch`: several publishes that succeed or fail one by one.
@@ -485,6 +508,23 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// The directly written answer is what serde writes, odd topics and epochs included.
+        #[test]
+        fn a_publish_answer_is_encoded_as_serde_encodes_it(
+            topic in crate::testing::topic(),
+            odd in "[a\"\\\\]{1,6}",
+            offset in proptest::prelude::any::<u64>(),
+            epoch in "\\PC{0,24}|[\"\\\\\\x00-\\x1f]{0,4}",
+            deduplicated in proptest::prelude::any::<bool>(),
+        ) {
+            for topic in [Some(topic), Topic::new(&odd).ok()].into_iter().flatten() {
+                let answer = PublishResponse { topic, offset, epoch: epoch.clone(), deduplicated };
+                let serde = serde_json::to_string(&answer)
+                    .map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
+                proptest::prop_assert_eq!(answer.encode(), serde);
+            }
+        }
+
         /// Whatever the bytes, every body type is a value or a `bad_request`, never a panic.
         #[test]
         fn every_body_type_parses_or_is_a_bad_request(

@@ -1,4 +1,5 @@
-//! Small JSON helpers shared by the decoders: a borrowed object view, value kinds and a depth scan.
+//! Small JSON helpers shared by the decoders and the direct encoders: a borrowed object view,
+//! value kinds, a depth scan and a string writer.
 
 use std::{borrow::Cow, fmt};
 
@@ -215,6 +216,19 @@ impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
         }
 
         deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+/// Appends `value` as a JSON string: quoted as it is when nothing in it needs escaping (a
+/// topic or an epoch nearly always), else as serde_json escapes it.
+pub(crate) fn push_json_string(out: &mut String, value: &str) {
+    if value.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        // Serializing a `str` cannot fail; the fallback keeps the frame valid JSON anyway.
+        out.push_str(&serde_json::to_string(value).unwrap_or_else(|_| "\"\"".to_owned()));
+    } else {
+        out.push('"');
+        out.push_str(value);
+        out.push('"');
     }
 }
 

@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 
 use serde_json::value::RawValue;
 
-use crate::topic::Topic;
+use crate::{json::push_json_string, topic::Topic};
 
 /// What comes before the topic.
 const TYPE_AND_TOPIC_KEY: &str = r#"{"type":"message","topic":"#;
@@ -63,19 +63,6 @@ pub fn complete_message(head: &mut String, offset: u64, epoch: &str) {
     head.push_str(EPOCH_KEY);
     push_json_string(head, epoch);
     head.push('}');
-}
-
-/// Appends `value` as a JSON string: quoted as it is when nothing in it needs escaping (a
-/// topic or an epoch nearly always), else as serde_json escapes it.
-fn push_json_string(out: &mut String, value: &str) {
-    if value.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
-        // Serializing a `str` cannot fail; the fallback keeps the frame valid JSON anyway.
-        out.push_str(&serde_json::to_string(value).unwrap_or_else(|_| "\"\"".to_owned()));
-    } else {
-        out.push('"');
-        out.push_str(value);
-        out.push('"');
-    }
 }
 
 #[cfg(test)]

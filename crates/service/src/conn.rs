@@ -345,6 +345,11 @@ async fn serve_http<S: Socket>(
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
+        // A client that closes its write side once its request is sent still gets the answer.
+        // This also spares every request a read that only looked for that end of stream: made
+        // while the request's head still shared hyper's read buffer, it made hyper allocate a
+        // fresh 8 KiB buffer per request (callgrind: 1,000 instructions per publication).
+        .half_close(true)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(connection);

@@ -128,7 +128,15 @@ pub(crate) fn error_response(
 pub(crate) fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Full<Bytes>> {
     // Serializing these plain data types cannot fail; an empty object is a safe fallback.
     let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
-    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    encoded_json_response(status, bytes)
+}
+
+/// JSON text already encoded, with `status`.
+pub(crate) fn encoded_json_response(
+    status: StatusCode,
+    json: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(json.into()));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,

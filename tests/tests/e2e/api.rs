@@ -930,3 +930,27 @@ async fn health_answers_ready_live_and_detail() -> anyhow::Result<()> {
     assert!(body["checks"]["memory"]["usedBytes"].is_u64(), "{body}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_publisher_that_half_closes_after_its_request_still_gets_the_answer() -> anyhow::Result<()>
+{
+    let server = TestServer::start(&[]).await?;
+    let (mut alice, _) = WsClient::connect_as(&server, "alice").await?;
+    alice.subscribe("half").await?;
+    let body = json!({"topic": "half", "data": 1}).to_string();
+    let request = format!(
+        "POST /api/publish HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {API_KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        server.addr,
+        body.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await?;
+    stream.write_all(request.as_bytes()).await?;
+    // Done sending: the write side closes (a half-close), the read side waits for the answer.
+    stream.shutdown().await?;
+    let answer = String::from_utf8(read_until_closed(&mut stream, TIMEOUT).await?)?;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(r#""offset":1"#), "{answer}");
+    assert_eq!(alice.recv_data().await?["data"], 1);
+    Ok(())
+}

@@ -14,7 +14,7 @@ use http_body_util::{Full, combinators::UnsyncBoxBody};
 use hyper::body::{Frame, SizeHint};
 use serde::Serialize;
 
-use crate::respond::{ApiError, json_response};
+use crate::respond::{ApiError, encoded_json_response, json_response};
 
 /// An answer's body.
 pub(crate) enum Body {
@@ -64,6 +64,11 @@ impl hyper::body::Body for Body {
 /// `body` as JSON with `status` (`respond::json_response` with this module's body).
 pub(super) fn json(status: StatusCode, body: &impl Serialize) -> Response<Body> {
     json_response(status, body).map(Body::Full)
+}
+
+/// JSON text already encoded (a directly written answer), with `status`.
+pub(super) fn encoded_json(status: StatusCode, json: String) -> Response<Body> {
+    encoded_json_response(status, json).map(Body::Full)
 }
 
 /// The answer to a refused request.

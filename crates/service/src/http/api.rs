@@ -20,7 +20,7 @@ use serde::Serialize;
 use serde_json::{Value, value::RawValue};
 
 use super::{
-    answer::json,
+    answer::{encoded_json, json},
     body::read_json,
     routes::{Answer, Call, Reply, ready},
 };
@@ -36,7 +36,10 @@ pub(super) fn publish(call: Call) -> Reply {
         let body: PublishRequest = read_json(&call.app, call.request).await?;
         let topic = body.topic.clone();
         let outcome = call.app.gateway.publish(publication(body)).await?;
-        Ok(json(StatusCode::OK, &published(topic, outcome)))
+        Ok(encoded_json(
+            StatusCode::OK,
+            published(topic, outcome).encode(),
+        ))
     })
 }
 
