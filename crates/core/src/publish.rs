@@ -255,13 +255,14 @@ mod tests {
         let topic = Topic::new("chat:1").expect("valid topic");
         let data = RawValue::from_string(r#"{"text":"hi \"there\"","n":[1,2]}"#.to_owned())
             .expect("valid JSON");
-        let whole = ServerMessage::Message {
+        // As serde writes it (`ServerMessage::encode` takes the direct path itself).
+        let whole = serde_json::to_string(&ServerMessage::Message {
             topic: topic.clone(),
             data: data.clone(),
             offset: 42,
             epoch: "18c-7".to_owned(),
-        }
-        .encode();
+        })
+        .unwrap_or_default();
         let head = encode_message_head(&topic, &data, 0);
         assert!(head.ends_with("\"offset\":"), "{head}");
         assert_eq!(

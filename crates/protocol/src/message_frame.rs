@@ -72,14 +72,15 @@ mod tests {
     use super::*;
     use crate::{ServerMessage, testing};
 
+    /// The frame as serde writes it (`ServerMessage::encode` itself takes the direct path).
     fn serde_encoded(topic: &Topic, data: &RawValue, offset: u64, epoch: &str) -> String {
-        ServerMessage::Message {
+        let message = ServerMessage::Message {
             topic: topic.clone(),
             data: data.to_owned(),
             offset,
             epoch: epoch.to_owned(),
-        }
-        .encode()
+        };
+        serde_json::to_string(&message).unwrap_or_default()
     }
 
     #[test]

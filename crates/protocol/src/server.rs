@@ -1,6 +1,6 @@
 //! Server -> client frames: [`ServerMessage`], its typed `data` helpers and [`encode_batch`].
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 
 use serde::{Deserialize, Deserializer, Serialize, de::DeserializeOwned, de::Error as _};
 use serde_json::{Number, Value, value::RawValue};
@@ -8,7 +8,8 @@ use serde_json::{Number, Value, value::RawValue};
 use crate::{
     error::{ErrorCode, ErrorDetail, ProtocolError},
     event::EventName,
-    json::without_position,
+    json::{push_json_string, without_position},
+    message_frame::encode_message,
     topic::Topic,
 };
 
@@ -125,6 +126,30 @@ pub struct ConnectedData {
     pub max_payload: u64,
 }
 
+impl ConnectedData {
+    /// The whole `connected` frame carrying this data, written directly (see
+    /// [`ServerMessage::encode`]).
+    fn encode_frame(&self) -> String {
+        let mut text = String::with_capacity(
+            // The keys, quotes and two numbers of up to 20 digits.
+            140 + self.connection_id.len() + self.user_id.len() + self.tier.len(),
+        );
+        text.push_str(r#"{"type":"connected","data":{"connectionId":"#);
+        push_json_string(&mut text, &self.connection_id);
+        text.push_str(r#","userId":"#);
+        push_json_string(&mut text, &self.user_id);
+        text.push_str(r#","tier":"#);
+        push_json_string(&mut text, &self.tier);
+        // Writing to a `String` cannot fail.
+        let _ = write!(
+            text,
+            r#","heartbeatInterval":{},"maxPayload":{}}}}}"#,
+            self.heartbeat_interval, self.max_payload
+        );
+        text
+    }
+}
+
 /// Who a `push` was addressed to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -204,11 +229,24 @@ impl ServerMessage {
     }
 
     /// Encodes the frame as JSON text.
+    ///
+    /// The two frames every publication and every connection cost, `message` and `connected`,
+    /// are written directly ([`encode_message`], and a writer of `connected`'s own); the text is
+    /// the same as serde's (the property tests pin it), without serde's map machinery.
     pub fn encode(&self) -> String {
-        // Serializing to a String cannot fail: every map key is a string (`Value` maps have
-        // `String` keys), `Number` is always finite, raw data is already valid JSON and no
-        // custom `Serialize` impl here returns an error.
-        serde_json::to_string(self).expect("a server message always serializes")
+        match self {
+            Self::Message {
+                topic,
+                data,
+                offset,
+                epoch,
+            } => encode_message(topic, data, *offset, epoch),
+            Self::Connected { data } => data.encode_frame(),
+            // Serializing to a String cannot fail: every map key is a string (`Value` maps
+            // have `String` keys), `Number` is always finite, raw data is already valid JSON
+            // and no custom `Serialize` impl here returns an error.
+            _ => serde_json::to_string(self).expect("a server message always serializes"),
+        }
     }
 
     /// Decodes a frame; the same as `serde_json::from_str`.
@@ -529,6 +567,13 @@ mod tests {
             let decoded = ServerMessage::decode(&text);
             prop_assert!(decoded.is_ok(), "{text}: {decoded:?}");
             prop_assert_eq!(decoded.map(|m| m.encode()).unwrap_or_default(), text);
+        }
+
+        #[test]
+        fn encode_writes_what_serde_writes(message in testing::server_message()) {
+            let serde = serde_json::to_string(&message)
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(message.encode(), serde);
         }
 
         #[test]

@@ -45,14 +45,19 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's start-up options. Background threads purge freed pages on a timer, so RSS falls
 /// back after a burst (connection churn, a large fan-out) instead of staying at its peak until
-/// the next allocation; dirty pages are returned within a second.
+/// the next allocation; dirty pages are returned within a second. The thread caches are
+/// garbage-collected every MiB allocated instead of every 64 KiB: at the default, a request's
+/// few KiB of allocations brought a collection round every few requests (700 instructions per
+/// HTTP publication in callgrind), and the idle memory per connection is the same either way.
 // SAFETY: jemalloc reads `malloc_conf` (prefixed `_rjem_` by tikv-jemallocator) once, as a
 // `const char *` to a NUL-terminated string. A `&u8` is a thin pointer with that layout, and it
 // points at the first byte of a 'static, NUL-terminated byte string. Nothing else defines the
 // symbol. `malloc_conf_is_applied` checks that jemalloc saw it.
 #[allow(unsafe_code)]
 #[unsafe(export_name = "_rjem_malloc_conf")]
-static MALLOC_CONF: &u8 = &b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0"[0];
+static MALLOC_CONF: &u8 =
+    &b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0,tcache_gc_incr_bytes:1048576\0"
+        [0];
 
 /// Exit status for a configuration that cannot run; the message names the setting.
 const EXIT_CONFIG: u8 = 2;
