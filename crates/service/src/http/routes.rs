@@ -126,6 +126,12 @@ pub(super) fn find<'r>(
 /// The parameters of `path` when it matches `pattern`. Segments are split on `/` after the
 /// leading ones; `{name}` matches any one segment, the empty one included.
 fn matches(pattern: &'static str, path: &str) -> Option<Params> {
+    // A pattern without parameters matches exactly the paths with the same segments: the same
+    // text after the leading slashes. Compared at once, as every publish's route is.
+    if !pattern.contains('{') {
+        let same = path.trim_start_matches('/') == pattern.trim_start_matches('/');
+        return same.then(|| Params(Vec::new()));
+    }
     let mut params = Vec::new();
     let mut wanted = segments(pattern);
     let mut given = segments(path);
@@ -168,6 +174,25 @@ mod tests {
         check("/api/publish", "/api", None);
         check("/health", "/health/live", None);
         check("/ws", "//ws", Some(&[]));
+    }
+
+    proptest::proptest! {
+        /// A literal pattern matches exactly the paths whose segments are the pattern's.
+        #[test]
+        fn a_literal_pattern_matches_the_paths_with_its_segments(
+            path in "(/{1,2}(api|publish|batch|ws|health|)){0,4}",
+        ) {
+            for route in super::super::ROUTES.iter().filter(|r| !r.pattern.contains('{')) {
+                let same_segments = segments(route.pattern).eq(segments(&path));
+                proptest::prop_assert_eq!(
+                    matches(route.pattern, &path).is_some(),
+                    same_segments,
+                    "{} against {}",
+                    route.pattern,
+                    path
+                );
+            }
+        }
     }
 
     #[test]
