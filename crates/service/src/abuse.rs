@@ -24,6 +24,8 @@ use herald_config::{BaseConfig, IpBlock};
 use herald_utils::Clock;
 use http::HeaderMap;
 
+use crate::head::{Headers, text};
+
 /// A keyed GCRA limiter on the gateway's clock.
 type Keyed<K> = RateLimiter<K, DefaultKeyedStateStore<K>, LimiterClock, NoOpMiddleware<Duration>>;
 
@@ -156,16 +158,15 @@ impl Shield {
     /// The nearest address of `X-Forwarded-For` (every such header, in order, read from the
     /// right) that is not a trusted proxy; `None` when there is none or an entry is not an
     /// address (a list that cannot be trusted as a whole).
-    fn forwarded_client(&self, headers: &HeaderMap) -> Option<IpAddr> {
-        let entries: Vec<&str> = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .map(|value| value.to_str().ok())
-            .collect::<Option<Vec<_>>>()?
-            .into_iter()
-            .flat_map(|value| value.split(','))
-            .map(str::trim)
-            .collect();
+    fn forwarded_client(&self, headers: &impl Headers) -> Option<IpAddr> {
+        // A value that is not text names no client (rather than skipping it).
+        if headers
+            .values("x-forwarded-for")
+            .any(|value| text(value).is_none())
+        {
+            return None;
+        }
+        let entries: Vec<&str> = headers.items("x-forwarded-for").collect();
         for entry in entries.into_iter().rev() {
             let ip = entry.parse::<IpAddr>().ok()?.to_canonical();
             if !self.is_trusted_proxy(ip) {
@@ -245,7 +246,7 @@ impl Client {
     /// For a trusted proxy's connection, counts it by the client that its first request's
     /// `X-Forwarded-For` names (none named: the proxy itself, not limited). Otherwise nothing
     /// changes.
-    pub(crate) fn resolve(&mut self, headers: &HeaderMap) -> Result<(), Refusal> {
+    pub(crate) fn resolve(&mut self, headers: &impl Headers) -> Result<(), Refusal> {
         if let Count::Proxied = self.count {
             self.count = match self.shield.forwarded_client(headers) {
                 Some(client) => self.shield.admit(client)?,

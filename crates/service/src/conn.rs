@@ -17,7 +17,6 @@
 
 use std::{convert::Infallible, future::Future, io, sync::Arc};
 
-use http::{Method, Request, Version};
 use hyper::{server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
@@ -33,6 +32,7 @@ use herald_core::Session;
 use crate::{
     abuse::{Client, Standing},
     app::{App, Role},
+    head::{DirectHead, Layout},
     prefixed::{Prefixed, Socket},
     ws,
 };
@@ -146,19 +146,17 @@ async fn open<S: Socket>(
         };
         read.ok()?
     };
-    let (request, leftover) = match first {
+    let (head, leftover) = match first {
         First::Upgrade {
-            request,
+            head,
             leftover,
             echo: true,
         } => {
             // Boxed, like HTTP: the echo endpoint's state stays out of `/ws`'s task.
-            Box::pin(ws::serve_echo(Arc::clone(app), stream, request, leftover)).await;
+            Box::pin(ws::serve_echo(Arc::clone(app), stream, head, leftover)).await;
             return None;
         }
-        First::Upgrade {
-            request, leftover, ..
-        } => (request, leftover),
+        First::Upgrade { head, leftover, .. } => (head, leftover),
         // Boxed: an HTTP connection's state is large.
         First::Http(read) => {
             let stream = Prefixed::new(read, stream);
@@ -167,13 +165,13 @@ async fn open<S: Socket>(
             return None;
         }
     };
-    if client.resolve(request.headers()).is_err() {
+    if client.resolve(&head).is_err() {
         if stream.write_all(OVER_ADDRESS_LIMIT).await.is_ok() {
             let _ = stream.shutdown().await;
         }
         return None;
     }
-    let (greeting, session, deflate) = match ws::answer_direct(app, request) {
+    let (greeting, session, deflate) = match ws::answer_direct(app, head) {
         Ok(upgrade) => upgrade,
         Err(refusal) => {
             if stream.write_all(&refusal).await.is_ok() {
@@ -201,7 +199,7 @@ enum First {
     /// A complete `GET /ws` (or `GET` of the echo path) head, parsed, and what the client sent
     /// after it.
     Upgrade {
-        request: Request<()>,
+        head: DirectHead,
         leftover: Vec<u8>,
         /// For the echo endpoint.
         echo: bool,
@@ -222,14 +220,10 @@ async fn read_first<S: Socket>(stream: &mut S, echo: Option<&str>) -> io::Result
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
         match parse_first(&read, echo) {
-            Parsed::Upgrade {
-                request,
-                head_len,
-                echo,
-            } => {
-                let leftover = read.split_off(head_len);
+            Parsed::Upgrade { layout, echo } => {
+                let leftover = read.split_off(layout.head_len());
                 return Ok(First::Upgrade {
-                    request,
+                    head: DirectHead::new(read, layout),
                     leftover,
                     echo,
                 });
@@ -244,11 +238,7 @@ async fn read_first<S: Socket>(stream: &mut S, echo: Option<&str>) -> io::Result
 #[derive(Debug)]
 #[allow(clippy::large_enum_variant)] // Lives once per connection, briefly; a box would cost more.
 enum Parsed {
-    Upgrade {
-        request: Request<()>,
-        head_len: usize,
-        echo: bool,
-    },
+    Upgrade { layout: Layout, echo: bool },
     Http,
     Partial,
 }
@@ -282,26 +272,18 @@ fn parse_first(bytes: &[u8], echo: Option<&str>) -> Parsed {
         return Parsed::Http;
     }
     let echo = !is_websocket_path(path);
-    let mut builder = Request::builder()
-        .method(Method::GET)
-        .uri(path)
-        .version(Version::HTTP_11);
-    for header in head.headers.iter() {
-        let has_body = header.name.eq_ignore_ascii_case("transfer-encoding")
-            || (header.name.eq_ignore_ascii_case("content-length") && header.value != b"0");
-        if has_body {
-            return Parsed::Http;
-        }
-        builder = builder.header(header.name, header.value);
+    let has_body = head.headers.iter().any(|header| {
+        header.name.eq_ignore_ascii_case("transfer-encoding")
+            || (header.name.eq_ignore_ascii_case("content-length") && header.value != b"0")
+    });
+    if has_body {
+        return Parsed::Http;
     }
-    match builder.body(()) {
-        Ok(request) => Parsed::Upgrade {
-            request,
-            head_len,
-            echo,
-        },
-        // A header hyper would refuse too: let it answer.
-        Err(_) => Parsed::Http,
+    // httparse checked the names and values as hyper's own parse does; the handshake reads
+    // them where they lie, without building a request.
+    match Layout::of(bytes, head_len, &head) {
+        Some(layout) => Parsed::Upgrade { layout, echo },
+        None => Parsed::Http,
     }
 }
 
@@ -369,6 +351,7 @@ async fn serve_http<S: Socket>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::head::Headers as _;
 
     /// The size of the future a function returns, without calling it.
     fn future_size<A, B, C, D, E, F>(_: fn(A, B, C, D, E) -> F) -> usize {
@@ -418,19 +401,14 @@ mod tests {
 
     #[test]
     fn a_complete_handshake_is_answered_directly() {
-        let Parsed::Upgrade {
-            request, head_len, ..
-        } = parse_first(HANDSHAKE, None)
-        else {
+        let Parsed::Upgrade { layout, .. } = parse_first(HANDSHAKE, None) else {
             panic!("not an upgrade: {:?}", parse_first(HANDSHAKE, None))
         };
-        assert_eq!(head_len, HANDSHAKE.len());
-        assert_eq!(request.uri().query(), Some("token=abc"));
+        assert_eq!(layout.head_len(), HANDSHAKE.len());
+        let head = DirectHead::new(HANDSHAKE.to_vec(), layout);
+        assert_eq!(head.query(), "token=abc");
         assert_eq!(
-            request
-                .headers()
-                .get("sec-websocket-key")
-                .map(|v| v.as_bytes()),
+            head.value("sec-websocket-key"),
             Some(&b"dGhlIHNhbXBsZSBub25jZQ=="[..])
         );
     }
@@ -439,10 +417,11 @@ mod tests {
     fn bytes_after_the_head_are_not_part_of_it() {
         let mut bytes = HANDSHAKE.to_vec();
         bytes.extend_from_slice(b"\x81\x80");
-        let Parsed::Upgrade { head_len, .. } = parse_first(&bytes, None) else {
+        let Parsed::Upgrade { layout, .. } = parse_first(&bytes, None) else {
             panic!("not an upgrade")
         };
-        assert_eq!(head_len, HANDSHAKE.len());
+        assert_eq!(layout.head_len(), HANDSHAKE.len());
+        assert_eq!(DirectHead::new(bytes, layout).target(), "/ws?token=abc");
     }
 
     #[test]

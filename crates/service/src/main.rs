@@ -15,6 +15,7 @@ mod checks;
 mod cli;
 mod conn;
 mod dev;
+mod head;
 mod http;
 mod jwt;
 mod listener;

@@ -9,6 +9,8 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 use serde::Serialize;
 
+use crate::head::Headers;
+
 /// Seconds a client is told to wait (`Retry-After`) when the server is draining or a user has
 /// too many unacknowledged events.
 const RETRY_LATER_SECS: u64 = 5;
@@ -147,8 +149,8 @@ pub(crate) fn encoded_json_response(
 
 /// The credentials of an `Authorization: Bearer <credentials>` header. The scheme name is
 /// case-insensitive (RFC 9110, section 11.1), so `bearer` and `BEARER` count too.
-pub(crate) fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+pub(crate) fn bearer_token(headers: &impl Headers) -> Option<&str> {
+    let value = headers.text("authorization")?;
     let (scheme, credentials) = value.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")

@@ -9,12 +9,12 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::Request;
 use tokio::io::AsyncWriteExt as _;
 use tungstenite::Message;
 
 use crate::{
     app::App,
+    head::DirectHead,
     prefixed::Socket,
     ws::{
         driver::{CLOSE_TIMEOUT, End, READ_BUDGET, end_for, goodbye},
@@ -29,11 +29,11 @@ use crate::{
 pub(crate) async fn serve_echo<S: Socket>(
     app: Arc<App>,
     mut stream: S,
-    request: Request<()>,
+    head: DirectHead,
     leftover: Vec<u8>,
 ) {
-    let answer = answer_echo(&app, &request);
-    drop(request);
+    let answer = answer_echo(&app, &head);
+    drop(head);
     let (greeting, deflate) = match answer {
         Ok(answer) => answer,
         Err(refusal) => {

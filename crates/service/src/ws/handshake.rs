@@ -10,7 +10,7 @@ use std::{
 
 use bytes::Bytes;
 use herald_core::{Admission, Refusal, Session};
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, header};
+use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::TokioIo;
@@ -20,6 +20,7 @@ use tungstenite::handshake::derive_accept_key;
 use crate::{
     abuse::{Client, Standing},
     app::App,
+    head::{DirectHead, Headers, text},
     prefixed::{Prefixed, Socket, TlsSocket},
     respond::{bearer_token, error_response, query_param},
     ws::{
@@ -53,10 +54,10 @@ struct Accepted {
 /// the connection's long-lived task does not carry it.
 pub(crate) fn answer_direct(
     app: &App,
-    request: Request<()>,
+    head: DirectHead,
 ) -> Result<(Vec<u8>, Session, Option<Deflate>), Vec<u8>> {
-    let accepted = handshake(app, request.uri(), request.headers()).map_err(encode_response)?;
-    drop(request);
+    let accepted = handshake(app, head.query(), &head).map_err(encode_response)?;
+    drop(head);
     let deflate = accepted.deflate;
     let mut greeting = encode_response(accepted.switching_protocols());
     let mut session = app.gateway.open(accepted.admission);
@@ -83,10 +84,10 @@ pub(crate) fn answer_direct(
 /// which the connection closes.
 pub(crate) fn answer_echo(
     app: &App,
-    request: &Request<()>,
+    head: &DirectHead,
 ) -> Result<(Vec<u8>, Option<Deflate>), Vec<u8>> {
-    let key = validate_handshake(request.headers()).map_err(encode_response)?;
-    let deflate = negotiate_deflate(app, request.headers()).map_err(encode_response)?;
+    let key = validate_handshake(head).map_err(encode_response)?;
+    let deflate = negotiate_deflate(app, head).map_err(encode_response)?;
     let response = switching_protocols(&derive_accept_key(key.as_bytes()), false, deflate);
     Ok((encode_response(response), deflate))
 }
@@ -99,7 +100,8 @@ pub(crate) fn upgrade(
     mut request: Request<Incoming>,
     standing: &Standing,
 ) -> Response<Full<Bytes>> {
-    let accepted = match handshake(app, request.uri(), request.headers()) {
+    let query = request.uri().query().unwrap_or("");
+    let accepted = match handshake(app, query, request.headers()) {
         Ok(accepted) => accepted,
         Err(response) => return response,
     };
@@ -184,15 +186,12 @@ pub(crate) fn websocket<S: Socket>(
 #[allow(clippy::result_large_err)] // The error is the response itself, built once.
 fn negotiate_deflate(
     app: &App,
-    headers: &HeaderMap,
+    headers: &impl Headers,
 ) -> Result<Option<Deflate>, Response<Full<Bytes>>> {
     if !app.config.compression_enabled {
         return Ok(None);
     }
-    let offers = headers
-        .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
-        .iter()
-        .map(HeaderValue::as_bytes);
+    let offers = headers.values("sec-websocket-extensions");
     deflate::negotiate(offers).map_err(|error| {
         error_response(
             StatusCode::BAD_REQUEST,
@@ -206,8 +205,12 @@ fn negotiate_deflate(
 /// hyper's): the upgrade headers, the origin and the admission (token, limits). A refusal is
 /// the HTTP response to send, counted in `herald_handshakes_refused_total` by its status.
 #[allow(clippy::result_large_err)] // The error is the response itself, built once.
-fn handshake(app: &App, uri: &Uri, headers: &HeaderMap) -> Result<Accepted, Response<Full<Bytes>>> {
-    let checked = check_handshake(app, uri, headers);
+fn handshake(
+    app: &App,
+    query: &str,
+    headers: &impl Headers,
+) -> Result<Accepted, Response<Full<Bytes>>> {
+    let checked = check_handshake(app, query, headers);
     if let Err(response) = &checked {
         let status = response.status().as_str().to_owned();
         metrics::counter!("herald_handshakes_refused_total", "status" => status).increment(1);
@@ -219,8 +222,8 @@ fn handshake(app: &App, uri: &Uri, headers: &HeaderMap) -> Result<Accepted, Resp
 #[allow(clippy::result_large_err)] // As above.
 fn check_handshake(
     app: &App,
-    uri: &Uri,
-    headers: &HeaderMap,
+    query: &str,
+    headers: &impl Headers,
 ) -> Result<Accepted, Response<Full<Bytes>>> {
     let key = validate_handshake(headers)?;
     let deflate = negotiate_deflate(app, headers)?;
@@ -231,7 +234,6 @@ fn check_handshake(
             &message,
         ));
     }
-    let query = uri.query().unwrap_or("");
     let bearer = bearer_token(headers).map(str::to_owned);
     let token = bearer.or_else(|| query_param(query, "token"));
     let thread = query_param(query, "thread");
@@ -240,11 +242,8 @@ fn check_handshake(
         .admit(token.as_deref(), thread.as_deref())
         .map_err(|refusal| refusal_response(&refusal))?;
     let subprotocol = headers
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|p| p.trim() == SUBPROTOCOL);
+        .items("sec-websocket-protocol")
+        .any(|p| p == SUBPROTOCOL);
     Ok(Accepted {
         admission,
         accept_key: derive_accept_key(key.as_bytes()),
@@ -323,7 +322,7 @@ fn encode_response(response: Response<Full<Bytes>>) -> Vec<u8> {
 /// Checks what tungstenite's own handshake would (hyper did the HTTP part): `Upgrade` and
 /// `Connection` tokens, version 13 and a well-formed key. Returns the key.
 #[allow(clippy::result_large_err)] // The error is the response itself, built once.
-fn validate_handshake(headers: &HeaderMap) -> Result<String, Response<Full<Bytes>>> {
+fn validate_handshake(headers: &impl Headers) -> Result<String, Response<Full<Bytes>>> {
     let bad = |message: &str| {
         error_response(
             StatusCode::BAD_REQUEST,
@@ -331,24 +330,14 @@ fn validate_handshake(headers: &HeaderMap) -> Result<String, Response<Full<Bytes
             message,
         )
     };
-    let has_token = |name: header::HeaderName, token: &str| {
-        headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
-    if !has_token(header::UPGRADE, "websocket") || !has_token(header::CONNECTION, "upgrade") {
+    let has_token =
+        |name: &str, token: &str| headers.items(name).any(|t| t.eq_ignore_ascii_case(token));
+    if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
         return Err(bad(
             "expected a WebSocket upgrade (Upgrade: websocket, Connection: Upgrade)",
         ));
     }
-    if headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .map(HeaderValue::as_bytes)
-        != Some(b"13")
-    {
+    if headers.value("sec-websocket-version") != Some(b"13") {
         let mut response = error_response(
             StatusCode::UPGRADE_REQUIRED,
             herald_protocol::ErrorCode::BadRequest,
@@ -361,8 +350,7 @@ fn validate_handshake(headers: &HeaderMap) -> Result<String, Response<Full<Bytes
         return Err(response);
     }
     let key = headers
-        .get(header::SEC_WEBSOCKET_KEY)
-        .and_then(|v| v.to_str().ok())
+        .text("sec-websocket-key")
         .filter(|key| is_websocket_key(key))
         .ok_or_else(|| bad("missing or malformed Sec-WebSocket-Key"))?;
     Ok(key.to_owned())
@@ -379,22 +367,18 @@ fn is_websocket_key(key: &str) -> bool {
 }
 
 /// Same-origin, an allowed origin, or no `Origin` (non-browser clients).
-fn check_origin(app: &App, headers: &HeaderMap) -> Result<(), String> {
-    let Some(origin) = headers.get(header::ORIGIN) else {
+fn check_origin(app: &App, headers: &impl Headers) -> Result<(), String> {
+    let Some(origin) = headers.value("origin") else {
         return Ok(());
     };
-    let origin = origin
-        .to_str()
-        .map_err(|_| "malformed Origin header".to_owned())?
+    let origin = text(origin)
+        .ok_or_else(|| "malformed Origin header".to_owned())?
         .to_ascii_lowercase();
     let allowed = &app.config.allowed_origins;
     if allowed.iter().any(|a| a == "*" || *a == origin) {
         return Ok(());
     }
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_ascii_lowercase);
+    let host = headers.text("host").map(str::to_ascii_lowercase);
     let origin_authority = origin.split_once("://").map(|(_, rest)| rest);
     match (origin_authority, host) {
         (Some(authority), Some(host)) if authority == host => Ok(()),
