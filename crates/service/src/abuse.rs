@@ -22,9 +22,12 @@ use governor::{
 };
 use herald_config::{BaseConfig, IpBlock};
 use herald_utils::Clock;
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 
 use crate::head::{Headers, text};
+
+/// The header a trusted proxy names its client in.
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// A keyed GCRA limiter on the gateway's clock.
 type Keyed<K> = RateLimiter<K, DefaultKeyedStateStore<K>, LimiterClock, NoOpMiddleware<Duration>>;
@@ -161,12 +164,12 @@ impl Shield {
     fn forwarded_client(&self, headers: &impl Headers) -> Option<IpAddr> {
         // A value that is not text names no client (rather than skipping it).
         if headers
-            .values("x-forwarded-for")
+            .values(&X_FORWARDED_FOR)
             .any(|value| text(value).is_none())
         {
             return None;
         }
-        let entries: Vec<&str> = headers.items("x-forwarded-for").collect();
+        let entries: Vec<&str> = headers.items(&X_FORWARDED_FOR).collect();
         for entry in entries.into_iter().rev() {
             let ip = entry.parse::<IpAddr>().ok()?.to_canonical();
             if !self.is_trusted_proxy(ip) {

@@ -408,7 +408,7 @@ mod tests {
         let head = DirectHead::new(HANDSHAKE.to_vec(), layout);
         assert_eq!(head.query(), "token=abc");
         assert_eq!(
-            head.value("sec-websocket-key"),
+            head.value(&http::header::SEC_WEBSOCKET_KEY),
             Some(&b"dGhlIHNhbXBsZSBub25jZQ=="[..])
         );
     }

@@ -7,27 +7,28 @@
 
 use std::ops::Range;
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// A request's headers, looked up by name.
 pub(crate) trait Headers {
-    /// The values of the headers named `name` (given in lowercase; matched ignoring case), in
-    /// the order they came.
-    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a;
+    /// The values of the headers named `name` (matched ignoring case), in the order they came.
+    /// A `HeaderName` (`http::header`'s constants) rather than a string: a map looks it up
+    /// without parsing it again.
+    fn values<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]> + 'a;
 
     /// The first value of the headers named `name`.
-    fn value<'a>(&'a self, name: &'a str) -> Option<&'a [u8]> {
+    fn value<'a>(&'a self, name: &'a HeaderName) -> Option<&'a [u8]> {
         self.values(name).next()
     }
 
     /// The first value of `name` as text, when it is text (see [`text`]).
-    fn text<'a>(&'a self, name: &'a str) -> Option<&'a str> {
+    fn text<'a>(&'a self, name: &'a HeaderName) -> Option<&'a str> {
         self.value(name).and_then(text)
     }
 
     /// The values of `name` that are text, split on commas and trimmed, in order: the items
     /// of a list-valued header (`Connection`, `Upgrade`, `X-Forwarded-For`).
-    fn items<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    fn items<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a str> + 'a {
         self.values(name)
             .filter_map(text)
             .flat_map(|value| value.split(','))
@@ -36,7 +37,7 @@ pub(crate) trait Headers {
 }
 
 impl Headers for HeaderMap {
-    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+    fn values<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]> + 'a {
         self.get_all(name).iter().map(HeaderValue::as_bytes)
     }
 }
@@ -129,12 +130,12 @@ impl DirectHead {
 }
 
 impl Headers for DirectHead {
-    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+    fn values<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]> + 'a {
         let bytes_at = |range: &Range<usize>| self.bytes.get(range.clone()).unwrap_or_default();
         self.layout
             .headers
             .iter()
-            .filter(move |(n, _)| bytes_at(n).eq_ignore_ascii_case(name.as_bytes()))
+            .filter(move |(n, _)| bytes_at(n).eq_ignore_ascii_case(name.as_ref()))
             .map(move |(_, value)| bytes_at(value))
     }
 }
@@ -178,16 +179,18 @@ mod tests {
         assert_eq!(head.target(), "/ws?token=abc&thread=t1");
         assert_eq!(head.query(), "token=abc&thread=t1");
         for name in ["host", "connection", "x-forwarded-for", "origin", "upgrade"] {
+            let name = &HeaderName::from_static(name);
             assert!(head.values(name).eq(Headers::values(&map, name)), "{name}");
             assert!(head.items(name).eq(Headers::items(&map, name)), "{name}");
             assert_eq!(head.text(name), Headers::text(&map, name), "{name}");
         }
         assert_eq!(
-            head.items("x-forwarded-for").collect::<Vec<_>>(),
+            head.items(&HeaderName::from_static("x-forwarded-for"))
+                .collect::<Vec<_>>(),
             ["1.2.3.4", "5.6.7.8", "9.9.9.9"]
         );
-        assert_eq!(head.text("origin"), None);
-        assert_eq!(head.value("Upgrade"), None);
+        assert_eq!(head.text(&http::header::ORIGIN), None);
+        assert_eq!(head.value(&http::header::UPGRADE), None);
     }
 
     #[test]

@@ -150,7 +150,7 @@ pub(crate) fn encoded_json_response(
 /// The credentials of an `Authorization: Bearer <credentials>` header. The scheme name is
 /// case-insensitive (RFC 9110, section 11.1), so `bearer` and `BEARER` count too.
 pub(crate) fn bearer_token(headers: &impl Headers) -> Option<&str> {
-    let value = headers.text("authorization")?;
+    let value = headers.text(&header::AUTHORIZATION)?;
     let (scheme, credentials) = value.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")

@@ -191,7 +191,7 @@ fn negotiate_deflate(
     if !app.config.compression_enabled {
         return Ok(None);
     }
-    let offers = headers.values("sec-websocket-extensions");
+    let offers = headers.values(&header::SEC_WEBSOCKET_EXTENSIONS);
     deflate::negotiate(offers).map_err(|error| {
         error_response(
             StatusCode::BAD_REQUEST,
@@ -242,7 +242,7 @@ fn check_handshake(
         .admit(token.as_deref(), thread.as_deref())
         .map_err(|refusal| refusal_response(&refusal))?;
     let subprotocol = headers
-        .items("sec-websocket-protocol")
+        .items(&header::SEC_WEBSOCKET_PROTOCOL)
         .any(|p| p == SUBPROTOCOL);
     Ok(Accepted {
         admission,
@@ -330,14 +330,15 @@ fn validate_handshake(headers: &impl Headers) -> Result<String, Response<Full<By
             message,
         )
     };
-    let has_token =
-        |name: &str, token: &str| headers.items(name).any(|t| t.eq_ignore_ascii_case(token));
-    if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
+    let has_token = |name: &header::HeaderName, token: &str| {
+        headers.items(name).any(|t| t.eq_ignore_ascii_case(token))
+    };
+    if !has_token(&header::UPGRADE, "websocket") || !has_token(&header::CONNECTION, "upgrade") {
         return Err(bad(
             "expected a WebSocket upgrade (Upgrade: websocket, Connection: Upgrade)",
         ));
     }
-    if headers.value("sec-websocket-version") != Some(b"13") {
+    if headers.value(&header::SEC_WEBSOCKET_VERSION) != Some(b"13") {
         let mut response = error_response(
             StatusCode::UPGRADE_REQUIRED,
             herald_protocol::ErrorCode::BadRequest,
@@ -350,7 +351,7 @@ fn validate_handshake(headers: &impl Headers) -> Result<String, Response<Full<By
         return Err(response);
     }
     let key = headers
-        .text("sec-websocket-key")
+        .text(&header::SEC_WEBSOCKET_KEY)
         .filter(|key| is_websocket_key(key))
         .ok_or_else(|| bad("missing or malformed Sec-WebSocket-Key"))?;
     Ok(key.to_owned())
@@ -368,7 +369,7 @@ fn is_websocket_key(key: &str) -> bool {
 
 /// Same-origin, an allowed origin, or no `Origin` (non-browser clients).
 fn check_origin(app: &App, headers: &impl Headers) -> Result<(), String> {
-    let Some(origin) = headers.value("origin") else {
+    let Some(origin) = headers.value(&header::ORIGIN) else {
         return Ok(());
     };
     let origin = text(origin)
@@ -378,7 +379,7 @@ fn check_origin(app: &App, headers: &impl Headers) -> Result<(), String> {
     if allowed.iter().any(|a| a == "*" || *a == origin) {
         return Ok(());
     }
-    let host = headers.text("host").map(str::to_ascii_lowercase);
+    let host = headers.text(&header::HOST).map(str::to_ascii_lowercase);
     let origin_authority = origin.split_once("://").map(|(_, rest)| rest);
     match (origin_authority, host) {
         (Some(authority), Some(host)) if authority == host => Ok(()),
