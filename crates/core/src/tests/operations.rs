@@ -281,15 +281,21 @@ fn an_api_publication_on_an_idle_gateway_is_performed_in_place_and_steps_aside_f
     );
 }
 
-#[test]
-fn an_api_operation_queues_behind_work_already_queued_and_never_overtakes_it() {
-    let harness = Harness::new();
+/// Alice subscribed to `chat:1` with a client publish of `"client"` to it waiting in the queue
+/// for the worker, as a client's publish always does.
+fn alice_with_a_client_publish_queued(harness: &Harness) -> Session {
     let mut alice = harness.connect("alice");
     subscribe(&mut alice, "chat:1");
-    // A client's publish waits in the queue for the worker.
     alice.on_text(
         r#"{"type":"publish","messageId":"p1","data":{"topic":"chat:1","data":"client"}}"#,
     );
+    alice
+}
+
+#[test]
+fn an_api_operation_queues_behind_work_already_queued_and_never_overtakes_it() {
+    let harness = Harness::new();
+    let alice = alice_with_a_client_publish_queued(&harness);
     let gateway = &harness.gateway;
     let mut cx = Context::from_waker(Waker::noop());
     let mut publish = pin!(gateway.publish(chat(r#""api""#)));
@@ -336,11 +342,7 @@ fn a_publish_batch_on_an_idle_gateway_is_performed_in_one_turn_and_steps_aside_o
 #[test]
 fn a_publish_batch_behind_queued_work_is_queued_item_by_item_and_a_full_queue_refuses_the_rest() {
     let harness = Harness::with(|s| s.operation_queue_size = 3);
-    let mut alice = harness.connect("alice");
-    subscribe(&mut alice, "chat:1");
-    alice.on_text(
-        r#"{"type":"publish","messageId":"p1","data":{"topic":"chat:1","data":"client"}}"#,
-    );
+    let alice = alice_with_a_client_publish_queued(&harness);
     let gateway = &harness.gateway;
     let mut cx = Context::from_waker(Waker::noop());
     let mut batch = pin!(gateway.publish_batch(vec![chat("2"), chat("3"), chat("4")]));
