@@ -233,8 +233,7 @@ impl Gateway {
         let mut outcomes = Vec::with_capacity(replies.len());
         for reply in replies {
             outcomes.push(match reply {
-                // As for one operation: a dropped reply means the gateway went away.
-                Ok(receiver) => receiver.await.unwrap_or(Err(GatewayError::ShuttingDown)),
+                Ok(receiver) => replied(receiver).await,
                 Err(error) => Err(error),
             });
         }
@@ -291,9 +290,7 @@ impl Gateway {
         })
         .await;
         taken?;
-        // Every operation performed is answered; a dropped reply means the operation was
-        // dropped unperformed, which only happens when the gateway goes away.
-        receiver.await.unwrap_or(Err(GatewayError::ShuttingDown))
+        replied(receiver).await
     }
 
     /// The fan-out worker: performs queued operations, highest priority first, until shutdown
@@ -462,4 +459,12 @@ impl HealthCheck for Gateway {
             .with_value("operationsQueued", queued as u64)
             .with_value("operationQueueSize", settings.operation_queue_size as u64)
     }
+}
+
+/// What an operation's reply carries. Every operation performed is answered; a dropped reply
+/// means the operation was dropped unperformed, which only happens when the gateway goes away.
+async fn replied<T>(
+    receiver: oneshot::Receiver<Result<T, GatewayError>>,
+) -> Result<T, GatewayError> {
+    receiver.await.unwrap_or(Err(GatewayError::ShuttingDown))
 }
