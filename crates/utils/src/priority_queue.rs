@@ -230,7 +230,13 @@ impl<T> PriorityQueue<T> {
     /// this when it runs empty, so an idle connection holds no queue memory.
     pub fn shrink_to_fit(&mut self) {
         for lane in &mut self.lanes {
-            lane.shrink_to_fit();
+            if !lane.is_empty() {
+                lane.shrink_to_fit();
+            } else if lane.capacity() != 0 {
+                // The common case (a connection's queue drained to empty) without
+                // `VecDeque::shrink_to`'s general path, called for every lane.
+                *lane = VecDeque::new();
+            }
         }
     }
 
@@ -630,6 +636,34 @@ mod tests {
         assert_eq!(queue.pop(), Some(("a", Critical)));
         queue.shrink_to_fit();
         assert!(queue.lanes.iter().all(|lane| lane.capacity() == 0));
+    }
+
+    #[test]
+    fn shrink_to_fit_keeps_what_is_queued_in_order() {
+        let mut queue = PriorityQueue::new(100, 1000);
+        for i in 0..20 {
+            assert!(queue.push(i, Normal, 1).is_ok());
+        }
+        assert!(queue.push(100, Critical, 1).is_ok());
+        assert_eq!(queue.pop(), Some((100, Critical)));
+        for i in 0..17 {
+            assert_eq!(queue.pop(), Some((i, Normal)));
+        }
+        let grown = queue
+            .lanes
+            .iter()
+            .map(std::collections::VecDeque::capacity)
+            .sum::<usize>();
+        queue.shrink_to_fit();
+        let kept = queue
+            .lanes
+            .iter()
+            .map(std::collections::VecDeque::capacity)
+            .sum::<usize>();
+        assert!(kept >= 3 && kept < grown, "capacity {grown} -> {kept}");
+        assert_eq!((queue.len(), queue.bytes()), (3, 3));
+        let rest: Vec<_> = std::iter::from_fn(|| queue.pop()).collect();
+        assert_eq!(rest, vec![(17, Normal), (18, Normal), (19, Normal)]);
     }
 
     #[test]

@@ -655,6 +655,13 @@ mod tests {
         }
     }
 
+    /// Every read finds something (bytes or the end).
+    impl crate::prefixed::ReadReady for Chunks {
+        fn poll_read_ready(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
     impl AsyncWrite for Chunks {
         fn poll_write(
             self: Pin<&mut Self>,

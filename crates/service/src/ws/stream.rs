@@ -1,6 +1,7 @@
 //! A WebSocket on an async socket: tungstenite's protocol state (`WebSocketContext`) driven
 //! with the polling task's own `Context`, lent to the socket for each call and never stored,
-//! and dropped while the connection is idle.
+//! and dropped while the connection is idle (and not remade until the socket has something to
+//! read).
 //!
 //! tokio-tungstenite's `WebSocketStream` does the same job with two `Arc`'d waker proxies per
 //! connection (so that a reading and a writing task can share one socket); a connection here
@@ -19,7 +20,7 @@ use tungstenite::{
     protocol::{CloseFrame, Role, WebSocketConfig, WebSocketContext},
 };
 
-use crate::ws::inflate::Inflating;
+use crate::{prefixed::ReadReady, ws::inflate::Inflating};
 
 /// tungstenite's read buffer, allocated per connection, and the most it reads from the socket
 /// at a time. Client frames are small control messages; a larger one grows the buffer as
@@ -64,7 +65,7 @@ pub(crate) struct Ws<S> {
     reply_queued: bool,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Ws<S> {
+impl<S: AsyncRead + AsyncWrite + ReadReady + Unpin> Ws<S> {
     /// A server-side WebSocket on `socket`, whose handshake is done; `part` is what the client
     /// sent after it that was already read, `max_payload` the limit on a client's messages and
     /// frames.
@@ -113,12 +114,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Ws<S> {
     /// then holds nothing a new one would not (an empty read buffer, no partial frame or
     /// message, nothing to write, the state `Active`), and an idle connection holds no read
     /// buffer.
+    ///
+    /// While it is dropped, the socket is asked whether a read might find anything before a
+    /// new one is made to read: a connection woken to write (every delivery wakes it) does
+    /// not remake tungstenite's state, with its read buffer, only to find nothing to read.
+    /// That is sound because the state is dropped only by a read that waited, and nothing
+    /// has read the socket since (see [`ReadReady`]).
     pub(crate) fn poll_next(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Message, Error>>> {
         if self.ended {
             return Poll::Ready(None);
+        }
+        if self.context.is_none() && self.socket.get_ref().poll_read_ready(cx).is_pending() {
+            return Poll::Pending;
         }
         let context = context(&mut self.context, self.max_payload);
         match pending_on_would_block(context.read(&mut Lent::new(&mut self.socket, cx))) {
@@ -446,6 +456,119 @@ mod tests {
             Poll::Ready(Some(Ok(Message::Text(read)))) => assert_eq!(read.as_str(), text),
             other => panic!("unexpected read: {other:?}"),
         }
+    }
+
+    /// A pipe whose readiness the test sets, and which counts the reads tried on it.
+    struct Gated {
+        pipe: DuplexStream,
+        ready: bool,
+        reads: usize,
+    }
+
+    impl ReadReady for Gated {
+        fn poll_read_ready(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            if self.ready {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            }
+        }
+    }
+
+    impl AsyncRead for Gated {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let this = self.get_mut();
+            this.reads += 1;
+            Pin::new(&mut this.pipe).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Gated {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.get_mut().pipe).poll_write(cx, buf)
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().pipe).poll_flush(cx)
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().pipe).poll_shutdown(cx)
+        }
+    }
+
+    /// A connection woken with nothing to read (to write a delivery) leaves its socket alone
+    /// and tungstenite's state unmade, and reads again once the socket has something.
+    #[test]
+    fn an_idle_websocket_tries_no_read_until_its_socket_has_something() {
+        let mut cx = Context::from_waker(Waker::noop());
+        let (server, mut client) = duplex(1024);
+        let gated = Gated {
+            pipe: server,
+            ready: true,
+            reads: 0,
+        };
+        let (socket, part) = Inflating::new(gated, None, 1 << 20, Vec::new());
+        let mut ws = Ws::from_partially_read(socket, part, 1 << 20);
+        let mut send = |text: &str| {
+            assert!(client.write_all(&text_frame(text)).now_or_never().is_some());
+        };
+
+        send("first");
+        assert!(ws.poll_next(&mut cx).is_ready());
+        assert!(ws.poll_next(&mut cx).is_pending());
+        assert!(!ws.holds_context());
+
+        ws.get_mut().get_mut().ready = false;
+        let reads = ws.get_ref().get_ref().reads;
+        for _ in 0..3 {
+            assert!(ws.poll_next(&mut cx).is_pending());
+        }
+        assert_eq!(ws.get_ref().get_ref().reads, reads, "a read was tried");
+        assert!(!ws.holds_context());
+
+        send("second");
+        ws.get_mut().get_mut().ready = true;
+        match ws.poll_next(&mut cx) {
+            Poll::Ready(Some(Ok(Message::Text(text)))) => assert_eq!(text.as_str(), "second"),
+            other => panic!("unexpected read: {other:?}"),
+        }
+    }
+
+    /// While tungstenite's state is held (inside a message), readiness is not asked: the bytes
+    /// of the message may already be in its buffer.
+    #[test]
+    fn a_websocket_inside_a_message_reads_whatever_the_socket_says() {
+        let mut cx = Context::from_waker(Waker::noop());
+        let (server, mut client) = duplex(1024);
+        let gated = Gated {
+            pipe: server,
+            ready: false,
+            reads: 0,
+        };
+        let (socket, part) = Inflating::new(gated, None, 1 << 20, Vec::new());
+        let mut ws = Ws::from_partially_read(socket, part, 1 << 20);
+        // Two whole frames in one write: the first read takes both into tungstenite's buffer.
+        let frames = [text_frame("one"), text_frame("two")].concat();
+        assert!(client.write_all(&frames).now_or_never().is_some());
+        for expected in ["one", "two"] {
+            match ws.poll_next(&mut cx) {
+                Poll::Ready(Some(Ok(Message::Text(text)))) => {
+                    assert_eq!(text.as_str(), expected);
+                }
+                other => panic!("unexpected read: {other:?}"),
+            }
+        }
+        assert!(ws.poll_next(&mut cx).is_pending());
+        assert!(!ws.holds_context());
     }
 
     #[test]

@@ -10,10 +10,13 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tungstenite::{self, Message};
 
-use crate::ws::{
-    Ws,
-    inflate::Failure,
-    writer::{Compression, Writer},
+use crate::{
+    prefixed::ReadReady,
+    ws::{
+        Ws,
+        inflate::Failure,
+        writer::{Compression, Writer},
+    },
 };
 
 /// A WebSocket's socket, written by two writers in turns: tungstenite reads client frames and
@@ -39,7 +42,7 @@ pub(super) struct Wire<S> {
     writer: Writer,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
+impl<S: AsyncRead + AsyncWrite + ReadReady + Unpin> Wire<S> {
     /// The socket of `ws`, with nothing staged.
     pub(super) fn new(ws: Ws<S>) -> Self {
         Self {
@@ -171,6 +174,13 @@ mod tests {
         inbound: VecDeque<u8>,
         outbound: Vec<u8>,
         room: usize,
+    }
+
+    /// Every read is tried (a read of nothing waits).
+    impl ReadReady for Pipe {
+        fn poll_read_ready(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
     }
 
     impl AsyncRead for Pipe {
