@@ -334,6 +334,11 @@ impl Outbox {
     /// connection must close now, and `Pending` (with `cx`'s waker registered) when there is
     /// nothing to do. Queued frames are still delivered before a close, except for a slow
     /// consumer (4009), whose queue is the problem.
+    ///
+    /// When it moves fewer than `max` frames, the queue ran empty, and `cx`'s task will be
+    /// woken for whatever comes next (a frame, or a close request, also one already made):
+    /// the caller need not look again until then. A connection woken for one frame then
+    /// takes the lock once, not twice.
     pub fn poll_drain(
         &self,
         cx: &mut Context<'_>,
@@ -355,6 +360,13 @@ impl Outbox {
             if inner.queue.is_empty() {
                 // An idle connection keeps no queue memory; the next burst allocates again.
                 inner.queue.shrink_to_fit();
+                if inner.close.is_none() {
+                    inner.register(cx);
+                } else {
+                    // Nothing will wake the task for a close already requested.
+                    drop(inner);
+                    cx.waker().wake_by_ref();
+                }
             }
             return Poll::Ready(None);
         }
@@ -572,6 +584,63 @@ mod tests {
         assert_eq!(
             outbox.poll_close_requested(&mut cx),
             Poll::Ready(CloseCode::SlowConsumer)
+        );
+    }
+
+    /// A waker that counts its wakes.
+    fn counting_waker() -> (Waker, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        struct Count(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+        impl std::task::Wake for Count {
+            fn wake(self: std::sync::Arc<Self>) {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        (
+            Waker::from(std::sync::Arc::new(Count(std::sync::Arc::clone(&count)))),
+            count,
+        )
+    }
+
+    /// A drain that empties the queue (fewer frames than asked for) leaves the task to be
+    /// woken by the next frame; one that stops at `max` does not promise it.
+    #[test]
+    fn a_drain_that_empties_the_queue_is_woken_by_the_next_frame() {
+        let counters = Counters::default();
+        let outbox = Outbox::new(8, 1 << 20);
+        let (waker, wakes) = counting_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut out = Vec::new();
+        for text in ["a", "b", "c"] {
+            outbox.offer(frame(text), Priority::Normal, &counters);
+        }
+        assert_eq!(outbox.poll_drain(&mut cx, 2, &mut out), Poll::Ready(None));
+        assert_eq!(out.len(), 2);
+        outbox.offer(frame("d"), Priority::Normal, &counters);
+        assert_eq!(wakes.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+        assert_eq!(outbox.poll_drain(&mut cx, 8, &mut out), Poll::Ready(None));
+        assert_eq!(out.len(), 4, "fewer than asked: the queue ran empty");
+        outbox.offer(frame("e"), Priority::Normal, &counters);
+        assert_eq!(wakes.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    /// A drain that empties the queue behind a close request wakes the task at once, so that it
+    /// comes back for the close.
+    #[test]
+    fn a_drain_that_empties_the_queue_before_a_close_comes_back_for_it() {
+        let counters = Counters::default();
+        let outbox = Outbox::new(8, 1 << 20);
+        let (waker, wakes) = counting_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut out = Vec::new();
+        outbox.offer(frame("last"), Priority::Normal, &counters);
+        assert!(outbox.close(CloseCode::GoingAway));
+        assert_eq!(outbox.poll_drain(&mut cx, 8, &mut out), Poll::Ready(None));
+        assert_eq!(wakes.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(
+            outbox.poll_drain(&mut cx, 8, &mut out),
+            Poll::Ready(Some(CloseCode::GoingAway))
         );
     }
 

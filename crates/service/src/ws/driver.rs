@@ -239,8 +239,15 @@ fn drain_counted<S: Socket>(
         let writer = wire.writer();
         match outbox.poll_drain(cx, batch, writer.drained()) {
             Poll::Ready(None) => {
-                *taken += writer.drained().len();
+                let moved = writer.drained().len();
+                *taken += moved;
                 writer.stage(connection.batching(), compression);
+                if moved < batch {
+                    // The outbox ran empty and will wake the task for what comes next.
+                    return Drained::Staged {
+                        budget_spent: false,
+                    };
+                }
             }
             // A slow consumer's queue is the problem: close without the rest.
             Poll::Ready(Some(CloseCode::SlowConsumer)) => {
