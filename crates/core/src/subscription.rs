@@ -20,7 +20,7 @@ use crate::{
     connection::{Connection, offer_each},
     counters::Counters,
     history::{HistoryEntry, HistoryStore},
-    ids::ConnectionId,
+    ids::{ConnectionId, Hex},
     outbox::Frame,
     shard::shard_of,
     sizes::compact,
@@ -559,7 +559,13 @@ impl SubscriptionManager {
 
     fn new_epoch(&self) -> Arc<str> {
         let n = self.epoch_counter.fetch_add(1, Ordering::Relaxed);
-        Arc::from(format!("{:x}-{n:x}", self.epoch_seed))
+        // `format!("{:x}-{n:x}")` without the formatter (a topic is made per first subscriber).
+        let (seed, n) = (Hex::new(self.epoch_seed, 1), Hex::new(n, 1));
+        let mut epoch = String::with_capacity(seed.as_str().len() + 1 + n.as_str().len());
+        epoch.push_str(seed.as_str());
+        epoch.push('-');
+        epoch.push_str(n.as_str());
+        Arc::from(epoch)
     }
 
     fn shard(&self, topic: &Topic) -> &Shard {
