@@ -35,7 +35,11 @@ pub(crate) trait ReadReady {
     /// Only meaningful after a read of this socket waited (returned `Pending`) and nothing
     /// was read since: a layer above the bytes on the wire (TLS) may otherwise hold bytes
     /// the wire no longer shows.
-    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    ///
+    /// By default always `Ready`: every read is tried (the in-memory sockets of tests).
+    fn poll_read_ready(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
 }
 
 impl Socket for TcpStream {
@@ -57,13 +61,8 @@ impl Socket for TlsSocket {
     }
 }
 
-/// An in-memory pipe, in tests, always may have something: every read is tried.
 #[cfg(test)]
-impl ReadReady for tokio::io::DuplexStream {
-    fn poll_read_ready(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
+impl ReadReady for tokio::io::DuplexStream {}
 
 /// A TLS read waits (tokio-rustls's `poll_read` returns `Pending`) only once rustls holds no
 /// decrypted bytes and the TCP socket would block, so after one the TCP socket's readiness

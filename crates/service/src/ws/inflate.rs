@@ -655,12 +655,7 @@ mod tests {
         }
     }
 
-    /// Every read finds something (bytes or the end).
-    impl crate::prefixed::ReadReady for Chunks {
-        fn poll_read_ready(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-    }
+    impl crate::prefixed::ReadReady for Chunks {}
 
     impl AsyncWrite for Chunks {
         fn poll_write(
