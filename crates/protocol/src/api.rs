@@ -4,8 +4,6 @@
 //! `bad_request` carrying serde's message. Topics and identifiers are validated while decoding.
 //! Every type also serializes, so tests and Rust backends can build the bodies.
 
-use std::fmt::Write as _;
-
 use herald_utils::Priority;
 use serde::{Deserialize, Deserializer, Serialize, de::DeserializeOwned};
 use serde_json::value::RawValue;
@@ -13,7 +11,7 @@ use serde_json::value::RawValue;
 use crate::{
     error::{ErrorCode, ErrorDetail, ProtocolError},
     event::EventName,
-    json::{exceeds_depth, push_json_string},
+    json::{exceeds_depth, push_json_string, push_json_u64},
     limits::Limits,
     topic::Topic,
     validate::validate_id,
@@ -78,8 +76,9 @@ impl PublishResponse {
         let mut text = String::with_capacity(64 + topic.len() + self.epoch.len());
         text.push_str(r#"{"topic":"#);
         push_json_string(&mut text, topic);
-        // Writing to a `String` cannot fail.
-        let _ = write!(text, r#","offset":{},"epoch":"#, self.offset);
+        text.push_str(r#","offset":"#);
+        push_json_u64(&mut text, self.offset);
+        text.push_str(r#","epoch":"#);
         push_json_string(&mut text, &self.epoch);
         text.push_str(if self.deduplicated {
             r#","deduplicated":true}"#

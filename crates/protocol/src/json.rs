@@ -219,6 +219,12 @@ impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
     }
 }
 
+/// Appends `value` as a JSON number, as serde_json writes it (with `itoa`, as serde_json does;
+/// `write!` would go through the formatter, several hundred instructions per number).
+pub(crate) fn push_json_u64(out: &mut String, value: u64) {
+    out.push_str(itoa::Buffer::new().format(value));
+}
+
 /// Appends `value` as a JSON string: quoted as it is when nothing in it needs escaping (a
 /// topic or an epoch nearly always), else as serde_json escapes it.
 pub(crate) fn push_json_string(out: &mut String, value: &str) {

@@ -9,11 +9,12 @@
 //! numbers a publication after its node encoded it, so the frame is built in two steps:
 //! [`encode_message_head`] up to and including `"offset":`, then [`complete_message`].
 
-use std::fmt::Write as _;
-
 use serde_json::value::RawValue;
 
-use crate::{json::push_json_string, topic::Topic};
+use crate::{
+    json::{push_json_string, push_json_u64},
+    topic::Topic,
+};
 
 /// What comes before the topic.
 const TYPE_AND_TOPIC_KEY: &str = r#"{"type":"message","topic":"#;
@@ -58,8 +59,7 @@ pub fn encode_message_head(topic: &Topic, data: &RawValue, epoch_len: usize) -> 
 
 /// Completes a head from [`encode_message_head`] with the publication's offset and epoch.
 pub fn complete_message(head: &mut String, offset: u64, epoch: &str) {
-    // Writing to a `String` cannot fail.
-    let _ = write!(head, "{offset}");
+    push_json_u64(head, offset);
     head.push_str(EPOCH_KEY);
     push_json_string(head, epoch);
     head.push('}');

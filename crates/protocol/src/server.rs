@@ -1,6 +1,6 @@
 //! Server -> client frames: [`ServerMessage`], its typed `data` helpers and [`encode_batch`].
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, de::DeserializeOwned, de::Error as _};
 use serde_json::{Number, Value, value::RawValue};
@@ -8,7 +8,7 @@ use serde_json::{Number, Value, value::RawValue};
 use crate::{
     error::{ErrorCode, ErrorDetail, ProtocolError},
     event::EventName,
-    json::{push_json_string, without_position},
+    json::{push_json_string, push_json_u64, without_position},
     message_frame::encode_message,
     topic::Topic,
 };
@@ -140,12 +140,11 @@ impl ConnectedData {
         push_json_string(&mut text, &self.user_id);
         text.push_str(r#","tier":"#);
         push_json_string(&mut text, &self.tier);
-        // Writing to a `String` cannot fail.
-        let _ = write!(
-            text,
-            r#","heartbeatInterval":{},"maxPayload":{}}}}}"#,
-            self.heartbeat_interval, self.max_payload
-        );
+        text.push_str(r#","heartbeatInterval":"#);
+        push_json_u64(&mut text, self.heartbeat_interval);
+        text.push_str(r#","maxPayload":"#);
+        push_json_u64(&mut text, self.max_payload);
+        text.push_str("}}");
         text
     }
 }
