@@ -63,9 +63,9 @@ pub(super) struct Writer {
 
 /// Empty staging buffers, with room, that the last connection to go idle on a thread left
 /// for the next one to stage with. A connection woken for one delivery stages it and goes idle
-/// again; without these it would allocate and free two buffers each time (a tenth of what
-/// such a delivery costs the server, measured with callgrind: docs/benchmarks.md), and with
-/// them it holds none while idle, as before. A runtime thread runs one connection at a time,
+/// again; without these it would allocate and free two buffers each time (about 120 of the
+/// 3,500 instructions such a delivery cost the server, measured with callgrind:
+/// docs/benchmarks.md), and with them it holds none while idle, as before. A runtime thread runs one connection at a time,
 /// so one set per thread is enough.
 struct Spare {
     drained: Vec<Frame>,
