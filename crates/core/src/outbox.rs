@@ -587,19 +587,9 @@ mod tests {
         );
     }
 
-    /// A waker that counts its wakes.
-    fn counting_waker() -> (Waker, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-        struct Count(std::sync::Arc<std::sync::atomic::AtomicUsize>);
-        impl std::task::Wake for Count {
-            fn wake(self: std::sync::Arc<Self>) {
-                self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            }
-        }
-        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        (
-            Waker::from(std::sync::Arc::new(Count(std::sync::Arc::clone(&count)))),
-            count,
-        )
+    /// How many times the wakers logging to `log` were woken.
+    fn wakes(log: &std::sync::Arc<std::sync::Mutex<Vec<usize>>>) -> usize {
+        log.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 
     /// A drain that empties the queue (fewer frames than asked for) leaves the task to be
@@ -608,7 +598,8 @@ mod tests {
     fn a_drain_that_empties_the_queue_is_woken_by_the_next_frame() {
         let counters = Counters::default();
         let outbox = Outbox::new(8, 1 << 20);
-        let (waker, wakes) = counting_waker();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let waker = logging_waker(&log, 0);
         let mut cx = Context::from_waker(&waker);
         let mut out = Vec::new();
         for text in ["a", "b", "c"] {
@@ -617,12 +608,12 @@ mod tests {
         assert_eq!(outbox.poll_drain(&mut cx, 2, &mut out), Poll::Ready(None));
         assert_eq!(out.len(), 2);
         outbox.offer(frame("d"), Priority::Normal, &counters);
-        assert_eq!(wakes.load(std::sync::atomic::Ordering::SeqCst), 0);
+        assert_eq!(wakes(&log), 0);
 
         assert_eq!(outbox.poll_drain(&mut cx, 8, &mut out), Poll::Ready(None));
         assert_eq!(out.len(), 4, "fewer than asked: the queue ran empty");
         outbox.offer(frame("e"), Priority::Normal, &counters);
-        assert_eq!(wakes.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(wakes(&log), 1);
     }
 
     /// A drain that empties the queue behind a close request wakes the task at once, so that it
@@ -631,13 +622,14 @@ mod tests {
     fn a_drain_that_empties_the_queue_before_a_close_comes_back_for_it() {
         let counters = Counters::default();
         let outbox = Outbox::new(8, 1 << 20);
-        let (waker, wakes) = counting_waker();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let waker = logging_waker(&log, 0);
         let mut cx = Context::from_waker(&waker);
         let mut out = Vec::new();
         outbox.offer(frame("last"), Priority::Normal, &counters);
         assert!(outbox.close(CloseCode::GoingAway));
         assert_eq!(outbox.poll_drain(&mut cx, 8, &mut out), Poll::Ready(None));
-        assert_eq!(wakes.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(wakes(&log), 1);
         assert_eq!(
             outbox.poll_drain(&mut cx, 8, &mut out),
             Poll::Ready(Some(CloseCode::GoingAway))
